@@ -1,0 +1,121 @@
+"""Command line: a thin shell over the API. Only this module prints.
+
+Exit codes (also in the README):
+  0  converted (or, for `inspect`, the model was read)
+  1  internal error (a bug: please report it)
+  2  usage error (bad command line)
+  3  bad input: missing, unreadable or invalid model, or an unusable output path
+  4  nothing to convert (no convertible head, or already converted)
+  5  validation failed: the converted model is not equivalent; nothing was written
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, List, Optional
+
+from . import __version__, api
+from .errors import Fc2ConvError
+from .report import Report
+
+PROG = "fc2conv-onnx"
+
+EXIT_CODES = """exit codes:
+  0  converted (inspect: the model was read)
+  1  internal error (a bug; please report it)
+  2  usage error
+  3  bad input: missing, unreadable or invalid model, or unusable output path
+  4  nothing to convert (no convertible head, or already converted)
+  5  validation failed: not equivalent, nothing written"""
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=_formatter,
+        description="Make an ONNX CNN classifier fully convolutional: its fully connected head becomes "
+                    "convolutions, so the model runs on inputs larger than its training size and returns "
+                    "one output per window position. Every conversion is checked with onnxruntime.",
+        epilog=EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    convert = commands.add_parser(
+        "convert", formatter_class=_formatter, help="convert a model and write the result",
+        description="Convert every fully connected head of IN into convolutions and write the model to OUT. "
+                    "The result is validated with onnxruntime unless --no-validate is given: outputs must "
+                    "equal the original's at the training size, and on an input twice the training size "
+                    "every output location must equal the original head applied to that window of the "
+                    "feature map. Nothing is written if validation fails.",
+        epilog=EXIT_CODES)
+    convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
+    convert.add_argument("-o", "--output", metavar="OUT", required=True,
+                         help="where to write the converted model (never the input file)")
+    convert.add_argument("--no-validate", dest="validate", action="store_false",
+                         help="skip the onnxruntime checks (the result is then unproven)")
+    convert.add_argument("--seed", type=int, default=0, help="seed of the random validation inputs (default 0)")
+    convert.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    convert.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    convert.set_defaults(run=_run_convert)
+
+    inspect = commands.add_parser(
+        "inspect", formatter_class=_formatter, help="dry run: show what would be converted",
+        description="Read IN and print the heads that would be converted, what each layer becomes, and every "
+                    "Gemm/MatMul that would be left alone with the reason. Writes nothing.",
+        epilog=EXIT_CODES)
+    inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
+    inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    inspect.set_defaults(run=_run_inspect)
+    return parser
+
+
+def _run_convert(args: argparse.Namespace) -> Report:
+    return api.convert_file(args.input, args.output, validate=args.validate, seed=args.seed)
+
+
+def _run_inspect(args: argparse.Namespace) -> Report:
+    return api.inspect(args.input)
+
+
+def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:
+    if args.json:
+        payload = report.to_dict() if report is not None else {}
+        if error is not None:
+            payload["error"] = {"message": str(error), "exit_code": error.exit_code}
+        print(json.dumps(payload, indent=2, default=str))
+    elif report is not None:
+        print(report.to_text())
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format=f"{PROG}: %(message)s")
+    run: Callable[[argparse.Namespace], Report] = args.run
+    try:
+        report = run(args)
+    except Fc2ConvError as error:
+        if args.json:
+            _print_report(error.report, args, error)
+        elif error.report is not None and args.command == "inspect":
+            print(error.report.to_text())
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line, and the way to see more
+        print(f"{PROG}: internal error ({type(error).__name__}: {error}); nothing was written. "
+              "Please report it with the model if you can.", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 1
+    _print_report(report, args)
+    return 0

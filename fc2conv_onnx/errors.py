@@ -1,0 +1,36 @@
+"""The exceptions a user can meet, each carrying the CLI exit code it maps to.
+
+The CLI turns any `Fc2ConvError` into one line on stderr and its `exit_code`; anything else is a bug.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class Fc2ConvError(Exception):
+    """Base of every error the tool reports to a user. The message is a single line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(" ".join(message.split()))
+        #: The conversion report so far, when there is one (e.g. what was skipped and why).
+        self.report = report
+
+
+class InputError(Fc2ConvError):
+    """The input is missing, unreadable or not a valid ONNX model, or the output path is unusable."""
+
+    exit_code = 3
+
+
+class NothingToConvertError(Fc2ConvError):
+    """The model has no fully connected head that can be converted (or was converted already)."""
+
+    exit_code = 4
+
+
+class ValidationError(Fc2ConvError):
+    """The converted model could not be proven equivalent to the original; nothing was written."""
+
+    exit_code = 5

@@ -1,0 +1,469 @@
+"""Recognise fully connected heads and plan their conversion.
+
+A head is: a spatial tensor [N, C, *spatial] (static training sizes) -> a *flattening* -> a first
+*linear layer* -> a chain (or tree) of further linear layers and *pass-through* ops, ending in graph
+outputs. Each exporter spells these differently; the spellings are data, in three vocabularies below.
+A matcher returns a record when the node is its spelling, a `Decline` (with a reason a user can act
+on) when it is its spelling but cannot be converted, and None when the node is not its spelling.
+
+Every Gemm/MatMul that does not end up in a converted head is reported with a reason.
+"""
+from __future__ import annotations
+
+import logging
+from math import prod
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .normalize import in_default_domain
+from .plan import (AXIS_LAST, KEEP, REMOVE, Decline, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
+                   Skipped, Step)
+
+logger = logging.getLogger(__name__)
+
+LINEAR_OPS = ("Gemm", "MatMul")
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def constant_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
+    """The values of a constant tensor (initializer or folded Constant node), else None."""
+    return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+
+def producer(tensor: gs.Tensor) -> Optional[gs.Node]:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def per_feature_vector(values: np.ndarray, features: int) -> Optional[np.ndarray]:
+    """`values` as a [K] vector if it broadcasts onto [N, K] by one value per feature, else None.
+
+    ONNX broadcasting aligns trailing axes, so on [N, K] a constant of shape (), (1,), (1, 1), (K,) or
+    (1, K) acts per feature; any shape with a leading axis > 1 would act per batch row instead.
+    """
+    if values.size == 1:
+        return np.broadcast_to(values.reshape(()), (features,))
+    if values.shape in ((features,), (1, features)):
+        return values.reshape(features)
+    return None
+
+
+def per_location_constant(values: np.ndarray, features: int, spatial_rank: int) -> Optional[np.ndarray]:
+    """Re-shape a per-feature constant so it acts on [N, K, *spatial] as it acted on [N, K].
+
+    A single value broadcasts the same either way and is returned unchanged; a [K] or [1, K] constant
+    must become [K, 1, ..., 1], or broadcasting would pair it with the last spatial axis.
+    """
+    if values.size == 1:
+        return values
+    vector = per_feature_vector(values, features)
+    return None if vector is None else vector.reshape((features,) + (1,) * spatial_rank)
+
+
+def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
+    """(C, *spatial) of a tensor that can be slid over, or why it cannot."""
+    if isinstance(tensor, gs.Constant):
+        return Decline(f"input '{tensor.name}' is a constant, not a feature map")
+    shape = tensor.shape
+    if shape is None:
+        return Decline(f"the shape of '{tensor.name}' is unknown; run shape inference or export with fixed sizes")
+    if len(shape) < 3:
+        return Decline(f"input '{tensor.name}' is not a spatial tensor (shape {list(shape)}); "
+                       "there is no spatial axis to slide over")
+    rest = tuple(shape[1:])
+    if not all(isinstance(d, int) and d > 0 for d in rest):
+        return Decline(f"'{tensor.name}' has no static size {list(shape)}; export the model with a fixed "
+                       "input size (the training size)")
+    return rest
+
+
+# ------------------------------------------------------------------------------ flattening vocabulary
+
+def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
+    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten."""
+    if node.op != "Flatten":
+        return None
+    source = node.inputs[0]
+    shape = spatial_source_shape(source)
+    if isinstance(shape, Decline):
+        return shape
+    axis = node.attrs.get("axis", 1)
+    if axis < 0:
+        axis += len(shape) + 1
+    if axis != 1:
+        return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1: "
+                       "it does not keep the batch axis apart")
+    return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape)
+
+
+def match_constant_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
+    """Reshape to [N, -1], [0, -1], [-1, C*H*W] or [N, C*H*W] given as a constant.
+
+    Reshape spec: a 0 copies the input's dimension (unless allowzero=1), a -1 is inferred.
+    A literal batch size (e.g. `view(1, -1)`) is accepted when it equals the training batch; the
+    converted model then takes any batch, and the plan says so.
+    """
+    if node.op != "Reshape":
+        return None
+    source = node.inputs[0]
+    shape = spatial_source_shape(source)
+    if isinstance(shape, Decline):
+        return shape
+    target = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
+    if target is None:
+        return Decline(f"Reshape '{node.name}' takes its shape from a computed tensor, not a constant")
+    target = [int(v) for v in target.reshape(-1)]
+    if len(target) != 2:
+        return Decline(f"Reshape '{node.name}' gives shape {target}, not [batch, features]")
+    allow_zero = bool(node.attrs.get("allowzero", 0))
+    batch, features = source.shape[0], prod(shape)
+    first, second = target
+    if second == 0 and not allow_zero:
+        second = shape[0]  # 0 copies the input's dim 1 (C)
+    keeps_batch = (first == 0 and not allow_zero) or (first == -1 and second == features)
+    baked = isinstance(batch, int) and first == batch and second in (-1, features)
+    if not (keeps_batch or baked) or second not in (-1, features):
+        return Decline(f"Reshape '{node.name}' to {target} does not flatten [N, {', '.join(map(str, shape))}] "
+                       f"to [N, {features}]")
+    note = f"the Reshape fixes batch size {first}; the converted model takes any batch" if baked and first != -1 else ""
+    return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, note=note)
+
+
+FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (
+    match_flatten,
+    match_constant_reshape,
+)
+
+
+# ---------------------------------------------------------------------------- linear-layer vocabulary
+
+def _weight(node: gs.Node, index: int, label: str) -> Union[np.ndarray, Decline]:
+    values = constant_values(node.inputs[index])
+    if values is None:
+        return Decline(f"weight {label} '{node.inputs[index].name}' is not a constant")
+    if values.ndim != 2:
+        return Decline(f"weight {label} '{node.inputs[index].name}' has shape {list(values.shape)}, not 2-D")
+    return values
+
+
+def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, None]:
+    """Gemm: Y = alpha * A' * B' + beta * C, with A the features.
+
+    Spec: "A' = transpose(A) if transA else A", "B' = transpose(B) if transB else B", and C "should be
+    unidirectional broadcastable to (M, N)" (here (batch, K)). transA=1 would mix the batch into the
+    product, so it is declined.
+    """
+    if node.op != "Gemm":
+        return None
+    if node.inputs[0] is not data:
+        return Decline(f"Gemm '{node.name}' reads the features as its weight B, not as A")
+    if node.attrs.get("transA", 0):
+        return Decline(f"Gemm '{node.name}' has transA=1, which mixes the batch axis into the product")
+    b = _weight(node, 1, "B")
+    if isinstance(b, Decline):
+        return b
+    weight = b if node.attrs.get("transB", 0) else b.T
+    alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+    if alpha != 1.0:
+        weight = (weight * alpha).astype(b.dtype)
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = constant_values(node.inputs[2])
+        if c is None:
+            return Decline(f"bias C '{node.inputs[2].name}' of Gemm '{node.name}' is not a constant")
+        bias = per_feature_vector(c, weight.shape[0])
+        if bias is None:
+            return Decline(f"bias C of Gemm '{node.name}' has shape {list(c.shape)}, which is not one value "
+                           "per output feature")
+        bias = (bias * beta).astype(c.dtype) if beta != 1.0 else np.array(bias)
+    spelling = "Gemm" + "".join(f" {k}={v}" for k, v in (("transB", node.attrs.get("transB", 0)),
+                                                        ("alpha", alpha), ("beta", beta))
+                                 if (k == "transB" and v != 1) or (k != "transB" and v != 1.0))
+    return LinearLayer(nodes=(node.name,), spelling=spelling, input=data.name, output=node.outputs[0].name,
+                       weight=weight, bias=bias)
+
+
+def _bias_add(matmul: gs.Node, features: int, graph_outputs: FrozenSet[str]) -> Optional[Tuple[gs.Node, np.ndarray]]:
+    """The Add right after a MatMul that adds a constant per-feature bias, if there is one."""
+    out = matmul.outputs[0]
+    if out.name in graph_outputs or len(out.outputs) != 1 or out.outputs[0].op != "Add":
+        return None
+    add = out.outputs[0]
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    values = constant_values(other)
+    bias = None if values is None else per_feature_vector(values, features)
+    return None if bias is None else (add, np.array(bias))
+
+
+def match_matmul(node: gs.Node, data: gs.Tensor, graph_outputs: FrozenSet[str]) -> Union[LinearLayer, Decline, None]:
+    """MatMul (+ Add of a constant bias): PyTorch dynamo, tf2onnx Dense, Paddle."""
+    if node.op != "MatMul":
+        return None
+    if node.inputs[0] is not data:
+        return Decline(f"MatMul '{node.name}' has the features as its right operand")
+    b = _weight(node, 1, "B")
+    if isinstance(b, Decline):
+        return b
+    weight = b.T
+    fused = _bias_add(node, weight.shape[0], graph_outputs)
+    if fused is None:
+        return LinearLayer(nodes=(node.name,), spelling="MatMul", input=data.name, output=node.outputs[0].name,
+                           weight=weight, bias=None)
+    add, bias = fused
+    return LinearLayer(nodes=(node.name, add.name), spelling="MatMul + Add", input=data.name,
+                       output=add.outputs[0].name, weight=weight, bias=bias)
+
+
+def match_linear(node: gs.Node, data: gs.Tensor, in_features: int,
+                 graph_outputs: FrozenSet[str]) -> Union[LinearLayer, Decline, None]:
+    """Try every linear-layer spelling; check the layer reads exactly `in_features` values."""
+    for result in (match_gemm(node, data), match_matmul(node, data, graph_outputs)):
+        if isinstance(result, LinearLayer) and result.weight.shape[1] != in_features:
+            return Decline(f"{node.op} '{node.name}' expects {result.weight.shape[1]} input features, "
+                           f"its input has {in_features}")
+        if result is not None:
+            return result
+    return None
+
+
+# ------------------------------------------------------------------------------ pass-through vocabulary
+# A handler gets the node, the index of its input that carries head features and a `HeadContext`, and
+# says what the node becomes on [N, K, *spatial].
+
+@dataclass(frozen=True)
+class HeadContext:
+    features: int  # K of the head tensor the node reads
+    spatial_rank: int
+    opset: int
+    graph_outputs: FrozenSet[str]
+
+    def in_use(self, tensor: gs.Tensor) -> bool:
+        return bool(tensor.outputs) or tensor.name in self.graph_outputs
+
+
+PassThroughHandler = Callable[[gs.Node, int, HeadContext], Union[PassThrough, Decline]]
+
+
+def _pass(node: gs.Node, index: int, action: str, becomes: str, **extra) -> PassThrough:
+    return PassThrough(node=node.name, op=node.op, input=node.inputs[index].name, output=node.outputs[0].name,
+                       action=action, becomes=becomes, **extra)
+
+
+def _other_inputs_are_scalars(node: gs.Node, index: int) -> Optional[Decline]:
+    for i, tensor in enumerate(node.inputs):
+        if i == index or not tensor.name:
+            continue
+        values = constant_values(tensor)
+        if values is None or values.size != 1:
+            return Decline(f"input '{tensor.name}' of {node.op} '{node.name}' is not a constant scalar")
+    return None
+
+
+def elementwise(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """Unary elementwise ops (Relu, Sigmoid, Clip with scalar bounds, ...): unchanged."""
+    return _other_inputs_are_scalars(node, index) or _pass(node, index, KEEP, "unchanged (elementwise)")
+
+
+def prelu(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """PRelu: a per-feature slope [K] must become [K, 1, ...] (unidirectional broadcasting)."""
+    slope = constant_values(node.inputs[1]) if index == 0 else None
+    reshaped = None if slope is None else per_location_constant(slope, ctx.features, ctx.spatial_rank)
+    if reshaped is None:
+        return Decline(f"slope of PRelu '{node.name}' is not a constant with one value per feature")
+    return _pass(node, index, KEEP, f"PRelu with slope shape {list(reshaped.shape)}", constants={1: reshaped})
+
+
+def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """Add/Sub/Mul/Div by a per-feature constant (either side), reshaped to [K, 1, ...]."""
+    other_index = 1 - index
+    values = constant_values(node.inputs[other_index])
+    reshaped = None if values is None else per_location_constant(values, ctx.features, ctx.spatial_rank)
+    if reshaped is None:
+        return Decline(f"{node.op} '{node.name}' combines the head with '{node.inputs[other_index].name}', "
+                       "which is not a constant of one value per feature")
+    changed = {} if reshaped is values else {other_index: reshaped}
+    return _pass(node, index, KEEP, f"{node.op} by constant of shape {list(reshaped.shape)}", constants=changed)
+
+
+def batch_normalization(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """BatchNormalization normalises axis 1, which stays the feature axis: unchanged."""
+    if node.attrs.get("training_mode", 0):
+        return Decline(f"BatchNormalization '{node.name}' is in training mode")
+    if any(ctx.in_use(out) for out in node.outputs[1:]):
+        return Decline(f"BatchNormalization '{node.name}' has its running statistics outputs in use")
+    for tensor in node.inputs[1:]:
+        values = constant_values(tensor)
+        if values is None or values.shape != (ctx.features,):
+            return Decline(f"BatchNormalization '{node.name}' parameter '{tensor.name}' is not a constant [K]")
+    return _pass(node, index, KEEP, "unchanged (normalises axis 1)")
+
+
+def dropout(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """Dropout is the identity at inference; the mask output must be unused."""
+    if len(node.outputs) > 1 and ctx.in_use(node.outputs[1]):
+        return Decline(f"the mask of Dropout '{node.name}' is used")
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        mode = constant_values(node.inputs[2])
+        if mode is None or bool(mode.reshape(-1)[0]):
+            return Decline(f"Dropout '{node.name}' may run in training mode")
+    return _pass(node, index, REMOVE, "removed (identity at inference)")
+
+
+def softmax_family(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """Softmax / LogSoftmax / Hardmax over the features, kept per location.
+
+    Opset 13 changed the meaning: before, the input is coerced to 2-D at `axis` (default 1) and
+    normalised over everything after it — on [N, K, h, w], axis 1 would normalise over K*h*w. From 13,
+    the op runs along `axis` alone (default -1). So from 13 the axis becomes 1; before 13 the features
+    are moved last, where the old coercion gives one row per location.
+    """
+    default = -1 if ctx.opset >= 13 else 1
+    axis = node.attrs.get("axis", default)
+    if axis not in (1, -1):
+        return Decline(f"{node.op} '{node.name}' runs over axis {axis}, not over the features")
+    if ctx.opset >= 13:
+        return _pass(node, index, KEEP, f"{node.op} over axis 1", attrs={"axis": 1})
+    return _pass(node, index, AXIS_LAST, f"Transpose, {node.op} over the last axis, Transpose back "
+                 f"(opset {ctx.opset} semantics)", attrs={"axis": ctx.spatial_rank + 1})
+
+
+ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
+                   "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf",
+                   "ThresholdedRelu", "Mish", "Sqrt")
+
+PASS_THROUGH: Dict[str, PassThroughHandler] = {
+    **{op: elementwise for op in ELEMENTWISE_OPS},
+    "PRelu": prelu,
+    **{op: binary_with_constant for op in ("Add", "Sub", "Mul", "Div")},
+    "BatchNormalization": batch_normalization,
+    "Dropout": dropout,
+    **{op: softmax_family for op in ("Softmax", "LogSoftmax", "Hardmax")},
+}
+
+
+# --------------------------------------------------------------------------------------- head search
+
+class _Decline(Exception):
+    """Internal: a head cannot be converted; `members` are the linear nodes that belonged to it."""
+
+    def __init__(self, reason: str, members: Sequence[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason, self.members = reason, tuple(members)
+
+
+def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flattening, LinearLayer]:
+    data = node.inputs[0] if node.inputs else None
+    source = producer(data) if data is not None else None
+    if source is None:
+        raise _Decline(f"input '{data.name if data is not None else ''}' is not a flattened spatial tensor "
+                       "(it is a graph input or a constant)")
+    flattening = None
+    for matcher in FLATTENINGS:
+        flattening = matcher(source)
+        if flattening is not None:
+            break
+    if flattening is None:
+        raise _Decline(f"input '{data.name}' is not a flattened spatial tensor "
+                       f"(it comes from {source.op} '{source.name}')")
+    if isinstance(flattening, Decline):
+        raise _Decline(flattening.reason)
+    first = match_linear(node, data, flattening.features, graph_outputs)
+    if not isinstance(first, LinearLayer):
+        raise _Decline(first.reason if first else f"{node.op} '{node.name}' is not a linear layer")
+    return flattening, first
+
+
+def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Step, ...]:
+    """Every node downstream of the first layer, converted in graph (topological) order."""
+    features: Dict[str, int] = {first.output: first.features}  # head tensors -> K
+    members: List[str] = list(first.nodes)
+    steps: List[Step] = []
+    for node in graph.nodes:
+        if node.name in members:
+            continue
+        head_inputs = [i for i, t in enumerate(node.inputs) if t.name in features]
+        if not head_inputs:
+            continue
+        index = head_inputs[0]
+        k = features[node.inputs[index].name]
+        ctx = replace(base, features=k)
+        step: Union[Step, Decline, None]
+        if node.op in LINEAR_OPS:
+            step = match_linear(node, node.inputs[index], k, ctx.graph_outputs)
+        elif node.op in PASS_THROUGH and in_default_domain(node):
+            both_from_head = len(head_inputs) == 2 and node.op in ("Add", "Sub", "Mul", "Div") and \
+                features[node.inputs[0].name] == features[node.inputs[1].name]
+            step = _pass(node, index, KEEP, "unchanged (elementwise on two head tensors)") if both_from_head \
+                else PASS_THROUGH[node.op](node, index, ctx)
+        else:
+            step = None
+        if step is None:
+            raise _Decline(f"'{node.inputs[index].name}' feeds {node.op} '{node.name}', which has no "
+                           "per-location form; the head would change shape there", members)
+        if isinstance(step, Decline):
+            raise _Decline(step.reason, members)
+        steps.append(step)
+        features[step.output] = step.features if isinstance(step, LinearLayer) else k
+        members.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
+    return tuple(steps)
+
+
+def _trunk_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
+    """Graph inputs upstream of the given tensors, in graph-input order."""
+    tensors = graph.tensors()
+    seen, stack, found = set(), [tensors[s] for s in sources], set()
+    input_names = {t.name for t in graph.inputs}
+    while stack:
+        tensor = stack.pop()
+        if tensor.name in seen:
+            continue
+        seen.add(tensor.name)
+        if tensor.name in input_names:
+            found.add(tensor.name)
+        for node in tensor.inputs:
+            stack.extend(node.inputs)
+    return tuple(t.name for t in graph.inputs if t.name in found)
+
+
+def find_heads(graph: gs.Graph) -> Plan:
+    """Plan the conversion of every fully connected head in `graph` (which is sorted, not otherwise changed)."""
+    graph.toposort()
+    opset = int(graph.opset or 1)
+    graph_outputs = frozenset(t.name for t in graph.outputs)
+    heads: List[HeadPlan] = []
+    claimed: Dict[str, str] = {}  # linear node -> why it is not a head's first layer
+    skipped: List[Skipped] = []
+    for node in graph.nodes:
+        if node.op not in LINEAR_OPS or node.name in claimed:
+            continue
+        try:
+            flattening, first = _first_layer(node, graph_outputs)
+            context = HeadContext(first.features, len(flattening.spatial_shape), opset, graph_outputs)
+            steps = _follow(graph, first, context)
+        except _Decline as declined:
+            skipped.append(Skipped(node.name, node.op, declined.reason))
+            for member in (m for m in declined.members if m != node.name):  # `node` is reported above
+                claimed.setdefault(member, f"part of the head starting at '{node.name}', which was not "
+                                           f"converted: {declined.reason}")
+            continue
+        produced = {first.output, *(s.output for s in steps)}
+        outputs = tuple(t.name for t in graph.outputs if t.name in produced)
+        if not outputs:
+            skipped.append(Skipped(node.name, node.op, "its result reaches no graph output"))
+            continue
+        head = HeadPlan(flattening=flattening, first=first, steps=steps, outputs=outputs)
+        heads.append(head)
+        claimed.update({name: "" for name in head.nodes})
+    # Later layers of a declined head are reported with that head's reason, not their own.
+    for node in graph.nodes:
+        reason = claimed.get(node.name)
+        if node.op in LINEAR_OPS and reason:
+            skipped.append(Skipped(node.name, node.op, reason))
+    sources = [h.flattening.source for h in heads]
+    plan = Plan(heads=tuple(heads), skipped=tuple(skipped), trunk_inputs=_trunk_inputs(graph, sources),
+                opset=opset)
+    logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
+    return plan

@@ -1,0 +1,87 @@
+"""Reading and writing models: refuse what is not a model with a one-line reason; write atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import onnx
+
+from .errors import InputError
+
+ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def load_model(source: ModelSource) -> onnx.ModelProto:
+    """Return the model at `source` (a path), or `source` itself if it is already a ModelProto.
+
+    The model must pass `onnx.checker.check_model`; anything else raises `InputError`.
+    A ModelProto given by the caller is never modified by the tool.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model, label = source, "the given model"
+    else:
+        path = Path(source)
+        label = f"'{path}'"
+        if not path.exists():
+            raise InputError(f"input {label} does not exist")
+        if path.is_dir():
+            raise InputError(f"input {label} is a directory, not an ONNX file")
+        try:
+            model = onnx.load(str(path))
+        except Exception as error:  # protobuf raises several types for damaged bytes
+            raise InputError(f"input {label} is not a readable ONNX model ({_first_line(error)})") from None
+    if not model.graph.node and not model.graph.output:
+        raise InputError(f"input {label} is not an ONNX model (it holds no graph)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as error:
+        raise InputError(f"input {label} is not a valid ONNX model: {_first_line(error)}") from None
+    return model
+
+
+def same_file(a: Union[str, "os.PathLike[str]"], b: Union[str, "os.PathLike[str]"]) -> bool:
+    """True when two paths name the same file (also through links), whether or not b exists yet."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(output: Union[str, "os.PathLike[str]"]) -> Path:
+    """Refuse, before any work is done, an output path that cannot be written."""
+    path = Path(output)
+    if path.is_dir():
+        raise InputError(f"output '{path}' is a directory; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"output folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder '{folder}' is not writable")
+    return path
+
+
+def save_model(model: onnx.ModelProto, output: Union[str, "os.PathLike[str]"]) -> None:
+    """Write `model` to `output` atomically: a temporary file in the same folder, then a rename.
+
+    On any failure the previous file at `output`, if any, is untouched and no partial file remains.
+    """
+    path = check_output_path(output)
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(model.SerializeToString())
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,193 @@
+"""The conversion plan: pure data describing what the rewrite will do, with no graph in it.
+
+`heads.find_heads` builds a `Plan`; `rewrite.rewrite` carries it out; `inspect` prints it. Weights are
+held as the linear layers define them, `W[K, in]` and `b[K]`; laying them out as convolution kernels is
+the rewrite's job, so a plan can be checked against the original model's arithmetic directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+#: Element order of a flattened feature vector. "channels_first" is Flatten(axis=1) of [N, C, *spatial].
+CHANNELS_FIRST = "channels_first"
+
+
+@dataclass(frozen=True)
+class Decline:
+    """A matcher's answer when the node is its spelling but cannot be converted; `reason` says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Flattening:
+    """Flatten(axis=1) of a spatial tensor, whatever op spelled it."""
+
+    node: str
+    op: str
+    source: str
+    #: (C, *spatial) at the training size; the batch axis is not part of it.
+    source_shape: Tuple[int, ...]
+    order: str = CHANNELS_FIRST
+    note: str = ""
+
+    @property
+    def spatial_shape(self) -> Tuple[int, ...]:
+        return self.source_shape[1:]
+
+    @property
+    def features(self) -> int:
+        return prod(self.source_shape)
+
+
+@dataclass(frozen=True, eq=False)
+class LinearLayer:
+    """y = x @ weight.T + bias, whatever ops spelled it (Gemm, MatMul + Add, MatMul)."""
+
+    nodes: Tuple[str, ...]
+    spelling: str
+    input: str
+    output: str
+    weight: np.ndarray = field(repr=False)  # [K, in]
+    bias: Optional[np.ndarray] = field(repr=False)  # [K] or None
+
+    @property
+    def features(self) -> int:
+        return int(self.weight.shape[0])
+
+
+#: What a pass-through op becomes on an [N, K, *spatial] tensor.
+KEEP = "keep"  # the node stays; constants in `constants` replace its inputs, `attrs` are set
+REMOVE = "remove"  # the node goes (Dropout at inference)
+AXIS_LAST = "axis_last"  # Transpose K last, the op on the last axis, Transpose back (pre-13 Softmax)
+
+
+@dataclass(frozen=True, eq=False)
+class PassThrough:
+    node: str
+    op: str
+    input: str
+    output: str
+    action: str
+    becomes: str
+    constants: Mapping[int, np.ndarray] = field(default_factory=dict, repr=False)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+Step = Union[LinearLayer, PassThrough]
+
+
+@dataclass(frozen=True, eq=False)
+class HeadPlan:
+    """One fully connected head: a flattening, a first linear layer, and what follows it."""
+
+    flattening: Flattening
+    first: LinearLayer
+    #: Later linear layers and pass-through ops, in graph order.
+    steps: Tuple[Step, ...]
+    #: Graph outputs the head produces; their names are kept.
+    outputs: Tuple[str, ...]
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.flattening.spatial_shape)
+
+    @property
+    def nodes(self) -> Tuple[str, ...]:
+        """Every original node this head replaces or re-expresses (the flattening is left to cleanup)."""
+        names = list(self.first.nodes)
+        for step in self.steps:
+            names.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
+        return tuple(names)
+
+    @property
+    def tensors(self) -> Tuple[str, ...]:
+        """Every tensor whose shape becomes [N, K, *spatial]."""
+        return (self.first.output,) + tuple(step.output for step in self.steps)
+
+    def describe(self) -> str:
+        flat = self.flattening
+        spatial = "x".join(map(str, flat.spatial_shape))
+        lines = [
+            f"head -> {', '.join(self.outputs)}",
+            f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
+            f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
+            f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(_kernel_shape(self.first, flat))}",
+        ]
+        for step in self.steps:
+            if isinstance(step, LinearLayer):
+                pointwise = "x".join("1" * self.spatial_rank)
+                lines.append(f"  {_layer_line(step)} -> Conv {pointwise} kernel "
+                             f"{[step.features, step.weight.shape[1]] + [1] * self.spatial_rank}")
+            else:
+                lines.append(f"  {step.op} '{step.node}' -> {step.becomes}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> Dict[str, Any]:
+        flat = self.flattening
+        return {
+            "outputs": list(self.outputs),
+            "source": flat.source,
+            "source_shape": list(flat.source_shape),
+            "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
+            "layers": [_layer_dict(self.first, list(_kernel_shape(self.first, flat)))] + [
+                _layer_dict(s, [s.features, int(s.weight.shape[1])] + [1] * self.spatial_rank)
+                if isinstance(s, LinearLayer)
+                else {"node": s.node, "op": s.op, "becomes": s.becomes}
+                for s in self.steps
+            ],
+        }
+
+
+def _kernel_shape(layer: LinearLayer, flat: Flattening) -> Tuple[int, ...]:
+    return (layer.features,) + flat.source_shape
+
+
+def _layer_line(layer: LinearLayer) -> str:
+    return f"{layer.spelling} '{layer.nodes[0]}' [{layer.features} x {layer.weight.shape[1]}]"
+
+
+def _layer_dict(layer: LinearLayer, kernel: list) -> Dict[str, Any]:
+    return {"nodes": list(layer.nodes), "spelling": layer.spelling, "weight_shape": list(layer.weight.shape),
+            "bias": layer.bias is not None, "becomes": "Conv", "kernel_shape": kernel}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A Gemm/MatMul left as it was, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.op} '{self.node}': {self.reason}"
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    heads: Tuple[HeadPlan, ...]
+    skipped: Tuple[Skipped, ...]
+    #: Graph inputs that feed a converted head's source; their batch and spatial dims become symbolic.
+    trunk_inputs: Tuple[str, ...]
+    opset: int
+
+    def describe(self) -> str:
+        lines = [f"{len(self.heads)} head(s) to convert" + (":" if self.heads else "")]
+        lines += [head.describe() for head in self.heads]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} node(s) left as they are:")
+            lines += [f"  {s.describe()}" for s in self.skipped]
+        return "\n".join(lines)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "heads": [head.to_dict() for head in self.heads],
+            "skipped": [{"node": s.node, "op": s.op, "reason": s.reason} for s in self.skipped],
+            "trunk_inputs": list(self.trunk_inputs),
+            "opset": self.opset,
+        }

@@ -1,0 +1,53 @@
+"""What a conversion did, for people (`to_text`) and for scripts (`to_json`)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from .plan import Plan
+from .validate import OutputCheck
+
+
+@dataclass
+class Report:
+    plan: Plan
+    #: Validation figures; empty when validation was off (see `validated`).
+    checks: Tuple[OutputCheck, ...] = ()
+    validated: bool = False
+    source: Optional[str] = None
+    output: Optional[str] = None
+    #: True for a dry run (`inspect`): nothing was converted.
+    dry_run: bool = False
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    def to_text(self) -> str:
+        lines = []
+        if self.source:
+            lines.append(f"model: {self.source}")
+        lines.append(self.plan.describe())
+        if self.plan.trunk_inputs and self.plan.heads:
+            lines.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
+        if self.validated:
+            lines.append("validation (onnxruntime):")
+            lines += [f"  {check.describe()}" for check in self.checks]
+        elif not self.dry_run:
+            lines.append("validation: skipped (--no-validate); the converted model is unproven")
+        lines += list(self.notes)
+        if self.output:
+            lines.append(f"written: {self.output}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "dry_run": self.dry_run,
+            **self.plan.to_dict(),
+            "validated": self.validated,
+            "checks": [check.to_dict() for check in self.checks],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)

@@ -1,0 +1,128 @@
+"""Carry out a plan on a graphsurgeon graph: linear layers become Conv nodes.
+
+The first linear layer of a head becomes a Conv whose kernel is the source tensor's whole training
+spatial extent; later ones become pointwise (1x1...) Convs. Pass-through ops are re-expressed for
+[N, K, *spatial] tensors as the plan says. Output tensors keep their names, so code that reads the
+model's outputs by name keeps working.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .plan import AXIS_LAST, CHANNELS_FIRST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan
+
+
+def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
+    """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial].
+
+    Flatten(axis=1) of [N, C, *spatial] lists elements in row-major (C, *spatial) order, which is exactly
+    the order of a row of W, so a row-major reshape lays each row out as a kernel.
+    """
+    if flattening.order != CHANNELS_FIRST:
+        raise ValueError(f"unknown flattening order {flattening.order!r}")
+    return weight.reshape((weight.shape[0],) + flattening.source_shape)
+
+
+def pointwise_kernel(weight: np.ndarray, spatial_rank: int) -> np.ndarray:
+    """W[K, in] as a 1x1... Conv kernel [K, in, 1, ...]."""
+    return weight.reshape(weight.shape + (1,) * spatial_rank)
+
+
+class _Editor:
+    """Looks nodes and tensors up by name and hands out names that do not collide."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.graph = graph
+        self.nodes: Dict[str, gs.Node] = {node.name: node for node in graph.nodes}
+        self.tensors: Dict[str, gs.Tensor] = graph.tensors()
+        self.taken = set(self.nodes) | set(self.tensors)
+
+    def name(self, base: str) -> str:
+        name, suffix = base, 1
+        while name in self.taken:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        self.taken.add(name)
+        return name
+
+    def constant(self, base: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(self.name(base), np.ascontiguousarray(values))
+
+    def variable(self, base: str, like: gs.Tensor) -> gs.Variable:
+        return gs.Variable(self.name(base), dtype=like.dtype)
+
+    def add_node(self, op: str, base: str, inputs, outputs, attrs: Optional[dict] = None) -> gs.Node:
+        node = gs.Node(op=op, name=self.name(base), attrs=attrs or {}, inputs=inputs, outputs=outputs)
+        self.graph.nodes.append(node)
+        return node
+
+
+def _replace_linear(editor: _Editor, layer: LinearLayer, data: gs.Tensor, kernel: np.ndarray) -> None:
+    output = editor.tensors[layer.output]
+    for name in layer.nodes:
+        editor.nodes[name].outputs.clear()  # detached; cleanup() removes them
+    base = layer.nodes[0]
+    inputs = [data, editor.constant(f"{base}/kernel", kernel)]
+    if layer.bias is not None:
+        inputs.append(editor.constant(f"{base}/bias", layer.bias.astype(kernel.dtype)))
+    editor.add_node("Conv", f"{base}/conv", inputs, [output], {"kernel_shape": list(kernel.shape[2:])})
+
+
+def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int) -> None:
+    node = editor.nodes[step.node]
+    if step.action == KEEP:
+        for index, values in step.constants.items():
+            node.inputs[index] = editor.constant(f"{step.node}/per_location_{index}", values)
+        node.attrs.update(step.attrs)
+    elif step.action == REMOVE:
+        source, result = node.inputs[0], node.outputs[0]
+        if result in editor.graph.outputs:
+            # A graph output keeps its name, so the node stays as the cheapest identity.
+            node.op, node.attrs = "Identity", {}
+            while len(node.inputs) > 1:
+                node.inputs.pop()
+            while len(node.outputs) > 1:
+                node.outputs.pop()
+            return
+        for consumer in list(result.outputs):
+            for index, tensor in enumerate(consumer.inputs):
+                if tensor is result:
+                    consumer.inputs[index] = source  # graphsurgeon lists sync on item assignment only
+        node.outputs.clear()
+    elif step.action == AXIS_LAST:
+        rank = spatial_rank + 2
+        to_last = [0] + list(range(2, rank)) + [1]
+        back = [0, rank - 1] + list(range(1, rank - 1))
+        source, result = node.inputs[0], node.outputs[0]
+        moved_in = editor.variable(f"{step.node}/features_last", source)
+        moved_out = editor.variable(f"{step.node}/result_features_last", result)
+        editor.add_node("Transpose", f"{step.node}/to_features_last", [source], [moved_in], {"perm": to_last})
+        node.inputs[0], node.outputs[0] = moved_in, moved_out
+        node.attrs.update(step.attrs)
+        editor.add_node("Transpose", f"{step.node}/from_features_last", [moved_out], [result], {"perm": back})
+    else:
+        raise ValueError(f"unknown pass-through action {step.action!r}")
+
+
+def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
+    source = editor.tensors[head.flattening.source]
+    _replace_linear(editor, head.first, source, first_layer_kernel(head.first.weight, head.flattening))
+    for step in head.steps:
+        if isinstance(step, LinearLayer):
+            kernel = pointwise_kernel(step.weight, head.spatial_rank)
+            _replace_linear(editor, step, editor.tensors[step.input], kernel)
+        else:
+            _rewrite_pass_through(editor, step, head.spatial_rank)
+    for name in head.tensors:
+        editor.tensors[name].shape = None  # was [N, K]; shapes are re-inferred later
+
+
+def rewrite(graph: gs.Graph, plan: Plan) -> gs.Graph:
+    """Apply `plan` to `graph` in place; return the cleaned, sorted graph."""
+    editor = _Editor(graph)
+    for head in plan.heads:
+        _rewrite_head(editor, head)
+    return graph.cleanup().toposort()

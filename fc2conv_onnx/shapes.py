@@ -1,0 +1,86 @@
+"""Give the rewritten graph its new shapes: symbolic batch and spatial input dims, re-inferred shapes,
+a checker pass, and a metadata entry that marks the model as converted."""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Optional, Tuple
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import __version__
+from .errors import ValidationError
+from .plan import Plan
+
+#: metadata_props key that marks a converted model (and makes converting it again a no-op).
+CONVERTED_KEY = "fc2conv_onnx.converted"
+
+BATCH_NAME = "N"
+SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def spatial_names(spatial_rank: int) -> Tuple[str, ...]:
+    return SPATIAL_NAMES.get(spatial_rank, tuple(f"S{i}" for i in range(spatial_rank)))
+
+
+def free_input_dims(graph: gs.Graph, input_names: Iterable[str]) -> None:
+    """Make the batch (axis 0) and spatial axes (2 onwards) of the named inputs symbolic."""
+    names = set(input_names)
+    prefixed = len(names) > 1  # distinct symbols per input: their sizes need not match
+    for tensor in graph.inputs:
+        if tensor.name not in names or tensor.shape is None:
+            continue
+        prefix = f"{tensor.name}_" if prefixed else ""
+        shape = list(tensor.shape)
+        shape[0] = prefix + BATCH_NAME
+        if len(shape) >= 3:
+            shape[2:] = [prefix + name for name in spatial_names(len(shape) - 2)]
+        tensor.shape = shape
+
+
+def clear_inferred_shapes(graph: gs.Graph) -> None:
+    """Forget the shape of every tensor but the graph inputs; they are stale once inputs change."""
+    inputs = {id(t) for t in graph.inputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
+            tensor.shape = None
+
+
+def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export `graph`, keeping the original's model-level fields (which graphsurgeon does not carry)."""
+    model = gs.export_onnx(graph)
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(original, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    del model.graph.value_info[:]
+    return model
+
+
+def converted_marker(model: onnx.ModelProto) -> Optional[str]:
+    """The marker a previous conversion left in the model, if any."""
+    for prop in model.metadata_props:
+        if prop.key == CONVERTED_KEY:
+            return prop.value
+    return None
+
+
+def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker."""
+    free_input_dims(graph, plan.trunk_inputs)
+    clear_inferred_shapes(graph)
+    model = export_like(graph, original)
+    marker = {"version": __version__, "heads": [
+        {"outputs": list(h.outputs), "source": h.flattening.source, "window": list(h.flattening.spatial_shape)}
+        for h in plan.heads]}
+    model.metadata_props.add(key=CONVERTED_KEY, value=json.dumps(marker))
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line}") from None
+    return model
