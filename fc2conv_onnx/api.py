@@ -52,7 +52,8 @@ def _plan(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, gs.Graph, Plan]:
     return inferred, graph, find_heads(graph)
 
 
-def _nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
+def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
+    """The error for a plan with no head, naming the first reason (the report holds them all)."""
     report = Report(plan=plan, source=label, dry_run=True)
     if plan.skipped:
         first = plan.skipped[0]
@@ -92,7 +93,7 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, seed: i
     original = io.load_model(model)
     inferred, graph, plan = _plan(original)
     if not plan.heads:
-        raise _nothing_to_convert(plan, _label(model))
+        raise nothing_to_convert(plan, _label(model))
     rewrite(graph, plan)
     converted = shapes.finish(graph, original, plan)
     checks = validation.validate(inferred, converted, plan, seed=seed) if validate else []

@@ -81,7 +81,10 @@ def _run_convert(args: argparse.Namespace) -> Report:
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    return api.inspect(args.input)
+    report = api.inspect(args.input)
+    if not report.plan.heads:
+        raise api.nothing_to_convert(report.plan, args.input)
+    return report
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:
@@ -112,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as error:  # a bug: one line, and the way to see more
-        print(f"{PROG}: internal error ({type(error).__name__}: {error}); nothing was written. "
+        message = " ".join(str(error).split())
+        print(f"{PROG}: internal error ({type(error).__name__}: {message}); nothing was written. "
               "Please report it with the model if you can.", file=sys.stderr)
         if args.verbose:
             raise

@@ -347,11 +347,11 @@ PASS_THROUGH: Dict[str, PassThroughHandler] = {
 # --------------------------------------------------------------------------------------- head search
 
 class _Decline(Exception):
-    """Internal: a head cannot be converted; `members` are the linear nodes that belonged to it."""
+    """Internal: a head cannot be converted, for `reason`."""
 
-    def __init__(self, reason: str, members: Sequence[str] = ()) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason, self.members = reason, tuple(members)
+        self.reason = reason
 
 
 def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flattening, LinearLayer]:
@@ -402,13 +402,27 @@ def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Ste
             step = None
         if step is None:
             raise _Decline(f"'{node.inputs[index].name}' feeds {node.op} '{node.name}', which has no "
-                           "per-location form; the head would change shape there", members)
+                           "per-location form; the head would change shape there")
         if isinstance(step, Decline):
-            raise _Decline(step.reason, members)
+            raise _Decline(step.reason)
         steps.append(step)
         features[step.output] = step.features if isinstance(step, LinearLayer) else k
         members.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
     return tuple(steps)
+
+
+def _downstream_linears(tensor: gs.Tensor) -> List[str]:
+    """Names of the Gemm/MatMul nodes that depend on `tensor`."""
+    found, seen, stack = [], set(), [tensor]
+    while stack:
+        for node in stack.pop().outputs:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op in LINEAR_OPS:
+                found.append(node.name)
+            stack.extend(node.outputs)
+    return found
 
 
 def _trunk_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
@@ -439,15 +453,17 @@ def find_heads(graph: gs.Graph) -> Plan:
     for node in graph.nodes:
         if node.op not in LINEAR_OPS or node.name in claimed:
             continue
+        first = None
         try:
             flattening, first = _first_layer(node, graph_outputs)
             context = HeadContext(first.features, len(flattening.spatial_shape), opset, graph_outputs)
             steps = _follow(graph, first, context)
         except _Decline as declined:
             skipped.append(Skipped(node.name, node.op, declined.reason))
-            for member in (m for m in declined.members if m != node.name):  # `node` is reported above
-                claimed.setdefault(member, f"part of the head starting at '{node.name}', which was not "
-                                           f"converted: {declined.reason}")
+            if first is not None:  # the later layers of this head are not heads of their own
+                for later in _downstream_linears(graph.tensors()[first.output]):
+                    claimed.setdefault(later, f"part of the head starting at '{node.name}', which was not "
+                                              f"converted: {declined.reason}")
             continue
         produced = {first.output, *(s.output for s in steps)}
         outputs = tuple(t.name for t in graph.outputs if t.name in produced)

@@ -1,0 +1,80 @@
+"""The one equivalence check the tests use, independent of the package's own validator.
+
+It cuts the original model with `onnx.utils.Extractor` (not with fc2conv_onnx code), runs everything in
+onnxruntime with optimizations off, and compares with numpy:
+- at the training size, every output of the converted model equals the original's;
+- at each larger size, output location p equals the original head run on the feature-map window at p.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    s = session(model)
+    names = [o.name for o in s.get_outputs()]
+    return dict(zip(names, s.run(names, feeds)))
+
+
+def input_shape(model: onnx.ModelProto) -> Tuple[int, ...]:
+    return tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+
+
+def random_input(model: onnx.ModelProto, shape: Sequence[int], seed: int = 0) -> Dict[str, np.ndarray]:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
+    return {model.graph.input[0].name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+
+
+def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], free_sizes: bool) -> onnx.ModelProto:
+    part = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))
+    if free_sizes:  # a trunk that runs at any size: symbolic batch/spatial input dims, no stale shapes
+        del part.graph.value_info[:]
+        for axis, dim in enumerate(part.graph.input[0].type.tensor_type.shape.dim):
+            if axis != 1:
+                dim.dim_param = f"d{axis}"
+        for out in part.graph.output:
+            out.type.tensor_type.ClearField("shape")
+    return part
+
+
+def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str = "features",
+                      sizes: Iterable[Sequence[int]] = (), rtol: float = RTOL, atol: float = ATOL,
+                      outputs: Optional[Sequence[str]] = None) -> None:
+    """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location."""
+    outputs = list(outputs or [o.name for o in original.graph.output])
+    feeds = random_input(original, input_shape(original))
+    expected, actual = run(original, feeds), run(converted, feeds)
+    for name in outputs:
+        assert actual[name].size == expected[name].size, (name, actual[name].shape, expected[name].shape)
+        np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
+                                   atol=atol, err_msg=f"output {name} at the training size")
+    inferred = onnx.shape_inference.infer_shapes(original)
+    trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True)
+    head = session(cut(inferred, [source], outputs, free_sizes=False))
+    source_shape = next(v for v in inferred.graph.value_info if v.name == source).type.tensor_type.shape
+    window = tuple(d.dim_value for d in source_shape.dim[2:])
+    for size in sizes:
+        feeds = random_input(original, size, seed=1)
+        features = run(trunk, feeds)[source]
+        actual = run(converted, feeds)
+        grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
+        for name in outputs:
+            assert actual[name].shape[2:] == grid, (name, actual[name].shape, grid)
+        for position in itertools.product(*(range(g) for g in grid)):
+            crop = features[(slice(None), slice(None)) + tuple(slice(p, p + w) for p, w in zip(position, window))]
+            for name, value in zip(outputs, head.run(outputs, {source: np.ascontiguousarray(crop)})):
+                np.testing.assert_allclose(actual[name][(...,) + position], value.reshape(value.shape[0], -1),
+                                           rtol=rtol, atol=atol, err_msg=f"output {name} at {position}, size {size}")

@@ -1,0 +1,128 @@
+"""The command line: exit codes, one-line errors, no tracebacks, nothing written on failure."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+from equivalence import assert_equivalent
+
+from fc2conv_onnx.cli import main
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def cli(*args):
+    """Run the real program (python -m fc2conv_onnx) so tracebacks and exit codes are the real ones."""
+    done = subprocess.run([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_convert_writes_an_equivalent_model_and_says_what_it_did(fixture_path, tmp_path):
+    out = tmp_path / "dress_fcn.onnx"
+    code, stdout, stderr = cli("convert", fixture_path("dress_detector"), "-o", out)
+    assert (code, stderr) == (0, "")
+    assert "Conv 4x2 kernel [4, 32, 4, 2]" in stdout and "windows" in stdout and f"written: {out}" in stdout
+    assert_equivalent(onnx.load(str(fixture_path("dress_detector"))), onnx.load(str(out)), sizes=[(1, 3, 160, 96)])
+    assert [p.name for p in tmp_path.iterdir()] == ["dress_fcn.onnx"]  # no temporary file left
+
+
+def test_json_report_parses(fixture_path, tmp_path, capsys):
+    assert main(["convert", str(fixture_path("two_heads")), "-o", str(tmp_path / "o.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [h["outputs"] for h in report["heads"]] == [["logits", "probabilities"], ["box"]]
+    assert report["validated"] and all(c["passed"] for c in report["checks"])
+
+
+def test_inspect_is_a_dry_run(fixture_path, tmp_path, capsys):
+    assert main(["inspect", str(fixture_path("pass_through_chain"))]) == 0
+    out = capsys.readouterr().out
+    assert "PRelu with slope shape [6, 1, 1]" in out and "Dropout 'Dropout_27' -> removed" in out
+
+
+def test_no_validate_says_the_result_is_unproven(fixture_path, tmp_path, capsys):
+    assert main(["convert", str(fixture_path("matmul_add")), "-o", str(tmp_path / "o.onnx"), "--no-validate"]) == 0
+    assert "unproven" in capsys.readouterr().out
+
+
+def bad_inputs(tmp_path, fixture_path):
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(fixture_path("dress_detector").read_bytes()[:3000])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    return {
+        "missing": (tmp_path / "nope.onnx", 3, "does not exist"),
+        "directory": (tmp_path, 3, "is a directory"),
+        "not onnx": (text, 3, "not"),
+        "empty": (empty, 3, "not an ONNX model"),
+        "truncated": (truncated, 3, "not"),
+        "no head": (fixture_path("no_fc_head"), 4, "no fully connected head"),
+        "no spatial head": (fixture_path("mlp_on_vector"), 4, "not a flattened spatial tensor"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not onnx", "empty", "truncated", "no head",
+                                  "no spatial head"])
+def test_bad_input_gives_one_line_and_its_exit_code(case, tmp_path, fixture_path):
+    path, expected_code, words = bad_inputs(tmp_path, fixture_path)[case]
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    code, stdout, stderr = cli("convert", path, "-o", out)
+    assert code == expected_code, stderr
+    assert stderr.startswith("fc2conv-onnx: error: ") and words in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def test_output_equal_to_input_is_refused_and_the_input_is_untouched(fixture_path, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(fixture_path("dress_detector").read_bytes())
+    before = model.read_bytes()
+    code, _, stderr = cli("convert", model, "-o", tmp_path / "." / "model.onnx")
+    assert code == 3 and "is the input file" in stderr and stderr.count("\n") == 1
+    assert model.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_failed_validation_exits_5_and_keeps_the_previous_output(fixture_path, tmp_path, monkeypatch, capsys):
+    from fc2conv_onnx import rewrite
+    monkeypatch.setattr(rewrite, "first_layer_kernel", lambda w, f: -w.reshape((w.shape[0],) + f.source_shape))
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous result")
+    assert main(["convert", str(fixture_path("dress_detector")), "-o", str(out)]) == 5
+    assert "output 'score'" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous result" and [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_converting_a_converted_model_is_a_no_op_that_says_so(fixture_path, tmp_path):
+    once = tmp_path / "once.onnx"
+    assert cli("convert", fixture_path("matmul_add"), "-o", once)[0] == 0
+    code, _, stderr = cli("convert", once, "-o", tmp_path / "twice.onnx")
+    assert code == 4 and "already converted" in stderr and not (tmp_path / "twice.onnx").exists()
+
+
+def test_inspect_exits_4_when_there_is_nothing_to_convert(fixture_path, capsys):
+    assert main(["inspect", str(fixture_path("mlp_on_vector"))]) == 4
+    captured = capsys.readouterr()
+    assert "not a flattened spatial tensor" in captured.out and "error:" in captured.err
+
+
+def test_help_answers_and_usage_errors_exit_2():
+    code, stdout, _ = cli("convert", "--help")
+    assert code == 0 and "--no-validate" in stdout and "exit codes" in stdout
+    code, _, stderr = cli("convert")
+    assert code == 2 and "Traceback" not in stderr
+
+
+def test_console_script_is_installed():
+    bin_dir = os.path.dirname(sys.executable)
+    script = os.path.join(bin_dir, "fc2conv-onnx")
+    if not os.path.exists(script):
+        pytest.skip("package not installed with its console script (pip install .)")
+    done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("fc2conv-onnx ")

@@ -1,0 +1,77 @@
+"""Every fixture converts, and onnxruntime shows the result is equivalent (training size and larger)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders import FIXTURES, NOTHING_TO_CONVERT
+from equivalence import assert_equivalent, cut, input_shape, random_input, run
+
+import fc2conv_onnx
+
+CONVERTIBLE = [stem for stem in FIXTURES if stem not in NOTHING_TO_CONVERT]
+
+
+def larger_sizes(shape):
+    """Twice the training size, and a size that is not the training size plus a multiple of the stride."""
+    batch, channels, *spatial = shape
+    return [(batch, channels, *(2 * s for s in spatial)), (batch, channels, *(s + 7 for s in spatial))]
+
+
+@pytest.mark.parametrize("stem", CONVERTIBLE)
+def test_fixture_converts_to_an_equivalent_model(stem, fixture_path):
+    original = onnx.load(str(fixture_path(stem)))
+    converted = fc2conv_onnx.convert(original, validate=False)  # checked here independently
+    onnx.checker.check_model(converted, full_check=True)
+    assert_equivalent(original, converted, sizes=larger_sizes(input_shape(original)))
+
+
+@pytest.mark.parametrize("stem", CONVERTIBLE)
+def test_converted_model_has_symbolic_inputs_and_the_same_output_names(stem, fixture_path):
+    original = onnx.load(str(fixture_path(stem)))
+    converted = fc2conv_onnx.convert(original)
+    dims = converted.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and all(d.dim_param for d in dims[2:]) and dims[1].dim_value > 0
+    assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
+    assert list(converted.opset_import) == list(original.opset_import)
+    assert not {"Gemm", "MatMul", "Flatten", "Reshape"} & {n.op_type for n in converted.graph.node}
+
+
+def test_dress_detector_gives_403_positions_on_a_512x1024_frame(fixture_path):
+    original = onnx.load(str(fixture_path("dress_detector")))
+    converted = fc2conv_onnx.convert(original)
+    frame = random_input(original, (1, 3, 512, 1024))
+    assert run(converted, frame)["score"].shape == (1, 1, 13, 31)
+    # and each of the 403 positions is the original head on that window of the feature map
+    assert_equivalent(original, converted, sizes=[(1, 3, 512, 1024)])
+
+
+def test_batch_is_free_and_kept_apart(fixture_path):
+    original = onnx.load(str(fixture_path("reshape_batch_minus1")))  # the Reshape bakes batch 1
+    converted = fc2conv_onnx.convert(original)
+    batch = random_input(original, (3, 3, 40, 30))["image"]
+    together = run(converted, {"image": batch})["logits"]
+    for i in range(3):
+        alone = run(converted, {"image": batch[i:i + 1]})["logits"]
+        np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_is_per_location_not_over_the_whole_map(fixture_path):
+    for stem in ("softmax_opset11", "softmax_opset13"):
+        converted = fc2conv_onnx.convert(str(fixture_path(stem)))
+        probabilities = run(converted, random_input(converted, (1, 3, 48, 40)))["probabilities"]
+        assert probabilities.shape[2:] == (9, 7)  # (48/4 - 4 + 1, 40/4 - 4 + 1)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_two_heads_on_one_flatten_are_both_converted(fixture_path):
+    report = fc2conv_onnx.inspect(fixture_path("two_heads"))
+    assert [h.outputs for h in report.plan.heads] == [("logits", "probabilities"), ("box",)]
+    assert report.plan.skipped == ()
+
+
+def test_trunk_feature_map_cut_helper_is_not_vacuous(fixture_path):
+    """The test helper's trunk really runs at larger sizes (else assert_equivalent would prove nothing)."""
+    original = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(onnx.load(str(fixture_path("trunk_1d")))))
+    trunk = cut(original.model, ["signal"], ["features"], free_sizes=True)
+    assert run(trunk, random_input(trunk, (1, 2, 128)))["features"].shape == (1, 8, 32)
