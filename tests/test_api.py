@@ -1,0 +1,42 @@
+"""The Python API an export script uses."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+import fc2conv_onnx
+
+
+def test_convert_accepts_a_model_and_leaves_it_unchanged(fixture_path):
+    original = onnx.load(str(fixture_path("two_heads")))
+    before = original.SerializeToString()
+    converted = fc2conv_onnx.convert(original)
+    assert original.SerializeToString() == before
+    assert converted is not original and {n.op_type for n in converted.graph.node} >= {"Conv", "Softmax"}
+
+
+def test_convert_accepts_a_path(fixture_path):
+    conversion = fc2conv_onnx.convert_with_report(fixture_path("trunk_1d"))
+    assert conversion.report.source.endswith("trunk_1d.onnx")
+    assert "Conv 16 kernel [6, 8, 16]" in conversion.report.to_text()
+
+
+def test_convert_file_returns_the_report(fixture_path, tmp_path):
+    report = fc2conv_onnx.convert_file(fixture_path("trunk_3d"), tmp_path / "out.onnx")
+    assert report.output == str(tmp_path / "out.onnx") and report.validated
+    assert onnx.load(str(tmp_path / "out.onnx")).graph.input[0].type.tensor_type.shape.dim[2].dim_param == "D"
+
+
+def test_nothing_to_convert_carries_the_report(fixture_path):
+    with pytest.raises(fc2conv_onnx.NothingToConvertError) as caught:
+        fc2conv_onnx.convert(fixture_path("mlp_on_vector"))
+    assert caught.value.exit_code == 4
+    assert caught.value.report.plan.skipped[0].reason.startswith("input 'vector' is not a flattened")
+
+
+def test_importing_the_package_does_not_import_onnxruntime():
+    code = "import sys, fc2conv_onnx; sys.exit('onnxruntime' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
