@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import io, shapes, validate as validation
-from .errors import InputError, NothingToConvertError
+from .errors import InputError, NothingToConvertError, first_line
 from .heads import find_heads
 from .normalize import normalize
 from .plan import Plan
@@ -46,8 +46,7 @@ def _plan(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, gs.Graph, Plan]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as error:
-        line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise InputError(f"shape inference fails on the model: {line}") from None
+        raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
     graph = normalize(gs.import_onnx(inferred))
     return inferred, graph, find_heads(graph)
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
 class Fc2ConvError(Exception):
     """Base of every error the tool reports to a user. The message is a single line."""
 

@@ -86,8 +86,7 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten."""
     if node.op != "Flatten":
         return None
-    source = node.inputs[0]
-    shape = spatial_source_shape(source)
+    source, shape = node.inputs[0], spatial_source_shape(node.inputs[0])
     if isinstance(shape, Decline):
         return shape
     axis = node.attrs.get("axis", 1)
@@ -108,8 +107,7 @@ def match_constant_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     """
     if node.op != "Reshape":
         return None
-    source = node.inputs[0]
-    shape = spatial_source_shape(source)
+    source, shape = node.inputs[0], spatial_source_shape(node.inputs[0])
     if isinstance(shape, Decline):
         return shape
     target = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -128,7 +126,7 @@ def match_constant_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     if not (keeps_batch or baked) or second not in (-1, features):
         return Decline(f"Reshape '{node.name}' to {target} does not flatten [N, {', '.join(map(str, shape))}] "
                        f"to [N, {features}]")
-    note = f"the Reshape fixes batch size {first}; the converted model takes any batch" if baked and first != -1 else ""
+    note = f"the Reshape fixes batch size {first}; the converted model takes any batch" if baked else ""
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, note=note)
 
 
@@ -179,9 +177,9 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
             return Decline(f"bias C of Gemm '{node.name}' has shape {list(c.shape)}, which is not one value "
                            "per output feature")
         bias = (bias * beta).astype(c.dtype) if beta != 1.0 else np.array(bias)
-    spelling = "Gemm" + "".join(f" {k}={v}" for k, v in (("transB", node.attrs.get("transB", 0)),
-                                                        ("alpha", alpha), ("beta", beta))
-                                 if (k == "transB" and v != 1) or (k != "transB" and v != 1.0))
+    unusual = ([] if node.attrs.get("transB", 0) else ["transB=0"]) + \
+        [f"{name}={value:g}" for name, value in (("alpha", alpha), ("beta", beta)) if value != 1.0]
+    spelling = " ".join(["Gemm"] + unusual)
     return LinearLayer(nodes=(node.name,), spelling=spelling, input=data.name, output=node.outputs[0].name,
                        weight=weight, bias=bias)
 
@@ -379,7 +377,7 @@ def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flatteni
 def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Step, ...]:
     """Every node downstream of the first layer, converted in graph (topological) order."""
     features: Dict[str, int] = {first.output: first.features}  # head tensors -> K
-    members: List[str] = list(first.nodes)
+    members = set(first.nodes)
     steps: List[Step] = []
     for node in graph.nodes:
         if node.name in members:
@@ -407,7 +405,7 @@ def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Ste
             raise _Decline(step.reason)
         steps.append(step)
         features[step.output] = step.features if isinstance(step, LinearLayer) else k
-        members.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
+        members.update(step.nodes if isinstance(step, LinearLayer) else (step.node,))
     return tuple(steps)
 
 

@@ -8,14 +8,9 @@ from typing import Union
 
 import onnx
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def load_model(source: ModelSource) -> onnx.ModelProto:
@@ -36,13 +31,13 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         try:
             model = onnx.load(str(path))
         except Exception as error:  # protobuf raises several types for damaged bytes
-            raise InputError(f"input {label} is not a readable ONNX model ({_first_line(error)})") from None
+            raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
     if not model.graph.node and not model.graph.output:
         raise InputError(f"input {label} is not an ONNX model (it holds no graph)")
     try:
         onnx.checker.check_model(model)
     except Exception as error:
-        raise InputError(f"input {label} is not a valid ONNX model: {_first_line(error)}") from None
+        raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
     return model
 
 

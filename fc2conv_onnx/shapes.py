@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import __version__
-from .errors import ValidationError
+from .errors import ValidationError, first_line
 from .plan import Plan
 
 #: metadata_props key that marks a converted model (and makes converting it again a no-op).
@@ -81,6 +81,5 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan) -> onnx.Model
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         onnx.checker.check_model(model, full_check=True)
     except Exception as error:
-        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line}") from None
+        raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line(error)}") from None
     return model

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import ValidationError
+from .errors import ValidationError, first_line
 from .plan import Plan
-from .shapes import clear_inferred_shapes, free_input_dims
+from .shapes import clear_inferred_shapes, export_like, free_input_dims
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +74,13 @@ def _session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
-
-
 def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str) -> Dict[str, np.ndarray]:
     try:
         session = _session(model)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, dict(feeds))))
     except Exception as error:
-        raise ValidationError(f"{what} does not run in onnxruntime: {_first_line(error)}") from None
+        raise ValidationError(f"{what} does not run in onnxruntime: {first_line(error)}") from None
 
 
 def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
@@ -167,12 +163,7 @@ def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
     if free_inputs:
         free_input_dims(graph, free_inputs)
         clear_inferred_shapes(graph)
-    graph.cleanup()
-    cut = gs.export_onnx(graph)
-    cut.ir_version = model.ir_version
-    del cut.opset_import[:]
-    cut.opset_import.extend(model.opset_import)
-    return cut
+    return export_like(graph.cleanup(), model)
 
 
 def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan, *,
