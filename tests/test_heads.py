@@ -111,3 +111,13 @@ def test_unnamed_nodes_are_handled():
     for node in original.graph.node:
         node.name = ""
     assert_equivalent(original, fc2conv_onnx.convert(original), sizes=[(1, 3, 32, 32)])
+
+
+def test_a_dropout_that_is_a_graph_output_keeps_its_name():
+    def head(b, x):
+        logits = b.gemm(b.node("Flatten", [x]), F, 4, output=b.output("logits"), bias_shape=(4,))
+        b.node("Dropout", [logits], b.output("dropped"))
+    original = classifier(head)
+    converted = fc2conv_onnx.convert(original)
+    assert [o.name for o in converted.graph.output] == ["logits", "dropped"]
+    assert_equivalent(original, converted, sizes=[(1, 3, 24, 28)])
