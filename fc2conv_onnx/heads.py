@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 from math import prod
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -237,6 +237,8 @@ class HeadContext:
     spatial_rank: int
     opset: int
     graph_outputs: FrozenSet[str]
+    #: Every tensor of the head found so far -> its number of features.
+    head_features: Mapping[str, int] = field(default_factory=dict)
 
     def in_use(self, tensor: gs.Tensor) -> bool:
         return bool(tensor.outputs) or tensor.name in self.graph_outputs
@@ -275,8 +277,11 @@ def prelu(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Dec
 
 
 def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
-    """Add/Sub/Mul/Div by a per-feature constant (either side), reshaped to [K, 1, ...]."""
+    """Add/Sub/Mul/Div by a per-feature constant (either side), reshaped to [K, 1, ...]; or of two head
+    tensors with the same K (swish: x * Sigmoid(x)), which is elementwise per location as it stands."""
     other_index = 1 - index
+    if ctx.head_features.get(node.inputs[other_index].name) == ctx.features:
+        return _pass(node, index, KEEP, "unchanged (elementwise on two head tensors)")
     values = constant_values(node.inputs[other_index])
     reshaped = None if values is None else per_location_constant(values, ctx.features, ctx.spatial_rank)
     if reshaped is None:
@@ -353,11 +358,10 @@ class _Decline(Exception):
 
 
 def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flattening, LinearLayer]:
-    data = node.inputs[0] if node.inputs else None
-    source = producer(data) if data is not None else None
+    data = node.inputs[0]
+    source = producer(data)
     if source is None:
-        raise _Decline(f"input '{data.name if data is not None else ''}' is not a flattened spatial tensor "
-                       "(it is a graph input or a constant)")
+        raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
     flattening = None
     for matcher in FLATTENINGS:
         flattening = matcher(source)
@@ -387,15 +391,12 @@ def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Ste
             continue
         index = head_inputs[0]
         k = features[node.inputs[index].name]
-        ctx = replace(base, features=k)
+        ctx = replace(base, features=k, head_features=features)
         step: Union[Step, Decline, None]
         if node.op in LINEAR_OPS:
             step = match_linear(node, node.inputs[index], k, ctx.graph_outputs)
         elif node.op in PASS_THROUGH and in_default_domain(node):
-            both_from_head = len(head_inputs) == 2 and node.op in ("Add", "Sub", "Mul", "Div") and \
-                features[node.inputs[0].name] == features[node.inputs[1].name]
-            step = _pass(node, index, KEEP, "unchanged (elementwise on two head tensors)") if both_from_head \
-                else PASS_THROUGH[node.op](node, index, ctx)
+            step = PASS_THROUGH[node.op](node, index, ctx)
         else:
             step = None
         if step is None:

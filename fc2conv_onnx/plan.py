@@ -104,6 +104,12 @@ class HeadPlan:
             names.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
         return tuple(names)
 
+    def kernel_shape(self, layer: LinearLayer) -> Tuple[int, ...]:
+        """The Conv kernel a layer becomes: the source's whole extent for the first, 1x1... after it."""
+        if layer is self.first:
+            return (layer.features,) + self.flattening.source_shape
+        return (layer.features, int(layer.weight.shape[1])) + (1,) * self.spatial_rank
+
     @property
     def tensors(self) -> Tuple[str, ...]:
         """Every tensor whose shape becomes [N, K, *spatial]."""
@@ -116,13 +122,12 @@ class HeadPlan:
             f"head -> {', '.join(self.outputs)}",
             f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
             f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
-            f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(_kernel_shape(self.first, flat))}",
+            f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(self.kernel_shape(self.first))}",
         ]
+        pointwise = "x".join("1" * self.spatial_rank)
         for step in self.steps:
             if isinstance(step, LinearLayer):
-                pointwise = "x".join("1" * self.spatial_rank)
-                lines.append(f"  {_layer_line(step)} -> Conv {pointwise} kernel "
-                             f"{[step.features, step.weight.shape[1]] + [1] * self.spatial_rank}")
+                lines.append(f"  {_layer_line(step)} -> Conv {pointwise} kernel {list(self.kernel_shape(step))}")
             else:
                 lines.append(f"  {step.op} '{step.node}' -> {step.becomes}")
         return "\n".join(lines)
@@ -134,17 +139,13 @@ class HeadPlan:
             "source": flat.source,
             "source_shape": list(flat.source_shape),
             "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
-            "layers": [_layer_dict(self.first, list(_kernel_shape(self.first, flat)))] + [
-                _layer_dict(s, [s.features, int(s.weight.shape[1])] + [1] * self.spatial_rank)
+            "layers": [_layer_dict(self.first, list(self.kernel_shape(self.first)))] + [
+                _layer_dict(s, list(self.kernel_shape(s)))
                 if isinstance(s, LinearLayer)
                 else {"node": s.node, "op": s.op, "becomes": s.becomes}
                 for s in self.steps
             ],
         }
-
-
-def _kernel_shape(layer: LinearLayer, flat: Flattening) -> Tuple[int, ...]:
-    return (layer.features,) + flat.source_shape
 
 
 def _layer_line(layer: LinearLayer) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .plan import Plan
@@ -19,7 +19,6 @@ class Report:
     output: Optional[str] = None
     #: True for a dry run (`inspect`): nothing was converted.
     dry_run: bool = False
-    notes: Tuple[str, ...] = field(default_factory=tuple)
 
     def to_text(self) -> str:
         lines = []
@@ -33,7 +32,6 @@ class Report:
             lines += [f"  {check.describe()}" for check in self.checks]
         elif not self.dry_run:
             lines.append("validation: skipped (--no-validate); the converted model is unproven")
-        lines += list(self.notes)
         if self.output:
             lines.append(f"written: {self.output}")
         return "\n".join(lines)
@@ -46,7 +44,6 @@ class Report:
             **self.plan.to_dict(),
             "validated": self.validated,
             "checks": [check.to_dict() for check in self.checks],
-            "notes": list(self.notes),
         }
 
     def to_json(self) -> str:
