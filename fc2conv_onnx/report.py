@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from .geometry import HeadGeometry
 from .plan import Plan
 from .validate import OutputCheck
 
@@ -12,11 +13,15 @@ from .validate import OutputCheck
 @dataclass
 class Report:
     plan: Plan
+    #: One per head of the plan, in order.
+    geometry: Tuple[HeadGeometry, ...] = ()
     #: Validation figures; empty when validation was off (see `validated`).
     checks: Tuple[OutputCheck, ...] = ()
     validated: bool = False
     source: Optional[str] = None
     output: Optional[str] = None
+    #: The converted model that `validate` compared with the original.
+    compared_with: Optional[str] = None
     #: True for a dry run (`inspect`): nothing was converted.
     dry_run: bool = False
 
@@ -24,7 +29,11 @@ class Report:
         lines = []
         if self.source:
             lines.append(f"model: {self.source}")
+        if self.compared_with:
+            lines.append(f"converted model: {self.compared_with}")
         lines.append(self.plan.describe())
+        for head, where in zip(self.plan.heads, self.geometry):
+            lines.append(f"geometry of {', '.join(head.outputs)}: {where.describe()}")
         if self.plan.trunk_inputs and self.plan.heads:
             lines.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
         if self.validated:
@@ -41,7 +50,9 @@ class Report:
             "source": self.source,
             "output": self.output,
             "dry_run": self.dry_run,
+            "compared_with": self.compared_with,
             **self.plan.to_dict(),
+            "geometry": [where.to_dict() for where in self.geometry],
             "validated": self.validated,
             "checks": [check.to_dict() for check in self.checks],
         }

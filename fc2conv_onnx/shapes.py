@@ -1,15 +1,16 @@
 """Give the rewritten graph its new shapes: symbolic batch and spatial input dims, re-inferred shapes,
-a checker pass, and a metadata entry that marks the model as converted."""
+a checker pass, and a metadata entry that marks the model as converted and holds each head's geometry."""
 from __future__ import annotations
 
 import json
-from typing import Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from . import __version__
 from .errors import ValidationError, first_line
+from .geometry import Geometry, HeadGeometry
 from .plan import Plan
 
 #: metadata_props key that marks a converted model (and makes converting it again a no-op).
@@ -23,8 +24,9 @@ def spatial_names(spatial_rank: int) -> Tuple[str, ...]:
     return SPATIAL_NAMES.get(spatial_rank, tuple(f"S{i}" for i in range(spatial_rank)))
 
 
-def free_input_dims(graph: gs.Graph, input_names: Iterable[str]) -> None:
-    """Make the batch (axis 0) and spatial axes (2 onwards) of the named inputs symbolic."""
+def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: bool = False) -> None:
+    """Make the batch (axis 0) and, unless `batch_only`, the spatial axes (2 onwards) of the named
+    inputs symbolic."""
     names = set(input_names)
     prefixed = len(names) > 1  # distinct symbols per input: their sizes need not match
     for tensor in graph.inputs:
@@ -33,7 +35,7 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str]) -> None:
         prefix = f"{tensor.name}_" if prefixed else ""
         shape = list(tensor.shape)
         shape[0] = prefix + BATCH_NAME
-        if len(shape) >= 3:
+        if len(shape) >= 3 and not batch_only:
             shape[2:] = [prefix + name for name in spatial_names(len(shape) - 2)]
         tensor.shape = shape
 
@@ -68,15 +70,30 @@ def converted_marker(model: onnx.ModelProto) -> Optional[str]:
     return None
 
 
-def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
+    """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
+    return json.dumps({"version": __version__, "heads": [
+        {"outputs": list(head.outputs), "source": head.flattening.source, "geometry": where.to_dict()}
+        for head, where in zip(plan.heads, geometry)]})
+
+
+def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
+    """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
+    found = {}
+    for head in json.loads(marker).get("heads", ()):
+        values = head.get("geometry", {})
+        if "stride" in values:
+            found.update(dict.fromkeys(head["outputs"], Geometry.from_dict(values)))
+    return found
+
+
+def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan,
+           geometry: Sequence[HeadGeometry]) -> onnx.ModelProto:
     """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker."""
     free_input_dims(graph, plan.trunk_inputs)
     clear_inferred_shapes(graph)
     model = export_like(graph, original)
-    marker = {"version": __version__, "heads": [
-        {"outputs": list(h.outputs), "source": h.flattening.source, "window": list(h.flattening.spatial_shape)}
-        for h in plan.heads]}
-    model.metadata_props.add(key=CONVERTED_KEY, value=json.dumps(marker))
+    model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         onnx.checker.check_model(model, full_check=True)

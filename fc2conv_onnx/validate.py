@@ -1,10 +1,12 @@
 """Prove the conversion with onnxruntime: nothing is written unless these checks pass.
 
-Two checks, on seeded random inputs:
+Checks, on seeded random inputs:
 - training size: the original and the converted model give the same outputs ([N, K] vs [N, K, 1, ...]);
 - windows: on a larger input, the original model is cut at each head's source tensor into a trunk and a
-  head; the trunk runs once, the head runs on every training-size window of the feature map ("crop and
-  forward"), and each result must equal the converted model's output at that window's location.
+  head; the trunk runs once, the head runs on the training-size windows of the feature map ("crop and
+  forward", batched), and each result must equal the converted model's output at that window's location
+  (every location, or a seeded sample plus the corners when there are very many);
+- geometry: the output grid that `geometry` predicts from the graph matches the trunk run at two sizes.
 
 onnxruntime is imported here only, when a check runs, so importing the package stays light.
 """
@@ -13,13 +15,15 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from math import prod
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import ValidationError, first_line
+from .errors import InputError, ValidationError, first_line
+from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
 from .plan import Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 
@@ -32,14 +36,16 @@ TOLERANCES: Dict[np.dtype, Tuple[float, float]] = {
     np.dtype(np.float32): (1e-4, 1e-5),
     np.dtype(np.float16): (1e-2, 1e-3),
 }
-#: Each spatial input dim is multiplied by this for the window check.
-DEFAULT_WINDOW_SCALE = 2
+#: Above this many output locations, the window check compares a seeded sample (plus every corner).
+MAX_LOCATIONS = 4096
+#: Feature windows are sent to the head in batches of at most this many bytes.
+BATCH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
 class OutputCheck:
     output: str
-    check: str  # "training size" or "windows"
+    check: str  # "training size", "windows" or "geometry"
     input_shape: Tuple[int, ...]
     locations: int
     max_abs: float
@@ -50,6 +56,8 @@ class OutputCheck:
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
+        if self.check == "geometry":
+            return f"{self.output}: geometry, input {list(self.input_shape)}: {self.detail or 'grid as predicted'} {verdict}"
         where = f"{self.locations} location(s), input {list(self.input_shape)}"
         text = (f"{self.output}: {self.check}, {where}: max abs error {self.max_abs:.3g}, "
                 f"relative {self.max_rel:.3g} (tolerance {self.tolerance:.3g}) {verdict}")
@@ -121,7 +129,7 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
 
 
 def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarray,
-            input_shape: Tuple[int, ...], locations: int) -> OutputCheck:
+            input_shape: Tuple[int, ...], locations: int, note: str = "") -> OutputCheck:
     """Compare one output; the candidate may carry trailing size-1 spatial axes ([N, K] vs [N, K, 1, 1])."""
     if candidate.size != reference.size:
         return OutputCheck(output, check, input_shape, locations, float("inf"), float("inf"), 0.0, False,
@@ -138,7 +146,7 @@ def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarra
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = same_nan and max_abs <= tolerance
     return OutputCheck(output, check, input_shape, locations, max_abs, max_rel, tolerance, passed,
-                       "" if same_nan else "NaN in different places")
+                       note if same_nan else "NaN in different places")
 
 
 def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *,
@@ -153,54 +161,186 @@ def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *
 
 
 def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
-         free_inputs: Sequence[str] = ()) -> onnx.ModelProto:
-    """The part of `model` between the named tensors (a trunk when `free_inputs` makes sizes symbolic)."""
+         free_inputs: Sequence[str] = (), batch_only: bool = False) -> onnx.ModelProto:
+    """The part of `model` between the named tensors, with the batch (and unless `batch_only`, the
+    spatial) dims of `free_inputs` made symbolic: a trunk that runs at any size, or a head that takes
+    any number of windows at once."""
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     if inputs:
         graph.inputs = [tensors[name] for name in inputs]
     graph.outputs = [tensors[name] for name in outputs]
     if free_inputs:
-        free_input_dims(graph, free_inputs)
+        free_input_dims(graph, free_inputs, batch_only=batch_only)
         clear_inferred_shapes(graph)
     return export_like(graph.cleanup(), model)
 
 
-def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan, *,
-                  scale: int = DEFAULT_WINDOW_SCALE, seed: int = 0) -> List[OutputCheck]:
-    """Converted model vs crop-and-forward on the original, at every location of a larger input.
+Progress = Callable[[int, int], None]
 
-    `original` must carry inferred shapes (the cut models need the source tensors' types).
-    """
+
+def parse_size(text: str) -> Tuple[int, ...]:
+    """'512x1024', '512,1024' or '512' (every axis) -> a spatial size."""
+    try:
+        size = tuple(int(part) for part in text.replace(",", "x").split("x"))
+    except ValueError:
+        raise InputError(f"size '{text}' is not a list of integers like 512x1024") from None
+    if not size or min(size) <= 0:
+        raise InputError(f"size '{text}' must be positive integers like 512x1024")
+    return size
+
+
+def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Sequence[HeadGeometry],
+                        size: Optional[Sequence[int]] = None) -> Dict[str, Tuple[int, ...]]:
+    """Input shapes for the window check: `size` (spatial) or, by default, a few strides larger than
+    the training size on every axis (see `geometry.default_validation_size`)."""
     shapes = dict(training_shapes(original))
     for name in plan.trunk_inputs:
-        shape = shapes[name]
-        shapes[name] = shape[:2] + tuple(d * scale for d in shape[2:])
-    feeds = random_feeds(original, shapes, np.random.default_rng(seed + 1))
-    actual = _run(converted, feeds, f"the converted model at input size {list(shapes[plan.trunk_inputs[0]])}")
+        training = shapes[name][2:]
+        if size is None:
+            known = [g for g in geometries if isinstance(g, Geometry) and g.input == name]
+            widest = max(known, key=lambda g: prod(g.stride), default=None)
+            spatial = default_validation_size(widest, training)
+        else:
+            spatial = tuple(size) if len(size) > 1 else tuple(size) * len(training)
+            if len(spatial) != len(training):
+                raise InputError(f"size {'x'.join(map(str, size))} has {len(spatial)} axes; input '{name}' has "
+                                 f"{len(training)} spatial axes ({'x'.join(map(str, training))} at training size)")
+            if any(s < t for s, t in zip(spatial, training)):
+                raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
+                                 f"size {'x'.join(map(str, training))}")
+        shapes[name] = shapes[name][:2] + tuple(spatial)
+    return shapes
+
+
+def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
+    """Flat indices of the grid cells to compare: all of them, or a seeded sample plus every corner."""
+    total = prod(grid)
+    if total <= limit:
+        return np.arange(total), ""
+    corners = {int(np.ravel_multi_index(c, grid)) for c in itertools.product(*((0, g - 1) for g in grid))}
+    rest = np.setdiff1d(np.arange(total), sorted(corners))
+    chosen = rng.choice(rest, size=max(limit - len(corners), 0), replace=False)
+    picked = np.sort(np.concatenate([np.array(sorted(corners)), chosen]))
+    return picked, (f"a seeded sample of {picked.size} of {total} locations, all {len(corners)} corners "
+                    "included")
+
+
+class _Head:
+    """The original head, cut at its source, run on many feature windows: batched when it allows it."""
+
+    def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str]) -> None:
+        self.source, self.outputs = source, list(outputs)
+        self.batched = _session(_cut(original, [source], outputs, [source], batch_only=True))
+        self.single = None
+
+    def run(self, crops: np.ndarray, per_window: int) -> List[np.ndarray]:
+        """Outputs for `crops` ([B * per_window, C, *window]), each as [B * per_window, features]."""
+        session = self.single or self.batched
+        if session is self.batched and crops.shape[0] > per_window:
+            try:
+                values = session.run(self.outputs, {self.source: crops})
+                alone = session.run(self.outputs, {self.source: crops[:per_window]})
+                if all(np.array_equal(v[:per_window], a) for v, a in zip(values, alone)):
+                    return [v.reshape(v.shape[0], -1) for v in values]
+            except Exception:  # the head bakes in its batch size (e.g. Reshape [1, -1]): one window per call
+                pass
+            logger.info("the head of '%s' does not take windows in batches; running one per call", self.source)
+            self.single = session
+        parts = [session.run(self.outputs, {self.source: crops[i:i + per_window]})
+                 for i in range(0, crops.shape[0], per_window)]
+        return [np.concatenate([p[k].reshape(p[k].shape[0], -1) for p in parts]) for k in range(len(self.outputs))]
+
+
+def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...], grid: Tuple[int, ...],
+                     locations: np.ndarray, progress: Optional[Progress] = None,
+                     batch_bytes: int = BATCH_BYTES) -> List[np.ndarray]:
+    """The head on the feature window at each location: one [N, features, len(locations)] array per output."""
+    n = features.shape[0]
+    crop_bytes = features.dtype.itemsize * n * features.shape[1] * prod(window)
+    batch = max(1, batch_bytes // crop_bytes)
+    results: List[List[np.ndarray]] = [[] for _ in head.outputs]
+    positions = np.stack(np.unravel_index(locations, grid), axis=1) if len(locations) else np.empty((0, len(grid)))
+    for begin in range(0, len(positions), batch):
+        chunk = positions[begin:begin + batch]
+        crops = np.concatenate([features[(slice(None), slice(None)) + tuple(slice(p, p + w)
+                                                                           for p, w in zip(pos, window))]
+                                for pos in chunk])
+        for k, value in enumerate(head.run(np.ascontiguousarray(crops), n)):
+            results[k].append(value.reshape(len(chunk), n, -1).transpose(1, 2, 0))
+        if progress is not None:
+            progress(begin + len(chunk), len(positions))
+    return [np.concatenate(parts, axis=2) for parts in results]
+
+
+def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
+                  geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
+                  max_locations: int = MAX_LOCATIONS, progress: Optional[Progress] = None) -> List[OutputCheck]:
+    """Converted model vs crop-and-forward on the original, at the locations of a larger input.
+
+    The original is cut at each head's source: its trunk runs once on the larger input, its head on the
+    training-size feature windows (batched); each result must equal the converted model's output at
+    that window's location. `original` must carry inferred shapes (the cuts need the tensors' types).
+    """
+    geometries = tuple(geometries) or (Unknown("not computed"),) * len(plan.heads)
+    shapes = window_check_shapes(original, plan, geometries, size)
+    rng = np.random.default_rng(seed + 1)
+    feeds = random_feeds(original, shapes, rng)
+    input_shape = shapes[plan.trunk_inputs[0]]
+    actual = _run(converted, feeds, f"the converted model at input size {list(input_shape)}")
     checks = []
     for source in dict.fromkeys(h.flattening.source for h in plan.heads):
-        heads = [h for h in plan.heads if h.flattening.source == source]
-        outputs = [o for h in heads for o in h.outputs]
-        window = heads[0].flattening.spatial_shape
-        trunk = _cut(original, (), [source], plan.trunk_inputs)
-        features = _run(trunk, feeds, f"the original trunk up to '{source}'")[source]
-        head_session = _session(_cut(original, [source], outputs))
+        heads = [i for i, h in enumerate(plan.heads) if h.flattening.source == source]
+        outputs = [o for i in heads for o in plan.heads[i].outputs]
+        window = plan.heads[heads[0]].flattening.spatial_shape
+        trunk = _session(_cut(original, (), [source], plan.trunk_inputs))
+        features = _run_session(trunk, feeds, source, f"the original trunk up to '{source}'")
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
-        expected = {}
-        for position in itertools.product(*(range(g) for g in grid)):
-            crop = features[(slice(None), slice(None)) + tuple(slice(p, p + w) for p, w in zip(position, window))]
-            for name, value in zip(outputs, head_session.run(outputs, {source: np.ascontiguousarray(crop)})):
-                flat = value.reshape(value.shape[0], -1)
-                expected.setdefault(name, np.empty(flat.shape + grid, flat.dtype))[(...,) + position] = flat
-        input_shape, locations = shapes[plan.trunk_inputs[0]], int(np.prod(grid))
-        for name in outputs:
-            if actual[name].shape[2:] != grid:
-                checks.append(OutputCheck(name, "windows", input_shape, locations, float("inf"), float("inf"),
-                                          0.0, False, f"output grid {list(actual[name].shape[2:])}, "
-                                          f"expected {list(grid)}"))
-            else:
-                checks.append(compare(name, "windows", expected[name], actual[name], input_shape, locations))
+        checks += _check_geometry(geometries[heads[0]], trunk, feeds, source, outputs, grid, rng)
+        locations, note = sample_locations(grid, max_locations, np.random.default_rng(seed + 2))
+        expected = crop_and_forward(_Head(original, source, outputs), features, window, grid, locations, progress)
+        for name, reference in zip(outputs, expected):
+            value = actual[name]
+            if value.shape[2:] != grid:
+                checks.append(OutputCheck(name, "windows", input_shape, len(locations), float("inf"),
+                                          float("inf"), 0.0, False, f"output grid {list(value.shape[2:])}, "
+                                          f"expected {list(grid)} (one cell per feature window)"))
+                continue
+            candidate = value.reshape(value.shape[:2] + (-1,))[:, :, locations]
+            checks.append(compare(name, "windows", reference.reshape(candidate.shape), candidate, input_shape,
+                                  len(locations), note))
+    return checks
+
+
+def _run_session(session, feeds: Mapping[str, np.ndarray], output: str, what: str) -> np.ndarray:
+    try:
+        names = {i.name for i in session.get_inputs()}
+        return session.run([output], {k: v for k, v in feeds.items() if k in names})[0]
+    except Exception as error:
+        raise ValidationError(f"{what} does not run in onnxruntime: {first_line(error)}") from None
+
+
+def _check_geometry(geometry: HeadGeometry, trunk, feeds: Mapping[str, np.ndarray], source: str,
+                    outputs: Sequence[str], grid: Tuple[int, ...], rng: np.random.Generator) -> List[OutputCheck]:
+    """The grid the geometry predicts, against runs of the trunk at two sizes (the window check's, and
+    one that is not the training size plus a whole number of strides)."""
+    if not isinstance(geometry, Geometry):
+        return []
+    image = feeds[geometry.input]
+    uneven = tuple(t + s + (s + 1) // 2 for t, s in zip(geometry.window, geometry.stride))
+    other = {**feeds, geometry.input: rng.standard_normal(image.shape[:2] + uneven).astype(image.dtype)}
+    runs = [(tuple(image.shape), grid)]
+    features = _run_session(trunk, other, source, f"the original trunk up to '{source}'")
+    runs.append((image.shape[:2] + uneven, tuple(f - w + 1 for f, w in zip(features.shape[2:],
+                                                                          geometry.feature_window))))
+    checks = []
+    for shape, seen in runs:
+        predicted = geometry.grid(shape[2:])
+        detail = "" if predicted == seen else (f"the geometry predicts a {list(predicted)} grid, a run gives "
+                                               f"{list(seen)}; please report this model")
+        detail = detail or f"{'x'.join(map(str, seen))} grid as predicted"
+        checks += [OutputCheck(name, "geometry", shape, prod(seen), 0.0, 0.0, 0.0, predicted == seen, detail)
+                   for name in outputs]
     return checks
 
 
@@ -214,13 +354,18 @@ def require_passed(checks: Sequence[OutputCheck]) -> None:
                                   f"({check.check}, input {list(check.input_shape)}): {detail}; nothing was written")
 
 
-def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan, *, seed: int = 0,
-             windows: bool = True) -> List[OutputCheck]:
-    """Run the checks; raise ValidationError on the first failure, else return the figures."""
+def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
+             geometries: Sequence[HeadGeometry] = (), *, seed: int = 0, size: Optional[Sequence[int]] = None,
+             windows: bool = True, progress: Optional[Progress] = None) -> List[OutputCheck]:
+    """Run the checks; raise ValidationError on the first failure, else return the figures.
+
+    `size` is the spatial input size of the window check (default: a few strides larger than the
+    training size); `windows=False` skips that check.
+    """
     checks = check_training_size(original, converted, seed=seed)
     require_passed(checks)
     if windows and plan.trunk_inputs:
-        checks += check_windows(original, converted, plan, seed=seed)
+        checks += check_windows(original, converted, plan, geometries, size=size, seed=seed, progress=progress)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())

@@ -1,0 +1,367 @@
+"""Where each output cell of a converted model looks in the input: stride, window and receptive field.
+
+The converted head is a Conv whose kernel is the whole training-size feature map, so output cell i reads
+the feature window [i, i + F) (per axis; F = the training feature size). The trunk is translation
+equivariant with a total stride S, so that window is the one the original classifier reads on the
+training-size input crop that starts at pixel i*S:
+
+    window_of(i)          = [offset + i*S, offset + i*S + T)     T = the training input size, offset 0
+    receptive_field_of(i) = [rf_start + i*S, rf_start + i*S + R)  every input pixel that can change cell i
+
+The receptive field is computed from every Conv/Pool/Pad between the input and the head (kernels,
+strides, pads, dilations, on every branch). It starts before the window when the trunk pads
+(rf_start < 0) and may reach past it; then the map equals crop-and-forward on the *feature map*, which
+is not the same as classifying each image crop on its own (that crop would be zero-padded at its own
+border instead of seeing its neighbours).
+
+An input of size T + k*S gives k + 1 cells per axis. Other sizes are accepted: `grid` follows each
+layer's own size rule (floor, ceil_mode, auto_pad), so trailing pixels that no window reaches are
+dropped, and a padded trunk may give one more cell whose window runs past the input's edge.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .normalize import in_default_domain
+from .plan import HeadPlan, Plan
+
+#: Ops that act on each spatial location alone (or on channels only): they do not move the geometry.
+LOCAL_OPS = frozenset((
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
+    "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Log", "Erf", "Sqrt",
+    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu", "Mish", "Cast", "Dropout",
+    "BatchNormalization", "LRN", "QuantizeLinear", "DequantizeLinear",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
+))
+WINDOW_OPS = frozenset(("Conv", "MaxPool", "AveragePool", "LpPool"))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open box of input pixels, [start, stop) per spatial axis; may reach outside the input."""
+
+    start: Tuple[int, ...]
+    stop: Tuple[int, ...]
+
+    def slices(self) -> Tuple[slice, ...]:
+        """Index for the spatial axes of an array (clip the box first if it may reach outside)."""
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
+
+    def clipped(self, size: Sequence[int]) -> "Box":
+        return Box(tuple(max(a, 0) for a in self.start), tuple(min(b, s) for b, s in zip(self.stop, size)))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One size-changing layer on the path from the input to the head, per spatial axis."""
+
+    op: str
+    kernel: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    pads_begin: Tuple[int, ...]
+    pads_end: Tuple[int, ...]
+    ceil_mode: bool = False
+    auto_pad: str = "NOTSET"
+
+    def output_size(self, size: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The ONNX output-size rule of Conv/Pool (and Pad, a 1-wide window with pads)."""
+        out = []
+        for x, k, s, d, pb, pe in zip(size, self.kernel, self.stride, self.dilation, self.pads_begin,
+                                      self.pads_end):
+            extent = (k - 1) * d + 1
+            if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out.append(-(-x // s))
+            elif self.auto_pad == "VALID":
+                out.append((x - extent) // s + 1)
+            elif self.ceil_mode:
+                n = -(-(x + pb + pe - extent) // s) + 1
+                if (n - 1) * s >= x + pb:  # a last window that starts in the end padding is dropped
+                    n -= 1
+                out.append(n)
+            else:
+                out.append((x + pb + pe - extent) // s + 1)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the cells of one head's outputs map to input pixels (per spatial axis)."""
+
+    input: str
+    stride: Tuple[int, ...]
+    #: The training input size: the crop the original classifier reads for one cell.
+    window: Tuple[int, ...]
+    #: Where cell 0's window starts: the training crop sits at the origin.
+    offset: Tuple[int, ...]
+    receptive_field: Tuple[int, ...]
+    #: Where cell 0's receptive field starts; negative when the trunk pads.
+    receptive_offset: Tuple[int, ...]
+    #: The training-size feature map (the head's window, in feature cells).
+    feature_window: Tuple[int, ...]
+    #: Size-changing layers along one path input -> head (every path gives the same sizes).
+    layers: Tuple[Layer, ...] = ()
+
+    @property
+    def padded(self) -> bool:
+        """True when cells see pixels outside their window: the map then differs from image crops."""
+        return any(r0 < o or r0 + r > o + w for r0, r, o, w in
+                   zip(self.receptive_offset, self.receptive_field, self.offset, self.window))
+
+    def window_of(self, cell: Sequence[int]) -> Box:
+        """The training-size input crop whose classification output cell `cell` holds."""
+        start = tuple(o + i * s for o, i, s in zip(self.offset, _cell(cell, self.stride), self.stride))
+        return Box(start, tuple(a + w for a, w in zip(start, self.window)))
+
+    def receptive_field_of(self, cell: Sequence[int]) -> Box:
+        """Every input pixel that can change output cell `cell` (may reach past the input's edges)."""
+        start = tuple(o + i * s for o, i, s in zip(self.receptive_offset, _cell(cell, self.stride), self.stride))
+        return Box(start, tuple(a + r for a, r in zip(start, self.receptive_field)))
+
+    def feature_size(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        size = tuple(int(v) for v in input_size)
+        for layer in self.layers:
+            size = layer.output_size(size)
+        return size
+
+    def grid(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        """Output cells per axis for a spatial input size (0 on an axis smaller than the window)."""
+        return tuple(max(f - w + 1, 0) for f, w in zip(self.feature_size(input_size), self.feature_window))
+
+    def describe(self) -> str:
+        def axes(values: Sequence[int]) -> str:
+            return "x".join(map(str, values))
+        text = (f"input '{self.input}': stride {axes(self.stride)}, window {axes(self.window)}, offset "
+                f"{axes(self.offset)} (cell i covers [offset + i*stride, offset + i*stride + window) per axis); "
+                f"receptive field {axes(self.receptive_field)} starting at {axes(self.receptive_offset)}")
+        if self.padded:
+            text += (" - the trunk pads or reads past the window, so each cell is the head on that window of "
+                     "the feature map, not the classifier run on the image crop alone")
+        return text
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> "Geometry":
+        layers = tuple(Layer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+                       for layer in values.get("layers", ()))
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k != "layers"}
+        return cls(layers=layers, **fields)
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """Geometry that could not be computed, and why."""
+
+    reason: str
+
+    def describe(self) -> str:
+        return f"geometry unknown: {self.reason}"
+
+    def to_dict(self) -> Dict:
+        return {"unknown": self.reason}
+
+
+HeadGeometry = Union[Geometry, Unknown]
+
+
+def _cell(cell: Sequence[int], stride: Tuple[int, ...]) -> Tuple[int, ...]:
+    cell = tuple(int(i) for i in (cell if isinstance(cell, (tuple, list)) else (cell,)))
+    if len(cell) != len(stride):
+        raise ValueError(f"cell {list(cell)} has {len(cell)} axes; this output has {len(stride)}")
+    return cell
+
+
+# ------------------------------------------------------------------------------------ the trunk walk
+
+@dataclass(frozen=True)
+class _Span:
+    """Feature cell j of a tensor depends on input pixels [j*stride + start, j*stride + start + extent)."""
+
+    stride: Tuple[int, ...]
+    start: Tuple[int, ...]
+    extent: Tuple[int, ...]
+    layers: Tuple[Layer, ...]
+
+
+class _NotLocal(Exception):
+    pass
+
+
+def _ints(value, rank: int, default: int) -> Tuple[int, ...]:
+    return tuple(int(v) for v in value) if value is not None else (default,) * rank
+
+
+def _window_layer(node: gs.Node, rank: int) -> Layer:
+    attrs = node.attrs
+    if node.op == "Conv" and "kernel_shape" not in attrs:
+        weight_shape = node.inputs[1].shape
+        if weight_shape is None or not all(isinstance(d, int) for d in weight_shape[2:]):
+            raise _NotLocal(f"Conv '{node.name}' has no static kernel shape")
+        kernel = tuple(weight_shape[2:])
+    else:
+        kernel = _ints(attrs.get("kernel_shape"), rank, 1)
+    stride = _ints(attrs.get("strides"), rank, 1)
+    dilation = _ints(attrs.get("dilations"), rank, 1)
+    pads = _ints(attrs.get("pads"), 2 * rank, 0)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    begin, end = pads[:rank], pads[rank:]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # The pads depend on the input size; take them at the training size (exact for T + k*S inputs).
+        size = node.inputs[0].shape
+        if size is None or not all(isinstance(d, int) for d in size[2:]):
+            raise _NotLocal(f"{node.op} '{node.name}' uses auto_pad {auto_pad} on an input of unknown size")
+        totals = [max((-(-x // s) - 1) * s + (k - 1) * d + 1 - x, 0)
+                  for x, k, s, d in zip(size[2:], kernel, stride, dilation)]
+        small = tuple(t // 2 for t in totals)
+        large = tuple(t - t // 2 for t in totals)
+        begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad == "VALID":
+        begin = end = (0,) * rank
+    return Layer(node.op, kernel, stride, dilation, begin, end, bool(attrs.get("ceil_mode", 0)), auto_pad)
+
+
+def _pad_layer(node: gs.Node, rank: int) -> Layer:
+    if "pads" in node.attrs:  # opset < 11
+        pads = [int(v) for v in node.attrs["pads"]]
+    elif len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        pads = [int(v) for v in np.asarray(node.inputs[1].values).reshape(-1)]
+    else:
+        raise _NotLocal(f"Pad '{node.name}' takes its pads from a computed tensor")
+    full_rank = rank + 2
+    if len(node.inputs) > 3 and node.inputs[3].name:  # opset 18 `axes`
+        if not isinstance(node.inputs[3], gs.Constant):
+            raise _NotLocal(f"Pad '{node.name}' takes its axes from a computed tensor")
+        axes = [int(a) % full_rank for a in np.asarray(node.inputs[3].values).reshape(-1)]
+    else:
+        axes = list(range(full_rank))
+    begin, end = [0] * full_rank, [0] * full_rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[len(axes) + i]
+    if begin[0] or end[0] or begin[1] or end[1]:
+        raise _NotLocal(f"Pad '{node.name}' pads the batch or channel axis")
+    ones = (1,) * rank
+    return Layer("Pad", ones, ones, ones, tuple(begin[2:]), tuple(end[2:]))
+
+
+def _through_layer(span: _Span, layer: Layer) -> _Span:
+    s = span.stride
+    return _Span(
+        stride=tuple(a * b for a, b in zip(s, layer.stride)),
+        start=tuple(a - p * b for a, p, b in zip(span.start, layer.pads_begin, s)),
+        extent=tuple(e + (k - 1) * d * b for e, k, d, b in zip(span.extent, layer.kernel, layer.dilation, s)),
+        layers=span.layers + (layer,),
+    )
+
+
+def _merge(spans: List[_Span], node: gs.Node) -> _Span:
+    first = spans[0]
+    for other in spans[1:]:
+        if other.stride != first.stride:
+            raise _NotLocal(f"{node.op} '{node.name}' joins branches of strides {list(first.stride)} and "
+                            f"{list(other.stride)}")
+    start = tuple(min(s.start[a] for s in spans) for a in range(len(first.start)))
+    stop = tuple(max(s.start[a] + s.extent[a] for s in spans) for a in range(len(first.start)))
+    return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers)
+
+
+def _constant_is_per_location(tensor: gs.Tensor, rank: int) -> bool:
+    """A constant operand leaves the geometry alone unless it varies along a spatial axis. Broadcasting
+    aligns trailing axes, so its last `rank` dims (as many as it has) meet the spatial axes."""
+    shape = list(tensor.shape) if tensor.shape is not None else None
+    return shape is not None and all(d == 1 for d in shape[max(len(shape) - rank, 0):])
+
+
+def _span_of(graph: gs.Graph, input_name: str, source: str, rank: int) -> _Span:
+    ones = (1,) * rank
+    spans: Dict[str, _Span] = {input_name: _Span(ones, (0,) * rank, ones, ())}
+    for node in graph.nodes:  # graphsurgeon keeps them in topological order after find_heads
+        inputs = [spans[t.name] for t in node.inputs if t.name in spans]
+        if not inputs:
+            continue
+        if not in_default_domain(node):
+            raise _NotLocal(f"{node.domain}::{node.op} '{node.name}' is an op the geometry does not know")
+        if node.op in WINDOW_OPS:
+            if node.inputs[0].name not in spans:
+                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
+            span = _through_layer(spans[node.inputs[0].name], _window_layer(node, rank))
+        elif node.op == "Pad":
+            span = _through_layer(spans[node.inputs[0].name], _pad_layer(node, rank))
+        elif node.op == "Concat" and int(node.attrs.get("axis", 0)) in (1, -(rank + 1)):
+            span = _merge(inputs, node)
+        elif node.op in LOCAL_OPS:
+            others = [t for t in node.inputs if t.name not in spans and t.name]
+            if not all(_constant_is_per_location(t, rank) for t in others):
+                raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
+                                "over the spatial axes")
+            span = _merge(inputs, node)
+        else:
+            raise _NotLocal(f"{node.op} '{node.name}' on the path to the head is not a convolution, pooling, "
+                            "padding or per-location op")
+        for out in node.outputs:
+            spans[out.name] = span
+        if source in spans:
+            return spans[source]
+    raise _NotLocal(f"'{source}' is not computed from '{input_name}'")
+
+
+def head_geometry(graph: gs.Graph, head: HeadPlan, trunk_inputs: Sequence[str]) -> HeadGeometry:
+    """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite)."""
+    tensors = graph.tensors()
+    source = head.flattening.source
+    feeding = [name for name in trunk_inputs if _depends_on(tensors[source], name)]
+    if len(feeding) != 1:
+        return Unknown(f"'{source}' is computed from {len(feeding)} inputs, not one image input")
+    image = tensors[feeding[0]]
+    rank = head.spatial_rank
+    shape = image.shape
+    if shape is None or len(shape) != rank + 2 or not all(isinstance(d, int) for d in shape[2:]):
+        return Unknown(f"input '{image.name}' is not [N, C, *spatial] with a static training size and the "
+                       f"head's {rank} spatial axes")
+    try:
+        span = _span_of(graph, image.name, source, rank)
+    except _NotLocal as error:
+        return Unknown(str(error))
+    window = tuple(shape[2:])
+    geometry = Geometry(input=image.name, stride=span.stride, window=window, offset=(0,) * rank,
+                        receptive_field=tuple((f - 1) * s + e for f, s, e in
+                                              zip(head.flattening.spatial_shape, span.stride, span.extent)),
+                        receptive_offset=span.start, feature_window=head.flattening.spatial_shape,
+                        layers=span.layers)
+    if geometry.feature_size(window) != head.flattening.spatial_shape:  # our size rules vs shape inference
+        return Unknown(f"the layer sizes computed for '{source}' ({list(geometry.feature_size(window))}) disagree "
+                       f"with its inferred shape {list(head.flattening.spatial_shape)}")
+    return geometry
+
+
+def _depends_on(tensor: gs.Tensor, input_name: str) -> bool:
+    seen, stack = set(), [tensor]
+    while stack:
+        current = stack.pop()
+        if current.name == input_name:
+            return True
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        for node in current.inputs:
+            stack.extend(node.inputs)
+    return False
+
+
+def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
+    """One geometry per head of `plan`, in order."""
+    return tuple(head_geometry(graph, head, plan.trunk_inputs) for head in plan.heads)
+
+
+def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:
+    """A few strides larger than the training size, a different number per axis (2, 3, 4, ...), so
+    a grid with swapped axes cannot pass for the right one; twice the training size if the stride is unknown."""
+    if isinstance(geometry, Geometry):
+        return tuple(t + (2 + axis) * s for axis, (t, s) in enumerate(zip(training, geometry.stride)))
+    return tuple(2 * t for t in training)
