@@ -3,11 +3,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Conversion, convert, convert_file, convert_with_report, inspect  # noqa: E402
+from .api import (Conversion, convert, convert_file, convert_with_report, inspect,  # noqa: E402
+                  read_geometry, validate_pair, window_of)
 from .errors import Fc2ConvError, InputError, NothingToConvertError, ValidationError  # noqa: E402
+from .geometry import Box, Geometry  # noqa: E402
 from .report import Report  # noqa: E402
 
 __all__ = [
-    "__version__", "convert", "convert_with_report", "convert_file", "inspect", "Conversion", "Report",
+    "__version__", "convert", "convert_with_report", "convert_file", "inspect", "validate_pair",
+    "read_geometry", "window_of", "Conversion", "Report", "Geometry", "Box",
     "Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError",
 ]

@@ -1,7 +1,7 @@
 """Command line: a thin shell over the API. Only this module prints.
 
 Exit codes (also in the README):
-  0  converted (or, for `inspect`, the model was read)
+  0  converted (`inspect`: the model was read; `validate`: the pair is equivalent)
   1  internal error (a bug: please report it)
   2  usage error (bad command line)
   3  bad input: missing, unreadable or invalid model, or an unusable output path
@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Callable, List, Optional
 
 from . import __version__, api
@@ -23,12 +24,16 @@ from .report import Report
 PROG = "fc2conv-onnx"
 
 EXIT_CODES = """exit codes:
-  0  converted (inspect: the model was read)
+  0  converted (inspect: the model was read; validate: equivalent)
   1  internal error (a bug; please report it)
   2  usage error
   3  bad input: missing, unreadable or invalid model, or unusable output path
   4  nothing to convert (no convertible head, or already converted)
   5  validation failed: not equivalent, nothing written"""
+
+SIZE_HELP = ("spatial input size of the window check, e.g. 512x1024 (one number: every axis); at least the "
+             "training size. Default: a few strides larger than the training size (2 more on the first axis, "
+             "3 on the second, ...). Above 4096 output locations, a seeded sample plus every corner is compared")
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -50,24 +55,38 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", formatter_class=_formatter, help="convert a model and write the result",
         description="Convert every fully connected head of IN into convolutions and write the model to OUT. "
                     "The result is validated with onnxruntime unless --no-validate is given: outputs must "
-                    "equal the original's at the training size, and on an input twice the training size "
-                    "every output location must equal the original head applied to that window of the "
-                    "feature map. Nothing is written if validation fails.",
+                    "equal the original's at the training size, and on a larger input (--validate-size) every "
+                    "output location must equal the original head applied to that window of the feature map "
+                    "(crop and forward). Nothing is written if validation fails. The output geometry (stride, "
+                    "window, offset) is printed and stored in OUT's metadata.",
         epilog=EXIT_CODES)
     convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     convert.add_argument("-o", "--output", metavar="OUT", required=True,
                          help="where to write the converted model (never the input file)")
     convert.add_argument("--no-validate", dest="validate", action="store_false",
                          help="skip the onnxruntime checks (the result is then unproven)")
-    convert.add_argument("--seed", type=int, default=0, help="seed of the random validation inputs (default 0)")
-    convert.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    convert.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    convert.add_argument("--validate-size", metavar="SIZE|off", help=SIZE_HELP + "; 'off' checks the training "
+                         "size only")
+    _common_flags(convert)
     convert.set_defaults(run=_run_convert)
+
+    validate = commands.add_parser(
+        "validate", formatter_class=_formatter, help="check an existing ORIGINAL / CONVERTED pair",
+        description="Run the checks `convert` runs on a pair made earlier or by hand: CONVERTED must give "
+                    "ORIGINAL's outputs at the training size, and at every location of a larger input "
+                    "(--size) the original head applied to that window of the feature map. The heads are "
+                    "found in ORIGINAL; CONVERTED must keep its input and output names. Writes nothing.",
+        epilog=EXIT_CODES)
+    validate.add_argument("original", metavar="ORIGINAL", help="the classifier (.onnx)")
+    validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx)")
+    validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
+    _common_flags(validate)
+    validate.set_defaults(run=_run_validate)
 
     inspect = commands.add_parser(
         "inspect", formatter_class=_formatter, help="dry run: show what would be converted",
         description="Read IN and print the heads that would be converted, what each layer becomes, and every "
-                    "Gemm/MatMul that would be left alone with the reason. Writes nothing.",
+                    "Gemm/MatMul that would be left alone with the reason, and the output geometry. Writes nothing.",
         epilog=EXIT_CODES)
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
@@ -76,8 +95,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random validation inputs (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+
+
+class _ProgressBar:
+    """Progress of the window check on stderr, for people watching a terminal (silent otherwise)."""
+
+    DELAY = 1.0  # seconds before showing anything: short runs stay quiet
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.shown and time.monotonic() - self.started < self.DELAY and done < total:
+            return
+        if not self.shown and done >= total:
+            return
+        self.shown = True
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        print(f"\r{PROG}: windows [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
+              file=sys.stderr, flush=True)
+
+
+def _progress() -> Optional[_ProgressBar]:
+    return _ProgressBar() if sys.stderr.isatty() else None
+
+
 def _run_convert(args: argparse.Namespace) -> Report:
-    return api.convert_file(args.input, args.output, validate=args.validate, seed=args.seed)
+    return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
+                            seed=args.seed, progress=_progress())
+
+
+def _run_validate(args: argparse.Namespace) -> Report:
+    return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress())
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
