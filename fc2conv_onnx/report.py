@@ -39,6 +39,8 @@ class Report:
         if self.validated:
             lines.append("validation (onnxruntime):")
             lines += [f"  {check.describe()}" for check in self.checks]
+            if self.plan.trunk_inputs and not any(check.check == "windows" for check in self.checks):
+                lines.append("  window check: off (--validate-size off); larger inputs are unproven")
         elif not self.dry_run:
             lines.append("validation: skipped (--no-validate); the converted model is unproven")
         if self.output:

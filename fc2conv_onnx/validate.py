@@ -275,7 +275,7 @@ def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...],
 
 def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
                   geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
-                  max_locations: int = MAX_LOCATIONS, progress: Optional[Progress] = None) -> List[OutputCheck]:
+                  max_locations: Optional[int] = None, progress: Optional[Progress] = None) -> List[OutputCheck]:
     """Converted model vs crop-and-forward on the original, at the locations of a larger input.
 
     The original is cut at each head's source: its trunk runs once on the larger input, its head on the
@@ -297,7 +297,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         features = _run_session(trunk, feeds, source, f"the original trunk up to '{source}'")
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
         checks += _check_geometry(geometries[heads[0]], trunk, feeds, source, outputs, grid, rng)
-        locations, note = sample_locations(grid, max_locations, np.random.default_rng(seed + 2))
+        locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
         expected = crop_and_forward(_Head(original, source, outputs), features, window, grid, locations, progress)
         for name, reference in zip(outputs, expected):
             value = actual[name]
