@@ -126,3 +126,48 @@ def test_console_script_is_installed():
         pytest.skip("package not installed with its console script (pip install .)")
     done = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("fc2conv-onnx ")
+
+
+def test_validate_command_accepts_a_good_pair_and_refuses_a_bad_one(fixture_path, tmp_path):
+    from test_any_size import with_transposed_output  # the same wrong model the API tests use
+
+    original = fixture_path("softmax_opset13")
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    assert cli("convert", original, "-o", good)[0] == 0
+    onnx.save(with_transposed_output(onnx.load(str(good)), "probabilities", (0, 1, 3, 2)), str(bad))
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    code, stdout, stderr = cli("validate", original, good, "--size", "32x40")
+    assert (code, stderr) == (0, "")
+    assert "probabilities: windows, 35 location(s), input [1, 3, 32, 40]" in stdout
+    assert "converted model: " in stdout and "stride 4x4, window 16x16" in stdout
+    code, stdout, stderr = cli("validate", original, bad, "--size", "32")
+    assert code == 5 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "output 'probabilities'" in stderr and "windows" in stderr
+    assert cli("validate", fixture_path("no_fc_head"), good)[0] == 4
+    assert cli("validate", original, good, "--size", "8x8")[0] == 3
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before  # validate writes nothing
+
+
+def test_validate_size_flag(fixture_path, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["convert", str(fixture_path("trunk_1d")), "-o", str(out), "--validate-size", "100", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    windows = [c for c in report["checks"] if c["check"] == "windows"]
+    assert windows[0]["input_shape"] == [1, 2, 100] and windows[0]["locations"] == 10  # (100 - 64) // 4 + 1
+    assert report["geometry"][0]["stride"] == [4]
+    assert main(["convert", str(fixture_path("trunk_1d")), "-o", str(out), "--validate-size", "off"]) == 0
+    assert "window check: off" in capsys.readouterr().out
+
+
+def test_progress_bar_draws_on_long_runs_only(capsys, monkeypatch):
+    from fc2conv_onnx import cli as cli_module
+
+    quick = cli_module._ProgressBar()
+    quick(1, 2), quick(2, 2)
+    assert capsys.readouterr().err == ""  # done within the delay: nothing drawn
+    monkeypatch.setattr(cli_module._ProgressBar, "DELAY", 0.0)
+    slow = cli_module._ProgressBar()
+    slow(1, 4), slow(4, 4)
+    err = capsys.readouterr().err
+    assert "\r" in err and "1/4" in err and err.endswith("4/4\n")
+    assert cli_module._progress() is None  # stderr is not a terminal under pytest
