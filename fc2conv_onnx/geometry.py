@@ -360,8 +360,9 @@ def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
 
 
 def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:
-    """A few strides larger than the training size, a different number per axis (2, 3, 4, ...), so
-    a grid with swapped axes cannot pass for the right one; twice the training size if the stride is unknown."""
+    """A few strides larger than the training size: 2, 3, 4, ... strides on the successive axes, so a grid
+    with swapped axes cannot pass for the right one, plus half a stride, so the size rules' rounding is
+    exercised too. Twice the training size if the stride is unknown."""
     if isinstance(geometry, Geometry):
-        return tuple(t + (2 + axis) * s for axis, (t, s) in enumerate(zip(training, geometry.stride)))
+        return tuple(t + (2 + axis) * s + s // 2 for axis, (t, s) in enumerate(zip(training, geometry.stride)))
     return tuple(2 * t for t in training)

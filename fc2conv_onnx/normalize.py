@@ -3,8 +3,8 @@
 Exporters hand weights over in several ways; the matchers only want to ask "is this input a constant,
 and what are its values?". Here, Constant nodes (Caffe2-era and tf2onnx models use them for weights and
 Reshape shapes) become graphsurgeon Constants, so one question (`isinstance(t, gs.Constant)`) serves all.
-Unnamed and same-named nodes get unique names, since the plan refers to nodes by name. Initializers listed as graph inputs
-(IR < 4) are already kept out of the inputs by the graphsurgeon importer.
+Unnamed and same-named nodes get unique names, since the plan refers to nodes by name. Initializers listed
+as graph inputs (IR < 4) are already kept out of the inputs by the graphsurgeon importer.
 """
 from __future__ import annotations
 

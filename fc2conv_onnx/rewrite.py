@@ -39,6 +39,12 @@ class _Editor:
         self.nodes: Dict[str, gs.Node] = {node.name: node for node in graph.nodes}
         self.tensors: Dict[str, gs.Tensor] = graph.tensors()
         self.taken = set(self.nodes) | set(self.tensors)
+        #: Tensors that went away with a removed node -> the tensor that now stands for them.
+        self.replaced: Dict[str, gs.Tensor] = {}
+
+    def tensor(self, name: str) -> gs.Tensor:
+        """The tensor the plan calls `name`, following removed nodes (Dropout) to what replaced it."""
+        return self.replaced.get(name) or self.tensors[name]
 
     def name(self, base: str) -> str:
         name, suffix = base, 1
@@ -91,6 +97,7 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
             for index, tensor in enumerate(consumer.inputs):
                 if tensor is result:
                     consumer.inputs[index] = source  # graphsurgeon lists sync on item assignment only
+        editor.replaced[result.name] = source
         node.outputs.clear()
     elif step.action == AXIS_LAST:
         rank = spatial_rank + 2
@@ -113,7 +120,7 @@ def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
     for step in head.steps:
         if isinstance(step, LinearLayer):
             kernel = pointwise_kernel(step.weight, head.spatial_rank)
-            _replace_linear(editor, step, editor.tensors[step.input], kernel)
+            _replace_linear(editor, step, editor.tensor(step.input), kernel)
         else:
             _rewrite_pass_through(editor, step, head.spatial_rank)
     for name in head.tensors:

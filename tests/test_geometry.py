@@ -20,7 +20,8 @@ from fc2conv_onnx.shapes import CONVERTED_KEY
 
 
 def conv(rank, kernel, stride=1, pads=None, dilation=1, **extra):
-    per_axis = (lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * rank)
+    def per_axis(v):
+        return list(v) if isinstance(v, (list, tuple)) else [v] * rank
     attrs = dict(kernel_shape=per_axis(kernel), strides=per_axis(stride), dilations=per_axis(dilation), **extra)
     if "auto_pad" not in extra:
         attrs["pads"] = pads if pads is not None else [0] * (2 * rank)

@@ -49,8 +49,8 @@ def test_validation_figures_are_in_the_report(fixture_path):
         assert {(name, "training size"), (name, "windows")} <= checked
     assert all(c.passed and c.max_abs <= c.tolerance for c in report.checks)
     windows = [c for c in report.checks if c.check == "windows"]
-    # default size: 16x16 plus (2, 3) strides of 4 = 24x28 -> a 6x7 map -> 3x4 windows of 4x4
-    assert all(c.locations == 12 and c.input_shape == (1, 3, 24, 28) for c in windows)
+    # default size: 16x16 plus (2, 3) strides of 4 and half a stride = 26x30 -> a 6x7 map -> 3x4 windows of 4x4
+    assert all(c.locations == 12 and c.input_shape == (1, 3, 26, 30) for c in windows)
 
 
 def test_compare_uses_the_output_scale_and_flags_shape_and_nan_mismatches():
