@@ -38,6 +38,9 @@ LOCAL_OPS = frozenset((
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
 ))
 WINDOW_OPS = frozenset(("Conv", "MaxPool", "AveragePool", "LpPool"))
+#: Local ops whose other inputs are per-channel parameters by definition, not broadcast operands.
+CHANNEL_PARAMETER_OPS = frozenset(("BatchNormalization", "QuantizeLinear", "DequantizeLinear", "PRelu", "Clip",
+                                   "Dropout"))
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,7 @@ def _span_of(graph: gs.Graph, input_name: str, source: str, rank: int) -> _Span:
             span = _merge(inputs, node)
         elif node.op in LOCAL_OPS:
             others = [t for t in node.inputs if t.name not in spans and t.name]
-            if not all(_constant_is_per_location(t, rank) for t in others):
+            if node.op not in CHANNEL_PARAMETER_OPS and not all(_constant_is_per_location(t, rank) for t in others):
                 raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
                                 "over the spatial axes")
             span = _merge(inputs, node)

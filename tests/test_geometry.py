@@ -34,7 +34,7 @@ def pool(op, rank, kernel, stride, pads=None, **extra):
 
 
 TRUNKS = {
-    "1d": (1, (40,), [conv(1, 5, 2, [2, 1]), ("Relu", {}), pool("AveragePool", 1, 3, 2, [1, 1]),
+    "1d": (1, (40,), [conv(1, 5, 2, [2, 1]), ("BatchNormalization", {}), pool("AveragePool", 1, 3, 2, [1, 1]),
                       conv(1, 3, 1, [2, 2], dilation=2)]),
     "2d": (2, (30, 26), [("Pad", {"pads": [1, 2, 0, 1]}), conv(2, (3, 2), (2, 1), [1, 0, 0, 1], dilation=(1, 2)),
                          ("Concat", {"branches": [conv(2, 1), conv(2, 3, 1, [1, 1, 1, 1])]}),

@@ -15,13 +15,20 @@ def test_ci_runs_the_readme_test_command():
     assert "fc2conv-onnx convert fixtures/dress_detector.onnx" in commands[0]
 
 
-def test_python_example_runs(tmp_path, monkeypatch, capsys):
-    (example,) = re.findall(r"```python\n(.*?)```", README, re.S)
+def test_python_examples_run(tmp_path, monkeypatch, capsys):
+    """Every ```python block, in order, in one namespace; the values in their comments are checked."""
+    examples = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(examples) == 2
     (tmp_path / "fixtures").symlink_to(FIXTURES)
     monkeypatch.chdir(tmp_path)
-    exec(compile(example, "README.md", "exec"), {})
+    namespace = {}
+    for example in examples:
+        exec(compile(example, "README.md", "exec"), namespace)
     assert (tmp_path / "dress_detector_fcn.onnx").exists()
     assert "Conv 4x2 kernel" in capsys.readouterr().out
+    assert repr(namespace["box"]) == "Box(start=(384, 960), stop=(512, 1024))"
+    assert namespace["geometry"].grid((512, 1024)) == (13, 31)
+    assert namespace["geometry"].grid((500, 1000)) == (12, 30)  # the README's example of another size
 
 
 def test_readme_exit_codes_match_the_errors():
