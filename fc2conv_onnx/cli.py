@@ -111,10 +111,8 @@ class _ProgressBar:
         self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
-        if not self.shown and time.monotonic() - self.started < self.DELAY and done < total:
-            return
-        if not self.shown and done >= total:
-            return
+        if not self.shown and (done >= total or time.monotonic() - self.started < self.DELAY):
+            return  # a run that ends within the delay draws nothing
         self.shown = True
         width = 30
         filled = width * done // max(total, 1)

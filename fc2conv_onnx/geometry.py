@@ -26,14 +26,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .heads import ELEMENTWISE_OPS, upstream_inputs
 from .normalize import in_default_domain
 from .plan import HeadPlan, Plan
 
 #: Ops that act on each spatial location alone (or on channels only): they do not move the geometry.
-LOCAL_OPS = frozenset((
-    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
-    "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Log", "Erf", "Sqrt",
-    "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu", "Mish", "Cast", "Dropout",
+LOCAL_OPS = frozenset(ELEMENTWISE_OPS) | frozenset((
+    "PRelu", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "Dropout",
     "BatchNormalization", "LRN", "QuantizeLinear", "DequantizeLinear",
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
 ))
@@ -314,11 +313,11 @@ def _span_of(graph: gs.Graph, input_name: str, source: str, rank: int) -> _Span:
     raise _NotLocal(f"'{source}' is not computed from '{input_name}'")
 
 
-def head_geometry(graph: gs.Graph, head: HeadPlan, trunk_inputs: Sequence[str]) -> HeadGeometry:
+def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
     """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite)."""
     tensors = graph.tensors()
     source = head.flattening.source
-    feeding = [name for name in trunk_inputs if _depends_on(tensors[source], name)]
+    feeding = upstream_inputs(graph, [source])
     if len(feeding) != 1:
         return Unknown(f"'{source}' is computed from {len(feeding)} inputs, not one image input")
     image = tensors[feeding[0]]
@@ -343,23 +342,9 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, trunk_inputs: Sequence[str]) 
     return geometry
 
 
-def _depends_on(tensor: gs.Tensor, input_name: str) -> bool:
-    seen, stack = set(), [tensor]
-    while stack:
-        current = stack.pop()
-        if current.name == input_name:
-            return True
-        if current.name in seen:
-            continue
-        seen.add(current.name)
-        for node in current.inputs:
-            stack.extend(node.inputs)
-    return False
-
-
 def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
     """One geometry per head of `plan`, in order."""
-    return tuple(head_geometry(graph, head, plan.trunk_inputs) for head in plan.heads)
+    return tuple(head_geometry(graph, head) for head in plan.heads)
 
 
 def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:

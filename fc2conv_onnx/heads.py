@@ -424,7 +424,7 @@ def _downstream_linears(tensor: gs.Tensor) -> List[str]:
     return found
 
 
-def _trunk_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
+def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
     """Graph inputs upstream of the given tensors, in graph-input order."""
     tensors = graph.tensors()
     seen, stack, found = set(), [tensors[s] for s in sources], set()
@@ -478,7 +478,7 @@ def find_heads(graph: gs.Graph) -> Plan:
         if node.op in LINEAR_OPS and reason:
             skipped.append(Skipped(node.name, node.op, reason))
     sources = [h.flattening.source for h in heads]
-    plan = Plan(heads=tuple(heads), skipped=tuple(skipped), trunk_inputs=_trunk_inputs(graph, sources),
+    plan = Plan(heads=tuple(heads), skipped=tuple(skipped), trunk_inputs=upstream_inputs(graph, sources),
                 opset=opset)
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

@@ -243,14 +243,14 @@ class _Head:
 
     def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str]) -> None:
         self.source, self.outputs = source, list(outputs)
-        self.batched = _session(_cut(original, [source], outputs, [source], batch_only=True))
-        self.single = None  # set when the head turns out not to take batches
+        self.session = _session(_cut(original, [source], outputs, [source], batch_only=True))
+        self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 
     def run(self, crops: np.ndarray, per_window: int) -> List[np.ndarray]:
         """Outputs for `crops` ([B * per_window, C, *window]), each as [B * per_window, features]."""
-        session = self.single or self.batched
-        if session is self.batched and crops.shape[0] > per_window:
+        session = self.session
+        if not self.one_per_call and crops.shape[0] > per_window:
             try:
                 values = session.run(self.outputs, {self.source: crops})
                 if not self.verified:
@@ -263,7 +263,7 @@ class _Head:
             except Exception:  # the head bakes in its batch size (e.g. Reshape [1, -1]): one window per call
                 pass
             logger.info("the head of '%s' does not take windows in batches; running one per call", self.source)
-            self.single = session
+            self.one_per_call = True
         parts = [session.run(self.outputs, {self.source: crops[i:i + per_window]})
                  for i in range(0, crops.shape[0], per_window)]
         return [np.concatenate([p[k].reshape(p[k].shape[0], -1) for p in parts]) for k in range(len(self.outputs))]
