@@ -27,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .heads import ELEMENTWISE_OPS, upstream_inputs
+from .layout import CHANNELS_FIRST, input_layout, spatial_dims
 from .normalize import in_default_domain
 from .plan import HeadPlan, Plan
 
@@ -107,6 +108,12 @@ class Geometry:
     feature_window: Tuple[int, ...]
     #: Size-changing layers along one path input -> head (every path gives the same sizes).
     layers: Tuple[Layer, ...] = ()
+    #: Layout of the input: its spatial axes are 2 onwards (channels first) or 1 to the last but one.
+    layout: str = CHANNELS_FIRST
+
+    def input_spatial(self, shape: Sequence[int]) -> Tuple[int, ...]:
+        """The spatial size of a full input shape."""
+        return tuple(spatial_dims(shape, self.layout))
 
     @property
     def padded(self) -> bool:
@@ -140,6 +147,8 @@ class Geometry:
         text = (f"input '{self.input}': stride {axes(self.stride)}, window {axes(self.window)}, offset "
                 f"{axes(self.offset)} (cell i covers [offset + i*stride, offset + i*stride + window) per axis); "
                 f"receptive field {axes(self.receptive_field)} starting at {axes(self.receptive_offset)}")
+        if self.layout != CHANNELS_FIRST:
+            text += f" ({self.layout.replace('_', ' ')} input)"
         if self.padded:
             text += (" - the trunk pads or reads past the window, so each cell is the head on that window of "
                      "the feature map, not the classifier run on the image crop alone")
@@ -280,9 +289,11 @@ def _constant_is_per_location(tensor: gs.Tensor, rank: int) -> bool:
     return shape is not None and all(d == 1 for d in shape[max(len(shape) - rank, 0):])
 
 
-def _span_of(graph: gs.Graph, input_name: str, source: str, rank: int) -> _Span:
+def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> _Span:
+    """The span of `source` over the image, walking from the tensors in `starts` (the image input, or
+    what a channels-last input is transposed to)."""
     ones = (1,) * rank
-    spans: Dict[str, _Span] = {input_name: _Span(ones, (0,) * rank, ones, ())}
+    spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, ()) for name in starts}
     for node in graph.nodes:  # graphsurgeon keeps them in topological order after find_heads
         inputs = [spans[t.name] for t in node.inputs if t.name in spans]
         if not inputs:
@@ -310,7 +321,7 @@ def _span_of(graph: gs.Graph, input_name: str, source: str, rank: int) -> _Span:
             spans[out.name] = span
         if source in spans:
             return spans[source]
-    raise _NotLocal(f"'{source}' is not computed from '{input_name}'")
+    raise _NotLocal(f"'{source}' is not computed from '{', '.join(starts)}'")
 
 
 def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
@@ -322,20 +333,22 @@ def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
         return Unknown(f"'{source}' is computed from {len(feeding)} inputs, not one image input")
     image = tensors[feeding[0]]
     rank = head.spatial_rank
-    shape = image.shape
-    if shape is None or len(shape) != rank + 2 or not all(isinstance(d, int) for d in shape[2:]):
-        return Unknown(f"input '{image.name}' is not [N, C, *spatial] with a static training size and the "
-                       f"head's {rank} spatial axes")
+    shape, layout = image.shape, input_layout(image)
+    if shape is None or len(shape) != rank + 2 or not all(isinstance(d, int) for d in spatial_dims(shape, layout)):
+        return Unknown(f"input '{image.name}' is not [N, C, *spatial] or [N, *spatial, C] with a static training "
+                       f"size and the head's {rank} spatial axes")
+    # A channels-last input is read through Transposes to channels first: the walk starts after them.
+    starts = [image.name] if layout == CHANNELS_FIRST else [node.outputs[0].name for node in image.outputs]
     try:
-        span = _span_of(graph, image.name, source, rank)
+        span = _span_of(graph, starts, source, rank)
     except _NotLocal as error:
         return Unknown(str(error))
-    window = tuple(shape[2:])
+    window = tuple(spatial_dims(shape, layout))
     geometry = Geometry(input=image.name, stride=span.stride, window=window, offset=(0,) * rank,
                         receptive_field=tuple((f - 1) * s + e for f, s, e in
                                               zip(head.flattening.spatial_shape, span.stride, span.extent)),
                         receptive_offset=span.start, feature_window=head.flattening.spatial_shape,
-                        layers=span.layers)
+                        layers=span.layers, layout=layout)
     if geometry.feature_size(window) != head.flattening.spatial_shape:  # our size rules vs shape inference
         return Unknown(f"the layer sizes computed for '{source}' ({list(geometry.feature_size(window))}) disagree "
                        f"with its inferred shape {list(head.flattening.spatial_shape)}")

@@ -18,7 +18,9 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence,
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .normalize import in_default_domain
+from .shape_values import NotEvaluable, describe_computation, evaluate
 from .plan import (AXIS_LAST, KEEP, REMOVE, Decline, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
                    Skipped, Step)
 
@@ -82,11 +84,32 @@ def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
 
 # ------------------------------------------------------------------------------ flattening vocabulary
 
+def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str]:
+    """The spatial tensor a flattening reads and the order it lists the features in, plus a note.
+
+    tf2onnx (and keras2onnx) put a Transpose to channels last before a Keras Flatten, so the features come
+    in (*spatial, C) order; the source is then the channels-first tensor before the Transpose, and the
+    first kernel is permuted to match (never the other way round: the trunk stays as it is).
+    """
+    data = node.inputs[0]
+    transpose = producer(data)
+    rank = len(data.shape) if data.shape is not None else 0
+    if transpose is not None and rank >= 3 and is_transpose(transpose, to_channels_last(rank)):
+        return transpose.inputs[0], CHANNELS_LAST, (f"reads Transpose '{transpose.name}' to channels last: "
+                                                    "features in (*spatial, C) order, permuted into the kernel")
+    return data, CHANNELS_FIRST, ""
+
+
+def _joined(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
+
+
 def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
-    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten."""
+    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
     if node.op != "Flatten":
         return None
-    source, shape = node.inputs[0], spatial_source_shape(node.inputs[0])
+    source, order, note = _read_through_transpose(node)
+    shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
     axis = node.attrs.get("axis", 1)
@@ -95,44 +118,80 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     if axis != 1:
         return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1: "
                        "it does not keep the batch axis apart")
-    return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape)
+    return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape, order=order, note=note)
 
 
-def match_constant_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
-    """Reshape to [N, -1], [0, -1], [-1, C*H*W] or [N, C*H*W] given as a constant.
+def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, features: int,
+              allow_zero: bool) -> Tuple[bool, bool]:
+    """Does Reshape(data, target) give [batch, features]? -> (it does, it names the batch as a literal).
 
-    Reshape spec: a 0 copies the input's dimension (unless allowzero=1), a -1 is inferred.
+    Reshape spec: a 0 copies the input's dimension at that index (unless allowzero=1), a -1 is inferred.
+    """
+    if len(target) != 2:
+        return False, False
+    first, second = target
+    if second == 0 and not allow_zero:
+        second = data_shape[1]
+    keeps_batch = (first == 0 and not allow_zero) or (first == -1 and second == features)
+    literal = isinstance(batch, int) and first == batch and second in (-1, features)
+    return (keeps_batch or literal) and second in (-1, features), literal and not keeps_batch
+
+
+#: Batch sizes a computed Reshape shape is evaluated at, to tell entries that follow the batch from
+#: constants (two, so that a batch baked in as a literal cannot pass for one that follows it).
+PROBE_BATCHES = (2, 3)
+
+
+def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
+    """Reshape to [N, C*H*W]: a constant shape ([N, -1], [0, -1], [-1, C*H*W], [N, C*H*W]), or one
+    computed from the trunk's shape (TorchScript `view(x.size(0), -1)`: Shape -> Gather -> Unsqueeze ->
+    Concat; tf2onnx Flatten: Shape -> Gather -> Cast -> Slice -> Concat -> Cast), which is evaluated at
+    the training size and must give [batch, features] at every batch size it is tried with.
+
     A literal batch size (e.g. `view(1, -1)`) is accepted when it equals the training batch; the
     converted model then takes any batch, and the plan says so.
     """
     if node.op != "Reshape":
         return None
-    source, shape = node.inputs[0], spatial_source_shape(node.inputs[0])
+    source, order, transpose_note = _read_through_transpose(node)
+    shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
-    target = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
-    if target is None:
-        return Decline(f"Reshape '{node.name}' takes its shape from a computed tensor, not a constant")
-    target = [int(v) for v in target.reshape(-1)]
-    if len(target) != 2:
-        return Decline(f"Reshape '{node.name}' gives shape {target}, not [batch, features]")
+    data = node.inputs[0]
+    if len(node.inputs) < 2:
+        return Decline(f"Reshape '{node.name}' has no shape input")
     allow_zero = bool(node.attrs.get("allowzero", 0))
-    batch, features = source.shape[0], prod(shape)
-    first, second = target
-    if second == 0 and not allow_zero:
-        second = shape[0]  # 0 copies the input's dim 1 (C)
-    keeps_batch = (first == 0 and not allow_zero) or (first == -1 and second == features)
-    baked = isinstance(batch, int) and first == batch and second in (-1, features)
-    if not (keeps_batch or baked) or second not in (-1, features):
-        return Decline(f"Reshape '{node.name}' to {target} does not flatten [N, {', '.join(map(str, shape))}] "
-                       f"to [N, {features}]")
-    note = f"the Reshape fixes batch size {first}; the converted model takes any batch" if baked else ""
-    return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, note=note)
+    batch, features = data.shape[0], prod(shape)
+    constant = constant_values(node.inputs[1])
+    if constant is not None:
+        target = [int(v) for v in constant.reshape(-1)]
+        flattens, literal = _flattens(target, batch, data.shape, features, allow_zero)
+        if not flattens:
+            return Decline(f"Reshape '{node.name}' to {target} does not flatten "
+                           f"[N, {', '.join(map(str, shape))}] to [N, {features}]")
+        note = f"the Reshape fixes batch size {target[0]}; the converted model takes any batch" if literal else ""
+        return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
+                          note=_joined(transpose_note, note))
+    computation = describe_computation(node.inputs[1])
+    batches = (batch,) if isinstance(batch, int) else PROBE_BATCHES
+    for size in batches:
+        try:
+            target = [int(v) for v in evaluate(node.inputs[1], size).reshape(-1)]
+        except NotEvaluable as why:
+            return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which cannot be evaluated "
+                           f"at the training size: {why}")
+        flattens, literal = _flattens(target, size, data.shape, features, allow_zero)
+        if not flattens:
+            return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which gives {target} "
+                           f"at batch {size}: not a flattening of [N, {', '.join(map(str, shape))}] to [N, {features}]")
+    note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
+    return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
+                      note=_joined(transpose_note, note))
 
 
 FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (
     match_flatten,
-    match_constant_reshape,
+    match_reshape,
 )
 
 
@@ -441,9 +500,20 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
     return tuple(t.name for t in graph.inputs if t.name in found)
 
 
-def find_heads(graph: gs.Graph) -> Plan:
-    """Plan the conversion of every fully connected head in `graph` (which is sorted, not otherwise changed)."""
+#: `output_layout` choices: AUTO gives each head's outputs the layout of the image input it reads.
+AUTO = "auto"
+
+
+def find_heads(graph: gs.Graph, output_layout: str = AUTO) -> Plan:
+    """Plan the conversion of every fully connected head in `graph` (which is sorted, not otherwise changed).
+
+    `output_layout` is CHANNELS_FIRST ([N, K, *spatial]), CHANNELS_LAST ([N, *spatial, K]) or AUTO: channels
+    last for heads on an NHWC image input (tf2onnx), channels first otherwise.
+    """
+    if output_layout not in (AUTO,) + LAYOUTS:
+        raise ValueError(f"output_layout must be one of {', '.join((AUTO,) + LAYOUTS)}, not {output_layout!r}")
     graph.toposort()
+    tensors = graph.tensors()
     opset = int(graph.opset or 1)
     graph_outputs = frozenset(t.name for t in graph.outputs)
     heads: List[HeadPlan] = []
@@ -469,7 +539,11 @@ def find_heads(graph: gs.Graph) -> Plan:
         if not outputs:
             skipped.append(Skipped(node.name, node.op, "its result reaches no graph output"))
             continue
-        head = HeadPlan(flattening=flattening, first=first, steps=steps, outputs=outputs)
+        layout = output_layout
+        if layout == AUTO:
+            feeding = {input_layout(tensors[name]) for name in upstream_inputs(graph, [flattening.source])}
+            layout = CHANNELS_LAST if feeding == {CHANNELS_LAST} else CHANNELS_FIRST
+        head = HeadPlan(flattening=flattening, first=first, steps=steps, outputs=outputs, output_layout=layout)
         heads.append(head)
         claimed.update({name: "" for name in head.nodes})
     # Later layers of a declined head are reported with that head's reason, not their own.
@@ -478,7 +552,8 @@ def find_heads(graph: gs.Graph) -> Plan:
         if node.op in LINEAR_OPS and reason:
             skipped.append(Skipped(node.name, node.op, reason))
     sources = [h.flattening.source for h in heads]
-    plan = Plan(heads=tuple(heads), skipped=tuple(skipped), trunk_inputs=upstream_inputs(graph, sources),
-                opset=opset)
+    trunk_inputs = upstream_inputs(graph, sources)
+    plan = Plan(heads=tuple(heads), skipped=tuple(skipped), trunk_inputs=trunk_inputs, opset=opset,
+                input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs})
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

@@ -2,7 +2,8 @@
 
 Exporters hand weights over in several ways; the matchers only want to ask "is this input a constant,
 and what are its values?". Here, Constant nodes (Caffe2-era and tf2onnx models use them for weights and
-Reshape shapes) become graphsurgeon Constants, so one question (`isinstance(t, gs.Constant)`) serves all.
+Reshape shapes), Identity nodes of constants (TorchScript) and ConstantOfShape of a constant shape become
+graphsurgeon Constants, so one question (`isinstance(t, gs.Constant)`) serves all.
 Unnamed and same-named nodes get unique names, since the plan refers to nodes by name. Initializers listed
 as graph inputs (IR < 4) are already kept out of the inputs by the graphsurgeon importer.
 """
@@ -37,17 +38,34 @@ def constant_node_value(node: gs.Node) -> Optional[np.ndarray]:
     return None
 
 
+def produced_constant(node: gs.Node) -> Optional[np.ndarray]:
+    """The value of a node that produces a constant: Constant, Identity of a constant (the TorchScript
+    exporter shares equal initializers that way, e.g. a fresh BatchNorm's weight and running_var),
+    ConstantOfShape of a constant shape (Caffe2-era zoo models). None for anything else."""
+    if not in_default_domain(node) or len(node.outputs) != 1:
+        return None
+    if node.op == "Constant":
+        return constant_node_value(node)
+    if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+        return np.asarray(node.inputs[0].values)
+    if node.op == "ConstantOfShape" and isinstance(node.inputs[0], gs.Constant):
+        fill = node.attrs.get("value")
+        fill = np.asarray(fill.values).reshape(-1) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
+        return np.full(np.asarray(node.inputs[0].values).astype(np.int64), fill[0], dtype=fill.dtype)
+    return None
+
+
 def fold_constant_nodes(graph: gs.Graph) -> int:
-    """Turn the outputs of Constant nodes into graphsurgeon Constants; return how many were folded."""
+    """Turn the outputs of constant-producing nodes into graphsurgeon Constants (in graph order, so
+    chains fold too); return how many were folded."""
     folded = 0
     graph_outputs = {id(t) for t in graph.outputs}
+    graph.toposort()
     for node in graph.nodes:
-        if node.op != "Constant" or not in_default_domain(node) or len(node.outputs) != 1:
-            continue
-        output = node.outputs[0]
-        if id(output) in graph_outputs:
+        output = node.outputs[0] if len(node.outputs) == 1 else None
+        if output is None or id(output) in graph_outputs:
             continue  # a graph output must stay a produced tensor
-        values = constant_node_value(node)
+        values = produced_constant(node)
         if values is None:
             continue
         node.outputs.clear()

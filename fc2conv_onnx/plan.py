@@ -12,8 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-#: Element order of a flattened feature vector. "channels_first" is Flatten(axis=1) of [N, C, *spatial].
-CHANNELS_FIRST = "channels_first"
+from .layout import CHANNELS_FIRST
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,8 @@ class Flattening:
     source: str
     #: (C, *spatial) at the training size; the batch axis is not part of it.
     source_shape: Tuple[int, ...]
+    #: Element order of the flattened vector: CHANNELS_FIRST is (C, *spatial), as Flatten(axis=1) of the
+    #: source lists it; CHANNELS_LAST is (*spatial, C), as after a Transpose to channels last (Keras).
     order: str = CHANNELS_FIRST
     note: str = ""
 
@@ -91,6 +92,8 @@ class HeadPlan:
     steps: Tuple[Step, ...]
     #: Graph outputs the head produces; their names are kept.
     outputs: Tuple[str, ...]
+    #: Layout of the converted outputs: [N, K, *spatial] (CHANNELS_FIRST) or [N, *spatial, K].
+    output_layout: str = CHANNELS_FIRST
 
     @property
     def spatial_rank(self) -> int:
@@ -118,8 +121,9 @@ class HeadPlan:
     def describe(self) -> str:
         flat = self.flattening
         spatial = "x".join(map(str, flat.spatial_shape))
+        layout = "[N, K, *spatial]" if self.output_layout == CHANNELS_FIRST else "[N, *spatial, K]"
         lines = [
-            f"head -> {', '.join(self.outputs)}",
+            f"head -> {', '.join(self.outputs)} (as {layout})",
             f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
             f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
             f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(self.kernel_shape(self.first))}",
@@ -136,6 +140,7 @@ class HeadPlan:
         flat = self.flattening
         return {
             "outputs": list(self.outputs),
+            "output_layout": self.output_layout,
             "source": flat.source,
             "source_shape": list(flat.source_shape),
             "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
@@ -176,6 +181,11 @@ class Plan:
     #: Graph inputs that feed a converted head's source; their batch and spatial dims become symbolic.
     trunk_inputs: Tuple[str, ...]
     opset: int
+    #: Layout of each trunk input (channels last for tf2onnx's NHWC inputs); absent means channels first.
+    input_layouts: Mapping[str, str] = field(default_factory=dict)
+
+    def input_layout(self, name: str) -> str:
+        return self.input_layouts.get(name, CHANNELS_FIRST)
 
     def describe(self) -> str:
         lines = [f"{len(self.heads)} head(s) to convert" + (":" if self.heads else "")]
@@ -190,5 +200,6 @@ class Plan:
             "heads": [head.to_dict() for head in self.heads],
             "skipped": [{"node": s.node, "op": s.op, "reason": s.reason} for s in self.skipped],
             "trunk_inputs": list(self.trunk_inputs),
+            "input_layouts": {name: self.input_layout(name) for name in self.trunk_inputs},
             "opset": self.opset,
         }

@@ -12,18 +12,23 @@ from typing import Dict, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .plan import AXIS_LAST, CHANNELS_FIRST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_last
+from .plan import AXIS_LAST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
     """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial].
 
     Flatten(axis=1) of [N, C, *spatial] lists elements in row-major (C, *spatial) order, which is exactly
-    the order of a row of W, so a row-major reshape lays each row out as a kernel.
+    the order of a row of W, so a row-major reshape lays each row out as a kernel. A channels-last
+    flattening lists them in (*spatial, C) order: reshape to [K, *spatial, C], then move C to axis 1.
     """
-    if flattening.order != CHANNELS_FIRST:
-        raise ValueError(f"unknown flattening order {flattening.order!r}")
-    return weight.reshape((weight.shape[0],) + flattening.source_shape)
+    k, channels, spatial = weight.shape[0], flattening.source_shape[0], flattening.spatial_shape
+    if flattening.order == CHANNELS_FIRST:
+        return weight.reshape((k,) + flattening.source_shape)
+    if flattening.order == CHANNELS_LAST:
+        return np.moveaxis(weight.reshape((k,) + spatial + (channels,)), -1, 1)
+    raise ValueError(f"unknown flattening order {flattening.order!r}")
 
 
 def pointwise_kernel(weight: np.ndarray, spatial_rank: int) -> np.ndarray:
@@ -125,6 +130,23 @@ def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
             _rewrite_pass_through(editor, step, head.spatial_rank)
     for name in head.tensors:
         editor.tensors[name].shape = None  # was [N, K]; shapes are re-inferred later
+    if head.output_layout == CHANNELS_LAST:
+        for name in head.outputs:
+            _to_channels_last(editor, editor.tensors[name], head.spatial_rank + 2)
+
+
+def _to_channels_last(editor: _Editor, output: gs.Tensor, rank: int) -> None:
+    """Give the graph output `output` as [N, *spatial, K]; nodes that read it inside the graph keep
+    reading [N, K, *spatial] under a new name."""
+    inner = editor.variable(f"{output.name}/channels_first", output)
+    producer = output.inputs[0]
+    producer.outputs[producer.outputs.index(output)] = inner
+    for consumer in list(output.outputs):
+        for index, tensor in enumerate(consumer.inputs):
+            if tensor is output:
+                consumer.inputs[index] = inner
+    editor.add_node("Transpose", f"{output.name}/to_channels_last", [inner], [output],
+                    {"perm": list(to_channels_last(rank))})
 
 
 def rewrite(graph: gs.Graph, plan: Plan) -> gs.Graph:

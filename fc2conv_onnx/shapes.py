@@ -3,7 +3,7 @@ a checker pass, and a metadata entry that marks the model as converted and holds
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .errors import ValidationError, first_line
 from .geometry import Geometry, HeadGeometry
+from .layout import CHANNELS_FIRST, with_spatial
 from .plan import Plan
 
 #: metadata_props key that marks a converted model (and makes converting it again a no-op).
@@ -24,10 +25,13 @@ def spatial_names(spatial_rank: int) -> Tuple[str, ...]:
     return SPATIAL_NAMES.get(spatial_rank, tuple(f"S{i}" for i in range(spatial_rank)))
 
 
-def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: bool = False) -> None:
-    """Make the batch (axis 0) and, unless `batch_only`, the spatial axes (2 onwards) of the named
-    inputs symbolic."""
+def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: bool = False,
+                    layouts: Optional[Mapping[str, str]] = None) -> None:
+    """Make the batch (axis 0) and, unless `batch_only`, the spatial axes of the named inputs symbolic.
+    The spatial axes are 2 onwards, or 1 to the last but one for inputs that `layouts` says are
+    channels last."""
     names = set(input_names)
+    layouts = layouts or {}
     prefixed = len(names) > 1  # distinct symbols per input: their sizes need not match
     for tensor in graph.inputs:
         if tensor.name not in names or tensor.shape is None:
@@ -36,7 +40,8 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
         shape = list(tensor.shape)
         shape[0] = prefix + BATCH_NAME
         if len(shape) >= 3 and not batch_only:
-            shape[2:] = [prefix + name for name in spatial_names(len(shape) - 2)]
+            layout = layouts.get(tensor.name, CHANNELS_FIRST)
+            shape = list(with_spatial(shape, layout, [prefix + name for name in spatial_names(len(shape) - 2)]))
         tensor.shape = shape
 
 
@@ -73,7 +78,8 @@ def converted_marker(model: onnx.ModelProto) -> Optional[str]:
 def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
     """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
     return json.dumps({"version": __version__, "heads": [
-        {"outputs": list(head.outputs), "source": head.flattening.source, "geometry": where.to_dict()}
+        {"outputs": list(head.outputs), "output_layout": head.output_layout, "source": head.flattening.source,
+         "geometry": where.to_dict()}
         for head, where in zip(plan.heads, geometry)]})
 
 
@@ -90,7 +96,7 @@ def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
 def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan,
            geometry: Sequence[HeadGeometry]) -> onnx.ModelProto:
     """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker."""
-    free_input_dims(graph, plan.trunk_inputs)
+    free_input_dims(graph, plan.trunk_inputs, layouts=plan.input_layouts)
     clear_inferred_shapes(graph)
     model = export_like(graph, original)
     model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))

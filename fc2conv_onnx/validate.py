@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError, ValidationError, first_line
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
+from .layout import CHANNELS_LAST, spatial_dims, with_spatial
 from .plan import Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 
@@ -173,7 +174,8 @@ def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *
 
 
 def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
-         free_inputs: Sequence[str] = (), batch_only: bool = False) -> onnx.ModelProto:
+         free_inputs: Sequence[str] = (), batch_only: bool = False,
+         layouts: Optional[Mapping[str, str]] = None) -> onnx.ModelProto:
     """The part of `model` between the named tensors, with the batch (and unless `batch_only`, the
     spatial) dims of `free_inputs` made symbolic: a trunk that runs at any size, or a head that takes
     any number of windows at once."""
@@ -183,7 +185,7 @@ def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
         graph.inputs = [tensors[name] for name in inputs]
     graph.outputs = [tensors[name] for name in outputs]
     if free_inputs:
-        free_input_dims(graph, free_inputs, batch_only=batch_only)
+        free_input_dims(graph, free_inputs, batch_only=batch_only, layouts=layouts)
         clear_inferred_shapes(graph)
     return export_like(graph.cleanup(), model)
 
@@ -208,7 +210,8 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
     the training size on every axis (see `geometry.default_validation_size`)."""
     shapes = dict(training_shapes(original))
     for name in plan.trunk_inputs:
-        training = shapes[name][2:]
+        layout = plan.input_layout(name)
+        training = spatial_dims(shapes[name], layout)
         if size is None:
             known = [g for g in geometries if isinstance(g, Geometry) and g.input == name]
             widest = max(known, key=lambda g: prod(g.stride), default=None)
@@ -221,7 +224,7 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
             if any(s < t for s, t in zip(spatial, training)):
                 raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
                                  f"size {'x'.join(map(str, training))}")
-        shapes[name] = shapes[name][:2] + tuple(spatial)
+        shapes[name] = with_spatial(shapes[name], layout, spatial)
     return shapes
 
 
@@ -310,14 +313,17 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         heads = [i for i, h in enumerate(plan.heads) if h.flattening.source == source]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
         window = plan.heads[heads[0]].flattening.spatial_shape
-        trunk = _cut(original, (), [source], plan.trunk_inputs)
+        trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
         features = _run(trunk, feeds, f"the original trunk up to '{source}'")[source]
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
         checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
         locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
         expected = crop_and_forward(_Head(original, source, outputs), features, window, grid, locations, progress)
+        layouts = {o: plan.heads[i].output_layout for i in heads for o in plan.heads[i].outputs}
         for name, reference in zip(outputs, expected):
             value = actual[name]
+            if layouts[name] == CHANNELS_LAST and value.ndim > 2:
+                value = np.moveaxis(value, -1, 1)  # compare as [N, K, *spatial]
             if value.shape[2:] != grid:
                 checks.append(OutputCheck(name, "windows", input_shape, len(locations), float("inf"),
                                           float("inf"), 0.0, False, f"output grid {list(value.shape[2:])}, "
@@ -337,7 +343,7 @@ def _check_geometry(geometry: HeadGeometry, shapes: Mapping[str, Tuple[int, ...]
     if not isinstance(geometry, Geometry):
         return []
     input_shape = shapes[geometry.input]
-    predicted = geometry.grid(input_shape[2:])
+    predicted = geometry.grid(geometry.input_spatial(input_shape))
     passed = predicted == grid
     detail = (f"{'x'.join(map(str, grid))} grid as predicted" if passed else
               f"the geometry predicts a {list(predicted)} grid, a run gives {list(grid)}; please report this model")

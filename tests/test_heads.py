@@ -51,7 +51,7 @@ def test_a_weight_that_is_not_constant_is_named():
     assert "weight B 'w' is not a constant" in skip.reason
 
 
-@pytest.mark.parametrize("shape, words", [([1, 8, -1], "not [batch, features]"),
+@pytest.mark.parametrize("shape, words", [([1, 8, -1], "to [1, 8, -1] does not flatten"),
                                           ([2, -1], "does not flatten")])
 def test_reshapes_that_are_not_a_flatten_are_declined(shape, words):
     def head(b, x):
