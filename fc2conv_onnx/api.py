@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import onnx
@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from . import io, shapes, validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, plan_geometry
-from .heads import find_heads
+from .heads import AUTO, find_heads
 from .normalize import normalize
 from .plan import Plan
 from .report import Report
@@ -27,6 +27,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: `validate_size` / `size`: None for the default (a few strides larger than the training size), a
 #: spatial size such as (512, 1024) or "512x1024", or "off" to skip the window check.
 Size = Union[None, str, Sequence[int]]
+#: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
+#: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
+OUTPUT_LAYOUTS = (AUTO, "channels_first", "channels_last")
 
 
 @dataclass
@@ -41,8 +44,20 @@ def _label(source: io.ModelSource) -> Optional[str]:
     return None if isinstance(source, onnx.ModelProto) else str(source)
 
 
-def _plan(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, gs.Graph, Plan, Tuple[HeadGeometry, ...]]:
-    """Shape-inferred copy of the model, its graph (normalized), the conversion plan and each head's geometry."""
+@dataclass
+class _Planned:
+    """A model read for conversion: its shape-inferred form, normalized graph, plan and geometry."""
+
+    inferred: onnx.ModelProto
+    graph: gs.Graph
+    plan: Plan
+    geometry: Tuple[HeadGeometry, ...]
+    #: What the window check cuts: the normalized model when normalization changed the trunk's ops
+    #: (exactly; the training-size check still compares with the original), else `inferred`.
+    reference: onnx.ModelProto
+
+
+def _plan(model: onnx.ModelProto, output_layout: str = AUTO) -> _Planned:
     marker = shapes.converted_marker(model)
     if marker is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
@@ -51,9 +66,13 @@ def _plan(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, gs.Graph, Plan, Tupl
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as error:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
-    graph = normalize(gs.import_onnx(inferred))
-    plan = find_heads(graph)
-    return inferred, graph, plan, plan_geometry(graph, plan)
+    graph = gs.import_onnx(inferred)
+    notes = normalize(graph)
+    plan = replace(find_heads(graph, output_layout), normalized=notes)
+    reference = inferred
+    if notes:
+        reference = onnx.shape_inference.infer_shapes(shapes.export_like(graph.copy(), inferred), data_prop=True)
+    return _Planned(inferred, graph, plan, plan_geometry(graph, plan), reference)
 
 
 def _window_size(size: Size) -> Tuple[bool, Optional[Tuple[int, ...]]]:
@@ -63,6 +82,12 @@ def _window_size(size: Size) -> Tuple[bool, Optional[Tuple[int, ...]]]:
     if isinstance(size, str):
         return (False, None) if size.strip().lower() == "off" else (True, validation.parse_size(size))
     return True, tuple(int(v) for v in size)
+
+
+def _checked_layout(output_layout: str) -> str:
+    if output_layout not in OUTPUT_LAYOUTS:
+        raise InputError(f"output layout '{output_layout}' is not one of {', '.join(OUTPUT_LAYOUTS)}")
+    return output_layout
 
 
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
@@ -77,15 +102,16 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
                                  "feature map)", report=report)
 
 
-def inspect(model: io.ModelSource) -> Report:
+def inspect(model: io.ModelSource, *, output_layout: str = AUTO) -> Report:
     """Dry run: the heads that would be converted and what each becomes, and what is skipped and why."""
     original = io.load_model(model)
-    _, _, plan, geometry = _plan(original)
-    return Report(plan=plan, geometry=geometry, source=_label(model), dry_run=True)
+    planned = _plan(original, _checked_layout(output_layout))
+    return Report(plan=planned.plan, geometry=planned.geometry, source=_label(model), dry_run=True)
 
 
 def convert_with_report(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-                        seed: int = 0, progress: Optional[validation.Progress] = None) -> Conversion:
+                        seed: int = 0, progress: Optional[validation.Progress] = None,
+                        output_layout: str = AUTO) -> Conversion:
     """Convert every fully connected head of `model` (a path or a ModelProto, never modified).
 
     Args:
@@ -97,6 +123,9 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
             training size, e.g. (512, 1024) or "512x1024", or "off" for the training-size check only.
         seed: seed of the random validation inputs.
         progress: called as progress(done, total) while the window check runs the original head.
+        output_layout: "auto" (default: each head's outputs in the layout of its image input, so a
+            tf2onnx model with an NHWC input gives [N, h, w, K]), "channels_first" ([N, K, h, w]) or
+            "channels_last" ([N, h, w, K]).
 
     Returns:
         A `Conversion` with the converted model and its `Report`.
@@ -108,26 +137,31 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
         ValidationError: the converted model is not equivalent; nothing is returned.
     """
     windows, size = _window_size(validate_size)
+    output_layout = _checked_layout(output_layout)
     original = io.load_model(model)
-    inferred, graph, plan, geometry = _plan(original)
+    planned = _plan(original, output_layout)
+    plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(model))
-    rewrite(graph, plan)
-    converted = shapes.finish(graph, original, plan, geometry)
-    checks = validation.validate(inferred, converted, plan, geometry, seed=seed, size=size, windows=windows,
-                                 progress=progress) if validate else []
+    rewrite(planned.graph, plan)
+    converted = shapes.finish(planned.graph, original, plan, geometry)
+    checks = validation.validate(planned.inferred, converted, plan, geometry, seed=seed, size=size,
+                                 windows=windows, progress=progress,
+                                 window_reference=planned.reference) if validate else []
     report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=validate, source=_label(model))
     return Conversion(model=converted, report=report)
 
 
 def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-            seed: int = 0) -> onnx.ModelProto:
+            seed: int = 0, output_layout: str = AUTO) -> onnx.ModelProto:
     """Convert `model` and return the fully convolutional ModelProto. See `convert_with_report`."""
-    return convert_with_report(model, validate=validate, validate_size=validate_size, seed=seed).model
+    return convert_with_report(model, validate=validate, validate_size=validate_size, seed=seed,
+                               output_layout=output_layout).model
 
 
 def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validate_size: Size = None,
-                 seed: int = 0, progress: Optional[validation.Progress] = None) -> Report:
+                 seed: int = 0, progress: Optional[validation.Progress] = None,
+                 output_layout: str = AUTO) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
     `dst` may not be `src`: the input is never overwritten. Nothing is written if any step fails.
@@ -136,24 +170,27 @@ def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validat
         raise InputError(f"output '{dst}' is the input file; choose another output path")
     io.check_output_path(dst)
     conversion = convert_with_report(src, validate=validate, validate_size=validate_size, seed=seed,
-                                     progress=progress)
+                                     progress=progress, output_layout=output_layout)
     io.save_model(conversion.model, dst)
     conversion.report.output = str(dst)
     return conversion.report
 
 
 def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: Size = None, seed: int = 0,
-                  progress: Optional[validation.Progress] = None) -> Report:
+                  progress: Optional[validation.Progress] = None, output_layout: str = AUTO) -> Report:
     """Prove that `converted` (made by this tool earlier, or by hand) is the fully convolutional form of
     `original`: the same checks `convert` runs, on an existing pair. Raises `ValidationError` if not.
 
     The heads are found in `original`, which is cut at their source tensors; `converted` must have the
-    same input and output names. `size` is as `validate_size` in `convert_with_report`.
+    same input and output names. `size` and `output_layout` (the layout `converted` gives its outputs in)
+    are as in `convert_with_report`.
     """
     windows, spatial = _window_size(size)
+    output_layout = _checked_layout(output_layout)
     reference = io.load_model(original)
     candidate = io.load_model(converted)
-    inferred, _, plan, geometry = _plan(reference)
+    planned = _plan(reference, output_layout)
+    plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))
     names = {o.name for o in candidate.graph.output}
@@ -161,8 +198,8 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: 
     if missing:
         raise ValidationError(f"the converted model has no output '{missing[0].name}' (outputs must keep "
                               "their names)")
-    checks = validation.validate(inferred, candidate, plan, geometry, seed=seed, size=spatial, windows=windows,
-                                 progress=progress)
+    checks = validation.validate(planned.inferred, candidate, plan, geometry, seed=seed, size=spatial,
+                                 windows=windows, progress=progress, window_reference=planned.reference)
     return Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=True, source=_label(original),
                   compared_with=_label(converted))
 

@@ -10,10 +10,12 @@ as graph inputs (IR < 4) are already kept out of the inputs by the graphsurgeon 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+from .layout import to_channels_first
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,36 @@ def fold_constant_nodes(graph: gs.Graph) -> int:
     return folded
 
 
+def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
+    """Turn a Reshape of [N, *spatial, 1] to [N, 1, *spatial] into the Transpose it stands for.
+
+    tf2onnx writes the NHWC -> NCHW Transpose of a single-channel input as a Reshape with the training
+    size baked in ([-1, 1, H, W]), which would tie the trunk to that size. With one channel the two
+    ops move the same elements, so the Transpose is exact and runs at any size. Returns a note per change.
+    """
+    notes = []
+    for node in graph.nodes:
+        if node.op != "Reshape" or not in_default_domain(node) or len(node.inputs) < 2:
+            continue
+        shape = node.inputs[0].shape
+        target = node.inputs[1].values if isinstance(node.inputs[1], gs.Constant) else None
+        if shape is None or target is None or len(shape) < 3 or shape[-1] != 1:
+            continue
+        spatial = list(shape[1:-1])
+        target = [int(v) for v in np.asarray(target).reshape(-1)]
+        if not all(isinstance(d, int) for d in spatial) or target[1:] != [1] + spatial or target[0] not in (-1, 0):
+            continue
+        node.op = "Transpose"
+        node.attrs = {"perm": list(to_channels_first(len(shape)))}
+        while len(node.inputs) > 1:
+            node.inputs.pop()
+        notes.append(f"Reshape '{node.name}' of the single-channel [N, *spatial, 1] tensor '{node.inputs[0].name}' to "
+                     f"{target} became the Transpose it stands for, so the trunk runs at any size")
+    if notes:
+        graph.cleanup()
+    return notes
+
+
 def make_node_names_unique(graph: gs.Graph) -> None:
     """Give every node a unique name: the plan refers to nodes by name, and ONNX allows empty or
     repeated ones."""
@@ -94,8 +126,11 @@ def make_node_names_unique(graph: gs.Graph) -> None:
         seen.add(name)
 
 
-def normalize(graph: gs.Graph) -> gs.Graph:
-    """Apply every normalization in place and return the graph (for chaining)."""
+def normalize(graph: gs.Graph) -> Tuple[str, ...]:
+    """Apply every normalization in place. Returns a note for each change to what the trunk's ops are
+    (folding constants is not one): the window check must then cut the normalized model, since the
+    original trunk may not run at other sizes."""
     fold_constant_nodes(graph)
+    notes = unit_channel_reshapes_to_transposes(graph)
     make_node_names_unique(graph)
-    return graph
+    return tuple(notes)

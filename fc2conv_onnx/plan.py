@@ -183,12 +183,15 @@ class Plan:
     opset: int
     #: Layout of each trunk input (channels last for tf2onnx's NHWC inputs); absent means channels first.
     input_layouts: Mapping[str, str] = field(default_factory=dict)
+    #: Exact rewrites the normalize step made to the trunk (see `normalize.normalize`).
+    normalized: Tuple[str, ...] = ()
 
     def input_layout(self, name: str) -> str:
         return self.input_layouts.get(name, CHANNELS_FIRST)
 
     def describe(self) -> str:
-        lines = [f"{len(self.heads)} head(s) to convert" + (":" if self.heads else "")]
+        lines = [f"normalized: {note}" for note in self.normalized]
+        lines.append(f"{len(self.heads)} head(s) to convert" + (":" if self.heads else ""))
         lines += [head.describe() for head in self.heads]
         if self.skipped:
             lines.append(f"{len(self.skipped)} node(s) left as they are:")
@@ -202,4 +205,5 @@ class Plan:
             "trunk_inputs": list(self.trunk_inputs),
             "input_layouts": {name: self.input_layout(name) for name in self.trunk_inputs},
             "opset": self.opset,
+            "normalized": list(self.normalized),
         }

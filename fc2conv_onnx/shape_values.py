@@ -131,4 +131,4 @@ def describe_computation(tensor: gs.Tensor, limit: int = 8) -> str:
         ops.append(node.op)
         if node.op not in _SHAPE_ONLY:
             stack.extend(node.inputs)
-    return " -> ".join(reversed(list(dict.fromkeys(ops))))
+    return " -> ".join(reversed(ops))

@@ -363,16 +363,19 @@ def require_passed(checks: Sequence[OutputCheck]) -> None:
 
 def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
              geometries: Sequence[HeadGeometry] = (), *, seed: int = 0, size: Optional[Sequence[int]] = None,
-             windows: bool = True, progress: Optional[Progress] = None) -> List[OutputCheck]:
+             windows: bool = True, progress: Optional[Progress] = None,
+             window_reference: Optional[onnx.ModelProto] = None) -> List[OutputCheck]:
     """Run the checks; raise ValidationError on the first failure, else return the figures.
 
     `size` is the spatial input size of the window check (default: a few strides larger than the
-    training size); `windows=False` skips that check.
+    training size); `windows=False` skips that check. The window check cuts `window_reference` (the
+    normalized original, when normalizing changed the trunk's ops) or else `original`.
     """
     checks = check_training_size(original, converted, seed=seed)
     require_passed(checks)
     if windows and plan.trunk_inputs:
-        checks += check_windows(original, converted, plan, geometries, size=size, seed=seed, progress=progress)
+        checks += check_windows(window_reference or original, converted, plan, geometries, size=size, seed=seed,
+                                progress=progress)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())
