@@ -22,7 +22,7 @@ from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_tra
 from .normalize import in_default_domain
 from .shape_values import NotEvaluable, describe_computation, evaluate
 from .plan import (AXIS_LAST, KEEP, REMOVE, Decline, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
-                   Skipped, Step)
+                   Quantized, Skipped, Step)
 
 logger = logging.getLogger(__name__)
 
@@ -84,20 +84,25 @@ def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
 
 # ------------------------------------------------------------------------------ flattening vocabulary
 
-def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str]:
-    """The spatial tensor a flattening reads and the order it lists the features in, plus a note.
+def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[PassThrough, ...]]:
+    """The spatial tensor a flattening reads, the order it lists the features in, a note, and the
+    elementwise ops (with scalar constants) between a Transpose and the flattening.
 
     tf2onnx (and keras2onnx) put a Transpose to channels last before a Keras Flatten, so the features come
     in (*spatial, C) order; the source is then the channels-first tensor before the Transpose, and the
-    first kernel is permuted to match (never the other way round: the trunk stays as it is).
+    first kernel is permuted to match (never the other way round: the trunk stays as it is). Ops between
+    the Transpose and the flattening (a QDQ model's Q/DQ pair) commute with the Transpose: they move to
+    the channels-first source.
     """
     data = node.inputs[0]
-    transpose = producer(data)
-    rank = len(data.shape) if data.shape is not None else 0
+    start, between = _elementwise_chain(data, 0, frozenset())
+    transpose = producer(start)
+    rank = len(start.shape) if start.shape is not None else 0
     if transpose is not None and rank >= 3 and is_transpose(transpose, to_channels_last(rank)):
-        return transpose.inputs[0], CHANNELS_LAST, (f"reads Transpose '{transpose.name}' to channels last: "
-                                                    "features in (*spatial, C) order, permuted into the kernel")
-    return data, CHANNELS_FIRST, ""
+        note = f"reads Transpose '{transpose.name}' to channels last: features in (*spatial, C) order, permuted " \
+               "into the kernel"
+        return transpose.inputs[0], CHANNELS_LAST, note, between
+    return data, CHANNELS_FIRST, "", ()
 
 
 def _joined(*notes: str) -> str:
@@ -108,7 +113,7 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
     if node.op != "Flatten":
         return None
-    source, order, note = _read_through_transpose(node)
+    source, order, note, moved = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
@@ -118,7 +123,8 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     if axis != 1:
         return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1: "
                        "it does not keep the batch axis apart")
-    return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape, order=order, note=note)
+    return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape, order=order, note=note,
+                      prelude=moved)
 
 
 def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, features: int,
@@ -153,7 +159,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     """
     if node.op != "Reshape":
         return None
-    source, order, transpose_note = _read_through_transpose(node)
+    source, order, transpose_note, moved = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
@@ -171,7 +177,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
                            f"[N, {', '.join(map(str, shape))}] to [N, {features}]")
         note = f"the Reshape fixes batch size {target[0]}; the converted model takes any batch" if literal else ""
         return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
-                          note=_joined(transpose_note, note))
+                          note=_joined(transpose_note, note), prelude=moved)
     computation = describe_computation(node.inputs[1])
     batches = (batch,) if isinstance(batch, int) else PROBE_BATCHES
     for size in batches:
@@ -186,7 +192,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
                            f"at batch {size}: not a flattening of [N, {', '.join(map(str, shape))}] to [N, {features}]")
     note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
-                      note=_joined(transpose_note, note))
+                      note=_joined(transpose_note, note), prelude=moved)
 
 
 FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (
@@ -197,13 +203,64 @@ FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] =
 
 # ---------------------------------------------------------------------------- linear-layer vocabulary
 
-def _weight(node: gs.Node, index: int, label: str) -> Union[np.ndarray, Decline]:
-    values = constant_values(node.inputs[index])
-    if values is None:
+def dequantized_constant(tensor: gs.Tensor) -> Union[Quantized, Decline, None]:
+    """The constant behind DequantizeLinear(values, scale[, zero_point]) with constant inputs (QDQ models),
+    a Decline for a form that cannot be kept exactly (blocked quantization), or None if it is not one."""
+    node = producer(tensor)
+    if node is None or node.op != "DequantizeLinear" or not in_default_domain(node):
+        return None
+    operands = [constant_values(t) if t.name else None for t in node.inputs]
+    given = [i for i, t in enumerate(node.inputs) if t.name]
+    if any(operands[i] is None for i in given) or len(given) < 2:
+        return None
+    values, scale = operands[0], operands[1]
+    zero_point = operands[2] if len(operands) > 2 else None
+    if node.attrs.get("block_size", 0):
+        return Decline(f"DequantizeLinear '{node.name}' uses blocked quantization, which is not kept")
+    axis = None
+    if scale.size > 1:
+        axis = int(node.attrs.get("axis", 1)) % values.ndim
+    return Quantized(values, scale.reshape(-1) if axis is not None else scale, zero_point if zero_point is None or
+                     axis is None else zero_point.reshape(-1), axis)
+
+
+def constant_or_dequantized(tensor: gs.Tensor) -> Union[np.ndarray, Quantized, Decline, None]:
+    values = constant_values(tensor)
+    return values if values is not None else dequantized_constant(tensor)
+
+
+def constant_float_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
+    """The values of a constant, or of a dequantized constant (for checks that only read them)."""
+    found = constant_or_dequantized(tensor)
+    return found.dequantized() if isinstance(found, Quantized) else found if isinstance(found, np.ndarray) else None
+
+
+def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Optional[Quantized]], Decline]:
+    """A 2-D weight, as float values plus its quantized form when it comes through DequantizeLinear."""
+    found = constant_or_dequantized(node.inputs[index])
+    if isinstance(found, Decline):
+        return found
+    if found is None:
         return Decline(f"weight {label} '{node.inputs[index].name}' is not a constant")
+    values = found.values if isinstance(found, Quantized) else found
     if values.ndim != 2:
         return Decline(f"weight {label} '{node.inputs[index].name}' has shape {list(values.shape)}, not 2-D")
-    return values
+    if isinstance(found, Quantized):
+        return found.dequantized(), found
+    return found, None
+
+
+def _by_output_feature(quantized: Optional[Quantized], transposed: bool,
+                       node: gs.Node) -> Union[Optional[Quantized], Decline]:
+    """A quantized weight laid out as [K, in]; per-channel scales must run along K (the Conv's axis 0)."""
+    if quantized is None:
+        return None
+    values, axis = (quantized.values.T, None if quantized.axis is None else 1 - quantized.axis) if transposed \
+        else (quantized.values, quantized.axis)
+    if axis not in (None, 0):
+        return Decline(f"{node.op} '{node.name}' has a weight quantized per input feature, which a Conv weight "
+                       "cannot keep (its per-channel axis is the output feature)")
+    return quantized.relaid(values, axis)
 
 
 def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, None]:
@@ -211,7 +268,7 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
 
     Spec: "A' = transpose(A) if transA else A", "B' = transpose(B) if transB else B", and C "should be
     unidirectional broadcastable to (M, N)" (here (batch, K)). transA=1 would mix the batch into the
-    product, so it is declined.
+    product, so it is declined. B and C may come through DequantizeLinear (QDQ models); they stay quantized.
     """
     if node.op != "Gemm":
         return None
@@ -219,28 +276,44 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
         return Decline(f"Gemm '{node.name}' reads the features as its weight B, not as A")
     if node.attrs.get("transA", 0):
         return Decline(f"Gemm '{node.name}' has transA=1, which mixes the batch axis into the product")
-    b = _weight(node, 1, "B")
-    if isinstance(b, Decline):
-        return b
-    weight = b if node.attrs.get("transB", 0) else b.T
+    found = _weight(node, 1, "B")
+    if isinstance(found, Decline):
+        return found
+    b, b_quantized = found
+    trans_b = bool(node.attrs.get("transB", 0))
+    weight = b if trans_b else b.T
+    weight_quantized = _by_output_feature(b_quantized, not trans_b, node)
+    if isinstance(weight_quantized, Decline):
+        return weight_quantized
     alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
     if alpha != 1.0:
+        if weight_quantized is not None:
+            return Decline(f"Gemm '{node.name}' scales a quantized weight by alpha={alpha:g}; the product would "
+                           "not stay quantized exactly")
         weight = (weight * alpha).astype(b.dtype)
-    bias = None
+    bias, bias_quantized = None, None
     if len(node.inputs) > 2 and node.inputs[2].name:
-        c = constant_values(node.inputs[2])
+        c = constant_or_dequantized(node.inputs[2])
+        if isinstance(c, Decline):
+            return c
         if c is None:
             return Decline(f"bias C '{node.inputs[2].name}' of Gemm '{node.name}' is not a constant")
-        bias = per_feature_vector(c, weight.shape[0])
-        if bias is None:
-            return Decline(f"bias C of Gemm '{node.name}' has shape {list(c.shape)}, which is not one value "
+        c_values = c.values if isinstance(c, Quantized) else c
+        if per_feature_vector(c_values, weight.shape[0]) is None or (isinstance(c, Quantized) and c_values.ndim != 1):
+            return Decline(f"bias C of Gemm '{node.name}' has shape {list(c_values.shape)}, which is not one value "
                            "per output feature")
+        if isinstance(c, Quantized):
+            if beta != 1.0:
+                return Decline(f"Gemm '{node.name}' scales a quantized bias by beta={beta:g}; it would not stay "
+                               "quantized exactly")
+            bias_quantized, c = c, c.dequantized()
+        bias = per_feature_vector(c, weight.shape[0])
         bias = (bias * beta).astype(c.dtype) if beta != 1.0 else np.array(bias)
-    unusual = ([] if node.attrs.get("transB", 0) else ["transB=0"]) + \
+    unusual = ([] if trans_b else ["transB=0"]) + \
         [f"{name}={value:g}" for name, value in (("alpha", alpha), ("beta", beta)) if value != 1.0]
     spelling = " ".join(["Gemm"] + unusual)
     return LinearLayer(nodes=(node.name,), spelling=spelling, input=data.name, output=node.outputs[0].name,
-                       weight=weight, bias=bias)
+                       weight=weight, bias=bias, weight_quantized=weight_quantized, bias_quantized=bias_quantized)
 
 
 def _bias_add(matmul: gs.Node, features: int, graph_outputs: FrozenSet[str]) -> Optional[Tuple[gs.Node, np.ndarray]]:
@@ -250,7 +323,7 @@ def _bias_add(matmul: gs.Node, features: int, graph_outputs: FrozenSet[str]) -> 
         return None
     add = out.outputs[0]
     other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
-    values = constant_values(other)
+    values = constant_float_values(other)
     bias = None if values is None else per_feature_vector(values, features)
     return None if bias is None else (add, np.array(bias))
 
@@ -261,17 +334,21 @@ def match_matmul(node: gs.Node, data: gs.Tensor, graph_outputs: FrozenSet[str]) 
         return None
     if node.inputs[0] is not data:
         return Decline(f"MatMul '{node.name}' has the features as its right operand")
-    b = _weight(node, 1, "B")
-    if isinstance(b, Decline):
-        return b
+    found = _weight(node, 1, "B")
+    if isinstance(found, Decline):
+        return found
+    b, b_quantized = found
     weight = b.T
+    weight_quantized = _by_output_feature(b_quantized, True, node)
+    if isinstance(weight_quantized, Decline):
+        return weight_quantized
     fused = _bias_add(node, weight.shape[0], graph_outputs)
     if fused is None:
         return LinearLayer(nodes=(node.name,), spelling="MatMul", input=data.name, output=node.outputs[0].name,
-                           weight=weight, bias=None)
+                           weight=weight, bias=None, weight_quantized=weight_quantized)
     add, bias = fused
     return LinearLayer(nodes=(node.name, add.name), spelling="MatMul + Add", input=data.name,
-                       output=add.outputs[0].name, weight=weight, bias=bias)
+                       output=add.outputs[0].name, weight=weight, bias=bias, weight_quantized=weight_quantized)
 
 
 def match_linear(node: gs.Node, data: gs.Tensor, in_features: int,
@@ -341,7 +418,7 @@ def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[P
     other_index = 1 - index
     if ctx.head_features.get(node.inputs[other_index].name) == ctx.features:
         return _pass(node, index, KEEP, "unchanged (elementwise on two head tensors)")
-    values = constant_values(node.inputs[other_index])
+    values = constant_float_values(node.inputs[other_index])
     reshaped = None if values is None else per_location_constant(values, ctx.features, ctx.spatial_rank)
     if reshaped is None:
         return Decline(f"{node.op} '{node.name}' combines the head with '{node.inputs[other_index].name}', "
@@ -357,7 +434,7 @@ def batch_normalization(node: gs.Node, index: int, ctx: HeadContext) -> Union[Pa
     if any(ctx.in_use(out) for out in node.outputs[1:]):
         return Decline(f"BatchNormalization '{node.name}' has its running statistics outputs in use")
     for tensor in node.inputs[1:]:
-        values = constant_values(tensor)
+        values = constant_float_values(tensor)
         if values is None or values.shape != (ctx.features,):
             return Decline(f"BatchNormalization '{node.name}' parameter '{tensor.name}' is not a constant [K]")
     return _pass(node, index, KEEP, "unchanged (normalises axis 1)")
@@ -392,6 +469,22 @@ def softmax_family(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThr
                  f"(opset {ctx.opset} semantics)", attrs={"axis": ctx.spatial_rank + 1})
 
 
+def quantize_family(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """QuantizeLinear / DequantizeLinear of activations (QDQ models): per-tensor, elementwise and unchanged;
+    per-channel along the features (axis 1 or -1 of [N, K]), which is axis 1 of [N, K, *spatial]."""
+    if index != 0:
+        return Decline(f"{node.op} '{node.name}' reads the head as its scale or zero point")
+    scale = constant_values(node.inputs[1])
+    zero = constant_values(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+    if scale is None or (len(node.inputs) > 2 and node.inputs[2].name and zero is None):
+        return Decline(f"{node.op} '{node.name}' has a scale or zero point that is not a constant")
+    if scale.size == 1:
+        return _pass(node, index, KEEP, "unchanged (per-tensor quantization)")
+    if scale.size == ctx.features and int(node.attrs.get("axis", 1)) in (1, -1):
+        return _pass(node, index, KEEP, "per-feature quantization on axis 1", attrs={"axis": 1})
+    return Decline(f"{node.op} '{node.name}' quantizes with {scale.size} scales, not one or one per feature")
+
+
 ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
                    "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf",
                    "ThresholdedRelu", "Mish", "Sqrt")
@@ -403,6 +496,7 @@ PASS_THROUGH: Dict[str, PassThroughHandler] = {
     "BatchNormalization": batch_normalization,
     "Dropout": dropout,
     **{op: softmax_family for op in ("Softmax", "LogSoftmax", "Hardmax")},
+    **{op: quantize_family for op in ("QuantizeLinear", "DequantizeLinear")},
 }
 
 
@@ -416,9 +510,31 @@ class _Decline(Exception):
         self.reason = reason
 
 
-def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flattening, LinearLayer]:
+def _elementwise_chain(data: gs.Tensor, opset: int,
+                       graph_outputs: FrozenSet[str]) -> Tuple[gs.Tensor, Tuple[PassThrough, ...]]:
+    """Walk back from `data` over a chain of ops that act on each element alone with scalar constants (the
+    Q/DQ pair a QDQ model puts after its Flatten, Dropout, Relu...): they commute with flattenings and
+    transposes. Returns the tensor the chain starts from and its ops in graph order."""
+    steps: List[PassThrough] = []
+    context = HeadContext(features=0, spatial_rank=0, opset=opset, graph_outputs=graph_outputs)
+    while True:
+        node = producer(data)
+        if node is None or node.op not in PASS_THROUGH or not in_default_domain(node) or len(data.outputs) != 1 \
+                or data.name in graph_outputs or len(node.inputs) == 0 or node.inputs[0].name == "":
+            break
+        step = PASS_THROUGH[node.op](node, 0, context)
+        if isinstance(step, Decline) or step.constants or step.attrs or step.action == AXIS_LAST:
+            break
+        steps.append(step)
+        data = node.inputs[0]
+    return data, tuple(reversed(steps))
+
+
+def _first_layer(node: gs.Node, opset: int,
+                 graph_outputs: FrozenSet[str]) -> Tuple[Flattening, Tuple[PassThrough, ...], LinearLayer]:
     data = node.inputs[0]
-    source = producer(data)
+    flat, prelude = _elementwise_chain(data, opset, graph_outputs)
+    source = producer(flat)
     if source is None:
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
     flattening = None
@@ -434,7 +550,7 @@ def _first_layer(node: gs.Node, graph_outputs: FrozenSet[str]) -> Tuple[Flatteni
     first = match_linear(node, data, flattening.features, graph_outputs)
     if not isinstance(first, LinearLayer):
         raise _Decline(first.reason if first else f"{node.op} '{node.name}' is not a linear layer")
-    return flattening, first
+    return flattening, flattening.prelude + prelude, first
 
 
 def _follow(graph: gs.Graph, first: LinearLayer, base: HeadContext) -> Tuple[Step, ...]:
@@ -524,7 +640,7 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO) -> Plan:
             continue
         first = None
         try:
-            flattening, first = _first_layer(node, graph_outputs)
+            flattening, prelude, first = _first_layer(node, opset, graph_outputs)
             context = HeadContext(first.features, len(flattening.spatial_shape), opset, graph_outputs)
             steps = _follow(graph, first, context)
         except _Decline as declined:
@@ -543,7 +659,8 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO) -> Plan:
         if layout == AUTO:
             feeding = {input_layout(tensors[name]) for name in upstream_inputs(graph, [flattening.source])}
             layout = CHANNELS_LAST if feeding == {CHANNELS_LAST} else CHANNELS_FIRST
-        head = HeadPlan(flattening=flattening, first=first, steps=steps, outputs=outputs, output_layout=layout)
+        head = HeadPlan(flattening=flattening, first=first, steps=steps, outputs=outputs, output_layout=layout,
+                        prelude=prelude)
         heads.append(head)
         claimed.update({name: "" for name in head.nodes})
     # Later layers of a declined head are reported with that head's reason, not their own.

@@ -35,6 +35,8 @@ class Flattening:
     #: source lists it; CHANNELS_LAST is (*spatial, C), as after a Transpose to channels last (Keras).
     order: str = CHANNELS_FIRST
     note: str = ""
+    #: Elementwise ops between a Transpose to channels last and the flattening; they move onto the source.
+    prelude: Tuple["PassThrough", ...] = ()
 
     @property
     def spatial_shape(self) -> Tuple[int, ...]:
@@ -43,6 +45,36 @@ class Flattening:
     @property
     def features(self) -> int:
         return prod(self.source_shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Quantized:
+    """A constant that the model dequantizes: DequantizeLinear(values, scale, zero_point, axis).
+
+    The rewrite keeps it quantized (the values laid out anew, the same scale and zero point), so a
+    QDQ model stays a QDQ model that runtimes can fuse into integer convolutions.
+    """
+
+    values: np.ndarray = field(repr=False)
+    scale: np.ndarray = field(repr=False)
+    zero_point: Optional[np.ndarray] = field(repr=False)
+    #: The axis of `values` that `scale` runs along (per-channel), or None for one scale (per-tensor).
+    axis: Optional[int] = None
+
+    def dequantized(self) -> np.ndarray:
+        """The float values, computed as DequantizeLinear does: (values - zero_point) * scale."""
+        values = self.values.astype(np.int64 if self.values.dtype.kind in "iu" else np.float64)
+        zero = 0 if self.zero_point is None else self.zero_point.astype(values.dtype)
+        scale = self.scale
+        if self.axis is not None:
+            shape = [1] * self.values.ndim
+            shape[self.axis] = -1
+            scale, zero = scale.reshape(shape), (zero.reshape(shape) if np.ndim(zero) else zero)
+        return ((values - zero).astype(self.scale.dtype) * scale).astype(self.scale.dtype)
+
+    def relaid(self, values: np.ndarray, axis: Optional[int]) -> "Quantized":
+        """The same quantization for values laid out anew (transposed or reshaped)."""
+        return Quantized(values, self.scale, self.zero_point, axis if self.axis is not None else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +87,11 @@ class LinearLayer:
     output: str
     weight: np.ndarray = field(repr=False)  # [K, in]
     bias: Optional[np.ndarray] = field(repr=False)  # [K] or None
+    #: The weight as the model stores it when it comes through DequantizeLinear: values [K, in], per-channel
+    #: along axis 0 (per output feature) or per-tensor. `weight` then holds the dequantized values.
+    weight_quantized: Optional[Quantized] = None
+    #: Likewise for the bias ([K]).
+    bias_quantized: Optional[Quantized] = None
 
     @property
     def features(self) -> int:
@@ -94,6 +131,9 @@ class HeadPlan:
     outputs: Tuple[str, ...]
     #: Layout of the converted outputs: [N, K, *spatial] (CHANNELS_FIRST) or [N, *spatial, K].
     output_layout: str = CHANNELS_FIRST
+    #: Elementwise ops with scalar constants around the flattening (a QDQ model's Q/DQ pairs), in graph
+    #: order; they run on the source feature map instead, before the first layer.
+    prelude: Tuple[PassThrough, ...] = ()
 
     @property
     def spatial_rank(self) -> int:
@@ -102,7 +142,7 @@ class HeadPlan:
     @property
     def nodes(self) -> Tuple[str, ...]:
         """Every original node this head replaces or re-expresses (the flattening is left to cleanup)."""
-        names = list(self.first.nodes)
+        names = [step.node for step in self.prelude] + list(self.first.nodes)
         for step in self.steps:
             names.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
         return tuple(names)
@@ -116,7 +156,8 @@ class HeadPlan:
     @property
     def tensors(self) -> Tuple[str, ...]:
         """Every tensor whose shape becomes [N, K, *spatial]."""
-        return (self.first.output,) + tuple(step.output for step in self.steps)
+        return tuple(step.output for step in self.prelude) + (self.first.output,) + \
+            tuple(step.output for step in self.steps)
 
     def describe(self) -> str:
         flat = self.flattening
@@ -126,6 +167,7 @@ class HeadPlan:
             f"head -> {', '.join(self.outputs)} (as {layout})",
             f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
             f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
+            *(f"  {step.op} '{step.node}' -> {step.becomes}, on the feature map" for step in self.prelude),
             f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(self.kernel_shape(self.first))}",
         ]
         pointwise = "x".join("1" * self.spatial_rank)
@@ -144,6 +186,7 @@ class HeadPlan:
             "source": flat.source,
             "source_shape": list(flat.source_shape),
             "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
+            "prelude": [{"node": s.node, "op": s.op, "becomes": s.becomes} for s in self.prelude],
             "layers": [_layer_dict(self.first, list(self.kernel_shape(self.first)))] + [
                 _layer_dict(s, list(self.kernel_shape(s)))
                 if isinstance(s, LinearLayer)
@@ -154,12 +197,18 @@ class HeadPlan:
 
 
 def _layer_line(layer: LinearLayer) -> str:
-    return f"{layer.spelling} '{layer.nodes[0]}' [{layer.features} x {layer.weight.shape[1]}]"
+    quantized = layer.weight_quantized
+    kind = "" if quantized is None else \
+        f", {quantized.values.dtype} weight {'per-channel' if quantized.axis is not None else 'per-tensor'}"
+    return f"{layer.spelling} '{layer.nodes[0]}' [{layer.features} x {layer.weight.shape[1]}{kind}]"
 
 
 def _layer_dict(layer: LinearLayer, kernel: list) -> Dict[str, Any]:
     return {"nodes": list(layer.nodes), "spelling": layer.spelling, "weight_shape": list(layer.weight.shape),
-            "bias": layer.bias is not None, "becomes": "Conv", "kernel_shape": kernel}
+            "bias": layer.bias is not None, "becomes": "Conv", "kernel_shape": kernel,
+            "quantized_weight": None if layer.weight_quantized is None else {
+                "dtype": str(layer.weight_quantized.values.dtype),
+                "per_channel": layer.weight_quantized.axis is not None}}
 
 
 @dataclass(frozen=True)

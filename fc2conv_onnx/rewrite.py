@@ -7,13 +7,13 @@ model's outputs by name keeps working.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_last
-from .plan import AXIS_LAST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan
+from .plan import AXIS_LAST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan, Quantized
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
@@ -71,14 +71,37 @@ class _Editor:
         return node
 
 
-def _replace_linear(editor: _Editor, layer: LinearLayer, data: gs.Tensor, kernel: np.ndarray) -> None:
+def _constant_input(editor: _Editor, base: str, values: np.ndarray, quantized: Optional[Quantized],
+                    axis: int = 0) -> gs.Tensor:
+    """A Conv weight or bias input: the float values, or the quantized values (laid out like `values`)
+    behind a DequantizeLinear with the original scale and zero point (per-channel along `axis`)."""
+    if quantized is None:
+        return editor.constant(base, values)
+    inputs = [editor.constant(f"{base}/quantized", quantized.values),
+              editor.constant(f"{base}/scale", quantized.scale)]
+    if quantized.zero_point is not None:
+        inputs.append(editor.constant(f"{base}/zero_point", quantized.zero_point))
+    output = gs.Variable(editor.name(base), dtype=quantized.scale.dtype)
+    attrs = {} if quantized.axis is None else {"axis": axis}
+    editor.add_node("DequantizeLinear", f"{base}/dequantize", inputs, [output], attrs)
+    return output
+
+
+def _replace_linear(editor: _Editor, layer: LinearLayer, data: gs.Tensor,
+                    layout: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Replace a linear layer by a Conv whose kernel is `layout(W[K, in])` (applied to the quantized
+    values too, when the weight is quantized)."""
     output = editor.tensors[layer.output]
     for name in layer.nodes:
         editor.nodes[name].outputs.clear()  # detached; cleanup() removes them
     base = layer.nodes[0]
-    inputs = [data, editor.constant(f"{base}/kernel", kernel)]
+    kernel = layout(layer.weight)
+    weight_quantized = layer.weight_quantized
+    if weight_quantized is not None:
+        weight_quantized = weight_quantized.relaid(layout(weight_quantized.values), 0)
+    inputs = [data, _constant_input(editor, f"{base}/kernel", kernel, weight_quantized)]
     if layer.bias is not None:
-        inputs.append(editor.constant(f"{base}/bias", layer.bias.astype(kernel.dtype)))
+        inputs.append(_constant_input(editor, f"{base}/bias", layer.bias.astype(kernel.dtype), layer.bias_quantized))
     editor.add_node("Conv", f"{base}/conv", inputs, [output], {"kernel_shape": list(kernel.shape[2:])})
 
 
@@ -120,12 +143,17 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
 
 
 def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
-    source = editor.tensors[head.flattening.source]
-    _replace_linear(editor, head.first, source, first_layer_kernel(head.first.weight, head.flattening))
+    # The prelude (elementwise ops around the flattening) and then the first layer read the feature map.
+    features = editor.tensors[head.flattening.source]
+    for step in head.prelude:
+        editor.nodes[step.node].inputs[0] = features
+        _rewrite_pass_through(editor, step, head.spatial_rank)
+        features = editor.tensor(step.output)
+    _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening))
     for step in head.steps:
         if isinstance(step, LinearLayer):
-            kernel = pointwise_kernel(step.weight, head.spatial_rank)
-            _replace_linear(editor, step, editor.tensor(step.input), kernel)
+            _replace_linear(editor, step, editor.tensor(step.input),
+                            lambda weight: pointwise_kernel(weight, head.spatial_rank))
         else:
             _rewrite_pass_through(editor, step, head.spatial_rank)
     for name in head.tensors:
