@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="skip the onnxruntime checks (the result is then unproven)")
     convert.add_argument("--validate-size", metavar="SIZE|off", help=SIZE_HELP + "; 'off' checks the training "
                          "size only")
+    _layout_flag(convert, "the layout of the converted outputs")
     _common_flags(convert)
     convert.set_defaults(run=_run_convert)
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("original", metavar="ORIGINAL", help="the classifier (.onnx)")
     validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx)")
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
+    _layout_flag(validate, "the layout CONVERTED gives its outputs in")
     _common_flags(validate)
     validate.set_defaults(run=_run_validate)
 
@@ -89,10 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "Gemm/MatMul that would be left alone with the reason, and the output geometry. Writes nothing.",
         epilog=EXIT_CODES)
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
+    _layout_flag(inspect, "the layout the converted outputs would have")
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     inspect.set_defaults(run=_run_inspect)
     return parser
+
+
+def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--output-layout", choices=api.OUTPUT_LAYOUTS, default="auto",
+                        help=f"{what}: channels_first is [N, K, *spatial], channels_last [N, *spatial, K]; auto "
+                             "(default) follows the image input, so a tf2onnx/Keras model with an NHWC input "
+                             "gives NHWC maps")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,15 +137,16 @@ def _progress() -> Optional[_ProgressBar]:
 
 def _run_convert(args: argparse.Namespace) -> Report:
     return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
-                            seed=args.seed, progress=_progress())
+                            seed=args.seed, progress=_progress(), output_layout=args.output_layout)
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
-    return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress())
+    return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress(),
+                             output_layout=args.output_layout)
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    report = api.inspect(args.input)
+    report = api.inspect(args.input, output_layout=args.output_layout)
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report

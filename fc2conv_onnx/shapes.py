@@ -56,7 +56,10 @@ def clear_inferred_shapes(graph: gs.Graph) -> None:
 def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export `graph`, keeping the original's model-level fields (which graphsurgeon does not carry)."""
     model = gs.export_onnx(graph)
-    model.ir_version = original.ir_version
+    # IR 3 (Caffe2-era zoo) requires every initializer to be a graph input and every output to have a
+    # shape; graphsurgeon writes neither, and converted outputs have new shapes. IR 4 lifts both rules
+    # and changes nothing else, so such models come out as IR 4.
+    model.ir_version = max(original.ir_version, 4)
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
