@@ -30,7 +30,8 @@ def run(model: onnx.ModelProto, feeds: Dict[str, np.ndarray]) -> Dict[str, np.nd
 
 
 def input_shape(model: onnx.ModelProto) -> Tuple[int, ...]:
-    return tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    """The first input's training shape; a symbolic batch is taken as 2 (not 0: an empty batch proves nothing)."""
+    return tuple(d.dim_value or 2 for d in model.graph.input[0].type.tensor_type.shape.dim)
 
 
 def random_input(model: onnx.ModelProto, shape: Sequence[int], seed: int = 0) -> Dict[str, np.ndarray]:
@@ -38,12 +39,15 @@ def random_input(model: onnx.ModelProto, shape: Sequence[int], seed: int = 0) ->
     return {model.graph.input[0].name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
 
 
-def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], free_sizes: bool) -> onnx.ModelProto:
+def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], free_sizes: bool,
+        channels_last: bool = False) -> onnx.ModelProto:
     part = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))
     if free_sizes:  # a trunk that runs at any size: symbolic batch/spatial input dims, no stale shapes
         del part.graph.value_info[:]
-        for axis, dim in enumerate(part.graph.input[0].type.tensor_type.shape.dim):
-            if axis != 1:
+        dims = part.graph.input[0].type.tensor_type.shape.dim
+        channel_axis = len(dims) - 1 if channels_last else 1
+        for axis, dim in enumerate(dims):
+            if axis != channel_axis:
                 dim.dim_param = f"d{axis}"
         for out in part.graph.output:
             out.type.tensor_type.ClearField("shape")
@@ -52,8 +56,10 @@ def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], f
 
 def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str = "features",
                       sizes: Iterable[Sequence[int]] = (), rtol: float = RTOL, atol: float = ATOL,
-                      outputs: Optional[Sequence[str]] = None) -> None:
-    """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location."""
+                      outputs: Optional[Sequence[str]] = None, channels_last: bool = False) -> None:
+    """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location.
+    `channels_last`: the input is [N, *spatial, C] and the converted outputs [N, *spatial, K] (tf2onnx);
+    the source feature map is channels first either way."""
     outputs = list(outputs or [o.name for o in original.graph.output])
     feeds = random_input(original, input_shape(original))
     expected, actual = run(original, feeds), run(converted, feeds)
@@ -62,7 +68,7 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
         np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
                                    atol=atol, err_msg=f"output {name} at the training size")
     inferred = onnx.shape_inference.infer_shapes(original)
-    trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True)
+    trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True, channels_last=channels_last)
     head = session(cut(inferred, [source], outputs, free_sizes=False))
     source_shape = next(v for v in inferred.graph.value_info if v.name == source).type.tensor_type.shape
     window = tuple(d.dim_value for d in source_shape.dim[2:])
@@ -70,6 +76,8 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
         feeds = random_input(original, size, seed=1)
         features = run(trunk, feeds)[source]
         actual = run(converted, feeds)
+        if channels_last:
+            actual = {name: np.moveaxis(value, -1, 1) for name, value in actual.items()}
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
         for name in outputs:
             assert actual[name].shape[2:] == grid, (name, actual[name].shape, grid)
