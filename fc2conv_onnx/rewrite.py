@@ -71,10 +71,9 @@ class _Editor:
         return node
 
 
-def _constant_input(editor: _Editor, base: str, values: np.ndarray, quantized: Optional[Quantized],
-                    axis: int = 0) -> gs.Tensor:
-    """A Conv weight or bias input: the float values, or the quantized values (laid out like `values`)
-    behind a DequantizeLinear with the original scale and zero point (per-channel along `axis`)."""
+def _constant_input(editor: _Editor, base: str, values: np.ndarray, quantized: Optional[Quantized]) -> gs.Tensor:
+    """A Conv weight or bias input: the float values, or the quantized values (laid out like `values`,
+    per-channel along axis 0 if at all) behind a DequantizeLinear with the original scale and zero point."""
     if quantized is None:
         return editor.constant(base, values)
     inputs = [editor.constant(f"{base}/quantized", quantized.values),
@@ -82,7 +81,7 @@ def _constant_input(editor: _Editor, base: str, values: np.ndarray, quantized: O
     if quantized.zero_point is not None:
         inputs.append(editor.constant(f"{base}/zero_point", quantized.zero_point))
     output = gs.Variable(editor.name(base), dtype=quantized.scale.dtype)
-    attrs = {} if quantized.axis is None else {"axis": axis}
+    attrs = {} if quantized.axis is None else {"axis": quantized.axis}
     editor.add_node("DequantizeLinear", f"{base}/dequantize", inputs, [output], attrs)
     return output
 

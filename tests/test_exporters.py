@@ -240,3 +240,32 @@ def test_an_unused_opset_import_is_not_a_reason_to_refuse():
     model = load("tf_keras_nhwc_opset13")
     assert any(o.domain == "ai.onnx.ml" for o in model.opset_import)
     fc2conv_onnx.inspect(model)
+
+
+def quantized_gemm_classifier(alpha: float = 1.0, bias_from_constant_of_shape: bool = False) -> onnx.ModelProto:
+    """A Gemm whose weight comes through DequantizeLinear (per output feature), optionally scaled by alpha,
+    and whose bias is ConstantOfShape([5]) filled with 0.25 (as Caffe2-era files spell constants)."""
+    from builders import ModelBuilder, trunk
+    b = ModelBuilder(opset=13, seed=9)
+    x = b.node("Flatten", [trunk(b, b.input("image", [1, 3, 16, 12]), [3, 4, 8], rank=2)])
+    values = b.const("w_q", np.random.default_rng(9).integers(-100, 100, (5, 96)).astype(np.int8))
+    weight = b.node("DequantizeLinear", [values, b.const("w_scale", np.full(5, 0.01, np.float32)),
+                                         b.const("w_zero", np.zeros(5, np.int8))], axis=0)
+    fill = helper.make_tensor("fill", onnx.TensorProto.FLOAT, [1], [0.25])
+    bias = b.node("ConstantOfShape", [b.const("bias_shape", np.array([5], np.int64))], value=fill) \
+        if bias_from_constant_of_shape else b.weight("bias", (5,), fan_in=1)
+    b.node("Gemm", [x, weight, bias], b.output("logits", [1, 5]), transB=1, alpha=alpha)
+    return b.build("quantized_gemm")
+
+
+def test_constant_of_shape_bias_and_a_per_channel_quantized_weight_convert():
+    original = quantized_gemm_classifier(bias_from_constant_of_shape=True)
+    converted = fc2conv_onnx.convert(original)
+    assert_equivalent(original, converted, sizes=[(1, 3, 27, 31)])
+    assert "int8 weight per-channel" in fc2conv_onnx.inspect(original).plan.describe()
+
+
+def test_a_quantized_weight_that_cannot_stay_exact_is_reported_and_skipped():
+    plan = fc2conv_onnx.inspect(quantized_gemm_classifier(alpha=0.5)).plan
+    assert not plan.heads
+    assert "scales a quantized weight by alpha=0.5" in plan.skipped[0].reason
