@@ -168,29 +168,26 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
         return Decline(f"Reshape '{node.name}' has no shape input")
     allow_zero = bool(node.attrs.get("allowzero", 0))
     batch, features = data.shape[0], prod(shape)
+    flattened = f"[N, {', '.join(map(str, shape))}] to [N, {features}]"
     constant = constant_values(node.inputs[1])
     if constant is not None:
         target = [int(v) for v in constant.reshape(-1)]
         flattens, literal = _flattens(target, batch, data.shape, features, allow_zero)
         if not flattens:
-            return Decline(f"Reshape '{node.name}' to {target} does not flatten "
-                           f"[N, {', '.join(map(str, shape))}] to [N, {features}]")
+            return Decline(f"Reshape '{node.name}' to {target} does not flatten {flattened}")
         note = f"the Reshape fixes batch size {target[0]}; the converted model takes any batch" if literal else ""
-        return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
-                          note=_joined(transpose_note, note), prelude=moved)
-    computation = describe_computation(node.inputs[1])
-    batches = (batch,) if isinstance(batch, int) else PROBE_BATCHES
-    for size in batches:
-        try:
-            target = [int(v) for v in evaluate(node.inputs[1], size).reshape(-1)]
-        except NotEvaluable as why:
-            return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which cannot be evaluated "
-                           f"at the training size: {why}")
-        flattens, literal = _flattens(target, size, data.shape, features, allow_zero)
-        if not flattens:
-            return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which gives {target} "
-                           f"at batch {size}: not a flattening of [N, {', '.join(map(str, shape))}] to [N, {features}]")
-    note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
+    else:
+        computation = describe_computation(node.inputs[1])
+        for size in (batch,) if isinstance(batch, int) else PROBE_BATCHES:
+            try:
+                target = [int(v) for v in evaluate(node.inputs[1], size).reshape(-1)]
+            except NotEvaluable as why:
+                return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which cannot be "
+                               f"evaluated at the training size: {why}")
+            if not _flattens(target, size, data.shape, features, allow_zero)[0]:
+                return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which gives {target} "
+                               f"at batch {size}: not a flattening of {flattened}")
+        note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
                       note=_joined(transpose_note, note), prelude=moved)
 
@@ -217,11 +214,10 @@ def dequantized_constant(tensor: gs.Tensor) -> Union[Quantized, Decline, None]:
     zero_point = operands[2] if len(operands) > 2 else None
     if node.attrs.get("block_size", 0):
         return Decline(f"DequantizeLinear '{node.name}' uses blocked quantization, which is not kept")
-    axis = None
-    if scale.size > 1:
-        axis = int(node.attrs.get("axis", 1)) % values.ndim
-    return Quantized(values, scale.reshape(-1) if axis is not None else scale, zero_point if zero_point is None or
-                     axis is None else zero_point.reshape(-1), axis)
+    if scale.size == 1:
+        return Quantized(values, scale, zero_point, axis=None)
+    axis = int(node.attrs.get("axis", 1)) % values.ndim
+    return Quantized(values, scale.reshape(-1), None if zero_point is None else zero_point.reshape(-1), axis)
 
 
 def constant_or_dequantized(tensor: gs.Tensor) -> Union[np.ndarray, Quantized, Decline, None]:
@@ -232,7 +228,9 @@ def constant_or_dequantized(tensor: gs.Tensor) -> Union[np.ndarray, Quantized, D
 def constant_float_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
     """The values of a constant, or of a dequantized constant (for checks that only read them)."""
     found = constant_or_dequantized(tensor)
-    return found.dequantized() if isinstance(found, Quantized) else found if isinstance(found, np.ndarray) else None
+    if isinstance(found, Quantized):
+        return found.dequantized()
+    return found if isinstance(found, np.ndarray) else None
 
 
 def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Optional[Quantized]], Decline]:
