@@ -1,4 +1,5 @@
-"""Models made by real exporters (fixtures/exported/, see its MANIFEST.json) and Caffe2-era zoo-style models.
+"""Models made by real exporters (fixtures/exported/, see its MANIFEST.json: PyTorch, tf2onnx, onnxruntime
+quantization, Caffe2's ONNX frontend) and older Caffe2-era zoo spellings built by fixtures/builders.py.
 
 Each one is converted (the package's own validator runs) and then proven again by tests/equivalence.py,
 which shares no code with the package: at the training size, and at a larger size where every output
@@ -21,6 +22,7 @@ from equivalence import assert_equivalent, input_shape
 
 EXPORTED = FIXTURES / "exported"
 MANIFEST = json.loads((EXPORTED / "MANIFEST.json").read_text())
+#: Built by fixtures/builders.py in the older zoo spellings the Caffe2 frontend no longer emits.
 CAFFE2_ERA = ("caffe2_alexnet_opset8_constants", "caffe2_alexnet_opset9_inputs")
 
 
@@ -84,7 +86,8 @@ def test_the_manifest_names_the_exporter_and_version_of_every_file():
     for name, entry in MANIFEST.items():
         model = onnx.load(str(EXPORTED / name))
         assert entry["opset"] == next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        assert any(tool in entry["made_by"] for tool in ("torch 2.", "tf2onnx 1.", "onnxruntime 1.")), entry
+        tools = ("torch 2.", "tf2onnx 1.", "onnxruntime 1.", "Caffe2 of torch 1.")
+        assert any(tool in entry["made_by"] for tool in tools), entry
         assert entry["exercises"]
     total = sum((EXPORTED / name).stat().st_size for name in files)
     assert total < 4 << 20, f"exported fixtures take {total} bytes; keep them small"
@@ -192,8 +195,11 @@ def test_a_computed_shape_that_is_not_a_flatten_is_declined():
     assert "gives [8, -1] at batch 2" in plan.skipped[0].reason
 
 
-def test_initializers_listed_as_inputs_are_not_image_inputs():
-    converted = fc2conv_onnx.convert(load("caffe2_alexnet_opset9_inputs"))
+@pytest.mark.parametrize("stem", ["caffe2_alexnet_opset9_inputs", "caffe2_alexnet_like", "caffe2_batchnorm_head"])
+def test_initializers_listed_as_inputs_are_not_image_inputs(stem):
+    original = load(stem)
+    assert len(original.graph.input) > 1  # the weights are listed as inputs too
+    converted = fc2conv_onnx.convert(original)
     assert [i.name for i in converted.graph.input] == ["data"]
     assert dims(converted.graph.input[0]) == ["N", 3, "H", "W"]
     assert converted.ir_version >= 4
