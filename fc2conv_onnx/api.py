@@ -20,6 +20,7 @@ from .normalize import normalize
 from .plan import Plan
 from .report import Report
 from .rewrite import rewrite
+from .weights import Weights
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def _label(source: io.ModelSource) -> Optional[str]:
 class _Planned:
     """A model read for conversion: its shape-inferred form, normalized graph, plan and geometry."""
 
+    loaded: io.Loaded
     inferred: onnx.ModelProto
     graph: gs.Graph
     plan: Plan
@@ -57,7 +59,8 @@ class _Planned:
     reference: onnx.ModelProto
 
 
-def _plan(model: onnx.ModelProto, output_layout: str = AUTO) -> _Planned:
+def _plan(loaded: io.Loaded, output_layout: str = AUTO) -> _Planned:
+    model, weights = loaded.model, loaded.weights
     marker = shapes.converted_marker(model)
     if marker is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
@@ -67,12 +70,14 @@ def _plan(model: onnx.ModelProto, output_layout: str = AUTO) -> _Planned:
     except Exception as error:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
     graph = gs.import_onnx(inferred)
+    weights.attach(graph)
     notes = normalize(graph)
     plan = replace(find_heads(graph, output_layout), normalized=notes)
     reference = inferred
     if notes:
+        weights.hold(graph)
         reference = onnx.shape_inference.infer_shapes(shapes.export_like(graph.copy(), inferred), data_prop=True)
-    return _Planned(inferred, graph, plan, plan_geometry(graph, plan), reference)
+    return _Planned(loaded, inferred, graph, plan, plan_geometry(graph, plan), reference)
 
 
 def _window_size(size: Size) -> Tuple[bool, Optional[Tuple[int, ...]]]:
@@ -104,8 +109,7 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
 
 def inspect(model: io.ModelSource, *, output_layout: str = AUTO) -> Report:
     """Dry run: the heads that would be converted and what each becomes, and what is skipped and why."""
-    original = io.load_model(model)
-    planned = _plan(original, _checked_layout(output_layout))
+    planned = _plan(io.read_model(model), _checked_layout(output_layout))
     return Report(plan=planned.plan, geometry=planned.geometry, source=_label(model), dry_run=True)
 
 
@@ -136,20 +140,29 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
             was converted already.
         ValidationError: the converted model is not equivalent; nothing is returned.
     """
+    converted, weights, report = _convert(model, validate=validate, validate_size=validate_size, seed=seed,
+                                          progress=progress, output_layout=output_layout)
+    return Conversion(model=weights.embedded(converted), report=report)
+
+
+def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed: int,
+             progress: Optional[validation.Progress], output_layout: str) -> Tuple[onnx.ModelProto, Weights, Report]:
+    """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
     windows, size = _window_size(validate_size)
     output_layout = _checked_layout(output_layout)
-    original = io.load_model(model)
-    planned = _plan(original, output_layout)
+    loaded = io.read_model(model)
+    planned = _plan(loaded, output_layout)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(model))
     rewrite(planned.graph, plan)
-    converted = shapes.finish(planned.graph, original, plan, geometry)
+    loaded.weights.hold(planned.graph)
+    converted = shapes.finish(planned.graph, loaded.model, plan, geometry)
     checks = validation.validate(planned.inferred, converted, plan, geometry, seed=seed, size=size,
-                                 windows=windows, progress=progress,
-                                 window_reference=planned.reference) if validate else []
+                                 windows=windows, progress=progress, window_reference=planned.reference,
+                                 weights=loaded.weights) if validate else []
     report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=validate, source=_label(model))
-    return Conversion(model=converted, report=report)
+    return converted, loaded.weights, report
 
 
 def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
@@ -161,19 +174,24 @@ def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size
 
 def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validate_size: Size = None,
                  seed: int = 0, progress: Optional[validation.Progress] = None,
-                 output_layout: str = AUTO) -> Report:
+                 output_layout: str = AUTO, in_place: bool = False,
+                 external_data: Optional[bool] = None) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
-    `dst` may not be `src`: the input is never overwritten. Nothing is written if any step fails.
+    The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` (or
+    one of its external-data files) only with `in_place=True`. `external_data`: None (default) writes the
+    weights to `dst` + ".data" when `src` has external data or the model reaches 2 GiB, else inside `dst`;
+    True or False forces either. Nothing is written if any step fails, and a previous `dst` is kept.
     """
-    if io.same_file(src, dst):
-        raise InputError(f"output '{dst}' is the input file; choose another output path")
+    if io.same_file(src, dst) and not in_place:
+        raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
     io.check_output_path(dst)
-    conversion = convert_with_report(src, validate=validate, validate_size=validate_size, seed=seed,
-                                     progress=progress, output_layout=output_layout)
-    io.save_model(conversion.model, dst)
-    conversion.report.output = str(dst)
-    return conversion.report
+    converted, weights, report = _convert(src, validate=validate, validate_size=validate_size, seed=seed,
+                                          progress=progress, output_layout=output_layout)
+    data = io.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
+    report.output = str(dst)
+    report.external_data = None if data is None else str(data)
+    return report
 
 
 def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: Size = None, seed: int = 0,
@@ -187,26 +205,27 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: 
     """
     windows, spatial = _window_size(size)
     output_layout = _checked_layout(output_layout)
-    reference = io.load_model(original)
-    candidate = io.load_model(converted)
+    reference = io.read_model(original)
+    candidate = io.read_model(converted)
     planned = _plan(reference, output_layout)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))
-    names = {o.name for o in candidate.graph.output}
-    missing = [o for o in reference.graph.output if o.name not in names]
+    names = {o.name for o in candidate.model.graph.output}
+    missing = [o for o in reference.model.graph.output if o.name not in names]
     if missing:
         raise ValidationError(f"the converted model has no output '{missing[0].name}' (outputs must keep "
                               "their names)")
-    checks = validation.validate(planned.inferred, candidate, plan, geometry, seed=seed, size=spatial,
-                                 windows=windows, progress=progress, window_reference=planned.reference)
+    checks = validation.validate(planned.inferred, candidate.model, plan, geometry, seed=seed, size=spatial,
+                                 windows=windows, progress=progress, window_reference=planned.reference,
+                                 weights=reference.weights, converted_weights=candidate.weights)
     return Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=True, source=_label(original),
                   compared_with=_label(converted))
 
 
 def read_geometry(model: io.ModelSource) -> Dict[str, Geometry]:
     """The geometry stored in a converted model, by output name (outputs of unknown geometry are absent)."""
-    marker = shapes.converted_marker(io.load_model(model))
+    marker = shapes.converted_marker(io.read_model(model).model)
     if marker is None:
         raise InputError("the model was not converted by fc2conv-onnx (no metadata "
                          f"'{shapes.CONVERTED_KEY}'); convert it first")

@@ -3,24 +3,41 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import onnx
 
 from .errors import InputError, first_line
+from .weights import EMBEDDED_LIMIT, Weights, check_model, read_skeleton
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 
 
-def load_model(source: ModelSource) -> onnx.ModelProto:
-    """Return the model at `source` (a path), or `source` itself if it is already a ModelProto.
+@dataclass
+class Loaded:
+    """A model as the pipeline reads it: the skeleton (large initializers as external-data references)
+    and the `Weights` that hold their bytes, plus how to name it in messages."""
 
-    The model must pass `onnx.checker.check_model`; anything else raises `InputError`.
-    A ModelProto given by the caller is never modified by the tool.
+    model: onnx.ModelProto
+    weights: Weights
+    label: str
+
+
+def read_model(source: ModelSource) -> Loaded:
+    """Read the model at `source` (a path) without loading its large weights, or take `source` itself if it
+    is already a ModelProto (never modified by the tool).
+
+    External-data locations are checked before anything is read. The model must pass
+    `onnx.checker.check_model`; anything else raises `InputError`.
     """
     if isinstance(source, onnx.ModelProto):
         model, label = source, "the given model"
+        weights = Weights()
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            raise InputError("the given model keeps weights in external data, which a ModelProto does not "
+                             "carry; pass the model's file path instead")
     else:
         path = Path(source)
         label = f"'{path}'"
@@ -29,17 +46,20 @@ def load_model(source: ModelSource) -> onnx.ModelProto:
         if path.is_dir():
             raise InputError(f"input {label} is a directory, not an ONNX file")
         try:
-            model = onnx.load(str(path))
+            model, ranges = read_skeleton(path)
+        except InputError as error:
+            raise InputError(f"input {label} is not an ONNX model, or is damaged ({error})") from None
         except Exception as error:  # protobuf raises several types for damaged bytes
             raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
+        weights = Weights.of_file(model, path, ranges, label)
     if not model.graph.node and not model.graph.output:
         raise InputError(f"input {label} is not an ONNX model (it holds no graph)")
     check_supported(model, label)
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except Exception as error:
         raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
-    return model
+    return Loaded(model, weights, label)
 
 
 #: The oldest default-domain opset handled: the ONNX model zoo's Caffe2-era models use 7 to 9.
@@ -97,21 +117,65 @@ def check_output_path(output: Union[str, "os.PathLike[str]"]) -> Path:
     return path
 
 
-def save_model(model: onnx.ModelProto, output: Union[str, "os.PathLike[str]"]) -> None:
-    """Write `model` to `output` atomically: a temporary file in the same folder, then a rename.
+def data_file_name(output: Path) -> str:
+    """The external-data file written next to `output`."""
+    return output.name + ".data"
 
-    On any failure the previous file at `output`, if any, is untouched and no partial file remains.
+
+def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.PathLike[str]"],
+               external_data: Optional[bool] = None, overwrite_input: bool = False) -> Optional[Path]:
+    """Write `model` to `output` atomically (temporary files in the same folder, then renames), streaming
+    each weight from where it is; return the external-data file written, if any.
+
+    `external_data`: None writes the weights next to the model (`OUT.data`) when the input had external
+    data or the model would reach protobuf's 2 GiB limit, else inside it; True or False forces either.
+    A file the weights are read from (the input model or its external data) is replaced only with
+    `overwrite_input`. On any failure the previous files at `output`, if any, are untouched and no partial
+    file remains.
     """
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    if external_data is None:
+        external_data = weights.has_external_data_files(model) or weights.embedded_size(model) >= EMBEDDED_LIMIT
+    elif not external_data and weights.embedded_size(model) >= EMBEDDED_LIMIT:
+        raise InputError("the converted model is too large for one protobuf message (2 GiB); write it with "
+                         "external data")
+    data_path = folder / data_file_name(path) if external_data else None
+    if not overwrite_input:
+        for target in filter(None, (path, data_path)):
+            if weights.reads_from(target):
+                raise InputError(f"output '{target}' is a file the input model is read from; choose another "
+                                 "output path or give --in-place")
+    temporaries = []
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(model.SerializeToString())
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
+        model_temporary = _temporary(folder, path, temporaries)
+        with open(model_temporary, "wb") as out:
+            if data_path is None:
+                weights.write_embedded(model, out)
+            else:
+                data_temporary = _temporary(folder, data_path, temporaries)
+                with open(data_temporary, "wb") as data:
+                    weights.write_external(model, out, data, data_path.name)
+                    _sync(data)
+            _sync(out)
+        if data_path is not None:
+            os.replace(data_temporary, data_path)
+        os.replace(model_temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
         raise
+    return data_path
+
+
+def _temporary(folder: Path, target: Path, made: list) -> str:
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    made.append(name)
+    return name
+
+
+def _sync(stream) -> None:
+    stream.flush()
+    os.fsync(stream.fileno())

@@ -20,6 +20,8 @@ class Report:
     validated: bool = False
     source: Optional[str] = None
     output: Optional[str] = None
+    #: The file holding the written model's weights, when they were written as external data.
+    external_data: Optional[str] = None
     #: The converted model that `validate` compared with the original.
     compared_with: Optional[str] = None
     #: True for a dry run (`inspect`): nothing was converted.
@@ -44,13 +46,15 @@ class Report:
         elif not self.dry_run:
             lines.append("validation: skipped (--no-validate); the converted model is unproven")
         if self.output:
-            lines.append(f"written: {self.output}")
+            lines.append(f"written: {self.output}" + (f" (weights in {self.external_data})"
+                                                      if self.external_data else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "source": self.source,
             "output": self.output,
+            "external_data": self.external_data,
             "dry_run": self.dry_run,
             "compared_with": self.compared_with,
             **self.plan.to_dict(),

@@ -13,6 +13,7 @@ from .errors import ValidationError, first_line
 from .geometry import Geometry, HeadGeometry
 from .layout import CHANNELS_FIRST, with_spatial
 from .plan import Plan
+from .weights import check_model
 
 #: metadata_props key that marks a converted model (and makes converting it again a no-op).
 CONVERTED_KEY = "fc2conv_onnx.converted"
@@ -105,7 +106,7 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan,
     model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-        onnx.checker.check_model(model, full_check=True)
+        check_model(model, full_check=True)
     except Exception as error:
         raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line(error)}") from None
     return model

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from math import prod
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,6 +29,7 @@ from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
 from .layout import CHANNELS_LAST, spatial_dims, with_spatial
 from .plan import Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
+from .weights import EMBEDDED_LIMIT, Weights
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +84,12 @@ def _ort():
 HEAVY_MODEL_BYTES = 64 << 20
 
 
-def _session(model: onnx.ModelProto):
+def _session(model: onnx.ModelProto, weights: Optional[Weights] = None):
+    """An onnxruntime session on `model`, whose external tensors' bytes come from `weights`."""
     ort = _ort()
     options = ort.SessionOptions()
-    serialized = model.SerializeToString()
+    weights = weights or Weights()
+    size = weights.embedded_size(model)
     # The models are checked as users run them, optimized. Full optimization (NCHWc convolutions) makes a
     # light model's pass ~3x faster, but on a weight-heavy one it costs seconds at load time (1.9 s vs
     # 0.6 s for CaffeNet's 244 MB) to save milliseconds on the one or two runs a check makes.
@@ -93,11 +98,20 @@ def _session(model: onnx.ModelProto):
     # arithmetic it specifies: original and converted then agree to float rounding. Full optimization
     # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
     # quantization steps apart on the QDQ fixtures).
-    light = len(serialized) < HEAVY_MODEL_BYTES and not is_quantized(model)
+    light = size < HEAVY_MODEL_BYTES and not is_quantized(model)
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     options.log_severity_level = 3
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if size < EMBEDDED_LIMIT:
+        serialized = weights.embedded_bytes(model) if weights.has_external(model) else model.SerializeToString()
+        return ort.InferenceSession(serialized, options, providers=providers)
+    # Too large for one protobuf message: onnxruntime reads it from files, with the weights external.
+    with tempfile.TemporaryDirectory(prefix="fc2conv-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        with open(path, "wb") as out, open(Path(folder) / "model.onnx.data", "wb") as data:
+            weights.write_external(model, out, data, "model.onnx.data")
+        return ort.InferenceSession(str(path), options, providers=providers)
 
 
 QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -107,7 +121,7 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return any(node.op_type in QUANTIZE_OPS for node in model.graph.node)
 
 
-def quantization_steps(model: onnx.ModelProto) -> Dict[str, float]:
+def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None) -> Dict[str, float]:
     """Output name -> the step (largest scale) of the last DequantizeLinear on its way, for the outputs of a
     QDQ model that has one; ops after it (Softmax, ...) change values by no more than a step or so."""
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -120,15 +134,16 @@ def quantization_steps(model: onnx.ModelProto) -> Dict[str, float]:
             node = producers[name]
             if node.op_type == "DequantizeLinear":
                 if node.input[1] in constants:
-                    steps[output.name] = float(np.abs(onnx.numpy_helper.to_array(constants[node.input[1]])).max())
+                    steps[output.name] = float(np.abs((weights or Weights()).array(constants[node.input[1]])).max())
                 break
             name = node.input[0] if node.input else ""
     return steps
 
 
-def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str) -> Dict[str, np.ndarray]:
+def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
+         weights: Optional[Weights] = None) -> Dict[str, np.ndarray]:
     try:
-        session = _session(model)
+        session = _session(model, weights)
         names = [o.name for o in session.get_outputs()]
         wanted = {i.name for i in session.get_inputs()}
         return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
@@ -196,15 +211,16 @@ def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarra
                        note if same_nan else "NaN in different places")
 
 
-def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *,
-                        seed: int = 0) -> List[OutputCheck]:
+def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *, seed: int = 0,
+                        weights: Optional[Weights] = None,
+                        converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
     """Original vs converted at the training size, every graph output."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
-    expected = _run(original, feeds, "the original model")
-    actual = _run(converted, feeds, "the converted model")
+    expected = _run(original, feeds, "the original model", weights)
+    actual = _run(converted, feeds, "the converted model", converted_weights or weights)
     shape = next(iter(shapes.values()), ())
-    steps = quantization_steps(original)
+    steps = quantization_steps(original, weights)
     return [compare(name, "training size", expected[name], actual[name], shape, 1, step=steps.get(name, 0.0))
             for name in expected]
 
@@ -280,9 +296,10 @@ def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator
 class _Head:
     """The original head, cut at its source, run on many feature windows: batched when it allows it."""
 
-    def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str]) -> None:
+    def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str],
+                 weights: Optional[Weights] = None) -> None:
         self.source, self.outputs = source, list(outputs)
-        self.session = _session(_cut(original, [source], outputs, [source], batch_only=True))
+        self.session = _session(_cut(original, [source], outputs, [source], batch_only=True), weights)
         self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 
@@ -331,31 +348,35 @@ def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...],
 
 def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
                   geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
-                  max_locations: Optional[int] = None, progress: Optional[Progress] = None) -> List[OutputCheck]:
+                  max_locations: Optional[int] = None, progress: Optional[Progress] = None,
+                  weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
     """Converted model vs crop-and-forward on the original, at the locations of a larger input.
 
     The original is cut at each head's source: its trunk runs once on the larger input, its head on the
     training-size feature windows (batched); each result must equal the converted model's output at
     that window's location. `original` must carry inferred shapes (the cuts need the tensors' types).
+    `weights` hold the original's external tensors, `converted_weights` (default: the same) the converted's.
     """
     geometries = tuple(geometries) or (Unknown("not computed"),) * len(plan.heads)
     shapes = window_check_shapes(original, plan, geometries, size)
     rng = np.random.default_rng(seed + 1)
     feeds = random_feeds(original, shapes, rng)
     input_shape = shapes[plan.trunk_inputs[0]]
-    actual = _run(converted, feeds, f"the converted model at input size {list(input_shape)}")
+    actual = _run(converted, feeds, f"the converted model at input size {list(input_shape)}",
+                  converted_weights or weights)
     checks = []
-    steps = quantization_steps(original)
+    steps = quantization_steps(original, weights)
     for source in dict.fromkeys(h.flattening.source for h in plan.heads):
         heads = [i for i, h in enumerate(plan.heads) if h.flattening.source == source]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
         window = plan.heads[heads[0]].flattening.spatial_shape
         trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
-        features = _run(trunk, feeds, f"the original trunk up to '{source}'")[source]
+        features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights)[source]
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
         checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
         locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
-        expected = crop_and_forward(_Head(original, source, outputs), features, window, grid, locations, progress)
+        head = _Head(original, source, outputs, weights)
+        expected = crop_and_forward(head, features, window, grid, locations, progress)
         layouts = {o: plan.heads[i].output_layout for i in heads for o in plan.heads[i].outputs}
         for name, reference in zip(outputs, expected):
             value = actual[name]
@@ -401,18 +422,21 @@ def require_passed(checks: Sequence[OutputCheck]) -> None:
 def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
              geometries: Sequence[HeadGeometry] = (), *, seed: int = 0, size: Optional[Sequence[int]] = None,
              windows: bool = True, progress: Optional[Progress] = None,
-             window_reference: Optional[onnx.ModelProto] = None) -> List[OutputCheck]:
+             window_reference: Optional[onnx.ModelProto] = None, weights: Optional[Weights] = None,
+             converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
     """Run the checks; raise ValidationError on the first failure, else return the figures.
 
     `size` is the spatial input size of the window check (default: a few strides larger than the
     training size); `windows=False` skips that check. The window check cuts `window_reference` (the
-    normalized original, when normalizing changed the trunk's ops) or else `original`.
+    normalized original, when normalizing changed the trunk's ops) or else `original`. `weights` hold the
+    original's external tensors, `converted_weights` (default: the same) the converted's.
     """
-    checks = check_training_size(original, converted, seed=seed)
+    checks = check_training_size(original, converted, seed=seed, weights=weights,
+                                 converted_weights=converted_weights)
     require_passed(checks)
     if windows and plan.trunk_inputs:
         checks += check_windows(window_reference or original, converted, plan, geometries, size=size, seed=seed,
-                                progress=progress)
+                                progress=progress, weights=weights, converted_weights=converted_weights)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())

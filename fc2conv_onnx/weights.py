@@ -1,0 +1,452 @@
+"""Where the bytes of large tensors live, so that a model is never held in memory more than once.
+
+A model read from a file is parsed into a *skeleton*: every node, attribute and small tensor, but no large
+initializer data. Each large initializer stays where it is - inside the .onnx file (its `raw_data` bytes)
+or in an external-data file - and is marked as external data in the skeleton; `Weights` knows where its
+bytes are and reads them only when a stage asks for the values (the heads read their FC weights, nothing
+reads the trunk's). Arrays made during the conversion (the new kernels) are *held*: kept as numpy arrays
+and never copied into a TensorProto. Writing streams every tensor's bytes from its file or array straight
+to the output, embedded in the .onnx file or as external data next to it.
+
+Protobuf's wire format is walked by hand to find the `raw_data` bytes (ModelProto.graph = field 7,
+GraphProto.initializer = 5, TensorProto.raw_data = 9): the python protobuf API cannot parse a message
+while leaving one field's bytes on disk.
+"""
+from __future__ import annotations
+
+import io as _io
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from .errors import InputError
+
+#: Initializers with at least this many bytes of data are kept out of the skeleton (onnx's own default
+#: threshold for external data).
+DETACH_BYTES = 1024
+#: A model whose serialized size would reach this is written with external data: protobuf cannot read a
+#: message of 2 GiB or more (a margin is kept for the skeleton).
+EMBEDDED_LIMIT = (2 << 30) - (64 << 20)
+#: Tensors of at least this many bytes start at a page boundary of the external-data file (onnxruntime
+#: can memory-map them); smaller ones at 16 bytes.
+PAGE_ALIGN_BYTES = 64 << 10
+COPY_CHUNK = 16 << 20
+
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_LENGTH_DELIMITED = 2
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """`length` bytes at `offset` of `path`."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+# --- protobuf wire format -------------------------------------------------------------------------------
+
+def _varint(buf, pos: int, end: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= end or shift > 63:
+            raise InputError("a protobuf varint runs past the end")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf, start: int, end: int) -> Iterator[Tuple[int, int, int, int, int]]:
+    """(field number, wire type, field start, value start, value end) of each field in buf[start:end]."""
+    pos = start
+    while pos < end:
+        tag, value_start = _varint(buf, pos, end)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, value_end = _varint(buf, value_start, end)
+        elif wire == 1:
+            value_end = value_start + 8
+        elif wire == 5:
+            value_end = value_start + 4
+        elif wire == _LENGTH_DELIMITED:
+            length, value_start = _varint(buf, value_start, end)
+            value_end = value_start + length
+        else:
+            raise InputError(f"protobuf wire type {wire} in field {number}")
+        if number == 0 or value_end > end:
+            raise InputError("a protobuf field runs past the end")
+        yield number, wire, pos, value_start, value_end
+        pos = value_end
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field_header(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited field."""
+    return _encode_varint(number << 3 | _LENGTH_DELIMITED) + _encode_varint(length)
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+def read_skeleton(path: Path) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
+    """Parse the model at `path` without its large initializers' `raw_data`: each becomes an external-data
+    reference in the skeleton, and its FileRange (inside `path`) is returned by tensor name."""
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if size == 0:
+            raise InputError("the file is empty")
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            buf = memoryview(mapped)
+            try:
+                return _split(buf, size, Path(os.path.realpath(path)))
+            finally:
+                buf.release()
+
+
+def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
+    model_parts: List[bytes] = []
+    graph_parts: List[bytes] = []
+    tensors: List[bytes] = []
+    ranges: Dict[str, FileRange] = {}
+    for number, wire, start, value_start, value_end in _fields(buf, 0, size):
+        if number != _MODEL_GRAPH or wire != _LENGTH_DELIMITED:
+            model_parts.append(bytes(buf[start:value_end]))
+            continue
+        for g_number, g_wire, g_start, g_value_start, g_value_end in _fields(buf, value_start, value_end):
+            if g_number != _GRAPH_INITIALIZER or g_wire != _LENGTH_DELIMITED:
+                graph_parts.append(bytes(buf[g_start:g_value_end]))
+                continue
+            header: List[bytes] = []
+            raw: Optional[Tuple[int, int]] = None
+            for t_number, t_wire, t_start, t_value_start, t_value_end in _fields(buf, g_value_start, g_value_end):
+                if t_number == _TENSOR_RAW_DATA and t_wire == _LENGTH_DELIMITED \
+                        and t_value_end - t_value_start >= DETACH_BYTES:
+                    raw = (t_value_start, t_value_end - t_value_start)
+                else:
+                    header.append(bytes(buf[t_start:t_value_end]))
+            tensor = TensorProto.FromString(b"".join(header))
+            if raw is not None:
+                if tensor.name in ranges:
+                    raise InputError(f"two initializers are named '{tensor.name}'")
+                ranges[tensor.name] = FileRange(path, *raw)
+                del tensor.external_data[:]
+                tensor.data_location = TensorProto.EXTERNAL
+                tensor.external_data.add(key="location", value=path.name)
+                tensor.external_data.add(key="offset", value=str(raw[0]))
+                tensor.external_data.add(key="length", value=str(raw[1]))
+            tensors.append(tensor.SerializeToString())
+    graph = b"".join(graph_parts + [_field_header(_GRAPH_INITIALIZER, len(t)) + t for t in tensors])
+    skeleton = b"".join(model_parts) + _field_header(_MODEL_GRAPH, len(graph)) + graph
+    return onnx.ModelProto.FromString(skeleton), ranges
+
+
+def _external_entries(tensor: TensorProto) -> Dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
+    """Where an external-data tensor's bytes are, refused with a one-line reason if its location is absolute,
+    climbs out of the model's folder, resolves (through a symlink) outside it, or is missing or short.
+    Nothing is read here."""
+    entries = _external_entries(tensor)
+    location = entries.get("location", "")
+    where = f"input {label}: tensor '{tensor.name}' has external data at '{location}'"
+    if not location:
+        raise InputError(f"input {label}: tensor '{tensor.name}' has external data with no location")
+    portable = location.replace("\\", "/")
+    if os.path.isabs(location) or portable.startswith("/") or (len(portable) > 1 and portable[1] == ":"):
+        raise InputError(f"{where}, an absolute path; only files in the model's folder are read")
+    if ".." in portable.split("/"):
+        raise InputError(f"{where}, which climbs out of the model's folder; refused")
+    root = Path(os.path.realpath(folder))
+    target = Path(os.path.realpath(folder / portable))
+    if target != root and root not in target.parents:
+        raise InputError(f"{where}, which resolves to '{target}' outside the model's folder; refused")
+    if not target.is_file():
+        raise InputError(f"{where}, which does not exist")
+    try:
+        offset = int(entries.get("offset", "0"))
+        length = int(entries["length"]) if "length" in entries else target.stat().st_size - offset
+    except ValueError:
+        raise InputError(f"{where} with an offset or length that is not a number") from None
+    expected = nbytes(tensor)
+    if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+        raise InputError(f"{where}: bytes {offset}..{offset + length} are past the end of the file")
+    if expected is not None and length != expected:
+        raise InputError(f"{where}: {length} bytes, but its shape and type need {expected}")
+    return FileRange(target, offset, length)
+
+
+def nbytes(tensor: TensorProto) -> Optional[int]:
+    """The raw byte size of a tensor's data from its dims and type (None for strings and sub-byte types)."""
+    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        return None
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except Exception:
+        return None
+    if dtype.itemsize == 0 or tensor.data_type in _SUB_BYTE:
+        return None
+    return int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+
+
+_SUB_BYTE = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every TensorProto of the model: initializers and node attributes, in subgraphs too."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        yield from graph.initializer
+        yield from (sparse.values for sparse in graph.sparse_initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+
+
+class Weights:
+    """The bytes of a skeleton's external tensors, by tensor name: file ranges (in the input file or its
+    external-data files) and held arrays (made during the conversion)."""
+
+    def __init__(self, ranges: Optional[Dict[str, FileRange]] = None, source: Optional[Path] = None) -> None:
+        self.ranges: Dict[str, FileRange] = dict(ranges or {})
+        self.held: Dict[str, np.ndarray] = {}
+        #: The .onnx file the skeleton was read from, if any.
+        self.source = source
+
+    @classmethod
+    def of_file(cls, model: onnx.ModelProto, path: Path, ranges: Dict[str, FileRange], label: str) -> "Weights":
+        """The weights of a skeleton read from `path`: its detached ranges plus, after checking every
+        location (before anything is read), its own external-data references."""
+        weights = cls(ranges, Path(os.path.realpath(path)))
+        initializers = {id(t) for t in model.graph.initializer}
+        for tensor in _all_tensors(model):
+            if tensor.data_location != TensorProto.EXTERNAL or tensor.name in weights.ranges:
+                continue
+            where = external_range(tensor, path.parent, label)
+            if id(tensor) not in initializers:
+                raise InputError(f"input {label}: tensor '{tensor.name}' keeps its data in '{where.path.name}' but "
+                                 "is not a graph initializer; external data is read for initializers only")
+            weights.ranges[tensor.name] = where
+        return weights
+
+    def reads_from(self, path: Path) -> bool:
+        """Whether `path` is the input model or one of the files its weights are read from."""
+        real = Path(os.path.realpath(path))
+        return real == self.source or any(where.path == real for where in self.ranges.values())
+
+    def knows(self, tensor: TensorProto) -> bool:
+        return tensor.name in self.held or tensor.name in self.ranges
+
+    def payload_size(self, tensor: TensorProto) -> int:
+        if tensor.name in self.held:
+            return self.held[tensor.name].nbytes
+        return self.ranges[tensor.name].length
+
+    def array(self, tensor: TensorProto) -> np.ndarray:
+        """The values of `tensor` (a skeleton's initializer, external or not) as a numpy array."""
+        if tensor.name in self.held:
+            return self.held[tensor.name]
+        if tensor.data_location != TensorProto.EXTERNAL:
+            return onnx.numpy_helper.to_array(tensor)
+        if tensor.name not in self.ranges:
+            raise InputError(f"tensor '{tensor.name}' has external data this model was not read with; "
+                             "give the model as a file path")
+        where = self.ranges[tensor.name]
+        raw = np.fromfile(where.path, dtype=np.uint8, count=where.length, offset=where.offset)
+        if nbytes(tensor) == where.length:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+            return raw.view(dtype).reshape(tuple(tensor.dims)).astype(dtype.newbyteorder("="), copy=False)
+        inline = TensorProto()
+        inline.CopyFrom(tensor)
+        del inline.external_data[:]
+        inline.data_location = TensorProto.DEFAULT
+        inline.raw_data = raw.tobytes()
+        return onnx.numpy_helper.to_array(inline)
+
+    def _write_payload(self, tensor: TensorProto, out: BinaryIO) -> None:
+        if tensor.name in self.held:
+            out.write(memoryview(np.ascontiguousarray(self.held[tensor.name])).cast("B"))
+            return
+        where = self.ranges[tensor.name]
+        with open(where.path, "rb") as source:
+            source.seek(where.offset)
+            left = where.length
+            while left:
+                chunk = source.read(min(COPY_CHUNK, left))
+                if not chunk:
+                    raise InputError(f"'{where.path}' changed while being read (tensor '{tensor.name}')")
+                out.write(chunk)
+                left -= len(chunk)
+
+    # --- graphsurgeon ------------------------------------------------------------------------------------
+
+    def attach(self, graph: gs.Graph) -> None:
+        """Make the graph's external constants load their values from here when a stage reads them."""
+        for tensor in graph.tensors().values():
+            lazy = getattr(tensor, "_values", None)
+            if isinstance(lazy, gs.ir.tensor.LazyValues) and not isinstance(lazy, _StoredValues) \
+                    and lazy.tensor.data_location == TensorProto.EXTERNAL:
+                tensor._values = _StoredValues(lazy.tensor, self)
+
+    def hold(self, graph: gs.Graph) -> None:
+        """Keep the graph's large in-memory constants (new kernels, values a stage has read) as held arrays,
+        so that exporting the graph does not copy them into TensorProtos."""
+        for tensor in graph.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.nbytes >= DETACH_BYTES \
+                    and values.dtype.kind in "biuf":
+                self.held[tensor.name] = values
+                proto = TensorProto(name=tensor.name, dims=values.shape,
+                                    data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
+                                    data_location=TensorProto.EXTERNAL)
+                proto.external_data.add(key="location", value="(held in memory)")
+                tensor._values = _StoredValues(proto, self)
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def _tensors(self, model: onnx.ModelProto) -> List[Tuple[TensorProto, bool]]:
+        """The model's initializers, each with whether its bytes come from here (else it is self-contained)."""
+        return [(t, t.data_location == TensorProto.EXTERNAL and self.knows(t)) for t in model.graph.initializer]
+
+    def embedded_size(self, model: onnx.ModelProto) -> int:
+        """About how many bytes `model` takes with every tensor embedded."""
+        return model.ByteSize() + sum(self.payload_size(t) for t, ours in self._tensors(model) if ours)
+
+    def write_embedded(self, model: onnx.ModelProto, out: BinaryIO) -> None:
+        """Write `model` with every tensor's bytes inside it, streaming each from its file or array."""
+        graph = onnx.GraphProto()
+        graph.CopyFrom(model.graph)
+        del graph.initializer[:]
+        rest = onnx.ModelProto()
+        rest.CopyFrom(model)
+        rest.ClearField("graph")
+        parts = []  # (header bytes, tensor or None) of each initializer field
+        for tensor, ours in self._tensors(model):
+            if not ours:
+                body = tensor.SerializeToString()
+                parts.append((_field_header(_GRAPH_INITIALIZER, len(body)) + body, None))
+                continue
+            header = TensorProto()
+            header.CopyFrom(tensor)
+            del header.external_data[:]
+            header.ClearField("data_location")
+            head = header.SerializeToString()
+            size = self.payload_size(tensor)
+            body_head = head + _field_header(_TENSOR_RAW_DATA, size)
+            parts.append((_field_header(_GRAPH_INITIALIZER, len(body_head) + size) + body_head, tensor))
+        graph_bytes = graph.SerializeToString()
+        graph_length = len(graph_bytes) + sum(len(h) + (self.payload_size(t) if t is not None else 0)
+                                              for h, t in parts)
+        out.write(rest.SerializeToString())
+        out.write(_field_header(_MODEL_GRAPH, graph_length))
+        out.write(graph_bytes)
+        for header_bytes, tensor in parts:
+            out.write(header_bytes)
+            if tensor is not None:
+                self._write_payload(tensor, out)
+
+    def embedded_bytes(self, model: onnx.ModelProto) -> bytes:
+        buffer = _io.BytesIO()
+        self.write_embedded(model, buffer)
+        return buffer.getvalue()
+
+    def write_external(self, model: onnx.ModelProto, out: BinaryIO, data: BinaryIO, data_name: str) -> None:
+        """Write the bytes of every tensor known here to `data` (named `data_name`, next to the model) and
+        the model, whose tensors then refer to it, to `out`."""
+        skeleton = onnx.ModelProto()
+        skeleton.CopyFrom(model)
+        offset = 0
+        for tensor in skeleton.graph.initializer:
+            if not (tensor.data_location == TensorProto.EXTERNAL and self.knows(tensor)):
+                continue
+            size = self.payload_size(tensor)
+            align = 4096 if size >= PAGE_ALIGN_BYTES else 16
+            padding = -offset % align
+            data.write(b"\0" * padding)
+            offset += padding
+            self._write_payload(tensor, data)
+            del tensor.external_data[:]
+            tensor.external_data.add(key="location", value=data_name)
+            tensor.external_data.add(key="offset", value=str(offset))
+            tensor.external_data.add(key="length", value=str(size))
+            offset += size
+        out.write(skeleton.SerializeToString())
+
+    def embedded(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A self-contained copy of `model` (every tensor's bytes inside), for API callers."""
+        size = self.embedded_size(model)
+        if size >= EMBEDDED_LIMIT:
+            raise InputError(f"the converted model is {size / 2**30:.1f} GiB, too large for one protobuf "
+                             "message; use convert_file, which writes its weights as external data")
+        return onnx.ModelProto.FromString(self.embedded_bytes(model))
+
+    def has_external(self, model: onnx.ModelProto) -> bool:
+        """Whether some tensor of `model` has its bytes here rather than inside the skeleton."""
+        return any(ours for _, ours in self._tensors(model))
+
+    def has_external_data_files(self, model: onnx.ModelProto) -> bool:
+        """Whether some tensor of `model` was read from an external-data file (not from the .onnx itself)."""
+        return any(ours and t.name in self.ranges and self.ranges[t.name].path != self.source
+                   for t, ours in self._tensors(model))
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """`onnx.checker.check_model` for a skeleton: the checker insists that each external tensor's location
+    is a regular file (relative to the model's folder, or to the working directory for a ModelProto), so
+    a skeleton with external tensors is checked from a temporary folder where they all point to one empty
+    placeholder file. Raises what the checker raises."""
+    if not any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.external_data.add(key="location", value="placeholder")
+    with tempfile.TemporaryDirectory(prefix="fc2conv-onnx-") as folder:
+        (Path(folder) / "placeholder").touch()
+        path = Path(folder) / "model.onnx"
+        path.write_bytes(skeleton.SerializeToString())
+        onnx.checker.check_model(str(path), full_check=full_check)
+
+
+class _StoredValues(gs.ir.tensor.LazyValues):
+    """graphsurgeon's lazy constant values, loaded from a `Weights` (its export keeps the skeleton tensor)."""
+
+    def __init__(self, tensor: TensorProto, weights: Weights) -> None:
+        super().__init__(tensor)
+        self.weights = weights
+
+    def load(self) -> np.ndarray:
+        return self.weights.array(self.tensor)
+
