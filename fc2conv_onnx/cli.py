@@ -62,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES)
     convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     convert.add_argument("-o", "--output", metavar="OUT", required=True,
-                         help="where to write the converted model (never the input file)")
+                         help="where to write the converted model; written atomically (a temporary file, then a "
+                              "rename), so a failed run leaves a previous OUT as it was")
+    convert.add_argument("--in-place", action="store_true",
+                         help="allow OUT to be IN (or a file IN's weights are read from) and replace it")
+    data = convert.add_mutually_exclusive_group()
+    data.add_argument("--external-data", dest="external_data", action="store_const", const=True,
+                      help="write the weights to OUT.data next to OUT. Default: when IN has external data or the "
+                           "model reaches protobuf's 2 GiB limit")
+    data.add_argument("--embedded", dest="external_data", action="store_const", const=False,
+                      help="write the weights inside OUT (models under 2 GiB)")
     convert.add_argument("--no-validate", dest="validate", action="store_false",
                          help="skip the onnxruntime checks (the result is then unproven)")
     convert.add_argument("--validate-size", metavar="SIZE|off", help=SIZE_HELP + "; 'off' checks the training "
@@ -137,7 +146,8 @@ def _progress() -> Optional[_ProgressBar]:
 
 def _run_convert(args: argparse.Namespace) -> Report:
     return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
-                            seed=args.seed, progress=_progress(), output_layout=args.output_layout)
+                            seed=args.seed, progress=_progress(), output_layout=args.output_layout,
+                            in_place=args.in_place, external_data=args.external_data)
 
 
 def _run_validate(args: argparse.Namespace) -> Report:

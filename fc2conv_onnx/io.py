@@ -170,9 +170,14 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.
 
 
 def _temporary(folder: Path, target: Path, made: list) -> str:
+    """A new empty file next to `target`, with the permissions a plainly created file would get (mkstemp
+    makes it private)."""
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
     made.append(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(handle, 0o666 & ~umask)
+    os.close(handle)
     return name
 
 

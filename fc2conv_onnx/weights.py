@@ -215,12 +215,14 @@ def nbytes(tensor: TensorProto) -> Optional[int]:
 _SUB_BYTE = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
 
 
-def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    """Every TensorProto of the model: initializers and node attributes, in subgraphs too."""
+def _tensors_besides_initializers(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every TensorProto of the model but the main graph's initializers: sparse initializers, node
+    attributes, and everything in subgraphs."""
     graphs = [model.graph]
     while graphs:
         graph = graphs.pop()
-        yield from graph.initializer
+        if graph is not model.graph:
+            yield from graph.initializer
         yield from (sparse.values for sparse in graph.sparse_initializer)
         for node in graph.node:
             for attribute in node.attribute:
@@ -247,15 +249,14 @@ class Weights:
         """The weights of a skeleton read from `path`: its detached ranges plus, after checking every
         location (before anything is read), its own external-data references."""
         weights = cls(ranges, Path(os.path.realpath(path)))
-        initializers = {id(t) for t in model.graph.initializer}
-        for tensor in _all_tensors(model):
-            if tensor.data_location != TensorProto.EXTERNAL or tensor.name in weights.ranges:
-                continue
-            where = external_range(tensor, path.parent, label)
-            if id(tensor) not in initializers:
+        for tensor in model.graph.initializer:
+            if tensor.data_location == TensorProto.EXTERNAL and tensor.name not in weights.ranges:
+                weights.ranges[tensor.name] = external_range(tensor, path.parent, label)
+        for tensor in _tensors_besides_initializers(model):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                where = external_range(tensor, path.parent, label)
                 raise InputError(f"input {label}: tensor '{tensor.name}' keeps its data in '{where.path.name}' but "
-                                 "is not a graph initializer; external data is read for initializers only")
-            weights.ranges[tensor.name] = where
+                                 "is not an initializer of the main graph; external data is read for those only")
         return weights
 
     def reads_from(self, path: Path) -> bool:
