@@ -4,13 +4,15 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Optional, Union
 
 import onnx
+from google.protobuf.message import Message
 
 from .errors import InputError, first_line
-from .weights import EMBEDDED_LIMIT, Weights, check_model, read_skeleton
+from .weights import EMBEDDED_LIMIT, Weights, check_model, nbytes as tensor_nbytes, nbytes_per_element, read_skeleton
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 
@@ -52,6 +54,9 @@ def read_model(source: ModelSource) -> Loaded:
         except Exception as error:  # protobuf raises several types for damaged bytes
             raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
         weights = Weights.of_file(model, path, ranges, label)
+    broken = _check_strings(model)
+    if broken:
+        raise InputError(f"input {label} is damaged: a string ({broken}) is not valid UTF-8")
     if not model.graph.node and not model.graph.output:
         raise InputError(f"input {label} is not an ONNX model (it holds no graph)")
     check_supported(model, label)
@@ -60,6 +65,21 @@ def read_model(source: ModelSource) -> Loaded:
     except Exception as error:
         raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
     return Loaded(model, weights, label)
+
+
+def _check_strings(message) -> Optional[str]:
+    """The name of the first string field that is not valid UTF-8, if any. (Python protobuf parses such a
+    field silently and hands back bytes, which would break a later stage.)"""
+    for field, value in message.ListFields():
+        items = (value,) if isinstance(value, (Message, str, bytes)) else value
+        if field.message_type is not None:
+            for item in items:
+                broken = _check_strings(item)
+                if broken:
+                    return broken
+        elif field.type == field.TYPE_STRING and any(isinstance(item, bytes) for item in items):
+            return field.full_name
+    return None
 
 
 #: The oldest default-domain opset handled: the ONNX model zoo's Caffe2-era models use 7 to 9.
@@ -75,6 +95,8 @@ def check_supported(model: onnx.ModelProto, label: str = "the model") -> None:
     if model.ir_version > onnx.IR_VERSION:
         raise InputError(f"input {label} has IR version {model.ir_version}, newer than the {onnx.IR_VERSION} "
                          f"that onnx {onnx.__version__} reads; upgrade onnx")
+    _check_input_sizes(model, label)
+    _check_initializer_sizes(model, label)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     functions = {(f.domain, f.name) for f in model.functions}
     nodes = list(model.graph.node)
@@ -94,6 +116,34 @@ def check_supported(model: onnx.ModelProto, label: str = "the model") -> None:
         if node.domain not in KNOWN_DOMAINS:
             raise InputError(f"input {label}: node '{node.name}' is op '{node.op_type}' of the custom domain "
                              f"'{node.domain}', which fc2conv-onnx cannot read or run")
+
+
+#: The largest input one example may take at its declared (training) size: validation allocates a few.
+MAX_INPUT_BYTES = 1 << 30
+
+
+def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        itemsize = nbytes_per_element(value.type.tensor_type.elem_type) or 1
+        size = prod(max(d, 1) for d in dims) * itemsize
+        if size > MAX_INPUT_BYTES:
+            raise InputError(f"input {label}: graph input '{value.name}' of shape {dims} takes {size / 2**30:.3g} GiB "
+                             f"at its declared size (at most {MAX_INPUT_BYTES >> 30} GiB are handled)")
+
+
+def _check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
+    """Embedded data must fit the declared shape exactly (the checker lets longer raw_data through)."""
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        expected, held = tensor_nbytes(tensor), len(tensor.raw_data)
+        if expected is not None and expected != held:
+            raise InputError(f"input {label}: initializer '{tensor.name}' holds {held} bytes, but its shape "
+                             f"{list(tensor.dims)} and type need {expected}")
 
 
 def same_file(a: Union[str, "os.PathLike[str]"], b: Union[str, "os.PathLike[str]"]) -> bool:

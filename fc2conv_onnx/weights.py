@@ -19,6 +19,7 @@ import mmap
 import os
 import tempfile
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
 
@@ -148,6 +149,10 @@ def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dic
                     header.append(bytes(buf[t_start:t_value_end]))
             tensor = TensorProto.FromString(b"".join(header))
             if raw is not None:
+                expected = nbytes(tensor)
+                if expected is not None and expected != raw[1]:
+                    raise InputError(f"initializer '{tensor.name}' holds {raw[1]} bytes, but its shape "
+                                     f"{list(tensor.dims)} and type need {expected}")
                 if tensor.name in ranges:
                     raise InputError(f"two initializers are named '{tensor.name}'")
                 ranges[tensor.name] = FileRange(path, *raw)
@@ -199,17 +204,21 @@ def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
     return FileRange(target, offset, length)
 
 
-def nbytes(tensor: TensorProto) -> Optional[int]:
-    """The raw byte size of a tensor's data from its dims and type (None for strings and sub-byte types)."""
-    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+def nbytes_per_element(data_type: int) -> Optional[int]:
+    """Bytes per element of an ONNX tensor type (None for strings and sub-byte types)."""
+    if data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or data_type in _SUB_BYTE:
         return None
     try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize or None
     except Exception:
         return None
-    if dtype.itemsize == 0 or tensor.data_type in _SUB_BYTE:
-        return None
-    return int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
+
+
+def nbytes(tensor: TensorProto) -> Optional[int]:
+    """The raw byte size of a tensor's data from its dims and type (None for strings and sub-byte types).
+    Python integers: absurd dims must not wrap around."""
+    itemsize = nbytes_per_element(tensor.data_type)
+    return None if itemsize is None else prod(int(d) for d in tensor.dims) * itemsize
 
 
 _SUB_BYTE = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
