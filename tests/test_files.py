@@ -224,3 +224,19 @@ def test_damaged_files_get_one_line(fixture_path, tmp_path, damage):
     code, _, stderr = cli("convert", path, "-o", tmp_path / "out.onnx")
     assert code == 3 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, tmp_path):
+    """The tool writes OUT and OUT.data in OUT's folder: links found there are replaced, so nothing outside
+    the folder changes."""
+    outside = _outside_copy(tmp_path)
+    (outside / "model.onnx").write_bytes(b"keep me")
+    (outside / "data").write_bytes(b"keep me too")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    os.symlink(outside / "model.onnx", folder / "out.onnx")
+    os.symlink(outside / "data", folder / "out.onnx.data")
+    fc2conv_onnx.convert_file(fixture_path(STEM), folder / "out.onnx", external_data=True)
+    assert (outside / "model.onnx").read_bytes() == b"keep me" and (outside / "data").read_bytes() == b"keep me too"
+    assert not (folder / "out.onnx").is_symlink() and not (folder / "out.onnx.data").is_symlink()
+    onnx.checker.check_model(str(folder / "out.onnx"), full_check=True)
