@@ -12,7 +12,7 @@ import onnx
 from google.protobuf.message import Message
 
 from .errors import InputError, first_line
-from .weights import EMBEDDED_LIMIT, Weights, check_model, nbytes as tensor_nbytes, nbytes_per_element, read_skeleton
+from .weights import EMBEDDED_LIMIT, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 
@@ -20,11 +20,10 @@ ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 @dataclass
 class Loaded:
     """A model as the pipeline reads it: the skeleton (large initializers as external-data references)
-    and the `Weights` that hold their bytes, plus how to name it in messages."""
+    and the `Weights` that know where their bytes are."""
 
     model: onnx.ModelProto
     weights: Weights
-    label: str
 
 
 def read_model(source: ModelSource) -> Loaded:
@@ -64,7 +63,7 @@ def read_model(source: ModelSource) -> Loaded:
         check_model(model)
     except Exception as error:
         raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
-    return Loaded(model, weights, label)
+    return Loaded(model, weights)
 
 
 def _check_strings(message) -> Optional[str]:

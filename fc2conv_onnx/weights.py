@@ -149,7 +149,7 @@ def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dic
                     header.append(bytes(buf[t_start:t_value_end]))
             tensor = TensorProto.FromString(b"".join(header))
             if raw is not None:
-                expected = nbytes(tensor)
+                expected = tensor_nbytes(tensor)
                 if expected is not None and expected != raw[1]:
                     raise InputError(f"initializer '{tensor.name}' holds {raw[1]} bytes, but its shape "
                                      f"{list(tensor.dims)} and type need {expected}")
@@ -196,7 +196,7 @@ def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
         length = int(entries["length"]) if "length" in entries else target.stat().st_size - offset
     except ValueError:
         raise InputError(f"{where} with an offset or length that is not a number") from None
-    expected = nbytes(tensor)
+    expected = tensor_nbytes(tensor)
     if offset < 0 or length < 0 or offset + length > target.stat().st_size:
         raise InputError(f"{where}: bytes {offset}..{offset + length} are past the end of the file")
     if expected is not None and length != expected:
@@ -214,7 +214,7 @@ def nbytes_per_element(data_type: int) -> Optional[int]:
         return None
 
 
-def nbytes(tensor: TensorProto) -> Optional[int]:
+def tensor_nbytes(tensor: TensorProto) -> Optional[int]:
     """The raw byte size of a tensor's data from its dims and type (None for strings and sub-byte types).
     Python integers: absurd dims must not wrap around."""
     itemsize = nbytes_per_element(tensor.data_type)
@@ -227,10 +227,10 @@ _SUB_BYTE = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M
 def _tensors_besides_initializers(model: onnx.ModelProto) -> Iterator[TensorProto]:
     """Every TensorProto of the model but the main graph's initializers: sparse initializers, node
     attributes, and everything in subgraphs."""
-    graphs = [model.graph]
+    graphs = [(model.graph, False)]
     while graphs:
-        graph = graphs.pop()
-        if graph is not model.graph:
+        graph, nested = graphs.pop()
+        if nested:
             yield from graph.initializer
         yield from (sparse.values for sparse in graph.sparse_initializer)
         for node in graph.node:
@@ -239,8 +239,8 @@ def _tensors_besides_initializers(model: onnx.ModelProto) -> Iterator[TensorProt
                     yield attribute.t
                 yield from attribute.tensors
                 if attribute.HasField("g"):
-                    graphs.append(attribute.g)
-                graphs.extend(attribute.graphs)
+                    graphs.append((attribute.g, True))
+                graphs.extend((subgraph, True) for subgraph in attribute.graphs)
 
 
 class Weights:
@@ -249,6 +249,8 @@ class Weights:
 
     def __init__(self, ranges: Optional[Dict[str, FileRange]] = None, source: Optional[Path] = None) -> None:
         self.ranges: Dict[str, FileRange] = dict(ranges or {})
+        #: Arrays made during the conversion, by the key in their tensor's external-data location (not by
+        #: tensor name: a rewrite may reuse the name of a tensor it removed).
         self.held: Dict[str, np.ndarray] = {}
         #: The .onnx file the skeleton was read from, if any.
         self.source = source
@@ -273,18 +275,22 @@ class Weights:
         real = Path(os.path.realpath(path))
         return real == self.source or any(where.path == real for where in self.ranges.values())
 
+    def _held(self, tensor: TensorProto) -> Optional[np.ndarray]:
+        return self.held.get(_external_entries(tensor).get("location", "")) \
+            if tensor.data_location == TensorProto.EXTERNAL else None
+
     def knows(self, tensor: TensorProto) -> bool:
-        return tensor.name in self.held or tensor.name in self.ranges
+        return self._held(tensor) is not None or tensor.name in self.ranges
 
     def payload_size(self, tensor: TensorProto) -> int:
-        if tensor.name in self.held:
-            return self.held[tensor.name].nbytes
-        return self.ranges[tensor.name].length
+        held = self._held(tensor)
+        return held.nbytes if held is not None else self.ranges[tensor.name].length
 
     def array(self, tensor: TensorProto) -> np.ndarray:
         """The values of `tensor` (a skeleton's initializer, external or not) as a numpy array."""
-        if tensor.name in self.held:
-            return self.held[tensor.name]
+        held = self._held(tensor)
+        if held is not None:
+            return held
         if tensor.data_location != TensorProto.EXTERNAL:
             return onnx.numpy_helper.to_array(tensor)
         if tensor.name not in self.ranges:
@@ -292,7 +298,7 @@ class Weights:
                              "give the model as a file path")
         where = self.ranges[tensor.name]
         raw = np.fromfile(where.path, dtype=np.uint8, count=where.length, offset=where.offset)
-        if nbytes(tensor) == where.length:
+        if tensor_nbytes(tensor) == where.length:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
             return raw.view(dtype).reshape(tuple(tensor.dims)).astype(dtype.newbyteorder("="), copy=False)
         inline = TensorProto()
@@ -303,8 +309,9 @@ class Weights:
         return onnx.numpy_helper.to_array(inline)
 
     def _write_payload(self, tensor: TensorProto, out: BinaryIO) -> None:
-        if tensor.name in self.held:
-            out.write(memoryview(np.ascontiguousarray(self.held[tensor.name])).cast("B"))
+        held = self._held(tensor)
+        if held is not None:
+            out.write(memoryview(np.ascontiguousarray(held)).cast("B"))
             return
         where = self.ranges[tensor.name]
         with open(where.path, "rb") as source:
@@ -334,11 +341,12 @@ class Weights:
             values = getattr(tensor, "_values", None)
             if isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.nbytes >= DETACH_BYTES \
                     and values.dtype.kind in "biuf":
-                self.held[tensor.name] = values
+                key = f"(held in memory #{len(self.held)})"
+                self.held[key] = values
                 proto = TensorProto(name=tensor.name, dims=values.shape,
                                     data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
                                     data_location=TensorProto.EXTERNAL)
-                proto.external_data.add(key="location", value="(held in memory)")
+                proto.external_data.add(key="location", value=key)
                 tensor._values = _StoredValues(proto, self)
 
     # --- writing -----------------------------------------------------------------------------------------
