@@ -17,7 +17,7 @@ from .errors import InputError, NothingToConvertError, ValidationError, first_li
 from .geometry import Box, Geometry, HeadGeometry, plan_geometry
 from .heads import AUTO, find_heads
 from .normalize import normalize
-from .plan import Plan
+from .plan import KEEP_POOL, POOLINGS, Plan
 from .report import Report
 from .rewrite import rewrite
 from .weights import Weights
@@ -59,7 +59,7 @@ class _Planned:
     reference: onnx.ModelProto
 
 
-def _plan(loaded: io.Loaded, output_layout: str = AUTO) -> _Planned:
+def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> _Planned:
     model, weights = loaded.model, loaded.weights
     marker = shapes.converted_marker(model)
     if marker is not None:
@@ -72,7 +72,7 @@ def _plan(loaded: io.Loaded, output_layout: str = AUTO) -> _Planned:
     graph = gs.import_onnx(inferred)
     weights.attach(graph)
     notes = normalize(graph)
-    plan = replace(find_heads(graph, output_layout), normalized=notes)
+    plan = replace(find_heads(graph, output_layout, pooling), normalized=notes)
     reference = inferred
     if notes:
         weights.hold(graph)
@@ -95,6 +95,12 @@ def _checked_layout(output_layout: str) -> str:
     return output_layout
 
 
+def _checked_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
+    return pooling
+
+
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
     """The error for a plan with no head, naming the first reason (the report holds them all)."""
     report = Report(plan=plan, source=label, dry_run=True)
@@ -107,15 +113,15 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
                                  "feature map)", report=report)
 
 
-def inspect(model: io.ModelSource, *, output_layout: str = AUTO) -> Report:
+def inspect(model: io.ModelSource, *, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Report:
     """Dry run: the heads that would be converted and what each becomes, and what is skipped and why."""
-    planned = _plan(io.read_model(model), _checked_layout(output_layout))
+    planned = _plan(io.read_model(model), _checked_layout(output_layout), _checked_pooling(pooling))
     return Report(plan=planned.plan, geometry=planned.geometry, source=_label(model), dry_run=True)
 
 
 def convert_with_report(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
                         seed: int = 0, progress: Optional[validation.Progress] = None,
-                        output_layout: str = AUTO) -> Conversion:
+                        output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Conversion:
     """Convert every fully connected head of `model` (a path or a ModelProto, never modified).
 
     Args:
@@ -130,6 +136,10 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
         output_layout: "auto" (default: each head's outputs in the layout of its image input, so a
             tf2onnx model with an NHWC input gives [N, h, w, K]), "channels_first" ([N, K, h, w]) or
             "channels_last" ([N, h, w, K]).
+        pooling: what becomes of a global pooling (GlobalAveragePool, ReduceMean over the spatial axes...)
+            before a head: "keep" (default: it stays; one prediction per image at any size), "window" (a
+            pool of the training feature size with stride 1: the classifier at every window), or "none"
+            (removed: the head at every feature location, class activation maps).
 
     Returns:
         A `Conversion` with the converted model and its `Report`.
@@ -141,17 +151,18 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
         ValidationError: the converted model is not equivalent; nothing is returned.
     """
     converted, weights, report = _convert(model, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout)
+                                          progress=progress, output_layout=output_layout, pooling=pooling)
     return Conversion(model=weights.embedded(converted), report=report)
 
 
 def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed: int,
-             progress: Optional[validation.Progress], output_layout: str) -> Tuple[onnx.ModelProto, Weights, Report]:
+             progress: Optional[validation.Progress], output_layout: str,
+             pooling: str) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
     windows, size = _window_size(validate_size)
-    output_layout = _checked_layout(output_layout)
+    output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
     loaded = io.read_model(model)
-    planned = _plan(loaded, output_layout)
+    planned = _plan(loaded, output_layout, pooling)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(model))
@@ -166,15 +177,15 @@ def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed
 
 
 def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-            seed: int = 0, output_layout: str = AUTO) -> onnx.ModelProto:
+            seed: int = 0, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> onnx.ModelProto:
     """Convert `model` and return the fully convolutional ModelProto. See `convert_with_report`."""
     return convert_with_report(model, validate=validate, validate_size=validate_size, seed=seed,
-                               output_layout=output_layout).model
+                               output_layout=output_layout, pooling=pooling).model
 
 
 def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validate_size: Size = None,
                  seed: int = 0, progress: Optional[validation.Progress] = None,
-                 output_layout: str = AUTO, in_place: bool = False,
+                 output_layout: str = AUTO, pooling: str = KEEP_POOL, in_place: bool = False,
                  external_data: Optional[bool] = None) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
@@ -187,7 +198,7 @@ def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validat
         raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
     io.check_output_path(dst)
     converted, weights, report = _convert(src, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout)
+                                          progress=progress, output_layout=output_layout, pooling=pooling)
     data = io.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
     report.output = str(dst)
     report.external_data = None if data is None else str(data)
@@ -195,7 +206,8 @@ def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validat
 
 
 def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: Size = None, seed: int = 0,
-                  progress: Optional[validation.Progress] = None, output_layout: str = AUTO) -> Report:
+                  progress: Optional[validation.Progress] = None, output_layout: str = AUTO,
+                  pooling: str = KEEP_POOL) -> Report:
     """Prove that `converted` (made by this tool earlier, or by hand) is the fully convolutional form of
     `original`: the same checks `convert` runs, on an existing pair. Raises `ValidationError` if not.
 
@@ -204,10 +216,10 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: 
     are as in `convert_with_report`.
     """
     windows, spatial = _window_size(size)
-    output_layout = _checked_layout(output_layout)
+    output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
     reference = io.read_model(original)
     candidate = io.read_model(converted)
-    planned = _plan(reference, output_layout)
+    planned = _plan(reference, output_layout, pooling)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 from . import __version__, api
 from .errors import Fc2ConvError
+from .plan import KEEP_POOL, POOLINGS
 from .report import Report
 
 PROG = "fc2conv-onnx"
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--validate-size", metavar="SIZE|off", help=SIZE_HELP + "; 'off' checks the training "
                          "size only")
     _layout_flag(convert, "the layout of the converted outputs")
+    _pooling_flag(convert)
     _common_flags(convert)
     convert.set_defaults(run=_run_convert)
 
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx)")
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
     _layout_flag(validate, "the layout CONVERTED gives its outputs in")
+    _pooling_flag(validate)
     _common_flags(validate)
     validate.set_defaults(run=_run_validate)
 
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES)
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     _layout_flag(inspect, "the layout the converted outputs would have")
+    _pooling_flag(inspect)
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     inspect.set_defaults(run=_run_inspect)
@@ -112,6 +116,15 @@ def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{what}: channels_first is [N, K, *spatial], channels_last [N, *spatial, K]; auto "
                              "(default) follows the image input, so a tf2onnx/Keras model with an NHWC input "
                              "gives NHWC maps")
+
+
+def _pooling_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pooling", choices=POOLINGS, default=KEEP_POOL,
+                        help="what becomes of a global pooling (GlobalAveragePool, ReduceMean over the spatial axes) "
+                             "before a head: keep (default) leaves it, giving one prediction per image at any size; "
+                             "window makes it a pool of the training feature size with stride 1, giving the "
+                             "classifier on every window; none removes it, giving the head at every feature "
+                             "location (class activation maps)")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -147,16 +160,16 @@ def _progress() -> Optional[_ProgressBar]:
 def _run_convert(args: argparse.Namespace) -> Report:
     return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
                             seed=args.seed, progress=_progress(), output_layout=args.output_layout,
-                            in_place=args.in_place, external_data=args.external_data)
+                            pooling=args.pooling, in_place=args.in_place, external_data=args.external_data)
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
     return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress(),
-                             output_layout=args.output_layout)
+                             output_layout=args.output_layout, pooling=args.pooling)
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    report = api.inspect(args.input, output_layout=args.output_layout)
+    report = api.inspect(args.input, output_layout=args.output_layout, pooling=args.pooling)
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report

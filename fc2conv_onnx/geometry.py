@@ -20,7 +20,7 @@ dropped, and a padded trunk may give one more cell whose window runs past the in
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -327,7 +327,9 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
 def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
     """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite)."""
     tensors = graph.tensors()
-    source = head.flattening.source
+    source, flattening = head.flattening.source, head.flattening
+    if not flattening.slides:
+        return Unknown("the global pool is kept: one prediction per image, at any input size")
     feeding = upstream_inputs(graph, [source])
     if len(feeding) != 1:
         return Unknown(f"'{source}' is computed from {len(feeding)} inputs, not one image input")
@@ -343,15 +345,23 @@ def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
         span = _span_of(graph, starts, source, rank)
     except _NotLocal as error:
         return Unknown(str(error))
-    window = tuple(spatial_dims(shape, layout))
-    geometry = Geometry(input=image.name, stride=span.stride, window=window, offset=(0,) * rank,
-                        receptive_field=tuple((f - 1) * s + e for f, s, e in
-                                              zip(head.flattening.spatial_shape, span.stride, span.extent)),
-                        receptive_offset=span.start, feature_window=head.flattening.spatial_shape,
-                        layers=span.layers, layout=layout)
-    if geometry.feature_size(window) != head.flattening.spatial_shape:  # our size rules vs shape inference
-        return Unknown(f"the layer sizes computed for '{source}' ({list(geometry.feature_size(window))}) disagree "
-                       f"with its inferred shape {list(head.flattening.spatial_shape)}")
+    training = tuple(spatial_dims(shape, layout))
+    trained = Geometry(input=image.name, stride=span.stride, window=training, offset=(0,) * rank,
+                       receptive_field=(), receptive_offset=span.start, feature_window=flattening.spatial_shape,
+                       layers=span.layers, layout=layout)
+    if trained.feature_size(training) != flattening.spatial_shape:  # our size rules vs shape inference
+        return Unknown(f"the layer sizes computed for '{source}' ({list(trained.feature_size(training))}) disagree "
+                       f"with its inferred shape {list(flattening.spatial_shape)}")
+    # A cell reads `flattening.window` feature cells: the whole training map, or one (pool removed), which
+    # the input covers with the training size less the strides it saves.
+    window = tuple(t - (f - w) * s for t, f, w, s in zip(training, flattening.spatial_shape, flattening.window,
+                                                          span.stride))
+    geometry = replace(trained, window=window, feature_window=flattening.window,
+                       receptive_field=tuple((w - 1) * s + e for w, s, e in
+                                             zip(flattening.window, span.stride, span.extent)))
+    if geometry.feature_size(window) != flattening.window:
+        return Unknown(f"an input of {list(window)} does not give exactly the {list(flattening.window)} feature "
+                       "cells one output reads, by the layers' size rules")
     return geometry
 
 

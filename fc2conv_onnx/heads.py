@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from math import prod
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -21,8 +21,8 @@ import onnx_graphsurgeon as gs
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .normalize import in_default_domain
 from .shape_values import NotEvaluable, describe_computation, evaluate
-from .plan import (AXIS_LAST, KEEP, REMOVE, Decline, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
-                   Quantized, Skipped, Step)
+from .plan import (AXIS_LAST, KEEP, KEEP_POOL, POOLINGS, REMOVE, Decline, Flattening, GlobalPool, HeadPlan,
+                   LinearLayer, PassThrough, Plan, Quantized, Skipped, Step)
 
 logger = logging.getLogger(__name__)
 
@@ -163,12 +163,21 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
+    note = _reshape_flattens(node, prod(shape), f"[N, {', '.join(map(str, shape))}]")
+    if isinstance(note, Decline):
+        return note
+    return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
+                      note=_joined(transpose_note, note), prelude=moved)
+
+
+def _reshape_flattens(node: gs.Node, features: int, described: str) -> Union[str, Decline]:
+    """Whether Reshape `node` gives [batch, features] from its input: a note on how, or why not."""
     data = node.inputs[0]
     if len(node.inputs) < 2:
         return Decline(f"Reshape '{node.name}' has no shape input")
     allow_zero = bool(node.attrs.get("allowzero", 0))
-    batch, features = data.shape[0], prod(shape)
-    flattened = f"[N, {', '.join(map(str, shape))}] to [N, {features}]"
+    batch = data.shape[0]
+    flattened = f"{described} to [N, {features}]"
     constant = constant_values(node.inputs[1])
     if constant is not None:
         target = [int(v) for v in constant.reshape(-1)]
@@ -188,11 +197,106 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
                 return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which gives {target} "
                                f"at batch {size}: not a flattening of {flattened}")
         note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
-    return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
-                      note=_joined(transpose_note, note), prelude=moved)
+    return note
+
+
+#: Global poolings and their kind.
+GLOBAL_POOLS = {"GlobalAveragePool": "average", "GlobalMaxPool": "max", "ReduceMean": "average",
+                "ReduceMax": "max"}
+
+
+def _reduce_axes(node: gs.Node) -> Optional[Tuple[int, ...]]:
+    """The axes a ReduceMean/ReduceMax reduces (attribute before opset 18, input after); None if unknown
+    or all axes (no axes given)."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        values = constant_values(node.inputs[1])
+        axes = None if values is None else values.reshape(-1).tolist()
+    return None if axes is None else tuple(int(a) for a in axes)
+
+
+class _Pooling(NamedTuple):
+    pool: GlobalPool
+    #: The channels-first feature map that is pooled.
+    source: gs.Tensor
+    #: Whether the pooled axes are kept (as 1s), and which axes of the pool's own input they are.
+    keeps: bool
+    axes: FrozenSet[int]
+
+
+def _global_pool(node: Optional[gs.Node]) -> Optional[_Pooling]:
+    """The pooling if `node` pools over every spatial axis: GlobalAveragePool/GlobalMaxPool, or ReduceMean/
+    ReduceMax over the spatial axes of a channels-first map or of a Transpose of one to channels last
+    (Keras GlobalAveragePooling2D)."""
+    if node is None or node.op not in GLOBAL_POOLS or not in_default_domain(node) or not node.inputs:
+        return None
+    pool, data = GlobalPool(node.name, node.op, GLOBAL_POOLS[node.op]), node.inputs[0]
+    rank = len(data.shape) if data.shape is not None else 0
+    if rank < 3:
+        return None
+    channels_first = frozenset(range(2, rank))
+    if node.op.startswith("Global"):
+        return _Pooling(pool, data, True, channels_first)
+    axes = _reduce_axes(node)
+    if axes is None:
+        return None
+    axes = frozenset(a + rank if a < 0 else a for a in axes)
+    keeps = bool(node.attrs.get("keepdims", 1))
+    if axes == channels_first:
+        return _Pooling(pool, data, keeps, axes)
+    transpose = producer(data)
+    if axes == frozenset(range(1, rank - 1)) and transpose is not None \
+            and is_transpose(transpose, to_channels_last(rank)):
+        return _Pooling(pool, transpose.inputs[0], keeps, axes)
+    return None
+
+
+def _squeeze_axes(node: gs.Node) -> Optional[FrozenSet[int]]:
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        values = constant_values(node.inputs[1])
+        axes = None if values is None else values.reshape(-1).tolist()
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    return None if axes is None else frozenset(int(a) + rank if int(a) < 0 else int(a) for a in axes)
+
+
+def match_global_pool(node: gs.Node) -> Union[Flattening, Decline, None]:
+    """A global pooling and a flattening of what it gives: GlobalAveragePool/GlobalMaxPool or ReduceMean/
+    ReduceMax (keepdims=1) followed by Flatten, Squeeze or Reshape to [N, C]; or a ReduceMean/ReduceMax over
+    the spatial axes with keepdims=0, which is its own flattening (PyTorch `x.mean((2, 3))`, Keras
+    GlobalAveragePooling2D through tf2onnx)."""
+    note = ""
+    found = _global_pool(node)
+    if found is not None and not found.keeps:
+        spelled = node.op
+    elif node.op in ("Flatten", "Squeeze", "Reshape"):
+        found = _global_pool(producer(node.inputs[0]))
+        if found is None or not found.keeps:
+            return None
+        spelled = f"{found.pool.op} + {node.op}"
+        pooled = node.inputs[0]
+        if node.op == "Flatten" and node.attrs.get("axis", 1) != 1:
+            return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1")
+        if node.op == "Squeeze" and _squeeze_axes(node) != found.axes:
+            return Decline(f"Squeeze '{node.name}' does not squeeze exactly the pooled axes {sorted(found.axes)}")
+        if node.op == "Reshape":
+            channels = spatial_source_shape(found.source)
+            if isinstance(channels, Decline):
+                return channels
+            note = _reshape_flattens(node, channels[0], f"the pooled {list(pooled.shape or [])}")
+            if isinstance(note, Decline):
+                return note
+    else:
+        return None
+    shape = spatial_source_shape(found.source)
+    if isinstance(shape, Decline):
+        return shape
+    return Flattening(node=node.name, op=spelled, source=found.source.name, source_shape=shape, note=note,
+                      pool=found.pool)
 
 
 FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (
+    match_global_pool,
     match_flatten,
     match_reshape,
 )
@@ -528,8 +632,8 @@ def _elementwise_chain(data: gs.Tensor, opset: int,
     return data, tuple(reversed(steps))
 
 
-def _first_layer(node: gs.Node, opset: int,
-                 graph_outputs: FrozenSet[str]) -> Tuple[Flattening, Tuple[PassThrough, ...], LinearLayer]:
+def _first_layer(node: gs.Node, opset: int, graph_outputs: FrozenSet[str],
+                 pooling: str = KEEP_POOL) -> Tuple[Flattening, Tuple[PassThrough, ...], LinearLayer]:
     data = node.inputs[0]
     flat, prelude = _elementwise_chain(data, opset, graph_outputs)
     source = producer(flat)
@@ -545,6 +649,8 @@ def _first_layer(node: gs.Node, opset: int,
                        f"(it comes from {source.op} '{source.name}')")
     if isinstance(flattening, Decline):
         raise _Decline(flattening.reason)
+    if flattening.pool is not None:
+        flattening = replace(flattening, pool=replace(flattening.pool, mode=pooling))
     first = match_linear(node, data, flattening.features, graph_outputs)
     if not isinstance(first, LinearLayer):
         raise _Decline(first.reason if first else f"{node.op} '{node.name}' is not a linear layer")
@@ -618,14 +724,17 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
 AUTO = "auto"
 
 
-def find_heads(graph: gs.Graph, output_layout: str = AUTO) -> Plan:
+def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Plan:
     """Plan the conversion of every fully connected head in `graph` (which is sorted, not otherwise changed).
 
     `output_layout` is CHANNELS_FIRST ([N, K, *spatial]), CHANNELS_LAST ([N, *spatial, K]) or AUTO: channels
-    last for heads on an NHWC image input (tf2onnx), channels first otherwise.
+    last for heads on an NHWC image input (tf2onnx), channels first otherwise. `pooling` says what becomes
+    of a global pooling before a head (see `plan.POOLINGS`).
     """
     if output_layout not in (AUTO,) + LAYOUTS:
         raise ValueError(f"output_layout must be one of {', '.join((AUTO,) + LAYOUTS)}, not {output_layout!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     graph.toposort()
     tensors = graph.tensors()
     opset = int(graph.opset or 1)
@@ -638,7 +747,7 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO) -> Plan:
             continue
         first = None
         try:
-            flattening, prelude, first = _first_layer(node, opset, graph_outputs)
+            flattening, prelude, first = _first_layer(node, opset, graph_outputs, pooling)
             context = HeadContext(first.features, len(flattening.spatial_shape), opset, graph_outputs)
             steps = _follow(graph, first, context)
         except _Decline as declined:

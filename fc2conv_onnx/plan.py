@@ -22,9 +22,36 @@ class Decline:
     reason: str
 
 
+#: What becomes of a global pooling before the head (`--pooling`).
+KEEP_POOL = "keep"  # the pool stays: one prediction per image, at any input size
+WINDOW_POOL = "window"  # a pool the size of the training feature map, stride 1: the classifier at every window
+NO_POOL = "none"  # the pool goes: the head at every feature location (class activation maps)
+POOLINGS = (KEEP_POOL, WINDOW_POOL, NO_POOL)
+
+
+@dataclass(frozen=True)
+class GlobalPool:
+    """A pooling over every spatial axis before the head (GlobalAveragePool, ReduceMean over the spatial
+    axes, ...), and what the rewrite makes of it."""
+
+    node: str
+    op: str
+    #: "average" or "max".
+    kind: str
+    mode: str = KEEP_POOL
+
+    def becomes(self, spatial: Tuple[int, ...]) -> str:
+        size = "x".join(map(str, spatial))
+        op = "AveragePool" if self.kind == "average" else "MaxPool"
+        return {KEEP_POOL: f"Global{op} (kept: one prediction per image)",
+                WINDOW_POOL: f"{op} {size} stride 1 (the classifier on every {size} window of the feature map)",
+                NO_POOL: "removed (the head at every feature location)"}[self.mode]
+
+
 @dataclass(frozen=True, eq=False)
 class Flattening:
-    """Flatten(axis=1) of a spatial tensor, whatever op spelled it."""
+    """Flatten(axis=1) of a spatial tensor, whatever op spelled it; or, with `pool`, a global pooling of it
+    followed by a flattening of the pooled [N, C, 1, ...] tensor."""
 
     node: str
     op: str
@@ -37,6 +64,8 @@ class Flattening:
     note: str = ""
     #: Elementwise ops between a Transpose to channels last and the flattening; they move onto the source.
     prelude: Tuple["PassThrough", ...] = ()
+    #: The global pooling between `source` and the flattening, if the head pools.
+    pool: Optional[GlobalPool] = None
 
     @property
     def spatial_shape(self) -> Tuple[int, ...]:
@@ -44,7 +73,24 @@ class Flattening:
 
     @property
     def features(self) -> int:
-        return prod(self.source_shape)
+        """Inputs of the first linear layer: C for a pooled head, C * prod(spatial) otherwise."""
+        return self.source_shape[0] if self.pool else prod(self.source_shape)
+
+    @property
+    def kernel_spatial(self) -> Tuple[int, ...]:
+        """The spatial extent of the first layer's kernel: pooled heads are 1x1 from the first layer on."""
+        return (1,) * len(self.spatial_shape) if self.pool else self.spatial_shape
+
+    @property
+    def window(self) -> Tuple[int, ...]:
+        """The feature window one output cell is computed from: the training feature size, or one
+        location when the pool is removed."""
+        return (1,) * len(self.spatial_shape) if self.pool and self.pool.mode == NO_POOL else self.spatial_shape
+
+    @property
+    def slides(self) -> bool:
+        """False when the converted head gives one prediction per image (a kept global pool)."""
+        return not (self.pool and self.pool.mode == KEEP_POOL)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +196,7 @@ class HeadPlan:
     def kernel_shape(self, layer: LinearLayer) -> Tuple[int, ...]:
         """The Conv kernel a layer becomes: the source's whole extent for the first, 1x1... after it."""
         if layer is self.first:
-            return (layer.features,) + self.flattening.source_shape
+            return (layer.features, self.flattening.source_shape[0]) + self.flattening.kernel_spatial
         return (layer.features, int(layer.weight.shape[1])) + (1,) * self.spatial_rank
 
     @property
@@ -161,12 +207,13 @@ class HeadPlan:
 
     def describe(self) -> str:
         flat = self.flattening
-        spatial = "x".join(map(str, flat.spatial_shape))
+        spatial = "x".join(map(str, flat.kernel_spatial))
         layout = "[N, K, *spatial]" if self.output_layout == CHANNELS_FIRST else "[N, *spatial, K]"
         lines = [
             f"head -> {', '.join(self.outputs)} (as {layout})",
             f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
             f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
+            *([f"  {flat.pool.op} '{flat.pool.node}' -> {flat.pool.becomes(flat.spatial_shape)}"] if flat.pool else []),
             *(f"  {step.op} '{step.node}' -> {step.becomes}, on the feature map" for step in self.prelude),
             f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(self.kernel_shape(self.first))}",
         ]
@@ -186,6 +233,9 @@ class HeadPlan:
             "source": flat.source,
             "source_shape": list(flat.source_shape),
             "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
+            "pooling": None if flat.pool is None else {"node": flat.pool.node, "op": flat.pool.op,
+                                                       "mode": flat.pool.mode,
+                                                       "becomes": flat.pool.becomes(flat.spatial_shape)},
             "prelude": [{"node": s.node, "op": s.op, "becomes": s.becomes} for s in self.prelude],
             "layers": [_layer_dict(self.first, list(self.kernel_shape(self.first)))] + [
                 _layer_dict(s, list(self.kernel_shape(s)))

@@ -13,7 +13,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_last
-from .plan import AXIS_LAST, KEEP, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan, Quantized
+from .plan import (AXIS_LAST, KEEP, KEEP_POOL, NO_POOL, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
+                   Quantized)
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
@@ -141,14 +142,33 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
         raise ValueError(f"unknown pass-through action {step.action!r}")
 
 
+def _pooled(editor: _Editor, flattening: Flattening) -> gs.Tensor:
+    """The feature map the first layer reads: the source, pooled as the plan's pooling mode says."""
+    source, pool = editor.tensors[flattening.source], flattening.pool
+    if pool is None or pool.mode == NO_POOL:
+        return source
+    op = "AveragePool" if pool.kind == "average" else "MaxPool"
+    attrs = {}
+    if pool.mode == KEEP_POOL:
+        op = "Global" + op
+    else:  # WINDOW_POOL: the global pool at the training size, slid with stride 1
+        attrs = {"kernel_shape": list(flattening.spatial_shape), "strides": [1] * len(flattening.spatial_shape)}
+    pooled = editor.variable(f"{pool.node}/{pool.mode}", source)
+    editor.add_node(op, f"{pool.node}/{pool.mode}", [source], [pooled], attrs)
+    return pooled
+
+
 def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
-    # The prelude (elementwise ops around the flattening) and then the first layer read the feature map.
-    features = editor.tensors[head.flattening.source]
+    # The prelude (elementwise ops around the flattening) and then the first layer read the (pooled)
+    # feature map.
+    features = _pooled(editor, head.flattening)
     for step in head.prelude:
         editor.nodes[step.node].inputs[0] = features
         _rewrite_pass_through(editor, step, head.spatial_rank)
         features = editor.tensor(step.output)
-    _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening))
+    first_kernel = (lambda weight: pointwise_kernel(weight, head.spatial_rank)) if head.flattening.pool else \
+        (lambda weight: first_layer_kernel(weight, head.flattening))
+    _replace_linear(editor, head.first, features, first_kernel)
     for step in head.steps:
         if isinstance(step, LinearLayer):
             _replace_linear(editor, step, editor.tensor(step.input),

@@ -83,6 +83,7 @@ def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
     """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
     return json.dumps({"version": __version__, "heads": [
         {"outputs": list(head.outputs), "output_layout": head.output_layout, "source": head.flattening.source,
+         "pooling": None if head.flattening.pool is None else head.flattening.pool.mode,
          "geometry": where.to_dict()}
         for head, where in zip(plan.heads, geometry)]})
 

@@ -212,9 +212,10 @@ def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarra
 
 
 def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *, seed: int = 0,
-                        weights: Optional[Weights] = None,
-                        converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
-    """Original vs converted at the training size, every graph output."""
+                        weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
+                        per_location: Sequence[str] = ()) -> List[OutputCheck]:
+    """Original vs converted at the training size, every graph output but those in `per_location` (heads
+    whose global pool was removed give a map there, which only the window check can compare)."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
     expected = _run(original, feeds, "the original model", weights)
@@ -222,7 +223,7 @@ def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *
     shape = next(iter(shapes.values()), ())
     steps = quantization_steps(original, weights)
     return [compare(name, "training size", expected[name], actual[name], shape, 1, step=steps.get(name, 0.0))
-            for name in expected]
+            for name in expected if name not in per_location]
 
 
 def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
@@ -297,9 +298,10 @@ class _Head:
     """The original head, cut at its source, run on many feature windows: batched when it allows it."""
 
     def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str],
-                 weights: Optional[Weights] = None) -> None:
+                 weights: Optional[Weights] = None, any_size: bool = False) -> None:
         self.source, self.outputs = source, list(outputs)
-        self.session = _session(_cut(original, [source], outputs, [source], batch_only=True), weights)
+        cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
+        self.session = _session(cut, weights)
         self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 
@@ -366,16 +368,24 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
                   converted_weights or weights)
     checks = []
     steps = quantization_steps(original, weights)
-    for source in dict.fromkeys(h.flattening.source for h in plan.heads):
-        heads = [i for i, h in enumerate(plan.heads) if h.flattening.source == source]
+    groups = dict.fromkeys((h.flattening.source, h.flattening.window, h.flattening.slides) for h in plan.heads)
+    for source, window, slides in groups:
+        heads = [i for i, h in enumerate(plan.heads)
+                 if (h.flattening.source, h.flattening.window, h.flattening.slides) == (source, window, slides)]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
-        window = plan.heads[heads[0]].flattening.spatial_shape
         trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
         features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights)[source]
+        if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
+            window = tuple(features.shape[2:])
         grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
         checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
         locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
-        head = _Head(original, source, outputs, weights)
+        if not slides:
+            note = "global pool kept: the original head on the whole feature map"
+        # The head takes other sizes than its training one for a kept pool (the whole larger map) and a
+        # removed one (one location).
+        trained = plan.heads[heads[0]].flattening.spatial_shape
+        head = _Head(original, source, outputs, weights, any_size=window != trained)
         expected = crop_and_forward(head, features, window, grid, locations, progress)
         layouts = {o: plan.heads[i].output_layout for i in heads for o in plan.heads[i].outputs}
         for name, reference in zip(outputs, expected):
@@ -431,10 +441,14 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     normalized original, when normalizing changed the trunk's ops) or else `original`. `weights` hold the
     original's external tensors, `converted_weights` (default: the same) the converted's.
     """
+    per_location = [o for h in plan.heads if h.flattening.window != h.flattening.spatial_shape for o in h.outputs]
     checks = check_training_size(original, converted, seed=seed, weights=weights,
-                                 converted_weights=converted_weights)
+                                 converted_weights=converted_weights, per_location=per_location)
     require_passed(checks)
-    if windows and plan.trunk_inputs:
+    if plan.trunk_inputs and (windows or per_location):
+        if not windows:  # per-location heads are only checked by windows: at the training size, then
+            image = plan.trunk_inputs[0]
+            size = tuple(spatial_dims(training_shapes(original)[image], plan.input_layout(image)))
         checks += check_windows(window_reference or original, converted, plan, geometries, size=size, seed=seed,
                                 progress=progress, weights=weights, converted_weights=converted_weights)
         require_passed(checks)

@@ -56,22 +56,29 @@ def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], f
 
 def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str = "features",
                       sizes: Iterable[Sequence[int]] = (), rtol: float = RTOL, atol: float = ATOL,
-                      outputs: Optional[Sequence[str]] = None, channels_last: bool = False) -> None:
+                      outputs: Optional[Sequence[str]] = None, channels_last: bool = False,
+                      window: Optional[Sequence[int]] = None) -> None:
     """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location.
     `channels_last`: the input is [N, *spatial, C] and the converted outputs [N, *spatial, K] (tf2onnx);
-    the source feature map is channels first either way."""
+    the source feature map is channels first either way. `window`: the feature window one output cell
+    reads when it is not the training feature size (a removed global pool: one location); the head is
+    then run on crops of that size, and the training-size outputs, being maps, are compared the same way."""
     outputs = list(outputs or [o.name for o in original.graph.output])
-    feeds = random_input(original, input_shape(original))
-    expected, actual = run(original, feeds), run(converted, feeds)
-    for name in outputs:
-        assert actual[name].size == expected[name].size, (name, actual[name].shape, expected[name].shape)
-        np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
-                                   atol=atol, err_msg=f"output {name} at the training size")
     inferred = onnx.shape_inference.infer_shapes(original)
+    if window is None:
+        feeds = random_input(original, input_shape(original))
+        expected, actual = run(original, feeds), run(converted, feeds)
+        for name in outputs:
+            assert actual[name].size == expected[name].size, (name, actual[name].shape, expected[name].shape)
+            np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
+                                       atol=atol, err_msg=f"output {name} at the training size")
+        source_shape = next(v for v in inferred.graph.value_info if v.name == source).type.tensor_type.shape
+        window = tuple(d.dim_value for d in source_shape.dim[2:])
+        head = session(cut(inferred, [source], outputs, free_sizes=False))
+    else:
+        sizes = [input_shape(original)] + list(sizes)
+        head = session(cut(inferred, [source], outputs, free_sizes=True))
     trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True, channels_last=channels_last)
-    head = session(cut(inferred, [source], outputs, free_sizes=False))
-    source_shape = next(v for v in inferred.graph.value_info if v.name == source).type.tensor_type.shape
-    window = tuple(d.dim_value for d in source_shape.dim[2:])
     for size in sizes:
         feeds = random_input(original, size, seed=1)
         features = run(trunk, feeds)[source]
