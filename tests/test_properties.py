@@ -33,11 +33,13 @@ def _out_size(size: int, kernel: int, stride: int, dilation: int, pads: Tuple[in
 
 
 @st.composite
-def classifiers(draw) -> Tuple[onnx.ModelProto, str, float]:
+def classifiers(draw, pooled: bool = False) -> Tuple[onnx.ModelProto, str, float]:
     """A random valid classifier: a 1-D, 2-D or 3-D trunk of convolutions (kernels, strides, pads, dilations,
     groups) and pools, a Flatten or a Reshape, and 1 to 3 linear layers (Gemm in either weight layout, or
     MatMul with or without Add) with pass-through ops between; opsets 11-21, float32 or float16.
-    Returns the model, the name of the flattened feature map, and the comparison tolerance."""
+    `pooled`: a global pooling (GlobalAveragePool/GlobalMaxPool, ReduceMean/ReduceMax keeping the axes or
+    not) comes before the flattening. Returns the model, the name of the (pre-pool) feature map, and the
+    comparison tolerance."""
     rank = draw(st.sampled_from([1, 2, 3]))
     opset = draw(st.integers(11, 21))
     dtype = draw(st.sampled_from([np.float32, np.float16]))
@@ -73,7 +75,21 @@ def classifiers(draw) -> Tuple[onnx.ModelProto, str, float]:
     source = x
     features = channels * prod(spatial)
     form = draw(st.sampled_from(["Flatten", "Reshape [1, -1]", "Reshape [0, -1]", "Reshape [-1, F]"]))
-    if form == "Flatten":
+    if pooled:
+        pool = draw(st.sampled_from(["GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"]))
+        keepdims = 1 if pool.startswith("Global") else draw(st.integers(0, 1))
+        if pool.startswith("Global"):
+            x = b.node(pool, [x])
+        elif opset >= 18:
+            x = b.node(pool, [x, b.const(b.fresh("axes"), np.arange(2, rank + 2, dtype=np.int64))], keepdims=keepdims)
+        else:
+            x = b.node(pool, [x], axes=list(range(2, rank + 2)), keepdims=keepdims)
+        features = channels
+        if not keepdims:
+            form = "none"
+    if form == "none":
+        y = x
+    elif form == "Flatten":
         y = b.node("Flatten", [x], axis=1)
     else:
         target = {"Reshape [1, -1]": [1, -1], "Reshape [0, -1]": [0, -1], "Reshape [-1, F]": [-1, features]}[form]
@@ -124,6 +140,31 @@ def test_random_classifiers_convert_and_stay_equivalent(case):
 @given(classifiers())
 def test_random_classifiers_convert_and_stay_equivalent_deep(case):
     _check_random_classifier(case)
+
+
+def _check_pooled_classifier(case, mode: str) -> None:
+    """A global-pooling head in `mode` "window" (crop-and-forward at every window) or "none" (the head at
+    every location: crop-and-forward with one-cell windows)."""
+    model, source, tolerance = case
+    conversion = fc2conv_onnx.convert_with_report(model, pooling=mode)
+    assert all(check.passed for check in conversion.report.checks)
+    assert conversion.report.plan.heads[0].flattening.pool.mode == mode
+    rank = len(input_shape(model)) - 2
+    assert_equivalent(model, conversion.model, source=source, sizes=[_larger(model, 3)], rtol=tolerance,
+                      atol=tolerance, window=None if mode == "window" else (1,) * rank)
+
+
+@FAST
+@given(classifiers(pooled=True), st.sampled_from(["window", "none"]))
+def test_random_pooled_classifiers_convert_and_stay_equivalent(case, mode):
+    _check_pooled_classifier(case, mode)
+
+
+@pytest.mark.slow
+@DEEP
+@given(classifiers(pooled=True), st.sampled_from(["window", "none"]))
+def test_random_pooled_classifiers_convert_and_stay_equivalent_deep(case, mode):
+    _check_pooled_classifier(case, mode)
 
 
 # --- damaged models ---------------------------------------------------------------------------------------
