@@ -12,7 +12,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import io, shapes, validate as validation
+from . import atrous, io, shapes, validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, plan_geometry
 from .heads import AUTO, find_heads
@@ -28,6 +28,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: `validate_size` / `size`: None for the default (a few strides larger than the training size), a
 #: spatial size such as (512, 1024) or "512x1024", or "off" to skip the window check.
 Size = Union[None, str, Sequence[int]]
+#: `stride`: a finer output stride, 16 or "16" or "16x8" (per spatial axis); None keeps the trunk's.
+Stride = Union[int, str, Sequence[int]]
 #: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
 #: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
 OUTPUT_LAYOUTS = (AUTO, "channels_first", "channels_last")
@@ -59,7 +61,8 @@ class _Planned:
     reference: onnx.ModelProto
 
 
-def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> _Planned:
+def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL,
+          stride: Optional[Stride] = None) -> _Planned:
     model, weights = loaded.model, loaded.weights
     marker = shapes.converted_marker(model)
     if marker is not None:
@@ -77,7 +80,14 @@ def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL
     if notes:
         weights.hold(graph)
         reference = onnx.shape_inference.infer_shapes(shapes.export_like(graph.copy(), inferred), data_prop=True)
-    return _Planned(loaded, inferred, graph, plan, plan_geometry(graph, plan), reference)
+    geometry = plan_geometry(graph, plan)
+    if stride is not None and plan.heads:
+        # The trunk's strides are lowered here, before the head's rewrite, so that the geometry is that of
+        # the trunk as converted (and inspect shows it).
+        plan = replace(plan, densify=atrous.plan_densify(graph, plan, geometry, stride))
+        atrous.apply(graph, plan.densify)
+        geometry = plan_geometry(graph, plan)
+    return _Planned(loaded, inferred, graph, plan, geometry, reference)
 
 
 def _window_size(size: Size) -> Tuple[bool, Optional[Tuple[int, ...]]]:
@@ -113,15 +123,17 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
                                  "feature map)", report=report)
 
 
-def inspect(model: io.ModelSource, *, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Report:
+def inspect(model: io.ModelSource, *, output_layout: str = AUTO, pooling: str = KEEP_POOL,
+            stride: Optional[Stride] = None) -> Report:
     """Dry run: the heads that would be converted and what each becomes, and what is skipped and why."""
-    planned = _plan(io.read_model(model), _checked_layout(output_layout), _checked_pooling(pooling))
+    planned = _plan(io.read_model(model), _checked_layout(output_layout), _checked_pooling(pooling), stride)
     return Report(plan=planned.plan, geometry=planned.geometry, source=_label(model), dry_run=True)
 
 
 def convert_with_report(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
                         seed: int = 0, progress: Optional[validation.Progress] = None,
-                        output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Conversion:
+                        output_layout: str = AUTO, pooling: str = KEEP_POOL,
+                        stride: Optional[Stride] = None) -> Conversion:
     """Convert every fully connected head of `model` (a path or a ModelProto, never modified).
 
     Args:
@@ -140,6 +152,9 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
             before a head: "keep" (default: it stays; one prediction per image at any size), "window" (a
             pool of the training feature size with stride 1: the classifier at every window), or "none"
             (removed: the head at every feature location, class activation maps).
+        stride: a finer output stride than the trunk's (which it must divide by a power of two), e.g. 16
+            for a stride-32 trunk: the last strides are lowered and later kernels dilated ("à trous"), so
+            cells are `stride` pixels apart; validated at every finer cell. None keeps the trunk's stride.
 
     Returns:
         A `Conversion` with the converted model and its `Report`.
@@ -151,18 +166,19 @@ def convert_with_report(model: io.ModelSource, *, validate: bool = True, validat
         ValidationError: the converted model is not equivalent; nothing is returned.
     """
     converted, weights, report = _convert(model, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout, pooling=pooling)
+                                          progress=progress, output_layout=output_layout, pooling=pooling,
+                                          stride=stride)
     return Conversion(model=weights.embedded(converted), report=report)
 
 
 def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed: int,
-             progress: Optional[validation.Progress], output_layout: str,
-             pooling: str) -> Tuple[onnx.ModelProto, Weights, Report]:
+             progress: Optional[validation.Progress], output_layout: str, pooling: str,
+             stride: Optional[Stride] = None) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
     windows, size = _window_size(validate_size)
     output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
     loaded = io.read_model(model)
-    planned = _plan(loaded, output_layout, pooling)
+    planned = _plan(loaded, output_layout, pooling, stride)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(model))
@@ -177,16 +193,17 @@ def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed
 
 
 def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-            seed: int = 0, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> onnx.ModelProto:
+            seed: int = 0, output_layout: str = AUTO, pooling: str = KEEP_POOL,
+            stride: Optional[Stride] = None) -> onnx.ModelProto:
     """Convert `model` and return the fully convolutional ModelProto. See `convert_with_report`."""
     return convert_with_report(model, validate=validate, validate_size=validate_size, seed=seed,
-                               output_layout=output_layout, pooling=pooling).model
+                               output_layout=output_layout, pooling=pooling, stride=stride).model
 
 
 def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validate_size: Size = None,
                  seed: int = 0, progress: Optional[validation.Progress] = None,
-                 output_layout: str = AUTO, pooling: str = KEEP_POOL, in_place: bool = False,
-                 external_data: Optional[bool] = None) -> Report:
+                 output_layout: str = AUTO, pooling: str = KEEP_POOL, stride: Optional[Stride] = None,
+                 in_place: bool = False, external_data: Optional[bool] = None) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
     The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` (or
@@ -198,7 +215,8 @@ def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validat
         raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
     io.check_output_path(dst)
     converted, weights, report = _convert(src, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout, pooling=pooling)
+                                          progress=progress, output_layout=output_layout, pooling=pooling,
+                                          stride=stride)
     data = io.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
     report.output = str(dst)
     report.external_data = None if data is None else str(data)
@@ -207,7 +225,7 @@ def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validat
 
 def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: Size = None, seed: int = 0,
                   progress: Optional[validation.Progress] = None, output_layout: str = AUTO,
-                  pooling: str = KEEP_POOL) -> Report:
+                  pooling: str = KEEP_POOL, stride: Optional[Stride] = None) -> Report:
     """Prove that `converted` (made by this tool earlier, or by hand) is the fully convolutional form of
     `original`: the same checks `convert` runs, on an existing pair. Raises `ValidationError` if not.
 
@@ -219,7 +237,7 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: 
     output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
     reference = io.read_model(original)
     candidate = io.read_model(converted)
-    planned = _plan(reference, output_layout, pooling)
+    planned = _plan(reference, output_layout, pooling, stride)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))

@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "size only")
     _layout_flag(convert, "the layout of the converted outputs")
     _pooling_flag(convert)
+    _stride_flag(convert)
     _common_flags(convert)
     convert.set_defaults(run=_run_convert)
 
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
     _layout_flag(validate, "the layout CONVERTED gives its outputs in")
     _pooling_flag(validate)
+    _stride_flag(validate)
     _common_flags(validate)
     validate.set_defaults(run=_run_validate)
 
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     _layout_flag(inspect, "the layout the converted outputs would have")
     _pooling_flag(inspect)
+    _stride_flag(inspect)
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     inspect.set_defaults(run=_run_inspect)
@@ -116,6 +119,14 @@ def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"{what}: channels_first is [N, K, *spatial], channels_last [N, *spatial, K]; auto "
                              "(default) follows the image input, so a tf2onnx/Keras model with an NHWC input "
                              "gives NHWC maps")
+
+
+def _stride_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stride", metavar="S|SxT",
+                        help="a finer output stride: cells S pixels apart instead of the trunk's stride, which S must "
+                             "divide by a power of two (16 or 8 for a stride-32 trunk). The last strides of the trunk "
+                             "are lowered and every later kernel dilated (a trous), exactly; validation checks every "
+                             "finer cell. Needs --pooling window or none for global-pooling heads")
 
 
 def _pooling_flag(parser: argparse.ArgumentParser) -> None:
@@ -160,16 +171,17 @@ def _progress() -> Optional[_ProgressBar]:
 def _run_convert(args: argparse.Namespace) -> Report:
     return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
                             seed=args.seed, progress=_progress(), output_layout=args.output_layout,
-                            pooling=args.pooling, in_place=args.in_place, external_data=args.external_data)
+                            pooling=args.pooling, stride=args.stride, in_place=args.in_place,
+                            external_data=args.external_data)
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
     return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress(),
-                             output_layout=args.output_layout, pooling=args.pooling)
+                             output_layout=args.output_layout, pooling=args.pooling, stride=args.stride)
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    report = api.inspect(args.input, output_layout=args.output_layout, pooling=args.pooling)
+    report = api.inspect(args.input, output_layout=args.output_layout, pooling=args.pooling, stride=args.stride)
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report

@@ -208,7 +208,7 @@ def _ints(value, rank: int, default: int) -> Tuple[int, ...]:
     return tuple(int(v) for v in value) if value is not None else (default,) * rank
 
 
-def _window_layer(node: gs.Node, rank: int) -> Layer:
+def window_layer(node: gs.Node, rank: int) -> Layer:
     attrs = node.attrs
     if node.op == "Conv" and "kernel_shape" not in attrs:
         weight_shape = node.inputs[1].shape
@@ -303,7 +303,7 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
         if node.op in WINDOW_OPS:
             if node.inputs[0].name not in spans:
                 raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
-            span = _through_layer(spans[node.inputs[0].name], _window_layer(node, rank))
+            span = _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
         elif node.op == "Pad":
             span = _through_layer(spans[node.inputs[0].name], _pad_layer(node, rank))
         elif node.op == "Concat" and int(node.attrs.get("axis", 0)) in (1, -(rank + 1)):
@@ -324,8 +324,9 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
     raise _NotLocal(f"'{source}' is not computed from '{', '.join(starts)}'")
 
 
-def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
-    """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite)."""
+def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> HeadGeometry:
+    """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite of the
+    head; with `dilation`, the trunk's strides already lowered for `--stride`)."""
     tensors = graph.tensors()
     source, flattening = head.flattening.source, head.flattening
     if not flattening.slides:
@@ -346,28 +347,33 @@ def head_geometry(graph: gs.Graph, head: HeadPlan) -> HeadGeometry:
     except _NotLocal as error:
         return Unknown(str(error))
     training = tuple(spatial_dims(shape, layout))
+    dilation = dilation or (1,) * rank
+    # A cell reads `flattening.window` feature cells (the whole training map, or one when the pool is
+    # removed), `dilation` cells apart on a trunk made that much denser: `extent` cells of it.
+    extent = tuple((w - 1) * d + 1 for w, d in zip(flattening.window, dilation))
     trained = Geometry(input=image.name, stride=span.stride, window=training, offset=(0,) * rank,
                        receptive_field=(), receptive_offset=span.start, feature_window=flattening.spatial_shape,
                        layers=span.layers, layout=layout)
-    if trained.feature_size(training) != flattening.spatial_shape:  # our size rules vs shape inference
-        return Unknown(f"the layer sizes computed for '{source}' ({list(trained.feature_size(training))}) disagree "
-                       f"with its inferred shape {list(flattening.spatial_shape)}")
-    # A cell reads `flattening.window` feature cells: the whole training map, or one (pool removed), which
-    # the input covers with the training size less the strides it saves.
-    window = tuple(t - (f - w) * s for t, f, w, s in zip(training, flattening.spatial_shape, flattening.window,
-                                                          span.stride))
-    geometry = replace(trained, window=window, feature_window=flattening.window,
-                       receptive_field=tuple((w - 1) * s + e for w, s, e in
-                                             zip(flattening.window, span.stride, span.extent)))
-    if geometry.feature_size(window) != flattening.window:
-        return Unknown(f"an input of {list(window)} does not give exactly the {list(flattening.window)} feature "
-                       "cells one output reads, by the layers' size rules")
+    computed = trained.feature_size(training)
+    full = tuple((f - 1) * d + 1 for f, d in zip(flattening.spatial_shape, dilation))
+    if any(c < x or c >= x + d for c, x, d in zip(computed, full, dilation)):  # our size rules vs shape inference
+        return Unknown(f"the layer sizes computed for '{source}' ({list(computed)}) disagree with its inferred "
+                       f"shape {list(flattening.spatial_shape)}")
+    # The input a cell stands for: the training size, less the original strides of the cells it does not read.
+    window = tuple(t - (f - w) * s * d for t, f, w, s, d in zip(training, flattening.spatial_shape,
+                                                                flattening.window, span.stride, dilation))
+    geometry = replace(trained, window=window, feature_window=extent,
+                       receptive_field=tuple((x - 1) * s + e for x, s, e in zip(extent, span.stride, span.extent)))
+    if any(c < x or c >= x + d for c, x, d in zip(geometry.feature_size(window), extent, dilation)):
+        return Unknown(f"an input of {list(window)} does not give the {list(extent)} feature cells one output "
+                       "reads, by the layers' size rules")
     return geometry
 
 
 def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
     """One geometry per head of `plan`, in order."""
-    return tuple(head_geometry(graph, head) for head in plan.heads)
+    dilation = plan.densify.factor if plan.densify else None
+    return tuple(head_geometry(graph, head, dilation) for head in plan.heads)
 
 
 def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:

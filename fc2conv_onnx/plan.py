@@ -262,6 +262,41 @@ def _layer_dict(layer: LinearLayer, kernel: list) -> Dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class LayerChange:
+    """New attributes for one window op of the trunk."""
+
+    node: str
+    op: str
+    strides: Tuple[int, ...]
+    dilations: Tuple[int, ...]
+    pads: Tuple[int, ...]
+    #: How many times denser this op's output is than before (per axis).
+    factor: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Densify:
+    """Run the trunk `factor` times denser (per axis), so that converted cells are `stride` pixels apart."""
+
+    stride: Tuple[int, ...]
+    factor: Tuple[int, ...]
+    changes: Tuple[LayerChange, ...]
+    #: The ops whose stride was lowered.
+    lowered: Tuple[str, ...]
+
+    def describe(self) -> str:
+        lowered = ", ".join(f"'{name}'" for name in self.lowered)
+        dilated = sum(1 for c in self.changes if c.node not in self.lowered)
+        return (f"output stride {'x'.join(map(str, self.stride))}: the stride of {lowered} lowered, "
+                f"{dilated} later window op(s) dilated, the head's kernels dilated x{'x'.join(map(str, self.factor))}")
+
+    def to_dict(self) -> dict:
+        return {"stride": list(self.stride), "factor": list(self.factor), "lowered": list(self.lowered),
+                "changes": [{"node": c.node, "strides": list(c.strides), "dilations": list(c.dilations),
+                             "pads": list(c.pads)} for c in self.changes]}
+
+
+@dataclass(frozen=True)
 class Skipped:
     """A Gemm/MatMul left as it was, and why."""
 
@@ -284,12 +319,16 @@ class Plan:
     input_layouts: Mapping[str, str] = field(default_factory=dict)
     #: Exact rewrites the normalize step made to the trunk (see `normalize.normalize`).
     normalized: Tuple[str, ...] = ()
+    #: A finer output stride: the trunk's changes and the head's dilation (see `atrous`).
+    densify: Optional[Densify] = None
 
     def input_layout(self, name: str) -> str:
         return self.input_layouts.get(name, CHANNELS_FIRST)
 
     def describe(self) -> str:
         lines = [f"normalized: {note}" for note in self.normalized]
+        if self.densify:
+            lines.append(self.densify.describe())
         lines.append(f"{len(self.heads)} head(s) to convert" + (":" if self.heads else ""))
         lines += [head.describe() for head in self.heads]
         if self.skipped:
@@ -305,4 +344,5 @@ class Plan:
             "input_layouts": {name: self.input_layout(name) for name in self.trunk_inputs},
             "opset": self.opset,
             "normalized": list(self.normalized),
+            "densify": None if self.densify is None else self.densify.to_dict(),
         }

@@ -7,7 +7,7 @@ model's outputs by name keeps working.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -88,9 +88,9 @@ def _constant_input(editor: _Editor, base: str, values: np.ndarray, quantized: O
 
 
 def _replace_linear(editor: _Editor, layer: LinearLayer, data: gs.Tensor,
-                    layout: Callable[[np.ndarray], np.ndarray]) -> None:
+                    layout: Callable[[np.ndarray], np.ndarray], dilation: Optional[Tuple[int, ...]] = None) -> None:
     """Replace a linear layer by a Conv whose kernel is `layout(W[K, in])` (applied to the quantized
-    values too, when the weight is quantized)."""
+    values too, when the weight is quantized), its taps `dilation` feature cells apart."""
     output = editor.tensors[layer.output]
     for name in layer.nodes:
         editor.nodes[name].outputs.clear()  # detached; cleanup() removes them
@@ -102,7 +102,10 @@ def _replace_linear(editor: _Editor, layer: LinearLayer, data: gs.Tensor,
     inputs = [data, _constant_input(editor, f"{base}/kernel", kernel, weight_quantized)]
     if layer.bias is not None:
         inputs.append(_constant_input(editor, f"{base}/bias", layer.bias.astype(kernel.dtype), layer.bias_quantized))
-    editor.add_node("Conv", f"{base}/conv", inputs, [output], {"kernel_shape": list(kernel.shape[2:])})
+    attrs = {"kernel_shape": list(kernel.shape[2:])}
+    if dilation and any(d > 1 for d in dilation):
+        attrs["dilations"] = list(dilation)
+    editor.add_node("Conv", f"{base}/conv", inputs, [output], attrs)
 
 
 def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int) -> None:
@@ -142,7 +145,7 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
         raise ValueError(f"unknown pass-through action {step.action!r}")
 
 
-def _pooled(editor: _Editor, flattening: Flattening) -> gs.Tensor:
+def _pooled(editor: _Editor, flattening: Flattening, dilation: Optional[Tuple[int, ...]]) -> gs.Tensor:
     """The feature map the first layer reads: the source, pooled as the plan's pooling mode says."""
     source, pool = editor.tensors[flattening.source], flattening.pool
     if pool is None or pool.mode == NO_POOL:
@@ -153,22 +156,25 @@ def _pooled(editor: _Editor, flattening: Flattening) -> gs.Tensor:
         op = "Global" + op
     else:  # WINDOW_POOL: the global pool at the training size, slid with stride 1
         attrs = {"kernel_shape": list(flattening.spatial_shape), "strides": [1] * len(flattening.spatial_shape)}
+        if dilation:
+            attrs["dilations"] = list(dilation)
     pooled = editor.variable(f"{pool.node}/{pool.mode}", source)
     editor.add_node(op, f"{pool.node}/{pool.mode}", [source], [pooled], attrs)
     return pooled
 
 
-def _rewrite_head(editor: _Editor, head: HeadPlan) -> None:
+def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> None:
+    """Rewrite one head; `dilation` spreads its first window over a denser feature map (`--stride`)."""
     # The prelude (elementwise ops around the flattening) and then the first layer read the (pooled)
     # feature map.
-    features = _pooled(editor, head.flattening)
+    features = _pooled(editor, head.flattening, dilation)
     for step in head.prelude:
         editor.nodes[step.node].inputs[0] = features
         _rewrite_pass_through(editor, step, head.spatial_rank)
         features = editor.tensor(step.output)
     first_kernel = (lambda weight: pointwise_kernel(weight, head.spatial_rank)) if head.flattening.pool else \
         (lambda weight: first_layer_kernel(weight, head.flattening))
-    _replace_linear(editor, head.first, features, first_kernel)
+    _replace_linear(editor, head.first, features, first_kernel, None if head.flattening.pool else dilation)
     for step in head.steps:
         if isinstance(step, LinearLayer):
             _replace_linear(editor, step, editor.tensor(step.input),
@@ -200,5 +206,5 @@ def rewrite(graph: gs.Graph, plan: Plan) -> gs.Graph:
     """Apply `plan` to `graph` in place; return the cleaned, sorted graph."""
     editor = _Editor(graph)
     for head in plan.heads:
-        _rewrite_head(editor, head)
+        _rewrite_head(editor, head, plan.densify.factor if plan.densify else None)
     return graph.cleanup().toposort()

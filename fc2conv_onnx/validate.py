@@ -213,15 +213,23 @@ def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarra
 
 def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *, seed: int = 0,
                         weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
-                        per_location: Sequence[str] = ()) -> List[OutputCheck]:
+                        per_location: Sequence[str] = (), origin: Optional[Mapping[str, str]] = None
+                        ) -> List[OutputCheck]:
     """Original vs converted at the training size, every graph output but those in `per_location` (heads
-    whose global pool was removed give a map there, which only the window check can compare)."""
+    whose global pool was removed give a map there, which only the window check can compare). Outputs in
+    `origin` (name -> layout) give several cells there (a finer stride): their first cell is compared."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
     expected = _run(original, feeds, "the original model", weights)
     actual = _run(converted, feeds, "the converted model", converted_weights or weights)
     shape = next(iter(shapes.values()), ())
     steps = quantization_steps(original, weights)
+    for name, layout in (origin or {}).items():
+        value = actual[name]
+        if value.ndim > 2:
+            corner = (0,) * (value.ndim - 2)
+            actual[name] = value[(slice(None),) + corner] if layout == CHANNELS_LAST else \
+                value[(slice(None), slice(None)) + corner]
     return [compare(name, "training size", expected[name], actual[name], shape, 1, step=steps.get(name, 0.0))
             for name in expected if name not in per_location]
 
@@ -329,8 +337,10 @@ class _Head:
 
 def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...], grid: Tuple[int, ...],
                      locations: np.ndarray, progress: Optional[Progress] = None,
-                     batch_bytes: int = BATCH_BYTES) -> List[np.ndarray]:
-    """The head on the feature window at each location: one [N, features, len(locations)] array per output."""
+                     batch_bytes: int = BATCH_BYTES, step: Optional[Tuple[int, ...]] = None) -> List[np.ndarray]:
+    """The head on the feature window at each location: one [N, features, len(locations)] array per output.
+    With `step`, a window takes every step-th cell of a denser map (`--stride`)."""
+    step = step or (1,) * len(window)
     n = features.shape[0]
     crop_bytes = features.dtype.itemsize * n * features.shape[1] * prod(window)
     batch = max(1, batch_bytes // crop_bytes)
@@ -338,8 +348,8 @@ def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...],
     positions = np.stack(np.unravel_index(locations, grid), axis=1) if len(locations) else np.empty((0, len(grid)))
     for begin in range(0, len(positions), batch):
         chunk = positions[begin:begin + batch]
-        crops = np.concatenate([features[(slice(None), slice(None)) + tuple(slice(p, p + w)
-                                                                           for p, w in zip(pos, window))]
+        crops = np.concatenate([features[(slice(None), slice(None)) + tuple(slice(p, p + (w - 1) * d + 1, d)
+                                                                           for p, w, d in zip(pos, window, step))]
                                 for pos in chunk])
         for k, value in enumerate(head.run(np.ascontiguousarray(crops), n)):
             results[k].append(value.reshape(len(chunk), n, -1).transpose(1, 2, 0))
@@ -377,7 +387,14 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights)[source]
         if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
             window = tuple(features.shape[2:])
-        grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
+        dilation = plan.densify.factor if plan.densify else (1,) * len(window)
+        if plan.densify:  # the head reads the converted model's denser trunk, every `dilation` cells
+            dense_trunk = _cut(converted, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
+            dense = _run(dense_trunk, feeds, f"the converted trunk up to '{source}'",
+                         converted_weights or weights)[source]
+            checks += _check_phase_zero(outputs, features, dense, dilation, input_shape)
+            features = dense
+        grid = tuple(f - (w - 1) * d for f, w, d in zip(features.shape[2:], window, dilation))
         checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
         locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
         if not slides:
@@ -386,7 +403,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         # removed one (one location).
         trained = plan.heads[heads[0]].flattening.spatial_shape
         head = _Head(original, source, outputs, weights, any_size=window != trained)
-        expected = crop_and_forward(head, features, window, grid, locations, progress)
+        expected = crop_and_forward(head, features, window, grid, locations, progress, step=dilation)
         layouts = {o: plan.heads[i].output_layout for i in heads for o in plan.heads[i].outputs}
         for name, reference in zip(outputs, expected):
             value = actual[name]
@@ -401,6 +418,20 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
             checks.append(compare(name, "windows", reference.reshape(candidate.shape), candidate, input_shape,
                                   len(locations), note, step=steps.get(name, 0.0)))
     return checks
+
+
+def _check_phase_zero(outputs: Sequence[str], original: np.ndarray, dense: np.ndarray, dilation: Tuple[int, ...],
+                      input_shape: Tuple[int, ...]) -> List[OutputCheck]:
+    """The denser trunk's every `dilation`-th cell, from the first, is the original trunk's feature map (the
+    polyphase identity, padding included)."""
+    sampled = dense[(slice(None), slice(None)) + tuple(slice(0, f * d, d) for f, d in
+                                                       zip(original.shape[2:], dilation))]
+    if sampled.shape != original.shape:
+        return [OutputCheck(name, "denser trunk", input_shape, 0, float("inf"), float("inf"), 0.0, False,
+                            f"the denser map {list(dense.shape)} does not hold the original {list(original.shape)} "
+                            f"every {list(dilation)} cells") for name in outputs]
+    return [compare(name, "denser trunk", original, sampled, input_shape, prod(original.shape[2:]),
+                    "every cell of the original feature map, from the denser one") for name in outputs]
 
 
 def _check_geometry(geometry: HeadGeometry, shapes: Mapping[str, Tuple[int, ...]], outputs: Sequence[str],
@@ -442,8 +473,9 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     original's external tensors, `converted_weights` (default: the same) the converted's.
     """
     per_location = [o for h in plan.heads if h.flattening.window != h.flattening.spatial_shape for o in h.outputs]
+    origin = {o: h.output_layout for h in plan.heads for o in h.outputs} if plan.densify else None
     checks = check_training_size(original, converted, seed=seed, weights=weights,
-                                 converted_weights=converted_weights, per_location=per_location)
+                                 converted_weights=converted_weights, per_location=per_location, origin=origin)
     require_passed(checks)
     if plan.trunk_inputs and (windows or per_location):
         if not windows:  # per-location heads are only checked by windows: at the training size, then

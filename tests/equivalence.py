@@ -57,17 +57,24 @@ def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], f
 def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str = "features",
                       sizes: Iterable[Sequence[int]] = (), rtol: float = RTOL, atol: float = ATOL,
                       outputs: Optional[Sequence[str]] = None, channels_last: bool = False,
-                      window: Optional[Sequence[int]] = None) -> None:
+                      window: Optional[Sequence[int]] = None, dilation: Optional[Sequence[int]] = None) -> None:
     """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location.
     `channels_last`: the input is [N, *spatial, C] and the converted outputs [N, *spatial, K] (tf2onnx);
     the source feature map is channels first either way. `window`: the feature window one output cell
     reads when it is not the training feature size (a removed global pool: one location); the head is
-    then run on crops of that size, and the training-size outputs, being maps, are compared the same way."""
+    then run on crops of that size, and the training-size outputs, being maps, are compared the same way.
+    `dilation`: a finer output stride (`--stride`): the converted trunk is that many times denser; every
+    dilation-th cell of it must be the original feature map, and each cell the original head on a window of
+    it taken every dilation-th cell (at the training size, the first cell is the original output)."""
     outputs = list(outputs or [o.name for o in original.graph.output])
     inferred = onnx.shape_inference.infer_shapes(original)
+    step = tuple(dilation or ())
     if window is None:
         feeds = random_input(original, input_shape(original))
         expected, actual = run(original, feeds), run(converted, feeds)
+        if step:  # the first cell of the finer map
+            actual = {k: (v[(slice(None),) + (0,) * (v.ndim - 2)] if channels_last else
+                          v[(slice(None), slice(None)) + (0,) * (v.ndim - 2)]) for k, v in actual.items()}
         for name in outputs:
             assert actual[name].size == expected[name].size, (name, actual[name].shape, expected[name].shape)
             np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
@@ -79,17 +86,27 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
         sizes = [input_shape(original)] + list(sizes)
         head = session(cut(inferred, [source], outputs, free_sizes=True))
     trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True, channels_last=channels_last)
+    dense_trunk = cut(onnx.shape_inference.infer_shapes(converted), [converted.graph.input[0].name], [source],
+                      free_sizes=True, channels_last=channels_last) if step else None
+    step = step or (1,) * len(window)
     for size in sizes:
         feeds = random_input(original, size, seed=1)
         features = run(trunk, feeds)[source]
+        if dense_trunk is not None:
+            dense = run(dense_trunk, feeds)[source]
+            sampled = dense[(slice(None), slice(None)) + tuple(slice(0, f * d, d)
+                                                               for f, d in zip(features.shape[2:], step))]
+            np.testing.assert_allclose(sampled, features, rtol=rtol, atol=atol, err_msg="denser trunk, phase 0")
+            features = dense
         actual = run(converted, feeds)
         if channels_last:
             actual = {name: np.moveaxis(value, -1, 1) for name, value in actual.items()}
-        grid = tuple(f - w + 1 for f, w in zip(features.shape[2:], window))
+        grid = tuple(f - (w - 1) * d for f, w, d in zip(features.shape[2:], window, step))
         for name in outputs:
             assert actual[name].shape[2:] == grid, (name, actual[name].shape, grid)
         for position in itertools.product(*(range(g) for g in grid)):
-            crop = features[(slice(None), slice(None)) + tuple(slice(p, p + w) for p, w in zip(position, window))]
+            crop = features[(slice(None), slice(None)) + tuple(slice(p, p + (w - 1) * d + 1, d)
+                                                               for p, w, d in zip(position, window, step))]
             for name, value in zip(outputs, head.run(outputs, {source: np.ascontiguousarray(crop)})):
                 np.testing.assert_allclose(actual[name][(...,) + position], value.reshape(value.shape[0], -1),
                                            rtol=rtol, atol=atol, err_msg=f"output {name} at {position}, size {size}")
