@@ -169,17 +169,20 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
             step = tuple(lowered.get(node.name, ones))
             out = tuple(a * b for a, b in zip(r, step))
             if r != ones or step != ones:
-                if r != ones and (layer.auto_pad != "NOTSET" or layer.ceil_mode):
-                    raise InputError(f"{node.op} '{node.name}' uses auto_pad or ceil_mode after a lowered stride; "
-                                     "--stride cannot be exact")
+                if layer.auto_pad != "NOTSET" or layer.ceil_mode:
+                    raise InputError(f"{node.op} '{node.name}' uses auto_pad or ceil_mode, whose padding depends on "
+                                     "the stride; --stride cannot be exact there")
                 if r != ones and node.op in POOL_DILATIONS_SINCE and opset < POOL_DILATIONS_SINCE[node.op]:
                     raise InputError(f"{node.op} '{node.name}' would need dilations, which {node.op} takes from "
                                      f"opset {POOL_DILATIONS_SINCE[node.op]} (the model has {opset})")
+                pads = tuple(p * f for p, f in zip(layer.pads_begin + layer.pads_end, r + r))
+                if node.op != "Conv" and any(p >= k for p, k in zip(pads, layer.kernel * 2)):
+                    raise InputError(f"{node.op} '{node.name}' would need pads {list(pads)} as large as its kernel "
+                                     f"{list(layer.kernel)} after a lowered stride, which pools may not have; --stride "
+                                     "cannot lower the strides before it")
                 changes.append(LayerChange(
                     node.name, node.op, tuple(s // d for s, d in zip(layer.stride, step)),
-                    tuple(d * f for d, f in zip(layer.dilation, r)),
-                    tuple(p * f for p, f in zip(layer.pads_begin, r)) + tuple(p * f for p, f in zip(layer.pads_end, r)),
-                    out))
+                    tuple(d * f for d, f in zip(layer.dilation, r)), pads, out))
         elif node.op == "Pad":
             out = incoming.pop() if incoming else ones
             if out != ones:
@@ -199,5 +202,6 @@ def apply(graph: gs.Graph, densify: Optional[Densify]) -> None:
     for change in densify.changes:
         node = nodes[change.node]
         node.attrs["strides"] = list(change.strides)
-        node.attrs["dilations"] = list(change.dilations)
+        if any(d != 1 for d in change.dilations) or "dilations" in node.attrs:  # pools before opset 10/18/19
+            node.attrs["dilations"] = list(change.dilations)                  # have no such attribute
         node.attrs["pads"] = list(change.pads)

@@ -12,13 +12,14 @@ from typing import List, Tuple
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import fc2conv_onnx
 from builders import ModelBuilder
 from equivalence import assert_equivalent, input_shape
 from fc2conv_onnx import Fc2ConvError
+from fc2conv_onnx.geometry import Geometry
 
 FAST = settings(max_examples=int(os.environ.get("FC2CONV_EXAMPLES", "25")), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -165,6 +166,40 @@ def test_random_pooled_classifiers_convert_and_stay_equivalent(case, mode):
 @given(classifiers(pooled=True), st.sampled_from(["window", "none"]))
 def test_random_pooled_classifiers_convert_and_stay_equivalent_deep(case, mode):
     _check_pooled_classifier(case, mode)
+
+
+def _check_finer_stride(case) -> None:
+    """Half the trunk's stride on every axis that has one: exact, or refused only for a documented reason: a
+    pool after a lowered stride would need dilations its opset lacks (AveragePool before 19) or pads as
+    large as its kernel (which onnxruntime does not take)."""
+    model, source, tolerance = case
+    geometry = fc2conv_onnx.inspect(model).geometry[0]
+    assume(isinstance(geometry, Geometry) and all(s % 2 == 0 for s in geometry.stride))
+    stride = tuple(s // 2 for s in geometry.stride)
+    try:
+        conversion = fc2conv_onnx.convert_with_report(model, stride=stride)
+    except fc2conv_onnx.InputError as error:
+        reason = str(error)
+        assert ("AveragePool" in reason and "opset 19" in reason) or "as large as its kernel" in reason, reason
+        event("refused: " + ("AveragePool dilations" if "opset 19" in reason else "pool pads"))
+        return
+    event("converted")
+    assert conversion.report.geometry[0].stride == stride
+    assert_equivalent(model, conversion.model, source=source, sizes=[_larger(model, 2 * max(stride))],
+                      rtol=tolerance, atol=tolerance, dilation=(2,) * len(stride))
+
+
+@FAST
+@given(classifiers())
+def test_random_classifiers_at_half_the_stride_stay_equivalent(case):
+    _check_finer_stride(case)
+
+
+@pytest.mark.slow
+@DEEP
+@given(classifiers())
+def test_random_classifiers_at_half_the_stride_stay_equivalent_deep(case):
+    _check_finer_stride(case)
 
 
 # --- damaged models ---------------------------------------------------------------------------------------
