@@ -288,7 +288,8 @@ class Densify:
         lowered = ", ".join(f"'{name}'" for name in self.lowered)
         dilated = sum(1 for c in self.changes if c.node not in self.lowered)
         return (f"output stride {'x'.join(map(str, self.stride))}: the stride of {lowered} lowered, "
-                f"{dilated} later window op(s) dilated, the head's kernels dilated x{'x'.join(map(str, self.factor))}")
+                f"{dilated} later window op(s) dilated, the head's first window dilated by "
+                f"{'x'.join(map(str, self.factor))}")
 
     def to_dict(self) -> dict:
         return {"stride": list(self.stride), "factor": list(self.factor), "lowered": list(self.lowered),
