@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+from io import BytesIO
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, shapes, validate as validation
+from . import atrous, io, pictures, shapes, validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, plan_geometry
 from .heads import AUTO, find_heads
+from .layout import CHANNELS_LAST
 from .normalize import normalize
 from .plan import KEEP_POOL, POOLINGS, Plan
 from .report import Report
@@ -275,3 +278,76 @@ def window_of(model: io.ModelSource, cell: Sequence[int], output: Optional[str] 
     if output not in geometry:
         raise InputError(f"no geometry for output '{output}'; known: {', '.join(geometry)}")
     return geometry[output].window_of(cell)
+
+
+@dataclass
+class Heatmap:
+    """What `heatmap` drew."""
+
+    output: str
+    model_output: str
+    classes: Tuple[int, ...]
+    grid: Tuple[int, ...]
+    value_range: Tuple[float, float]
+    geometry: Geometry
+
+    def to_text(self) -> str:
+        return (f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
+                f"{'x'.join(map(str, self.grid))} cells, stride {'x'.join(map(str, self.geometry.stride))}, window "
+                f"{'x'.join(map(str, self.geometry.window))}, values {self.value_range[0]:.4g} .. "
+                f"{self.value_range[1]:.4g}\nwritten: {self.output}")
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
+                "grid": list(self.grid), "value_range": list(self.value_range), "geometry": self.geometry.to_dict()}
+
+
+def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,
+            klass: Optional[int] = None, top: Optional[int] = None,
+            preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
+            value_range: Optional[Tuple[float, float]] = None) -> Heatmap:
+    """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
+    the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
+    interpolated between cells, with a colour bar.
+
+    `klass` picks a class (channel) of the map, `top` the N classes whose highest cell is highest (one panel
+    each); by default the class with the highest cell. `preprocessing` turns pixels into the model's input
+    (scale, mean, std, channel order); `alpha` is the map's opacity; `value_range` fixes the colour bar's
+    ends (default: the maps' min and max).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha {alpha} is not between 0 and 1")
+    loaded = io.read_model(model)
+    marker = shapes.converted_marker(loaded.model)
+    if marker is None:
+        raise InputError("the model was not converted by fc2conv-onnx; convert it first (the picture needs its "
+                         "geometry)")
+    geometries = shapes.geometry_from_marker(marker)
+    if not geometries:
+        raise InputError("the converted model stores no geometry for any output, so its cells cannot be placed")
+    name = output_name or next(iter(geometries))
+    if name not in geometries:
+        raise InputError(f"no geometry for output '{name}'; outputs with one: {', '.join(geometries)}")
+    geometry = geometries[name]
+    picture = pictures.read_image(image)
+    width, height = picture.size
+    if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
+        raise InputError(f"image {width}x{height} (width x height) is smaller than the model's "
+                         f"{'x'.join(map(str, geometry.window))} window (height x width), or the model is not 2-D")
+    inputs = {i.name: i for i in loaded.model.graph.input}
+    dims = inputs[geometry.input].type.tensor_type.shape.dim
+    channels = dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
+    feed = pictures.model_input(picture, channels, geometry.layout, preprocessing or pictures.Preprocessing())
+    runner = validation.session(loaded.model, loaded.weights)
+    scores = runner.run([name], {geometry.input: feed})[0][0]
+    if shapes.output_layouts_from_marker(marker).get(name) == CHANNELS_LAST:
+        scores = np.moveaxis(scores, -1, 0)
+    chosen = pictures.choose(scores, klass, top)
+    maps = [(f"class {k}", scores[k]) for k in chosen]
+    drawn = pictures.render(picture, maps, geometry, alpha, value_range)
+    buffer = BytesIO()
+    drawn.save(buffer, format="PNG")
+    io.save_bytes(buffer.getvalue(), output)
+    low = value_range[0] if value_range else min(float(m.min()) for _, m in maps)
+    high = value_range[1] if value_range else max(float(m.max()) for _, m in maps)
+    return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), (low, high), geometry)

@@ -18,7 +18,8 @@ import time
 from typing import Callable, List, Optional
 
 from . import __version__, api
-from .errors import Fc2ConvError
+from .errors import Fc2ConvError, InputError
+from .pictures import Preprocessing
 from .plan import KEEP_POOL, POOLINGS
 from .report import Report
 
@@ -111,7 +112,45 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     inspect.set_defaults(run=_run_inspect)
+
+    heatmap = commands.add_parser(
+        "heatmap", formatter_class=_formatter, help="draw a converted model's class map over an image",
+        description="Run the converted MODEL on IMAGE (PNG, JPEG, ...; needs Pillow: pip install "
+                    "'fc2conv-onnx[heatmap]') and write OUT.png: the image with the class map over it, each cell "
+                    "at the centre of the input window it stands for (the stride, window and offset stored in "
+                    "MODEL), interpolated between cells, and a colour bar. The image is the model's input as it "
+                    "is: pixels / --scale, minus --mean, over --std, in --channels order.",
+        epilog=EXIT_CODES)
+    heatmap.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
+    heatmap.add_argument("image", metavar="IMAGE", help="the picture (at least the training size)")
+    heatmap.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the PNG")
+    which = heatmap.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
+    which.add_argument("--top", type=int, metavar="N", help="draw the N classes whose highest cell is highest, "
+                       "one panel each. Default: the class with the highest cell")
+    heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the first "
+                         "with a geometry)")
+    heatmap.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this (default 255)")
+    heatmap.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
+                         help="subtracted after scaling, per channel (e.g. 0.485,0.456,0.406; default 0)")
+    heatmap.add_argument("--std", type=_floats, default=(1.0,), metavar="S[,S,S]",
+                         help="divided by after the mean, per channel (e.g. 0.229,0.224,0.225; default 1)")
+    heatmap.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb",
+                         help="channel order the model expects (default rgb; gray for one channel)")
+    heatmap.add_argument("--alpha", type=float, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
+    heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
+                         help="values at the colour bar's ends (default: the drawn maps' min and max)")
+    heatmap.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
+    heatmap.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    heatmap.set_defaults(run=_run_heatmap)
     return parser
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
 
 
 def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -185,6 +224,15 @@ def _run_inspect(args: argparse.Namespace) -> Report:
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report
+
+
+def _run_heatmap(args: argparse.Namespace):
+    value_range = args.value_range
+    if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
+        raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
+    prep = Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
+    return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
+                       top=args.top, preprocessing=prep, alpha=args.alpha, value_range=value_range)
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:

@@ -218,6 +218,25 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.
     return data_path
 
 
+def save_bytes(data: bytes, output: Union[str, "os.PathLike[str]"]) -> Path:
+    """Write `data` to `output` atomically, like `save_model` (for pictures and other small files)."""
+    path = check_output_path(output)
+    folder = path.parent if str(path.parent) else Path(".")
+    temporaries: list = []
+    try:
+        temporary = _temporary(folder, path, temporaries)
+        with open(temporary, "wb") as out:
+            out.write(data)
+            _sync(out)
+        os.replace(temporary, path)
+    except BaseException:
+        for name in temporaries:
+            if os.path.exists(name):
+                os.unlink(name)
+        raise
+    return path
+
+
 def _temporary(folder: Path, target: Path, made: list) -> str:
     """A new empty file next to `target`, with the permissions a plainly created file would get (mkstemp
     makes it private)."""

@@ -88,6 +88,12 @@ def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
         for head, where in zip(plan.heads, geometry)]})
 
 
+def output_layouts_from_marker(marker: str) -> Dict[str, str]:
+    """Output name -> the layout its map is given in, from a converted marker."""
+    return {name: head.get("output_layout", CHANNELS_FIRST) for head in json.loads(marker).get("heads", ())
+            for name in head.get("outputs", ())}
+
+
 def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
     """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
     found = {}

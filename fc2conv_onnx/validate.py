@@ -80,11 +80,11 @@ def _ort():
     return onnxruntime
 
 
-#: Above this many serialized bytes, sessions use basic optimizations only (see `_session`).
+#: Above this many serialized bytes, sessions use basic optimizations only (see `session`).
 HEAVY_MODEL_BYTES = 64 << 20
 
 
-def _session(model: onnx.ModelProto, weights: Optional[Weights] = None):
+def session(model: onnx.ModelProto, weights: Optional[Weights] = None):
     """An onnxruntime session on `model`, whose external tensors' bytes come from `weights`."""
     ort = _ort()
     options = ort.SessionOptions()
@@ -143,10 +143,10 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
 def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
          weights: Optional[Weights] = None) -> Dict[str, np.ndarray]:
     try:
-        session = _session(model, weights)
-        names = [o.name for o in session.get_outputs()]
-        wanted = {i.name for i in session.get_inputs()}
-        return dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+        runner = session(model, weights)
+        names = [o.name for o in runner.get_outputs()]
+        wanted = {i.name for i in runner.get_inputs()}
+        return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
     except Exception as error:
         raise ValidationError(f"{what} does not run in onnxruntime: {first_line(error)}") from None
 
@@ -309,7 +309,7 @@ class _Head:
                  weights: Optional[Weights] = None, any_size: bool = False) -> None:
         self.source, self.outputs = source, list(outputs)
         cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
-        self.session = _session(cut, weights)
+        self.session = session(cut, weights)
         self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 

@@ -1,0 +1,140 @@
+"""Pictures of class maps: run a converted model on an image file and draw its output map over the image,
+each cell at the input window it stands for (the geometry stored in the model), with a colour bar.
+
+Needs Pillow, an optional extra: pip install 'fc2conv-onnx[heatmap]'.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import Geometry
+from .layout import CHANNELS_LAST
+
+#: Colour map anchors, low to high (dark blue, blue, cyan, yellow, red): readable over photographs.
+COLOURS = np.array([[0, 0, 96], [0, 64, 255], [0, 224, 224], [255, 224, 0], [224, 0, 0]], dtype=np.float64)
+BAR_WIDTH = 56
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes the model's input: values / scale, then (value - mean) / std per channel,
+    in `channels` order ("rgb", "bgr", or "gray" for one channel)."""
+
+    scale: float = 255.0
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
+    channels: str = "rgb"
+
+
+def colour(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB uint8, along the COLOURS anchors."""
+    positions = np.linspace(0.0, 1.0, len(COLOURS))
+    values = np.clip(values, 0.0, 1.0)
+    return np.stack([np.interp(values, positions, COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
+
+
+def _pillow():
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise InputError("the heatmap command needs Pillow: pip install 'fc2conv-onnx[heatmap]'") from None
+    return Image, ImageDraw
+
+
+def read_image(path: Union[str, "os.PathLike[str]"]):
+    """The image at `path` as a Pillow image, or InputError."""
+    Image, _ = _pillow()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image '{path}' does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except Exception as error:
+        raise InputError(f"image '{path}' is not a readable picture ({error})") from None
+    return image
+
+
+def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.ndarray:
+    """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed."""
+    if prep.channels == "gray" or channels == 1:
+        if channels != 1:
+            raise InputError(f"--channels gray gives 1 channel; the model takes {channels}")
+        values = np.asarray(image.convert("L"), dtype=np.float32)[..., None]
+    else:
+        if channels != 3:
+            raise InputError(f"the model takes {channels} channels; heatmap reads RGB or grayscale pictures")
+        values = np.asarray(image.convert("RGB"), dtype=np.float32)
+        if prep.channels == "bgr":
+            values = values[..., ::-1]
+    values = values / prep.scale
+    for name, given in (("mean", prep.mean), ("std", prep.std)):
+        if len(given) not in (1, values.shape[-1]):
+            raise InputError(f"--{name} has {len(given)} values; give 1 or {values.shape[-1]}")
+    values = (values - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    batch = values[None]
+    return np.ascontiguousarray(batch if layout == CHANNELS_LAST else batch.transpose(0, 3, 1, 2))
+
+
+def spread(cells: np.ndarray, geometry: Geometry, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """A [h, w] map of cells as an image-sized array: each cell's value at the centre of its input window,
+    interpolated in between; and the mask of the pixels the cells cover (window centres +- half a stride)."""
+    height, width = size
+    planes = []
+    covered = []
+    for axis, (count, length) in enumerate(((cells.shape[0], height), (cells.shape[1], width))):
+        centres = geometry.offset[axis] + np.arange(count) * geometry.stride[axis] + geometry.window[axis] / 2.0
+        pixels = np.arange(length) + 0.5
+        planes.append((centres, pixels))
+        half = geometry.stride[axis] / 2.0
+        covered.append((pixels >= centres[0] - half) & (pixels <= centres[-1] + half))
+    (row_centres, rows), (column_centres, columns) = planes
+    along_rows = np.stack([np.interp(rows, row_centres, cells[:, j]) for j in range(cells.shape[1])], axis=1)
+    values = np.stack([np.interp(columns, column_centres, along_rows[i]) for i in range(height)], axis=0)
+    return values, covered[0][:, None] & covered[1][None, :]
+
+
+def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, alpha: float,
+           value_range: Optional[Tuple[float, float]] = None):
+    """The picture: one panel per (label, [h, w] map) - the image with the map over it - side by side, and
+    a colour bar for the value range (default: the maps' min and max)."""
+    Image, ImageDraw = _pillow()
+    base = np.asarray(image.convert("RGB"), dtype=np.float64)
+    height, width = base.shape[:2]
+    low, high = value_range or (min(float(m.min()) for _, m in maps), max(float(m.max()) for _, m in maps))
+    span = high - low if high > low else 1.0
+    panels = []
+    for label, cells in maps:
+        values, covered = spread(cells, geometry, (height, width))
+        heat = colour((values - low) / span).astype(np.float64)
+        weight = (alpha * covered)[..., None]
+        panel = Image.fromarray((base * (1 - weight) + heat * weight).round().astype(np.uint8))
+        ImageDraw.Draw(panel).text((4, 2), label, fill=(255, 255, 255))
+        panels.append(panel)
+    picture = Image.new("RGB", (width * len(panels) + BAR_WIDTH, height), (255, 255, 255))
+    for index, panel in enumerate(panels):
+        picture.paste(panel, (index * width, 0))
+    bar = colour(np.linspace(1.0, 0.0, height))[:, None, :].repeat(16, axis=1)
+    picture.paste(Image.fromarray(bar), (width * len(panels) + 4, 0))
+    draw = ImageDraw.Draw(picture)
+    draw.text((width * len(panels) + 22, 2), f"{high:.3g}", fill=(0, 0, 0))
+    draw.text((width * len(panels) + 22, height - 12), f"{low:.3g}", fill=(0, 0, 0))
+    return picture
+
+
+def choose(scores: np.ndarray, klass: Optional[int], top: Optional[int]) -> List[int]:
+    """The classes to draw from a [K, h, w] map: `klass`, the `top` ones by their highest cell, or (default)
+    the single highest one (the only one, for K = 1)."""
+    count = scores.shape[0]
+    if klass is not None:
+        if not 0 <= klass < count:
+            raise InputError(f"--class {klass}: the output has classes 0 to {count - 1}")
+        return [klass]
+    peaks = scores.reshape(count, -1).max(axis=1)
+    return [int(k) for k in np.argsort(-peaks, kind="stable")[:max(1, top or 1)]]

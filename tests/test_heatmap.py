@@ -1,0 +1,97 @@
+"""The heatmap command: a PNG of the class map over the image, the hottest region where the pattern is."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fc2conv_onnx
+from conftest import FIXTURES
+from fc2conv_onnx import pictures
+from test_cli import cli
+
+
+def spot_scene(path, height=96, width=128, centre=(60, 84), radius=4):
+    rows, columns = np.mgrid[:height, :width]
+    gray = 30 + 200 * np.exp(-((rows - centre[0]) ** 2 + (columns - centre[1]) ** 2) / (2 * radius ** 2))
+    Image.fromarray(np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spot_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "spot_fcn.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "bright_spot_detector.onnx", out, stride=2)
+    return out
+
+
+def hottest_centroid(picture: np.ndarray) -> np.ndarray:
+    """Where the map's top colour is, in the picture (drawn fully opaque)."""
+    distance = np.abs(picture[..., :3].astype(int) - pictures.colour(np.array([1.0]))[0].astype(int)).sum(axis=-1)
+    rows, columns = np.nonzero(distance <= distance.min() + 12)
+    return np.array([rows.mean(), columns.mean()])
+
+
+@pytest.mark.parametrize("centre", [(60, 84), (30, 40)])
+def test_the_hottest_region_lands_on_the_planted_spot(spot_model, tmp_path, centre):
+    image = spot_scene(tmp_path / "scene.png", centre=centre)
+    out = tmp_path / "heat.png"
+    drawn = fc2conv_onnx.heatmap(spot_model, image, out, alpha=1.0)
+    picture = np.asarray(Image.open(out))
+    assert picture.shape[:2] == (96, 128 + pictures.BAR_WIDTH)
+    assert np.abs(hottest_centroid(picture[:, :128]) - np.array(centre)).max() <= 3, hottest_centroid(picture)
+    assert drawn.grid == ((96 - 32) // 2 + 1, (128 - 32) // 2 + 1) and drawn.geometry.stride == (2, 2)
+
+
+def test_panels_for_the_top_classes_and_the_command_line(tmp_path):
+    converted = tmp_path / "two.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "two_heads.onnx", converted)
+    picture = Image.fromarray((np.random.default_rng(1).random((40, 36, 3)) * 255).astype(np.uint8))
+    picture.save(tmp_path / "noise.png")
+    out = tmp_path / "top.png"
+    code, stdout, stderr = cli("heatmap", converted, tmp_path / "noise.png", "-o", out, "--top", "3",
+                               "--mean", "0.5", "--std", "0.25")
+    assert code == 0, stderr
+    assert Image.open(out).size == (3 * 36 + pictures.BAR_WIDTH, 40)
+    assert "written:" in stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--class", "7"], "classes 0 to 0"),
+    (["--range", "1,0"], "LOW < HIGH"),
+    (["--mean", "0.1,0.2"], "--mean has 2 values"),
+    (["--channels", "gray"], "gives 1 channel"),
+])
+def test_bad_heatmap_requests_get_one_line(spot_model, tmp_path, args, words):
+    image = spot_scene(tmp_path / "scene.png")
+    out = tmp_path / "heat.png"
+    code, _, stderr = cli("heatmap", spot_model, image, "-o", out, *args)
+    assert code == 3 and words in stderr and stderr.count("\n") == 1, stderr
+    assert not out.exists()
+
+
+def test_unconverted_models_and_small_or_broken_images_are_refused(spot_model, tmp_path):
+    image = spot_scene(tmp_path / "scene.png")
+    with pytest.raises(fc2conv_onnx.InputError, match="convert it first"):
+        fc2conv_onnx.heatmap(FIXTURES / "bright_spot_detector.onnx", image, tmp_path / "o.png")
+    small = spot_scene(tmp_path / "small.png", height=20, width=20, centre=(10, 10))
+    with pytest.raises(fc2conv_onnx.InputError, match="smaller than the model's 32x32 window"):
+        fc2conv_onnx.heatmap(spot_model, small, tmp_path / "o.png")
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    with pytest.raises(fc2conv_onnx.InputError, match="not a readable picture"):
+        fc2conv_onnx.heatmap(spot_model, tmp_path / "broken.png", tmp_path / "o.png")
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_the_readme_picture_is_what_the_commands_make(tmp_path):
+    """docs/heatmap.png comes from the README's two commands (compared away from the text labels, whose
+    font differs between Pillow versions)."""
+    model = tmp_path / "spot_fcn.onnx"
+    assert cli("convert", FIXTURES / "bright_spot_detector.onnx", "-o", model, "--stride", "2")[0] == 0
+    out = tmp_path / "heatmap.png"
+    assert cli("heatmap", model, FIXTURES / "spots.png", "-o", out)[0] == 0
+    made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "heatmap.png"))
+    assert made.shape == shipped.shape
+    width = made.shape[1] - pictures.BAR_WIDTH
+    np.testing.assert_array_equal(made[16:, :width], shipped[16:, :width])  # the panel below its label
+    np.testing.assert_array_equal(made[:, width:width + 20], shipped[:, width:width + 20])  # the colour bar
