@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Iterator, List, Optional, Union
 
 import onnx
 from google.protobuf.message import Message
@@ -195,14 +196,13 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.
             if weights.reads_from(target):
                 raise InputError(f"output '{target}' is a file the input model is read from; choose another "
                                  "output path or give --in-place")
-    temporaries = []
-    try:
-        model_temporary = _temporary(folder, path, temporaries)
+    with _temporaries(folder) as temporary:
+        model_temporary = temporary(path)
         with open(model_temporary, "wb") as out:
             if data_path is None:
                 weights.write_embedded(model, out)
             else:
-                data_temporary = _temporary(folder, data_path, temporaries)
+                data_temporary = temporary(data_path)
                 with open(data_temporary, "wb") as data:
                     weights.write_external(model, out, data, data_path.name)
                     _sync(data)
@@ -210,34 +210,36 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.
         if data_path is not None:
             os.replace(data_temporary, data_path)
         os.replace(model_temporary, path)
-    except BaseException:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        raise
     return data_path
 
 
 def save_bytes(data: bytes, output: Union[str, "os.PathLike[str]"]) -> Path:
     """Write `data` to `output` atomically, like `save_model` (for pictures and other small files)."""
     path = check_output_path(output)
-    folder = path.parent if str(path.parent) else Path(".")
-    temporaries: list = []
-    try:
-        temporary = _temporary(folder, path, temporaries)
-        with open(temporary, "wb") as out:
+    with _temporaries(path.parent if str(path.parent) else Path(".")) as temporary:
+        name = temporary(path)
+        with open(name, "wb") as out:
             out.write(data)
             _sync(out)
-        os.replace(temporary, path)
-    except BaseException:
-        for name in temporaries:
-            if os.path.exists(name):
-                os.unlink(name)
-        raise
+        os.replace(name, path)
     return path
 
 
-def _temporary(folder: Path, target: Path, made: list) -> str:
+@contextmanager
+def _temporaries(folder: Path) -> Iterator[Callable[[Path], str]]:
+    """Hands out temporary files in `folder` (one per target); if the block fails, removes those that are
+    left, so no partial file remains (renamed ones are already in place)."""
+    made: List[str] = []
+    try:
+        yield lambda target: _temporary(folder, target, made)
+    except BaseException:
+        for name in made:
+            if os.path.exists(name):
+                os.unlink(name)
+        raise
+
+
+def _temporary(folder: Path, target: Path, made: List[str]) -> str:
     """A new empty file next to `target`, with the permissions a plainly created file would get (mkstemp
     makes it private)."""
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
