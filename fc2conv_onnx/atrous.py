@@ -61,7 +61,7 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
             raise InputError("--stride needs --pooling window or none: a kept global pool gives one prediction "
                              "per image, which has no stride")
         if pool is not None and pool.mode == WINDOW_POOL:
-            op = "AveragePool" if pool.kind == "average" else "MaxPool"
+            op = pool.window_op
             if plan.opset < POOL_DILATIONS_SINCE[op]:
                 raise InputError(f"--stride with --pooling window needs a dilated {op}, which ONNX has from opset "
                                  f"{POOL_DILATIONS_SINCE[op]} (the model has {plan.opset}); use --pooling none")

@@ -40,9 +40,14 @@ class GlobalPool:
     kind: str
     mode: str = KEEP_POOL
 
+    @property
+    def window_op(self) -> str:
+        """The windowed pool of the same kind ("AveragePool" or "MaxPool"; "Global" + it for the whole map)."""
+        return "AveragePool" if self.kind == "average" else "MaxPool"
+
     def becomes(self, spatial: Tuple[int, ...]) -> str:
         size = "x".join(map(str, spatial))
-        op = "AveragePool" if self.kind == "average" else "MaxPool"
+        op = self.window_op
         return {KEEP_POOL: f"Global{op} (kept: one prediction per image)",
                 WINDOW_POOL: f"{op} {size} stride 1 (the classifier on every {size} window of the feature map)",
                 NO_POOL: "removed (the head at every feature location)"}[self.mode]

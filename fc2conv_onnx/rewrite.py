@@ -150,7 +150,7 @@ def _pooled(editor: _Editor, flattening: Flattening, dilation: Optional[Tuple[in
     source, pool = editor.tensors[flattening.source], flattening.pool
     if pool is None or pool.mode == NO_POOL:
         return source
-    op = "AveragePool" if pool.kind == "average" else "MaxPool"
+    op = pool.window_op
     attrs = {}
     if pool.mode == KEEP_POOL:
         op = "Global" + op
