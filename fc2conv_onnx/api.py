@@ -344,10 +344,9 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
         scores = np.moveaxis(scores, -1, 0)
     chosen = pictures.choose(scores, klass, top)
     maps = [(f"class {k}", scores[k]) for k in chosen]
-    drawn = pictures.render(picture, maps, geometry, alpha, value_range)
+    ends = tuple(value_range) if value_range else pictures.value_range(maps)
+    drawn = pictures.render(picture, maps, geometry, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
     io.save_bytes(buffer.getvalue(), output)
-    low = value_range[0] if value_range else min(float(m.min()) for _, m in maps)
-    high = value_range[1] if value_range else max(float(m.max()) for _, m in maps)
-    return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), (low, high), geometry)
+    return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), ends, geometry)

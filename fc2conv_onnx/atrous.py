@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from .errors import InputError
 from .geometry import CHANNEL_PARAMETER_OPS, LOCAL_OPS, WINDOW_OPS, Geometry, HeadGeometry, window_layer
 from .plan import KEEP_POOL, WINDOW_POOL, Densify, LayerChange, Plan
+from .validate import split_ints
 
 #: The first opset whose pool of each kind takes `dilations`.
 POOL_DILATIONS_SINCE = {"MaxPool": 10, "AveragePool": 19, "LpPool": 18}
@@ -31,7 +32,7 @@ def parse_stride(value: Union[int, str, Sequence[int]], rank: int) -> Tuple[int,
     """16, "16" or "16x8" (one number: every axis) -> a stride per spatial axis."""
     try:
         if isinstance(value, str):
-            parts = tuple(int(p) for p in value.lower().replace(",", "x").split("x"))
+            parts = split_ints(value)
         elif isinstance(value, int):
             parts = (value,)
         else:

@@ -205,14 +205,15 @@ GLOBAL_POOLS = {"GlobalAveragePool": "average", "GlobalMaxPool": "max", "ReduceM
                 "ReduceMax": "max"}
 
 
-def _reduce_axes(node: gs.Node) -> Optional[Tuple[int, ...]]:
-    """The axes a ReduceMean/ReduceMax reduces (attribute before opset 18, input after); None if unknown
-    or all axes (no axes given)."""
+def _axes(node: gs.Node) -> Optional[FrozenSet[int]]:
+    """The axes a Reduce or Squeeze acts on, counted from 0 on its input (an attribute before opset 13/18,
+    a constant input after); None when not given or not constant."""
     axes = node.attrs.get("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
         values = constant_values(node.inputs[1])
         axes = None if values is None else values.reshape(-1).tolist()
-    return None if axes is None else tuple(int(a) for a in axes)
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    return None if axes is None else frozenset(int(a) + rank if int(a) < 0 else int(a) for a in axes)
 
 
 class _Pooling(NamedTuple):
@@ -237,10 +238,9 @@ def _global_pool(node: Optional[gs.Node]) -> Optional[_Pooling]:
     channels_first = frozenset(range(2, rank))
     if node.op.startswith("Global"):
         return _Pooling(pool, data, True, channels_first)
-    axes = _reduce_axes(node)
+    axes = _axes(node)
     if axes is None:
         return None
-    axes = frozenset(a + rank if a < 0 else a for a in axes)
     keeps = bool(node.attrs.get("keepdims", 1))
     if axes == channels_first:
         return _Pooling(pool, data, keeps, axes)
@@ -249,15 +249,6 @@ def _global_pool(node: Optional[gs.Node]) -> Optional[_Pooling]:
             and is_transpose(transpose, to_channels_last(rank)):
         return _Pooling(pool, transpose.inputs[0], keeps, axes)
     return None
-
-
-def _squeeze_axes(node: gs.Node) -> Optional[FrozenSet[int]]:
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1:
-        values = constant_values(node.inputs[1])
-        axes = None if values is None else values.reshape(-1).tolist()
-    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
-    return None if axes is None else frozenset(int(a) + rank if int(a) < 0 else int(a) for a in axes)
 
 
 def match_global_pool(node: gs.Node) -> Union[Flattening, Decline, None]:
@@ -277,7 +268,7 @@ def match_global_pool(node: gs.Node) -> Union[Flattening, Decline, None]:
         pooled = node.inputs[0]
         if node.op == "Flatten" and node.attrs.get("axis", 1) != 1:
             return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1")
-        if node.op == "Squeeze" and _squeeze_axes(node) != found.axes:
+        if node.op == "Squeeze" and _axes(node) != found.axes:
             return Decline(f"Squeeze '{node.name}' does not squeeze exactly the pooled axes {sorted(found.axes)}")
         if node.op == "Reshape":
             channels = spatial_source_shape(found.source)

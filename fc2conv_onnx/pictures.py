@@ -100,14 +100,19 @@ def spread(cells: np.ndarray, geometry: Geometry, size: Tuple[int, int]) -> Tupl
     return values, covered[0][:, None] & covered[1][None, :]
 
 
+def value_range(maps: Sequence[Tuple[str, np.ndarray]]) -> Tuple[float, float]:
+    """The lowest and highest value of the maps: the colour bar's ends unless the caller sets them."""
+    return min(float(m.min()) for _, m in maps), max(float(m.max()) for _, m in maps)
+
+
 def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, alpha: float,
-           value_range: Optional[Tuple[float, float]] = None):
+           ends: Tuple[float, float]):
     """The picture: one panel per (label, [h, w] map) - the image with the map over it - side by side, and
-    a colour bar for the value range (default: the maps' min and max)."""
+    a colour bar from `ends[0]` to `ends[1]`."""
     Image, ImageDraw = _pillow()
     base = np.asarray(image.convert("RGB"), dtype=np.float64)
     height, width = base.shape[:2]
-    low, high = value_range or (min(float(m.min()) for _, m in maps), max(float(m.max()) for _, m in maps))
+    low, high = ends
     span = high - low if high > low else 1.0
     panels = []
     for label, cells in maps:

@@ -18,7 +18,7 @@ from .plan import (AXIS_LAST, KEEP, KEEP_POOL, NO_POOL, REMOVE, Flattening, Head
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
-    """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial].
+    """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial] (for a pooled head, W[K, C] as [K, C, 1, ...]).
 
     Flatten(axis=1) of [N, C, *spatial] lists elements in row-major (C, *spatial) order, which is exactly
     the order of a row of W, so a row-major reshape lays each row out as a kernel. A channels-last
@@ -26,7 +26,7 @@ def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray
     """
     k, channels, spatial = weight.shape[0], flattening.source_shape[0], flattening.spatial_shape
     if flattening.order == CHANNELS_FIRST:
-        return weight.reshape((k,) + flattening.source_shape)
+        return weight.reshape((k, channels) + flattening.kernel_spatial)
     if flattening.order == CHANNELS_LAST:
         return np.moveaxis(weight.reshape((k,) + spatial + (channels,)), -1, 1)
     raise ValueError(f"unknown flattening order {flattening.order!r}")
@@ -172,9 +172,8 @@ def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int,
         editor.nodes[step.node].inputs[0] = features
         _rewrite_pass_through(editor, step, head.spatial_rank)
         features = editor.tensor(step.output)
-    first_kernel = (lambda weight: pointwise_kernel(weight, head.spatial_rank)) if head.flattening.pool else \
-        (lambda weight: first_layer_kernel(weight, head.flattening))
-    _replace_linear(editor, head.first, features, first_kernel, None if head.flattening.pool else dilation)
+    _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening),
+                    None if head.flattening.pool else dilation)  # a pooled head's first kernel is 1x1
     for step in head.steps:
         if isinstance(step, LinearLayer):
             _replace_linear(editor, step, editor.tensor(step.input),

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 from .errors import InputError, ValidationError, first_line
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
 from .layout import CHANNELS_LAST, spatial_dims, with_spatial
-from .plan import Plan
+from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 from .weights import EMBEDDED_LIMIT, Weights
 
@@ -254,10 +254,15 @@ def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
 Progress = Callable[[int, int], None]
 
 
+def split_ints(text: str) -> Tuple[int, ...]:
+    """'512x1024', '512,1024' or '512' -> its integers; ValueError if they are not integers."""
+    return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+
+
 def parse_size(text: str) -> Tuple[int, ...]:
     """'512x1024', '512,1024' or '512' (every axis) -> a spatial size."""
     try:
-        size = tuple(int(part) for part in text.replace(",", "x").split("x"))
+        size = split_ints(text)
     except ValueError:
         raise InputError(f"size '{text}' is not a list of integers like 512x1024") from None
     if not size or min(size) <= 0:
@@ -378,10 +383,12 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
                   converted_weights or weights)
     checks = []
     steps = quantization_steps(original, weights)
-    groups = dict.fromkeys((h.flattening.source, h.flattening.window, h.flattening.slides) for h in plan.heads)
-    for source, window, slides in groups:
-        heads = [i for i, h in enumerate(plan.heads)
-                 if (h.flattening.source, h.flattening.window, h.flattening.slides) == (source, window, slides)]
+
+    def group(head: HeadPlan) -> Tuple[str, Tuple[int, ...], bool]:  # heads checked together
+        return head.flattening.source, head.flattening.window, head.flattening.slides
+
+    for source, window, slides in dict.fromkeys(map(group, plan.heads)):
+        heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
         trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
         features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights)[source]
