@@ -81,7 +81,7 @@ def bench_model(label: str, build, frame, rounds: int, threads: int) -> List[str
     inferred = onnx.shape_inference.infer_shapes(original)
     output = original.graph.output[0].name
     image_name = original.graph.input[0].name
-    window = conversion.report.plan.heads[0].flattening.spatial_shape
+    window = conversion.report.plan.heads[0].spatial_shape
     trunk = validation._cut(inferred, (), [SOURCE], [image_name])
     head = validation._cut(inferred, [SOURCE], [output], [SOURCE], batch_only=True)
     s = {name: session(model, threads) for name, model in

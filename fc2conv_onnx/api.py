@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
-from io import BytesIO
 from dataclasses import dataclass, replace
+from io import BytesIO
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, pictures, shapes, validate as validation
+from . import atrous, io, pictures, shapes
+from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, plan_geometry
 from .heads import AUTO, find_heads

@@ -20,8 +20,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx_graphsurgeon as gs
 
 from .errors import InputError
-from .geometry import CHANNEL_PARAMETER_OPS, LOCAL_OPS, WINDOW_OPS, Geometry, HeadGeometry, window_layer
-from .plan import KEEP_POOL, WINDOW_POOL, Densify, LayerChange, Plan
+from .geometry import Geometry, HeadGeometry, window_layer
+from .ops import JOIN, LOCAL, PAD, WINDOW, entry, trunk_kind
+from .plan import Densify, LayerChange, Plan, window_op
 from .validate import split_ints
 
 #: The first opset whose pool of each kind takes `dilations`.
@@ -57,12 +58,12 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
     if not plan.heads:
         raise InputError("--stride needs a head to convert")
     for head, where in zip(plan.heads, geometry):
-        pool = head.flattening.pool
-        if pool is not None and pool.mode == KEEP_POOL:
+        pool = head.pool
+        if pool is not None and not pool.mode.slides:
             raise InputError("--stride needs --pooling window or none: a kept global pool gives one prediction "
                              "per image, which has no stride")
-        if pool is not None and pool.mode == WINDOW_POOL:
-            op = pool.window_op
+        if pool is not None and pool.mode.replacement(pool.kind, head.spatial_shape, None) is not None:
+            op = window_op(pool.kind)
             if plan.opset < POOL_DILATIONS_SINCE[op]:
                 raise InputError(f"--stride with --pooling window needs a dilated {op}, which ONNX has from opset "
                                  f"{POOL_DILATIONS_SINCE[op]} (the model has {plan.opset}); use --pooling none")
@@ -81,12 +82,12 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
             raise InputError(f"stride {s} on axis {axis}: the trunk's stride is {t}, and only it divided by a "
                              f"power of two ({exact}) can be made exact")
         factor.append(t // s)
-    trunk = _trunk_nodes(graph, [h.flattening.source for h in plan.heads])
+    trunk = _trunk_nodes(graph, [h.source for h in plan.heads])
     lowered = _choose_lowered(trunk, tuple(factor), len(total))
     changes, density = _changes(trunk, lowered, len(total), int(plan.opset))
     for head in plan.heads:
-        if density.get(head.flattening.source) != tuple(factor):
-            raise InputError(f"'{head.flattening.source}' would be {density.get(head.flattening.source)} times "
+        if density.get(head.source) != tuple(factor):
+            raise InputError(f"'{head.source}' would be {density.get(head.source)} times "
                              f"denser, not {factor}; --stride cannot be exact")
     return Densify(wanted, tuple(factor), tuple(changes), tuple(n.name for n in trunk if n.name in lowered))
 
@@ -109,7 +110,7 @@ def _total_strides(trunk: Sequence[gs.Node], rank: int) -> Dict[str, Tuple[int, 
     for node in trunk:
         inputs = [strides.get(t.name, (1,) * rank) for t in node.inputs[:1]]
         stride = inputs[0] if inputs else (1,) * rank
-        if node.op in WINDOW_OPS:
+        if trunk_kind(node) == WINDOW:
             stride = tuple(a * b for a, b in zip(stride, window_layer(node, rank).stride))
         for out in node.outputs:
             strides[out.name] = stride
@@ -119,7 +120,7 @@ def _total_strides(trunk: Sequence[gs.Node], rank: int) -> Dict[str, Tuple[int, 
 def _choose_lowered(trunk: Sequence[gs.Node], factor: Tuple[int, ...], rank: int) -> Dict[str, List[int]]:
     """Node name -> how much its stride is lowered on each axis (stages nearest the head first)."""
     strides = _total_strides(trunk, rank)
-    strided = [n for n in trunk if n.op in WINDOW_OPS and any(s > 1 for s in window_layer(n, rank).stride)]
+    strided = [n for n in trunk if trunk_kind(n) == WINDOW and any(s > 1 for s in window_layer(n, rank).stride)]
     lowered: Dict[str, List[int]] = {}
     for axis in range(rank):
         remaining = factor[axis]
@@ -157,14 +158,15 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
     ones = (1,) * rank
     for node in trunk:
         incoming = {density[t.name] for t in node.inputs if t.name in density}
-        if node.op not in WINDOW_OPS and incoming <= {ones}:  # nothing denser reaches it: unchanged
+        kind = trunk_kind(node)
+        if kind != WINDOW and incoming <= {ones}:  # nothing denser reaches it: unchanged
             out = ones
-        elif node.op in LOCAL_OPS or node.op == "Concat":
-            if node.op not in CHANNEL_PARAMETER_OPS and len(incoming) > 1:
+        elif kind in (LOCAL, JOIN):
+            if not entry(node).parameters and len(incoming) > 1:
                 raise InputError(f"{node.op} '{node.name}' joins branches of different densities; --stride "
                                  "cannot be exact")
             out = incoming.pop() if incoming else ones
-        elif node.op in WINDOW_OPS:
+        elif kind == WINDOW:
             r = density.get(node.inputs[0].name, ones)
             layer = window_layer(node, rank)
             step = tuple(lowered.get(node.name, ones))
@@ -184,7 +186,7 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
                 changes.append(LayerChange(
                     node.name, node.op, tuple(s // d for s, d in zip(layer.stride, step)),
                     tuple(d * f for d, f in zip(layer.dilation, r)), pads, out))
-        elif node.op == "Pad":
+        elif kind == PAD:
             out = incoming.pop() if incoming else ones
             if out != ones:
                 raise InputError(f"Pad '{node.name}' comes after a lowered stride; --stride does not handle it")

@@ -26,21 +26,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .heads import ELEMENTWISE_OPS, upstream_inputs
+from .heads import upstream_inputs
 from .layout import CHANNELS_FIRST, input_layout, spatial_dims
 from .normalize import in_default_domain
+from .ops import GLOBAL, JOIN, LOCAL, PAD, WINDOW, entry, trunk_kind
 from .plan import HeadPlan, Plan
-
-#: Ops that act on each spatial location alone (or on channels only): they do not move the geometry.
-LOCAL_OPS = frozenset(ELEMENTWISE_OPS) | frozenset((
-    "PRelu", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "Dropout",
-    "BatchNormalization", "LRN", "QuantizeLinear", "DequantizeLinear",
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
-))
-WINDOW_OPS = frozenset(("Conv", "MaxPool", "AveragePool", "LpPool"))
-#: Local ops whose other inputs are per-channel parameters by definition, not broadcast operands.
-CHANNEL_PARAMETER_OPS = frozenset(("BatchNormalization", "QuantizeLinear", "DequantizeLinear", "PRelu", "Clip",
-                                   "Dropout"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +100,10 @@ class Geometry:
     layers: Tuple[Layer, ...] = ()
     #: Layout of the input: its spatial axes are 2 onwards (channels first) or 1 to the last but one.
     layout: str = CHANNELS_FIRST
+    #: False when an op in the trunk (a global pool in a squeeze-and-excitation block, ...) reads every
+    #: location: each cell then depends on the whole input, not only on its window. `not_local` names it.
+    local: bool = True
+    not_local: str = ""
 
     def input_spatial(self, shape: Sequence[int]) -> Tuple[int, ...]:
         """The spatial size of a full input shape."""
@@ -154,6 +148,11 @@ class Geometry:
                      "the feature map, not the classifier run on the image crop alone")
         return text
 
+    def locality(self) -> str:
+        """One plain line when the cells are not local, else ''."""
+        return "" if self.local else (f"cells are not local: {self.not_local} in the trunk reads every location, so "
+                                      "each cell depends on the whole input, not only on its window")
+
     def to_dict(self) -> Dict:
         return asdict(self)
 
@@ -170,6 +169,8 @@ class Unknown:
     """Geometry that could not be computed, and why."""
 
     reason: str
+    #: The global pool in the trunk that makes the head's feature map one location already, if that is why.
+    pooled_by: str = ""
 
     def describe(self) -> str:
         return f"geometry unknown: {self.reason}"
@@ -198,6 +199,10 @@ class _Span:
     start: Tuple[int, ...]
     extent: Tuple[int, ...]
     layers: Tuple[Layer, ...]
+    #: The first op on a path to here that reads every location ('' if none), and whether every path
+    #: to here passes one (the map is then one location, whatever the input's size).
+    global_op: str = ""
+    collapsed: bool = False
 
 
 class _NotLocal(Exception):
@@ -263,7 +268,8 @@ def _pad_layer(node: gs.Node, rank: int) -> Layer:
 
 def _through_layer(span: _Span, layer: Layer) -> _Span:
     s = span.stride
-    return _Span(
+    return replace(
+        span,
         stride=tuple(a * b for a, b in zip(s, layer.stride)),
         start=tuple(a - p * b for a, p, b in zip(span.start, layer.pads_begin, s)),
         extent=tuple(e + (k - 1) * d * b for e, k, d, b in zip(span.extent, layer.kernel, layer.dilation, s)),
@@ -272,6 +278,13 @@ def _through_layer(span: _Span, layer: Layer) -> _Span:
 
 
 def _merge(spans: List[_Span], node: gs.Node) -> _Span:
+    """The span of an op that combines branches. A branch that went through a global op (a squeeze-and-
+    excitation gate) has no spatial extent of its own; it makes the result not local."""
+    global_op = next((s.global_op for s in spans if s.global_op), "")
+    spatial = [s for s in spans if not s.collapsed]
+    if not spatial:
+        return replace(spans[0], global_op=global_op)
+    spans = spatial
     first = spans[0]
     for other in spans[1:]:
         if other.stride != first.stride:
@@ -279,7 +292,7 @@ def _merge(spans: List[_Span], node: gs.Node) -> _Span:
                             f"{list(other.stride)}")
     start = tuple(min(s.start[a] for s in spans) for a in range(len(first.start)))
     stop = tuple(max(s.start[a] + s.extent[a] for s in spans) for a in range(len(first.start)))
-    return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers)
+    return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers, global_op)
 
 
 def _constant_is_per_location(tensor: gs.Tensor, rank: int) -> bool:
@@ -300,20 +313,24 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
             continue
         if not in_default_domain(node):
             raise _NotLocal(f"{node.domain}::{node.op} '{node.name}' is an op the geometry does not know")
-        if node.op in WINDOW_OPS:
+        kind = trunk_kind(node)
+        if kind == WINDOW:
             if node.inputs[0].name not in spans:
                 raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
             span = _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
-        elif node.op == "Pad":
+        elif kind == PAD:
             span = _through_layer(spans[node.inputs[0].name], _pad_layer(node, rank))
-        elif node.op == "Concat" and int(node.attrs.get("axis", 0)) in (1, -(rank + 1)):
+        elif kind == JOIN:
             span = _merge(inputs, node)
-        elif node.op in LOCAL_OPS:
+        elif kind == LOCAL:
             others = [t for t in node.inputs if t.name not in spans and t.name]
-            if node.op not in CHANNEL_PARAMETER_OPS and not all(_constant_is_per_location(t, rank) for t in others):
+            if not entry(node).parameters and not all(_constant_is_per_location(t, rank) for t in others):
                 raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
                                 "over the spatial axes")
             span = _merge(inputs, node)
+        elif kind == GLOBAL:
+            span = replace(_merge(inputs, node), collapsed=True)
+            span = replace(span, global_op=span.global_op or f"{node.op} '{node.name}'")
         else:
             raise _NotLocal(f"{node.op} '{node.name}' on the path to the head is not a convolution, pooling, "
                             "padding or per-location op")
@@ -328,8 +345,8 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int,
     """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite of the
     head; with `dilation`, the trunk's strides already lowered for `--stride`)."""
     tensors = graph.tensors()
-    source, flattening = head.flattening.source, head.flattening
-    if not flattening.slides:
+    source = head.source
+    if not head.slides:
         return Unknown("the global pool is kept: one prediction per image, at any input size")
     feeding = upstream_inputs(graph, [source])
     if len(feeding) != 1:
@@ -346,22 +363,25 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int,
         span = _span_of(graph, starts, source, rank)
     except _NotLocal as error:
         return Unknown(str(error))
+    if span.collapsed:
+        return Unknown(f"{span.global_op} in the trunk pools the feature map '{source}' to one location before the "
+                       "head, with ops between that the head grammar does not read per location", span.global_op)
     training = tuple(spatial_dims(shape, layout))
     dilation = dilation or (1,) * rank
-    # A cell reads `flattening.window` feature cells (the whole training map, or one when the pool is
+    # A cell reads `head.window` feature cells (the whole training map, or one when the pool is
     # removed), `dilation` cells apart on a trunk made that much denser: `extent` cells of it.
-    extent = tuple((w - 1) * d + 1 for w, d in zip(flattening.window, dilation))
+    extent = tuple((w - 1) * d + 1 for w, d in zip(head.window, dilation))
     trained = Geometry(input=image.name, stride=span.stride, window=training, offset=(0,) * rank,
-                       receptive_field=(), receptive_offset=span.start, feature_window=flattening.spatial_shape,
-                       layers=span.layers, layout=layout)
+                       receptive_field=(), receptive_offset=span.start, feature_window=head.spatial_shape,
+                       layers=span.layers, layout=layout, local=not span.global_op, not_local=span.global_op)
     computed = trained.feature_size(training)
-    full = tuple((f - 1) * d + 1 for f, d in zip(flattening.spatial_shape, dilation))
+    full = tuple((f - 1) * d + 1 for f, d in zip(head.spatial_shape, dilation))
     if any(c < x or c >= x + d for c, x, d in zip(computed, full, dilation)):  # our size rules vs shape inference
         return Unknown(f"the layer sizes computed for '{source}' ({list(computed)}) disagree with its inferred "
-                       f"shape {list(flattening.spatial_shape)}")
+                       f"shape {list(head.spatial_shape)}")
     # The input a cell stands for: the training size, less the original strides of the cells it does not read.
-    window = tuple(t - (f - w) * s * d for t, f, w, s, d in zip(training, flattening.spatial_shape,
-                                                                flattening.window, span.stride, dilation))
+    window = tuple(t - (f - w) * s * d for t, f, w, s, d in zip(training, head.spatial_shape, head.window,
+                                                                span.stride, dilation))
     geometry = replace(trained, window=window, feature_window=extent,
                        receptive_field=tuple((x - 1) * s + e for x, s, e in zip(extent, span.stride, span.extent)))
     if any(c < x or c >= x + d for c, x, d in zip(geometry.feature_size(window), extent, dilation)):

@@ -22,41 +22,114 @@ class Decline:
     reason: str
 
 
-#: What becomes of a global pooling before the head (`--pooling`).
-KEEP_POOL = "keep"  # the pool stays: one prediction per image, at any input size
-WINDOW_POOL = "window"  # a pool the size of the training feature map, stride 1: the classifier at every window
-NO_POOL = "none"  # the pool goes: the head at every feature location (class activation maps)
-POOLINGS = (KEEP_POOL, WINDOW_POOL, NO_POOL)
+#: The form of a head tensor. FLAT: [N, K], re-expressed as [N, K, *spatial] by the rewrite. MAP and
+#: MAP_LAST: a pooled map, [N, K, 1, ...] or [N, 1, ..., K], whose per-location ops stay as they are.
+FLAT = "flat"
+MAP = "map"
+MAP_LAST = "map_last"
+
+
+class PoolMode:
+    """What becomes of a global pooling before a head (`--pooling`): its window, whether the converted head
+    slides, and the pool node that replaces it. One object per mode, in `MODES`."""
+
+    name = ""
+    #: False when the converted head gives one prediction per image.
+    slides = True
+
+    def window(self, spatial: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The feature window one output cell is computed from."""
+        return spatial
+
+    def replacement(self, kind: str, spatial: Tuple[int, ...],
+                    dilation: Optional[Tuple[int, ...]]) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """(op, attributes) of the pool that replaces the global one on [N, C, *spatial], or None for none."""
+        raise NotImplementedError
+
+    def becomes(self, kind: str, spatial: Tuple[int, ...]) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"PoolMode({self.name!r})"
+
+
+def window_op(kind: str) -> str:
+    """The windowed pool of a kind ("average" or "max"); "Global" + it pools the whole map."""
+    return "AveragePool" if kind == "average" else "MaxPool"
+
+
+class KeepPool(PoolMode):
+    """The pool stays: one prediction per image, at any input size."""
+
+    name, slides = "keep", False
+
+    def replacement(self, kind, spatial, dilation):
+        return "Global" + window_op(kind), {}
+
+    def becomes(self, kind, spatial):
+        return f"Global{window_op(kind)} (kept: one prediction per image)"
+
+
+class WindowPool(PoolMode):
+    """A pool the size of the training feature map, stride 1: the classifier at every window."""
+
+    name = "window"
+
+    def replacement(self, kind, spatial, dilation):
+        attrs: Dict[str, Any] = {"kernel_shape": list(spatial), "strides": [1] * len(spatial)}
+        if dilation:
+            attrs["dilations"] = list(dilation)
+        return window_op(kind), attrs
+
+    def becomes(self, kind, spatial):
+        size = "x".join(map(str, spatial))
+        return f"{window_op(kind)} {size} stride 1 (the classifier on every {size} window of the feature map)"
+
+
+class NoPool(PoolMode):
+    """The pool goes: the head at every feature location (class activation maps)."""
+
+    name = "none"
+
+    def window(self, spatial):
+        return (1,) * len(spatial)
+
+    def replacement(self, kind, spatial, dilation):
+        return None
+
+    def becomes(self, kind, spatial):
+        return "removed (the head at every feature location)"
+
+
+MODES: Dict[str, PoolMode] = {mode.name: mode for mode in (KeepPool(), WindowPool(), NoPool())}
+KEEP_POOL, WINDOW_POOL, NO_POOL = "keep", "window", "none"
+POOLINGS = tuple(MODES)
 
 
 @dataclass(frozen=True)
 class GlobalPool:
-    """A pooling over every spatial axis before the head (GlobalAveragePool, ReduceMean over the spatial
+    """A pooling over every spatial axis that starts a head (GlobalAveragePool, ReduceMean over the spatial
     axes, ...), and what the rewrite makes of it."""
 
     node: str
     op: str
     #: "average" or "max".
     kind: str
-    mode: str = KEEP_POOL
-
-    @property
-    def window_op(self) -> str:
-        """The windowed pool of the same kind ("AveragePool" or "MaxPool"; "Global" + it for the whole map)."""
-        return "AveragePool" if self.kind == "average" else "MaxPool"
+    #: The channels-first feature map it pools (a channels-last pool reads a Transpose of it).
+    source: str
+    #: The pool's output, and its form: MAP_LAST for a pool over a Transpose to channels last that keeps
+    #: the pooled axes, FLAT when it drops them, MAP otherwise.
+    output: str
+    form: str
+    mode: PoolMode = MODES[KEEP_POOL]
 
     def becomes(self, spatial: Tuple[int, ...]) -> str:
-        size = "x".join(map(str, spatial))
-        op = self.window_op
-        return {KEEP_POOL: f"Global{op} (kept: one prediction per image)",
-                WINDOW_POOL: f"{op} {size} stride 1 (the classifier on every {size} window of the feature map)",
-                NO_POOL: "removed (the head at every feature location)"}[self.mode]
+        return self.mode.becomes(self.kind, spatial)
 
 
 @dataclass(frozen=True, eq=False)
 class Flattening:
-    """Flatten(axis=1) of a spatial tensor, whatever op spelled it; or, with `pool`, a global pooling of it
-    followed by a flattening of the pooled [N, C, 1, ...] tensor."""
+    """Flatten(axis=1) of a spatial tensor, whatever op spelled it, read by a head's first linear layer."""
 
     node: str
     op: str
@@ -69,8 +142,6 @@ class Flattening:
     note: str = ""
     #: Elementwise ops between a Transpose to channels last and the flattening; they move onto the source.
     prelude: Tuple["PassThrough", ...] = ()
-    #: The global pooling between `source` and the flattening, if the head pools.
-    pool: Optional[GlobalPool] = None
 
     @property
     def spatial_shape(self) -> Tuple[int, ...]:
@@ -78,24 +149,7 @@ class Flattening:
 
     @property
     def features(self) -> int:
-        """Inputs of the first linear layer: C for a pooled head, C * prod(spatial) otherwise."""
-        return self.source_shape[0] if self.pool else prod(self.source_shape)
-
-    @property
-    def kernel_spatial(self) -> Tuple[int, ...]:
-        """The spatial extent of the first layer's kernel: pooled heads are 1x1 from the first layer on."""
-        return (1,) * len(self.spatial_shape) if self.pool else self.spatial_shape
-
-    @property
-    def window(self) -> Tuple[int, ...]:
-        """The feature window one output cell is computed from: the training feature size, or one
-        location when the pool is removed."""
-        return (1,) * len(self.spatial_shape) if self.pool and self.pool.mode == NO_POOL else self.spatial_shape
-
-    @property
-    def slides(self) -> bool:
-        """False when the converted head gives one prediction per image (a kept global pool)."""
-        return not (self.pool and self.pool.mode == KEEP_POOL)
+        return prod(self.source_shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,6 +207,7 @@ class LinearLayer:
 KEEP = "keep"  # the node stays; constants in `constants` replace its inputs, `attrs` are set
 REMOVE = "remove"  # the node goes (Dropout at inference)
 AXIS_LAST = "axis_last"  # Transpose K last, the op on the last axis, Transpose back (pre-13 Softmax)
+TO_CHANNELS_FIRST = "to_channels_first"  # the node becomes a Transpose to [N, K, *spatial] (a flattening of MAP_LAST)
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +220,14 @@ class PassThrough:
     becomes: str
     constants: Mapping[int, np.ndarray] = field(default_factory=dict, repr=False)
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    #: The form of the output (see FLAT); a Transpose or a flattening changes it.
+    form: str = FLAT
+    #: Features of the output when the op changes them (a 1x1 Conv on a pooled map), else None.
+    out_features: Optional[int] = None
+
+    @property
+    def nodes(self) -> Tuple[str, ...]:
+        return (self.node,)
 
 
 Step = Union[LinearLayer, PassThrough]
@@ -172,56 +235,94 @@ Step = Union[LinearLayer, PassThrough]
 
 @dataclass(frozen=True, eq=False)
 class HeadPlan:
-    """One fully connected head: a flattening, a first linear layer, and what follows it."""
+    """One head, read as the grammar says: a spatial source, then either a global pool or a flattening whose
+    first linear layer reads the whole feature map, then per-location ops, flattenings, linear layers and
+    pass-through ops in graph order, ending in graph outputs."""
 
-    flattening: Flattening
-    first: LinearLayer
-    #: Later linear layers and pass-through ops, in graph order.
+    #: The spatial tensor the head reads, channels first, and its (C, *spatial) at the training size.
+    source: str
+    source_shape: Tuple[int, ...]
+    #: Everything after the pool or the first layer, in graph order.
     steps: Tuple[Step, ...]
     #: Graph outputs the head produces; their names are kept.
     outputs: Tuple[str, ...]
-    #: Layout of the converted outputs: [N, K, *spatial] (CHANNELS_FIRST) or [N, *spatial, K].
-    output_layout: str = CHANNELS_FIRST
-    #: Elementwise ops with scalar constants around the flattening (a QDQ model's Q/DQ pairs), in graph
+    #: The layout each output is given in: [N, K, *spatial] (CHANNELS_FIRST) or [N, *spatial, K].
+    output_layouts: Mapping[str, str] = field(default_factory=dict)
+    #: The form each output has in the original graph (FLAT, MAP, MAP_LAST).
+    output_forms: Mapping[str, str] = field(default_factory=dict)
+    #: A pooled head: the global pool it starts with.
+    pool: Optional[GlobalPool] = None
+    #: A flattening head: the flattening of the whole feature map and the layer that reads it.
+    flattening: Optional[Flattening] = None
+    first: Optional[LinearLayer] = None
+    #: Elementwise ops with scalar constants around that flattening (a QDQ model's Q/DQ pairs), in graph
     #: order; they run on the source feature map instead, before the first layer.
     prelude: Tuple[PassThrough, ...] = ()
 
     @property
+    def spatial_shape(self) -> Tuple[int, ...]:
+        return self.source_shape[1:]
+
+    @property
     def spatial_rank(self) -> int:
-        return len(self.flattening.spatial_shape)
+        return len(self.spatial_shape)
+
+    @property
+    def window(self) -> Tuple[int, ...]:
+        """The feature window one output cell is computed from."""
+        return self.pool.mode.window(self.spatial_shape) if self.pool else self.spatial_shape
+
+    @property
+    def slides(self) -> bool:
+        """False when the converted head gives one prediction per image (a kept global pool)."""
+        return self.pool.mode.slides if self.pool else True
+
+    @property
+    def output_layout(self) -> str:
+        """The layout of the outputs (of the first, when they differ)."""
+        return self.output_layouts.get(self.outputs[0], CHANNELS_FIRST) if self.outputs else CHANNELS_FIRST
+
+    @property
+    def linears(self) -> Tuple[LinearLayer, ...]:
+        return ((self.first,) if self.first else ()) + tuple(s for s in self.steps if isinstance(s, LinearLayer))
 
     @property
     def nodes(self) -> Tuple[str, ...]:
         """Every original node this head replaces or re-expresses (the flattening is left to cleanup)."""
-        names = [step.node for step in self.prelude] + list(self.first.nodes)
-        for step in self.steps:
-            names.extend(step.nodes if isinstance(step, LinearLayer) else (step.node,))
+        names = [step.node for step in self.prelude] + ([self.pool.node] if self.pool else [])
+        for step in ((self.first,) if self.first else ()) + self.steps:
+            names.extend(step.nodes)
         return tuple(names)
 
     def kernel_shape(self, layer: LinearLayer) -> Tuple[int, ...]:
         """The Conv kernel a layer becomes: the source's whole extent for the first, 1x1... after it."""
         if layer is self.first:
-            return (layer.features, self.flattening.source_shape[0]) + self.flattening.kernel_spatial
+            return (layer.features, self.source_shape[0]) + self.spatial_shape
         return (layer.features, int(layer.weight.shape[1])) + (1,) * self.spatial_rank
 
     @property
     def tensors(self) -> Tuple[str, ...]:
-        """Every tensor whose shape becomes [N, K, *spatial]."""
-        return tuple(step.output for step in self.prelude) + (self.first.output,) + \
-            tuple(step.output for step in self.steps)
+        """Every FLAT tensor, whose shape becomes [N, K, *spatial]."""
+        flat = [step.output for step in self.steps if not isinstance(step, PassThrough) or step.form == FLAT]
+        return tuple(step.output for step in self.prelude) + ((self.first.output,) if self.first else ()) + \
+            ((self.pool.output,) if self.pool and self.pool.form == FLAT else ()) + tuple(flat)
 
     def describe(self) -> str:
-        flat = self.flattening
-        spatial = "x".join(map(str, flat.kernel_spatial))
-        layout = "[N, K, *spatial]" if self.output_layout == CHANNELS_FIRST else "[N, *spatial, K]"
-        lines = [
-            f"head -> {', '.join(self.outputs)} (as {layout})",
-            f"  source {flat.source} [N, {flat.source_shape[0]}, {', '.join(map(str, flat.spatial_shape))}]"
-            f" via {flat.op} '{flat.node}'" + (f" ({flat.note})" if flat.note else ""),
-            *([f"  {flat.pool.op} '{flat.pool.node}' -> {flat.pool.becomes(flat.spatial_shape)}"] if flat.pool else []),
-            *(f"  {step.op} '{step.node}' -> {step.becomes}, on the feature map" for step in self.prelude),
-            f"  {_layer_line(self.first)} -> Conv {spatial} kernel {list(self.kernel_shape(self.first))}",
-        ]
+        layouts = sorted(set(self.output_layouts.values())) or [CHANNELS_FIRST]
+        layout = " / ".join("[N, K, *spatial]" if x == CHANNELS_FIRST else "[N, *spatial, K]" for x in layouts)
+        spatial = ", ".join(map(str, self.spatial_shape))
+        lines = [f"head -> {', '.join(self.outputs)} (as {layout})"]
+        if self.pool:
+            lines += [f"  source {self.source} [N, {self.source_shape[0]}, {spatial}]",
+                      f"  {self.pool.op} '{self.pool.node}' -> {self.pool.becomes(self.spatial_shape)}"]
+        else:
+            flat = self.flattening
+            lines.append(f"  source {self.source} [N, {self.source_shape[0]}, {spatial}] via {flat.op} '{flat.node}'"
+                         + (f" ({flat.note})" if flat.note else ""))
+        lines += [f"  {step.op} '{step.node}' -> {step.becomes}, on the feature map" for step in self.prelude]
+        if self.first:
+            lines.append(f"  {_layer_line(self.first)} -> Conv {'x'.join(map(str, self.spatial_shape))} kernel "
+                         f"{list(self.kernel_shape(self.first))}")
         pointwise = "x".join("1" * self.spatial_rank)
         for step in self.steps:
             if isinstance(step, LinearLayer):
@@ -235,19 +336,18 @@ class HeadPlan:
         return {
             "outputs": list(self.outputs),
             "output_layout": self.output_layout,
-            "source": flat.source,
-            "source_shape": list(flat.source_shape),
-            "flattening": {"node": flat.node, "op": flat.op, "order": flat.order, "note": flat.note},
-            "pooling": None if flat.pool is None else {"node": flat.pool.node, "op": flat.pool.op,
-                                                       "mode": flat.pool.mode,
-                                                       "becomes": flat.pool.becomes(flat.spatial_shape)},
+            "output_layouts": dict(self.output_layouts),
+            "source": self.source,
+            "source_shape": list(self.source_shape),
+            "flattening": None if flat is None else {"node": flat.node, "op": flat.op, "order": flat.order,
+                                                     "note": flat.note},
+            "pooling": None if self.pool is None else {"node": self.pool.node, "op": self.pool.op,
+                                                       "mode": self.pool.mode.name,
+                                                       "becomes": self.pool.becomes(self.spatial_shape)},
             "prelude": [{"node": s.node, "op": s.op, "becomes": s.becomes} for s in self.prelude],
-            "layers": [_layer_dict(self.first, list(self.kernel_shape(self.first)))] + [
-                _layer_dict(s, list(self.kernel_shape(s)))
-                if isinstance(s, LinearLayer)
-                else {"node": s.node, "op": s.op, "becomes": s.becomes}
-                for s in self.steps
-            ],
+            "layers": [_layer_dict(s, list(self.kernel_shape(s))) if isinstance(s, LinearLayer)
+                       else {"node": s.node, "op": s.op, "becomes": s.becomes}
+                       for s in ((self.first,) if self.first else ()) + self.steps],
         }
 
 

@@ -12,13 +12,24 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_last
-from .plan import (AXIS_LAST, KEEP, KEEP_POOL, NO_POOL, REMOVE, Flattening, HeadPlan, LinearLayer, PassThrough, Plan,
-                   Quantized)
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
+from .plan import (
+    AXIS_LAST,
+    KEEP,
+    MAP_LAST,
+    REMOVE,
+    TO_CHANNELS_FIRST,
+    Flattening,
+    HeadPlan,
+    LinearLayer,
+    PassThrough,
+    Plan,
+    Quantized,
+)
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
-    """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial] (for a pooled head, W[K, C] as [K, C, 1, ...]).
+    """W[K, C*prod(spatial)] as a Conv kernel [K, C, *spatial].
 
     Flatten(axis=1) of [N, C, *spatial] lists elements in row-major (C, *spatial) order, which is exactly
     the order of a row of W, so a row-major reshape lays each row out as a kernel. A channels-last
@@ -26,7 +37,7 @@ def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray
     """
     k, channels, spatial = weight.shape[0], flattening.source_shape[0], flattening.spatial_shape
     if flattening.order == CHANNELS_FIRST:
-        return weight.reshape((k, channels) + flattening.kernel_spatial)
+        return weight.reshape((k, channels) + spatial)
     if flattening.order == CHANNELS_LAST:
         return np.moveaxis(weight.reshape((k,) + spatial + (channels,)), -1, 1)
     raise ValueError(f"unknown flattening order {flattening.order!r}")
@@ -114,6 +125,10 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
         for index, values in step.constants.items():
             node.inputs[index] = editor.constant(f"{step.node}/per_location_{index}", values)
         node.attrs.update(step.attrs)
+    elif step.action == TO_CHANNELS_FIRST:
+        node.op, node.attrs = "Transpose", {"perm": list(to_channels_first(spatial_rank + 2))}
+        while len(node.inputs) > 1:
+            node.inputs.pop()
     elif step.action == REMOVE:
         source, result = node.inputs[0], node.outputs[0]
         if result in editor.graph.outputs:
@@ -124,11 +139,7 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
             while len(node.outputs) > 1:
                 node.outputs.pop()
             return
-        for consumer in list(result.outputs):
-            for index, tensor in enumerate(consumer.inputs):
-                if tensor is result:
-                    consumer.inputs[index] = source  # graphsurgeon lists sync on item assignment only
-        editor.replaced[result.name] = source
+        _redirect(editor, result, source)
         node.outputs.clear()
     elif step.action == AXIS_LAST:
         rank = spatial_rank + 2
@@ -145,35 +156,48 @@ def _rewrite_pass_through(editor: _Editor, step: PassThrough, spatial_rank: int)
         raise ValueError(f"unknown pass-through action {step.action!r}")
 
 
-def _pooled(editor: _Editor, flattening: Flattening, dilation: Optional[Tuple[int, ...]]) -> gs.Tensor:
-    """The feature map the first layer reads: the source, pooled as the plan's pooling mode says."""
-    source, pool = editor.tensors[flattening.source], flattening.pool
-    if pool is None or pool.mode == NO_POOL:
-        return source
-    op = pool.window_op
-    attrs = {}
-    if pool.mode == KEEP_POOL:
-        op = "Global" + op
-    else:  # WINDOW_POOL: the global pool at the training size, slid with stride 1
-        attrs = {"kernel_shape": list(flattening.spatial_shape), "strides": [1] * len(flattening.spatial_shape)}
-        if dilation:
-            attrs["dilations"] = list(dilation)
-    pooled = editor.variable(f"{pool.node}/{pool.mode}", source)
-    editor.add_node(op, f"{pool.node}/{pool.mode}", [source], [pooled], attrs)
-    return pooled
+def _redirect(editor: _Editor, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every node that reads `old` read `new` instead."""
+    for consumer in list(old.outputs):
+        for index, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[index] = new  # graphsurgeon lists sync on item assignment only
+    editor.replaced[old.name] = new
+
+
+def _rewrite_pool(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]]) -> None:
+    """Replace the global pool as its mode says; what read the pool reads the replacement (moved channels
+    last again when the pool read a Transpose to channels last and kept the pooled axes)."""
+    pool = head.pool
+    pooled = editor.tensors[pool.source]
+    replacement = pool.mode.replacement(pool.kind, head.spatial_shape, dilation)
+    if replacement is not None:
+        op, attrs = replacement
+        result = editor.variable(f"{pool.node}/{pool.mode.name}", pooled)
+        editor.add_node(op, f"{pool.node}/{pool.mode.name}", [pooled], [result], attrs)
+        pooled = result
+    if pool.form == MAP_LAST:
+        moved = editor.variable(f"{pool.node}/channels_last", pooled)
+        editor.add_node("Transpose", f"{pool.node}/to_channels_last", [pooled], [moved],
+                        {"perm": list(to_channels_last(head.spatial_rank + 2))})
+        pooled = moved
+    _redirect(editor, editor.tensors[pool.output], pooled)
+    editor.nodes[pool.node].outputs.clear()
 
 
 def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> None:
     """Rewrite one head; `dilation` spreads its first window over a denser feature map (`--stride`)."""
-    # The prelude (elementwise ops around the flattening) and then the first layer read the (pooled)
-    # feature map.
-    features = _pooled(editor, head.flattening, dilation)
-    for step in head.prelude:
-        editor.nodes[step.node].inputs[0] = features
-        _rewrite_pass_through(editor, step, head.spatial_rank)
-        features = editor.tensor(step.output)
-    _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening),
-                    None if head.flattening.pool else dilation)  # a pooled head's first kernel is 1x1
+    if head.pool is not None:
+        _rewrite_pool(editor, head, dilation)
+    else:
+        # The prelude (elementwise ops around the flattening) and then the first layer read the feature map.
+        features = editor.tensors[head.source]
+        for step in head.prelude:
+            editor.nodes[step.node].inputs[0] = features
+            _rewrite_pass_through(editor, step, head.spatial_rank)
+            features = editor.tensor(step.output)
+        _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening),
+                        dilation)
     for step in head.steps:
         if isinstance(step, LinearLayer):
             _replace_linear(editor, step, editor.tensor(step.input),
@@ -182,23 +206,26 @@ def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int,
             _rewrite_pass_through(editor, step, head.spatial_rank)
     for name in head.tensors:
         editor.tensors[name].shape = None  # was [N, K]; shapes are re-inferred later
-    if head.output_layout == CHANNELS_LAST:
-        for name in head.outputs:
-            _to_channels_last(editor, editor.tensors[name], head.spatial_rank + 2)
+    rank = head.spatial_rank + 2
+    for name in head.outputs:
+        natural = CHANNELS_LAST if head.output_forms.get(name) == MAP_LAST else CHANNELS_FIRST
+        wanted = head.output_layouts.get(name, natural)
+        if wanted != natural:
+            perm = to_channels_last(rank) if wanted == CHANNELS_LAST else to_channels_first(rank)
+            _relayout(editor, editor.tensors[name], perm, wanted)
 
 
-def _to_channels_last(editor: _Editor, output: gs.Tensor, rank: int) -> None:
-    """Give the graph output `output` as [N, *spatial, K]; nodes that read it inside the graph keep
-    reading [N, K, *spatial] under a new name."""
-    inner = editor.variable(f"{output.name}/channels_first", output)
+def _relayout(editor: _Editor, output: gs.Tensor, perm: Tuple[int, ...], layout: str) -> None:
+    """Give the graph output `output` transposed by `perm`; nodes that read it inside the graph keep
+    reading the untransposed tensor under a new name."""
+    inner = editor.variable(f"{output.name}/before_{layout}", output)
     producer = output.inputs[0]
     producer.outputs[producer.outputs.index(output)] = inner
     for consumer in list(output.outputs):
         for index, tensor in enumerate(consumer.inputs):
             if tensor is output:
                 consumer.inputs[index] = inner
-    editor.add_node("Transpose", f"{output.name}/to_channels_last", [inner], [output],
-                    {"perm": list(to_channels_last(rank))})
+    editor.add_node("Transpose", f"{output.name}/to_{layout}", [inner], [output], {"perm": list(perm)})
 
 
 def rewrite(graph: gs.Graph, plan: Plan) -> gs.Graph:

@@ -82,16 +82,16 @@ def converted_marker(model: onnx.ModelProto) -> Optional[str]:
 def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
     """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
     return json.dumps({"version": __version__, "heads": [
-        {"outputs": list(head.outputs), "output_layout": head.output_layout, "source": head.flattening.source,
-         "pooling": None if head.flattening.pool is None else head.flattening.pool.mode,
+        {"outputs": list(head.outputs), "output_layout": head.output_layout, "output_layouts": dict(head.output_layouts),
+         "source": head.source, "pooling": None if head.pool is None else head.pool.mode.name,
          "geometry": where.to_dict()}
         for head, where in zip(plan.heads, geometry)]})
 
 
 def output_layouts_from_marker(marker: str) -> Dict[str, str]:
     """Output name -> the layout its map is given in, from a converted marker."""
-    return {name: head.get("output_layout", CHANNELS_FIRST) for head in json.loads(marker).get("heads", ())
-            for name in head.get("outputs", ())}
+    return {name: head.get("output_layouts", {}).get(name, head.get("output_layout", CHANNELS_FIRST))
+            for head in json.loads(marker).get("heads", ()) for name in head.get("outputs", ())}
 
 
 def geometry_from_marker(marker: str) -> Dict[str, Geometry]:

@@ -385,7 +385,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
     steps = quantization_steps(original, weights)
 
     def group(head: HeadPlan) -> Tuple[str, Tuple[int, ...], bool]:  # heads checked together
-        return head.flattening.source, head.flattening.window, head.flattening.slides
+        return head.source, head.window, head.slides
 
     for source, window, slides in dict.fromkeys(map(group, plan.heads)):
         heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
@@ -408,10 +408,10 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
             note = "global pool kept: the original head on the whole feature map"
         # The head takes other sizes than its training one for a kept pool (the whole larger map) and a
         # removed one (one location).
-        trained = plan.heads[heads[0]].flattening.spatial_shape
+        trained = plan.heads[heads[0]].spatial_shape
         head = _Head(original, source, outputs, weights, any_size=window != trained)
         expected = crop_and_forward(head, features, window, grid, locations, progress, step=dilation)
-        layouts = {o: plan.heads[i].output_layout for i in heads for o in plan.heads[i].outputs}
+        layouts = {o: plan.heads[i].output_layouts[o] for i in heads for o in plan.heads[i].outputs}
         for name, reference in zip(outputs, expected):
             value = actual[name]
             if layouts[name] == CHANNELS_LAST and value.ndim > 2:
@@ -479,8 +479,8 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     normalized original, when normalizing changed the trunk's ops) or else `original`. `weights` hold the
     original's external tensors, `converted_weights` (default: the same) the converted's.
     """
-    per_location = [o for h in plan.heads if h.flattening.window != h.flattening.spatial_shape for o in h.outputs]
-    origin = {o: h.output_layout for h in plan.heads for o in h.outputs} if plan.densify else None
+    per_location = [o for h in plan.heads if h.window != h.spatial_shape for o in h.outputs]
+    origin = {o: h.output_layouts[o] for h in plan.heads for o in h.outputs} if plan.densify else None
     checks = check_training_size(original, converted, seed=seed, weights=weights,
                                  converted_weights=converted_weights, per_location=per_location, origin=origin)
     require_passed(checks)

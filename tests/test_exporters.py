@@ -74,7 +74,7 @@ def test_exported_model_converts_and_is_equivalent(stem):
     head = conversion.report.plan.heads[0]
     channels_last = is_channels_last(stem)
     reference = trunk_that_runs_at_any_size(original) if channels_last else original
-    assert_equivalent(reference, conversion.model, source=head.flattening.source, channels_last=channels_last,
+    assert_equivalent(reference, conversion.model, source=head.source, channels_last=channels_last,
                       sizes=[larger(input_shape(original), channels_last)], **tolerances(original))
     ops = {node.op_type for node in conversion.model.graph.node}
     assert not ops & {"Gemm", "MatMul", "Flatten"}, ops
@@ -110,11 +110,11 @@ def test_skipping_the_nhwc_weight_permutation_is_caught(monkeypatch, tmp_path):
     assert not out.exists()
     wrong = fc2conv_onnx.convert(original, validate=False)
     with pytest.raises(AssertionError):
-        assert_equivalent(original, wrong, source=fc2conv_onnx.inspect(original).plan.heads[0].flattening.source,
+        assert_equivalent(original, wrong, source=fc2conv_onnx.inspect(original).plan.heads[0].source,
                           channels_last=True)
     monkeypatch.setattr(rewrite, "first_layer_kernel", honest)
     assert_equivalent(original, fc2conv_onnx.convert(original), channels_last=True,
-                      source=fc2conv_onnx.inspect(original).plan.heads[0].flattening.source)
+                      source=fc2conv_onnx.inspect(original).plan.heads[0].source)
 
 
 def dims(value: onnx.ValueInfoProto):

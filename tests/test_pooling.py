@@ -46,8 +46,8 @@ def test_the_fixtures_pool_where_the_table_says():
     assert sorted(POOLED) == sorted(POOLED_HEADS)
     for stem, (source, pooled, _) in POOLED.items():
         plan = fc2conv_onnx.inspect(load(stem)).plan
-        assert [h.flattening.source for h in plan.heads] == [source], stem
-        assert plan.heads[0].flattening.pool is not None
+        assert [h.source for h in plan.heads] == [source], stem
+        assert plan.heads[0].pool is not None
         if pooled:
             assert any(pooled in node.output for node in load(stem).graph.node)
 
@@ -96,7 +96,7 @@ def test_keep_mode_gives_one_prediction_at_any_size(stem):
     source, _, channels_last = POOLED[stem]
     original = load(stem)
     conversion = fc2conv_onnx.convert_with_report(original)  # keep is the default
-    assert conversion.report.plan.heads[0].flattening.pool.mode == "keep"
+    assert conversion.report.plan.heads[0].pool.mode.name == "keep"
     assert_equivalent(original, conversion.model, source=source, channels_last=channels_last)  # training size
     size = larger(original, channels_last)
     feeds = random_input(original, size, seed=3)
@@ -115,7 +115,7 @@ def test_keep_mode_gives_one_prediction_at_any_size(stem):
 def test_pooling_modes_are_reported_and_stored(tmp_path):
     out = tmp_path / "cam.onnx"
     report = fc2conv_onnx.convert_file(FIXTURES / "resnet_like.onnx", out, pooling="none")
-    pool = report.plan.heads[0].flattening.pool
+    pool = report.plan.heads[0].pool
     assert f"GlobalAveragePool '{pool.node}' -> removed (the head at every feature location)" in report.to_text()
     assert report.to_dict()["heads"][0]["pooling"]["mode"] == "none"
     geometry = fc2conv_onnx.read_geometry(out)["logits"]
@@ -145,4 +145,6 @@ def test_a_squeeze_of_other_axes_is_not_a_pooled_flattening():
     graph.initializer[-1].CopyFrom(axes)
     model = onnx.shape_inference.infer_shapes(model)
     conversion = fc2conv_onnx.convert_with_report(model, pooling="window")
-    assert conversion.report.plan.heads[0].flattening.op == "GlobalAveragePool + Squeeze"
+    head = conversion.report.plan.heads[0]
+    assert head.pool.op == "GlobalAveragePool" and head.steps[0].op == "Squeeze"
+    assert head.steps[0].becomes == "removed (the pooled map flattened)"
