@@ -13,14 +13,7 @@ import onnx
 from google.protobuf.message import Message
 
 from .errors import InputError, first_line
-from .weights import (
-    EMBEDDED_LIMIT,
-    Weights,
-    check_model,
-    nbytes_per_element,
-    read_skeleton,
-    tensor_nbytes,
-)
+from .weights import EMBEDDED_LIMIT, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 
