@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 from .api import (Conversion, Heatmap, convert, convert_file, convert_with_report, heatmap,  # noqa: E402
                   inspect, read_geometry, validate_pair, window_of)
 from .errors import Fc2ConvError, InputError, NothingToConvertError, ValidationError  # noqa: E402
+from .options import Options  # noqa: E402
 from .geometry import Box, Geometry  # noqa: E402
 from .pictures import Preprocessing  # noqa: E402
 from .report import Report  # noqa: E402

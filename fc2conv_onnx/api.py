@@ -17,11 +17,12 @@ import onnx_graphsurgeon as gs
 from . import atrous, io, pictures, shapes
 from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
-from .geometry import Box, Geometry, HeadGeometry, plan_geometry
-from .heads import AUTO, find_heads
+from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
+from .heads import find_heads
 from .layout import CHANNELS_LAST
 from .normalize import normalize
-from .plan import KEEP_POOL, POOLINGS, Plan
+from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
+from .plan import KEEP_POOL, Plan
 from .report import Report
 from .rewrite import rewrite
 from .weights import Weights
@@ -29,14 +30,6 @@ from .weights import Weights
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: `validate_size` / `size`: None for the default (a few strides larger than the training size), a
-#: spatial size such as (512, 1024) or "512x1024", or "off" to skip the window check.
-Size = Union[None, str, Sequence[int]]
-#: `stride`: a finer output stride, 16 or "16" or "16x8" (per spatial axis); None keeps the trunk's.
-Stride = Union[int, str, Sequence[int]]
-#: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
-#: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
-OUTPUT_LAYOUTS = (AUTO, "channels_first", "channels_last")
 
 
 @dataclass
@@ -65,13 +58,14 @@ class _Planned:
     reference: onnx.ModelProto
 
 
-def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL,
-          stride: Optional[Stride] = None) -> _Planned:
+def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     model, weights = loaded.model, loaded.weights
     marker = shapes.converted_marker(model)
     if marker is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
                                     f"'{shapes.CONVERTED_KEY}'); nothing to do")
+    if options.training_size is not None:
+        model = shapes.with_training_size(model, options.training_size)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as error:
@@ -79,40 +73,34 @@ def _plan(loaded: io.Loaded, output_layout: str = AUTO, pooling: str = KEEP_POOL
     graph = gs.import_onnx(inferred)
     weights.attach(graph)
     notes = normalize(graph)
-    plan = replace(find_heads(graph, output_layout, pooling), normalized=notes)
+    plan = replace(find_heads(graph, options.output_layout, options.pooling), normalized=notes)
     reference = inferred
     if notes:
         weights.hold(graph)
         reference = onnx.shape_inference.infer_shapes(shapes.export_like(graph.copy(), inferred), data_prop=True)
     geometry = plan_geometry(graph, plan)
-    if stride is not None and plan.heads:
+    _refuse_dropped_modes(plan, geometry, options)
+    if options.stride is not None and plan.heads:
         # The trunk's strides are lowered here, before the head's rewrite, so that the geometry is that of
         # the trunk as converted (and inspect shows it).
-        plan = replace(plan, densify=atrous.plan_densify(graph, plan, geometry, stride))
+        plan = replace(plan, densify=atrous.plan_densify(graph, plan, geometry, options.stride))
         atrous.apply(graph, plan.densify)
         geometry = plan_geometry(graph, plan)
     return _Planned(loaded, inferred, graph, plan, geometry, reference)
 
 
-def _window_size(size: Size) -> Tuple[bool, Optional[Tuple[int, ...]]]:
-    """(run the window check?, its spatial size or None for the default) from a `validate_size`/`size`."""
-    if size is None:
-        return True, None
-    if isinstance(size, str):
-        return (False, None) if size.strip().lower() == "off" else (True, validation.parse_size(size))
-    return True, tuple(int(v) for v in size)
-
-
-def _checked_layout(output_layout: str) -> str:
-    if output_layout not in OUTPUT_LAYOUTS:
-        raise InputError(f"output layout '{output_layout}' is not one of {', '.join(OUTPUT_LAYOUTS)}")
-    return output_layout
-
-
-def _checked_pooling(pooling: str) -> str:
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling '{pooling}' is not one of {', '.join(POOLINGS)}")
-    return pooling
+def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options: Options) -> None:
+    """A pooling mode that would slide must reach every head whose map a global pool collapses: never give
+    one prediction per image when a map was asked for."""
+    if options.pooling == KEEP_POOL:
+        return
+    for head, where in zip(plan.heads, geometry):
+        if head.pool is None and isinstance(where, Unknown) and where.pooled_by:
+            report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
+            raise NothingToConvertError(
+                f"--pooling {options.pooling} cannot apply to the head -> {', '.join(head.outputs)}: its feature map "
+                f"'{head.source}' is already pooled to one location by {where.pooled_by}, and the ops between are not "
+                f"ones the head grammar reads per location; nothing was written", report=report)
 
 
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
@@ -124,124 +112,103 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
         return NothingToConvertError(f"no fully connected head can be converted: {first.describe()}{more}",
                                      report=report)
     return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
-                                 "feature map)", report=report)
+                                 "feature map, and no linear layer or 1x1 Conv after a global pool)", report=report)
 
 
-def inspect(model: io.ModelSource, *, output_layout: str = AUTO, pooling: str = KEEP_POOL,
-            stride: Optional[Stride] = None) -> Report:
-    """Dry run: the heads that would be converted and what each becomes, and what is skipped and why."""
-    planned = _plan(io.read_model(model), _checked_layout(output_layout), _checked_pooling(pooling), stride)
+def inspect(model: io.ModelSource, options: Optional[Options] = None, **overrides) -> Report:
+    """Dry run: the heads that would be converted and what each becomes, and what is skipped and why.
+    `options` (or keyword arguments named like its fields) as in `convert_with_report`."""
+    planned = _plan(io.read_model(model), Options.of(options, overrides))
     return Report(plan=planned.plan, geometry=planned.geometry, source=_label(model), dry_run=True)
 
 
-def convert_with_report(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-                        seed: int = 0, progress: Optional[validation.Progress] = None,
-                        output_layout: str = AUTO, pooling: str = KEEP_POOL,
-                        stride: Optional[Stride] = None) -> Conversion:
-    """Convert every fully connected head of `model` (a path or a ModelProto, never modified).
+def convert_with_report(model: io.ModelSource, options: Optional[Options] = None, *,
+                        progress: Optional[validation.Progress] = None, **overrides) -> Conversion:
+    """Convert every head of `model` (a path or a ModelProto, never modified).
 
     Args:
         model: the classifier, as a path to an .onnx file or an `onnx.ModelProto`.
-        validate: prove the result with onnxruntime and raise `ValidationError` if it differs. On by
-            default; turn it off only for models you validate otherwise.
-        validate_size: spatial input size of the window check, which compares every output location
-            with the original head on that feature window: None for a few strides larger than the
-            training size, e.g. (512, 1024) or "512x1024", or "off" for the training-size check only.
-        seed: seed of the random validation inputs.
+        options: an `Options` record; keyword arguments named like its fields (`pooling="none"`,
+            `validate_size="512x1024"`, `input_size=224`, ...) override it. See `Options` for each one.
         progress: called as progress(done, total) while the window check runs the original head.
-        output_layout: "auto" (default: each head's outputs in the layout of its image input, so a
-            tf2onnx model with an NHWC input gives [N, h, w, K]), "channels_first" ([N, K, h, w]) or
-            "channels_last" ([N, h, w, K]).
-        pooling: what becomes of a global pooling (GlobalAveragePool, ReduceMean over the spatial axes...)
-            before a head: "keep" (default: it stays; one prediction per image at any size), "window" (a
-            pool of the training feature size with stride 1: the classifier at every window), or "none"
-            (removed: the head at every feature location, class activation maps).
-        stride: a finer output stride than the trunk's (which it must divide by a power of two), e.g. 16
-            for a stride-32 trunk: the last strides are lowered and later kernels dilated ("à trous"), so
-            cells are `stride` pixels apart; validated at every finer cell. None keeps the trunk's stride.
 
     Returns:
         A `Conversion` with the converted model and its `Report`.
 
     Raises:
-        InputError: the model is unreadable or invalid, or `validate_size` is unusable.
-        NothingToConvertError: no head could be converted (the error's `report` says why), or the model
-            was converted already.
+        InputError: the model is unreadable or invalid, or an option is unusable.
+        NothingToConvertError: no head could be converted (the error's `report` says why), a head cannot
+            have the pooling mode asked for, or the model was converted already.
         ValidationError: the converted model is not equivalent; nothing is returned.
     """
-    converted, weights, report = _convert(model, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout, pooling=pooling,
-                                          stride=stride)
+    converted, weights, report = _convert(model, Options.of(options, overrides), progress)
     return Conversion(model=weights.embedded(converted), report=report)
 
 
-def _convert(model: io.ModelSource, *, validate: bool, validate_size: Size, seed: int,
-             progress: Optional[validation.Progress], output_layout: str, pooling: str,
-             stride: Optional[Stride] = None) -> Tuple[onnx.ModelProto, Weights, Report]:
+def _convert(model: io.ModelSource, options: Options,
+             progress: Optional[validation.Progress]) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
-    windows, size = _window_size(validate_size)
-    output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
     loaded = io.read_model(model)
-    planned = _plan(loaded, output_layout, pooling, stride)
+    planned = _plan(loaded, options)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(model))
     rewrite(planned.graph, plan)
     loaded.weights.hold(planned.graph)
     converted = shapes.finish(planned.graph, loaded.model, plan, geometry)
-    checks = validation.validate(planned.inferred, converted, plan, geometry, seed=seed, size=size,
-                                 windows=windows, progress=progress, window_reference=planned.reference,
-                                 weights=loaded.weights) if validate else []
-    report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=validate, source=_label(model))
+    checks = validation.validate(planned.inferred, converted, plan, geometry, seed=options.seed,
+                                 size=options.window_size, windows=options.windows, progress=progress,
+                                 window_reference=planned.reference,
+                                 weights=loaded.weights) if options.validate else []
+    report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=options.validate,
+                    source=_label(model))
     return converted, loaded.weights, report
 
 
-def convert(model: io.ModelSource, *, validate: bool = True, validate_size: Size = None,
-            seed: int = 0, output_layout: str = AUTO, pooling: str = KEEP_POOL,
-            stride: Optional[Stride] = None) -> onnx.ModelProto:
+def convert(model: io.ModelSource, options: Optional[Options] = None, **overrides) -> onnx.ModelProto:
     """Convert `model` and return the fully convolutional ModelProto. See `convert_with_report`."""
-    return convert_with_report(model, validate=validate, validate_size=validate_size, seed=seed,
-                               output_layout=output_layout, pooling=pooling, stride=stride).model
+    return convert_with_report(model, options, **overrides).model
 
 
-def convert_file(src: PathLike, dst: PathLike, *, validate: bool = True, validate_size: Size = None,
-                 seed: int = 0, progress: Optional[validation.Progress] = None,
-                 output_layout: str = AUTO, pooling: str = KEEP_POOL, stride: Optional[Stride] = None,
-                 in_place: bool = False, external_data: Optional[bool] = None) -> Report:
+def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None, *,
+                 progress: Optional[validation.Progress] = None, in_place: bool = False,
+                 external_data: Optional[bool] = None, **overrides) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
     The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` (or
     one of its external-data files) only with `in_place=True`. `external_data`: None (default) writes the
     weights to `dst` + ".data" when `src` has external data or the model reaches 2 GiB, else inside `dst`;
     True or False forces either. Nothing is written if any step fails, and a previous `dst` is kept.
+    `options` and keyword overrides as in `convert_with_report`.
     """
+    options = Options.of(options, overrides)
     if io.same_file(src, dst) and not in_place:
         raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
     io.check_output_path(dst)
-    converted, weights, report = _convert(src, validate=validate, validate_size=validate_size, seed=seed,
-                                          progress=progress, output_layout=output_layout, pooling=pooling,
-                                          stride=stride)
+    converted, weights, report = _convert(src, options, progress)
     data = io.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
     report.output = str(dst)
     report.external_data = None if data is None else str(data)
     return report
 
 
-def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: Size = None, seed: int = 0,
-                  progress: Optional[validation.Progress] = None, output_layout: str = AUTO,
-                  pooling: str = KEEP_POOL, stride: Optional[Stride] = None) -> Report:
+def validate_pair(original: io.ModelSource, converted: io.ModelSource, options: Optional[Options] = None, *,
+                  progress: Optional[validation.Progress] = None, size: Optional[Size] = None,
+                  **overrides) -> Report:
     """Prove that `converted` (made by this tool earlier, or by hand) is the fully convolutional form of
     `original`: the same checks `convert` runs, on an existing pair. Raises `ValidationError` if not.
 
     The heads are found in `original`, which is cut at their source tensors; `converted` must have the
-    same input and output names. `size` and `output_layout` (the layout `converted` gives its outputs in)
-    are as in `convert_with_report`.
+    same input and output names. `size` is the window check's size (`Options.validate_size`); the other
+    options (`output_layout`: the layout `converted` gives its outputs in, `pooling`, `stride`,
+    `input_size`, `seed`) are as in `convert_with_report`.
     """
-    windows, spatial = _window_size(size)
-    output_layout, pooling = _checked_layout(output_layout), _checked_pooling(pooling)
+    if size is not None:
+        overrides["validate_size"] = size
+    options = Options.of(options, overrides)
     reference = io.read_model(original)
     candidate = io.read_model(converted)
-    planned = _plan(reference, output_layout, pooling, stride)
+    planned = _plan(reference, options)
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))
@@ -250,9 +217,10 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, *, size: 
     if missing:
         raise ValidationError(f"the converted model has no output '{missing[0].name}' (outputs must keep "
                               "their names)")
-    checks = validation.validate(planned.inferred, candidate.model, plan, geometry, seed=seed, size=spatial,
-                                 windows=windows, progress=progress, window_reference=planned.reference,
-                                 weights=reference.weights, converted_weights=candidate.weights)
+    checks = validation.validate(planned.inferred, candidate.model, plan, geometry, seed=options.seed,
+                                 size=options.window_size, windows=options.windows, progress=progress,
+                                 window_reference=planned.reference, weights=reference.weights,
+                                 converted_weights=candidate.weights)
     return Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=True, source=_label(original),
                   compared_with=_label(converted))
 

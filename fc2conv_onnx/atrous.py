@@ -23,7 +23,7 @@ from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
 from .ops import JOIN, LOCAL, PAD, WINDOW, entry, trunk_kind
 from .plan import Densify, LayerChange, Plan, window_op
-from .validate import split_ints
+from .options import split_ints
 
 #: The first opset whose pool of each kind takes `dilations`.
 POOL_DILATIONS_SINCE = {"MaxPool": 10, "AveragePool": 19, "LpPool": 18}

@@ -15,11 +15,13 @@ import json
 import logging
 import sys
 import time
+from dataclasses import fields
 from typing import Callable, List, Optional
 
 from . import __version__, api
 from .errors import Fc2ConvError, InputError
 from .pictures import Preprocessing
+from .options import OUTPUT_LAYOUTS, Options
 from .plan import KEEP_POOL, POOLINGS
 from .report import Report
 
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "size only")
     _layout_flag(convert, "the layout of the converted outputs")
     _pooling_flag(convert)
+    _input_size_flag(convert)
     _stride_flag(convert)
     _common_flags(convert)
     convert.set_defaults(run=_run_convert)
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
     _layout_flag(validate, "the layout CONVERTED gives its outputs in")
     _pooling_flag(validate)
+    _input_size_flag(validate)
     _stride_flag(validate)
     _common_flags(validate)
     validate.set_defaults(run=_run_validate)
@@ -108,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     _layout_flag(inspect, "the layout the converted outputs would have")
     _pooling_flag(inspect)
+    _input_size_flag(inspect)
     _stride_flag(inspect)
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
@@ -154,7 +159,7 @@ def _floats(text: str) -> tuple:
 
 
 def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--output-layout", choices=api.OUTPUT_LAYOUTS, default="auto",
+    parser.add_argument("--output-layout", choices=OUTPUT_LAYOUTS, default="auto",
                         help=f"{what}: channels_first is [N, K, *spatial], channels_last [N, *spatial, K]; auto "
                              "(default) follows the image input, so a tf2onnx/Keras model with an NHWC input "
                              "gives NHWC maps")
@@ -168,13 +173,21 @@ def _stride_flag(parser: argparse.ArgumentParser) -> None:
                              "finer cell. Needs --pooling window or none for global-pooling heads")
 
 
+def _input_size_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-size", metavar="SIZE",
+                        help="the training size (spatial, e.g. 224x224 or 224) of a model exported with dynamic "
+                             "spatial dims ([N, 3, ?, ?]); its heads are read and validated at that size. Not needed "
+                             "when the input size is fixed in the model")
+
+
 def _pooling_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", choices=POOLINGS, default=KEEP_POOL,
                         help="what becomes of a global pooling (GlobalAveragePool, ReduceMean over the spatial axes) "
                              "before a head: keep (default) leaves it, giving one prediction per image at any size; "
                              "window makes it a pool of the training feature size with stride 1, giving the "
                              "classifier on every window; none removes it, giving the head at every feature "
-                             "location (class activation maps)")
+                             "location (class activation maps). A head that cannot have the mode is refused "
+                             "(exit 4), never converted to less")
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
@@ -207,20 +220,25 @@ def _progress() -> Optional[_ProgressBar]:
     return _ProgressBar() if sys.stderr.isatty() else None
 
 
+def _options(args: argparse.Namespace) -> Options:
+    """The options record from the flags a subcommand has (the flags are named like its fields)."""
+    given = {f.name: getattr(args, f.name) for f in fields(Options) if hasattr(args, f.name)}
+    if getattr(args, "size", None) is not None:  # `validate --size` is the window check's size
+        given["validate_size"] = args.size
+    return Options.of(None, given)
+
+
 def _run_convert(args: argparse.Namespace) -> Report:
-    return api.convert_file(args.input, args.output, validate=args.validate, validate_size=args.validate_size,
-                            seed=args.seed, progress=_progress(), output_layout=args.output_layout,
-                            pooling=args.pooling, stride=args.stride, in_place=args.in_place,
+    return api.convert_file(args.input, args.output, _options(args), progress=_progress(), in_place=args.in_place,
                             external_data=args.external_data)
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
-    return api.validate_pair(args.original, args.converted, size=args.size, seed=args.seed, progress=_progress(),
-                             output_layout=args.output_layout, pooling=args.pooling, stride=args.stride)
+    return api.validate_pair(args.original, args.converted, _options(args), progress=_progress())
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    report = api.inspect(args.input, output_layout=args.output_layout, pooling=args.pooling, stride=args.stride)
+    report = api.inspect(args.input, _options(args))
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report

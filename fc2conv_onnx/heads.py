@@ -45,6 +45,7 @@ from .layout import (
 )
 from .linear import LINEAR_OPS, match_linear
 from .ops import HeadContext, entry
+from .options import AUTO
 from .plan import (
     AXIS_LAST,
     FLAT,
@@ -291,10 +292,6 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
         for node in tensor.inputs:
             stack.extend(node.inputs)
     return tuple(t.name for t in graph.inputs if t.name in found)
-
-
-#: `output_layout` choices: AUTO gives each head's outputs the layout of the image input it reads.
-AUTO = "auto"
 
 
 def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], forms: Mapping[str, str],

@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import __version__
-from .errors import ValidationError, first_line
+from .errors import InputError, ValidationError, first_line
 from .geometry import Geometry, HeadGeometry
 from .layout import CHANNELS_FIRST, with_spatial
 from .plan import Plan
@@ -44,6 +44,36 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
             layout = layouts.get(tensor.name, CHANNELS_FIRST)
             shape = list(with_spatial(shape, layout, [prefix + name for name in spatial_names(len(shape) - 2)]))
         tensor.shape = shape
+
+
+def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto:
+    """A copy of `model` whose image inputs have the static spatial size `size` (`--input-size`): the
+    symbolic dims besides the batch are the spatial ones. An input whose size is already fixed must match."""
+    initializers = {t.name for t in model.graph.initializer}
+    images = [i for i in model.graph.input if i.name not in initializers
+              and len(i.type.tensor_type.shape.dim) == len(size) + 2]
+    if not images:
+        raise InputError(f"input size {'x'.join(map(str, size))} has {len(size)} axes; no input of the model has "
+                         f"{len(size)} spatial axes")
+    fixed = model.__class__()
+    fixed.CopyFrom(model)
+    targets = {i.name: i for i in fixed.graph.input}
+    for image in images:
+        dims = targets[image.name].type.tensor_type.shape.dim
+        free = [axis for axis in range(1, len(dims)) if not dims[axis].HasField("dim_value")]
+        if not free:
+            static = [d.dim_value for d in dims]
+            if tuple(size) not in (tuple(static[2:]), tuple(static[1:-1])):
+                raise InputError(f"input '{image.name}' has the fixed shape {static}, which --input-size "
+                                 f"{'x'.join(map(str, size))} does not match; leave --input-size out")
+            continue
+        if len(free) != len(size):
+            raise InputError(f"input '{image.name}' has {len(free)} symbolic dims besides the batch; --input-size "
+                             f"can only fix {len(size)} spatial ones when the channel count is static")
+        for axis, value in zip(free, size):
+            dims[axis].Clear()
+            dims[axis].dim_value = int(value)
+    return fixed
 
 
 def clear_inferred_shapes(graph: gs.Graph) -> None:

@@ -254,22 +254,6 @@ def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
 Progress = Callable[[int, int], None]
 
 
-def split_ints(text: str) -> Tuple[int, ...]:
-    """'512x1024', '512,1024' or '512' -> its integers; ValueError if they are not integers."""
-    return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
-
-
-def parse_size(text: str) -> Tuple[int, ...]:
-    """'512x1024', '512,1024' or '512' (every axis) -> a spatial size."""
-    try:
-        size = split_ints(text)
-    except ValueError:
-        raise InputError(f"size '{text}' is not a list of integers like 512x1024") from None
-    if not size or min(size) <= 0:
-        raise InputError(f"size '{text}' must be positive integers like 512x1024")
-    return size
-
-
 def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Sequence[HeadGeometry],
                         size: Optional[Sequence[int]] = None) -> Dict[str, Tuple[int, ...]]:
     """Input shapes for the window check: `size` (spatial) or, by default, a few strides larger than

@@ -1,0 +1,107 @@
+"""The choices a conversion takes, as one record: the Python API and the CLI pass an `Options` through the
+pipeline instead of the same keyword arguments through every function. Every CLI flag is a field here with
+the same name and meaning."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import InputError
+from .plan import KEEP_POOL, POOLINGS
+
+#: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
+#: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
+AUTO = "auto"
+OUTPUT_LAYOUTS = (AUTO, "channels_first", "channels_last")
+#: A spatial size: (512, 1024), "512x1024", "512,1024" or "512" (every axis).
+Size = Union[str, Sequence[int]]
+#: `stride`: 16 or "16" or "16x8" (per spatial axis).
+Stride = Union[int, str, Sequence[int]]
+
+
+def split_ints(text: str) -> Tuple[int, ...]:
+    """'512x1024', '512,1024' or '512' -> its integers; ValueError if they are not integers."""
+    return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+
+
+def parse_size(value: Size, what: str = "size") -> Tuple[int, ...]:
+    """A spatial size from text or a sequence; InputError unless it is positive integers."""
+    try:
+        size = split_ints(value) if isinstance(value, str) else tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} '{value}' is not a list of integers like 512x1024") from None
+    if not size or min(size) <= 0:
+        raise InputError(f"{what} '{value}' must be positive integers like 512x1024")
+    return size
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to convert (and check) a model.
+
+    Attributes:
+        output_layout: "auto" (default: each head's outputs in the layout of its image input, so a tf2onnx
+            model with an NHWC input gives [N, h, w, K]), "channels_first" ([N, K, h, w]) or
+            "channels_last" ([N, h, w, K]).
+        pooling: what becomes of a global pooling (GlobalAveragePool, ReduceMean over the spatial axes...)
+            that starts a head: "keep" (default: it stays; one prediction per image at any size), "window" (a
+            pool of the training feature size with stride 1: the classifier at every window), or "none"
+            (removed: the head at every feature location, class activation maps). A head that cannot have
+            the mode asked for is refused (exit 4), never converted to less.
+        stride: a finer output stride than the trunk's (which it must divide by a power of two), e.g. 16
+            for a stride-32 trunk: the last strides are lowered and later kernels dilated ("à trous"), so
+            cells are `stride` pixels apart; validated at every finer cell. None keeps the trunk's stride.
+        input_size: the training (spatial) size of a model exported with dynamic spatial dims, e.g. 224 or
+            "224x224"; the heads are read, and validated, at that size. Must match a fixed size if given.
+        validate: prove the result with onnxruntime (on by default); off leaves it unproven.
+        validate_size: spatial input size of the window check, which compares every output location with
+            the original head on that feature window: None for a few strides larger than the training
+            size, e.g. (512, 1024) or "512x1024", or "off" for the training-size check only.
+        seed: seed of the random validation inputs.
+    """
+
+    output_layout: str = AUTO
+    pooling: str = KEEP_POOL
+    stride: Optional[Stride] = None
+    input_size: Optional[Size] = None
+    validate: bool = True
+    validate_size: Optional[Size] = None
+    seed: int = 0
+
+    @classmethod
+    def of(cls, options: Optional["Options"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Options":
+        """`options` (default: the defaults) with `overrides` (keyword arguments of the API) applied, checked."""
+        overrides = dict(overrides or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+        return replace(options or cls(), **overrides).checked()
+
+    def checked(self) -> "Options":
+        if self.output_layout not in OUTPUT_LAYOUTS:
+            raise InputError(f"output layout '{self.output_layout}' is not one of {', '.join(OUTPUT_LAYOUTS)}")
+        if self.pooling not in POOLINGS:
+            raise InputError(f"pooling '{self.pooling}' is not one of {', '.join(POOLINGS)}")
+        if self.input_size is not None:
+            parse_size(self.input_size, "input size")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(f"seed {self.seed!r} is not a non-negative integer")
+        self.window_size  # parses it, or raises InputError
+        return self
+
+    @property
+    def training_size(self) -> Optional[Tuple[int, ...]]:
+        return None if self.input_size is None else parse_size(self.input_size, "input size")
+
+    @property
+    def windows(self) -> bool:
+        """Whether the window check runs."""
+        return not (isinstance(self.validate_size, str) and self.validate_size.strip().lower() == "off")
+
+    @property
+    def window_size(self) -> Optional[Tuple[int, ...]]:
+        """The window check's spatial size, or None for the default."""
+        if self.validate_size is None or not self.windows:
+            return None
+        return parse_size(self.validate_size)
