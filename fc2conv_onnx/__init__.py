@@ -14,5 +14,5 @@ from .report import Report  # noqa: E402
 __all__ = [
     "__version__", "convert", "convert_with_report", "convert_file", "inspect", "validate_pair",
     "read_geometry", "window_of", "heatmap", "Conversion", "Report", "Geometry", "Box", "Heatmap", "Preprocessing",
-    "Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError",
+    "Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "Options",
 ]
