@@ -261,14 +261,17 @@ class Heatmap:
     geometry: Geometry
 
     def to_text(self) -> str:
-        return (f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
-                f"{'x'.join(map(str, self.grid))} cells, stride {'x'.join(map(str, self.geometry.stride))}, window "
-                f"{'x'.join(map(str, self.geometry.window))}, values {self.value_range[0]:.4g} .. "
-                f"{self.value_range[1]:.4g}\nwritten: {self.output}")
+        axes = lambda values: "x".join(map(str, values))  # noqa: E731
+        lines = [f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
+                 f"{axes(self.grid)} cells, stride {axes(self.geometry.stride)}, window {axes(self.geometry.window)}, "
+                 f"values {self.value_range[0]:.4g} .. {self.value_range[1]:.4g}"]
+        if not self.geometry.local:
+            lines.append(self.geometry.locality())
+        return "\n".join(lines + [f"written: {self.output}"])
 
     def to_dict(self) -> dict:
         return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
-                "grid": list(self.grid), "value_range": list(self.value_range), "geometry": self.geometry.to_dict()}
+                "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range), "geometry": self.geometry.to_dict()}
 
 
 def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
-from .ops import JOIN, LOCAL, PAD, WINDOW, entry, trunk_kind
+from .ops import JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, WINDOW, entry, trunk_kind
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints
 
@@ -161,7 +161,7 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
         kind = trunk_kind(node)
         if kind != WINDOW and incoming <= {ones}:  # nothing denser reaches it: unchanged
             out = ones
-        elif kind in (LOCAL, JOIN):
+        elif kind in (LOCAL, JOIN, LAST_AXIS, MOVE_CHANNELS):
             if not entry(node).parameters and len(incoming) > 1:
                 raise InputError(f"{node.op} '{node.name}' joins branches of different densities; --stride "
                                  "cannot be exact")

@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 from .heads import upstream_inputs
 from .layout import CHANNELS_FIRST, input_layout, spatial_dims
 from .normalize import in_default_domain
-from .ops import GLOBAL, JOIN, LOCAL, PAD, WINDOW, entry, trunk_kind
+from .ops import GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, WINDOW, entry, trunk_kind, varies_over_space
+from .plan import MAP, MAP_LAST
 from .plan import HeadPlan, Plan
 
 
@@ -203,6 +204,8 @@ class _Span:
     #: to here passes one (the map is then one location, whatever the input's size).
     global_op: str = ""
     collapsed: bool = False
+    #: The tensor holds its channels last ([N, *spatial, C]) here (a Transpose in the trunk moved them).
+    channels_last: bool = False
 
 
 class _NotLocal(Exception):
@@ -290,16 +293,17 @@ def _merge(spans: List[_Span], node: gs.Node) -> _Span:
         if other.stride != first.stride:
             raise _NotLocal(f"{node.op} '{node.name}' joins branches of strides {list(first.stride)} and "
                             f"{list(other.stride)}")
+        if other.channels_last != first.channels_last:
+            raise _NotLocal(f"{node.op} '{node.name}' joins a channels-first and a channels-last map")
     start = tuple(min(s.start[a] for s in spans) for a in range(len(first.start)))
     stop = tuple(max(s.start[a] + s.extent[a] for s in spans) for a in range(len(first.start)))
-    return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers, global_op)
+    return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers, global_op,
+                  channels_last=first.channels_last)
 
 
-def _constant_is_per_location(tensor: gs.Tensor, rank: int) -> bool:
-    """A constant operand leaves the geometry alone unless it varies along a spatial axis. Broadcasting
-    aligns trailing axes, so its last `rank` dims (as many as it has) meet the spatial axes."""
-    shape = list(tensor.shape) if tensor.shape is not None else None
-    return shape is not None and all(d == 1 for d in shape[max(len(shape) - rank, 0):])
+def _constant_is_per_location(tensor: gs.Tensor, rank: int, channels_last: bool) -> bool:
+    """A constant operand leaves the geometry alone unless it varies along a spatial axis."""
+    return tensor.shape is not None and not varies_over_space(tensor.shape, rank, MAP_LAST if channels_last else MAP)
 
 
 def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> _Span:
@@ -317,6 +321,8 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
         if kind == WINDOW:
             if node.inputs[0].name not in spans:
                 raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
+            if spans[node.inputs[0].name].channels_last:
+                raise _NotLocal(f"{node.op} '{node.name}' reads a map whose channels a Transpose moved last")
             span = _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
         elif kind == PAD:
             span = _through_layer(spans[node.inputs[0].name], _pad_layer(node, rank))
@@ -324,10 +330,18 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
             span = _merge(inputs, node)
         elif kind == LOCAL:
             others = [t for t in node.inputs if t.name not in spans and t.name]
-            if not entry(node).parameters and not all(_constant_is_per_location(t, rank) for t in others):
+            span = _merge(inputs, node)
+            if not entry(node).parameters and not all(_constant_is_per_location(t, rank, span.channels_last)
+                                                      for t in others):
                 raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
                                 "over the spatial axes")
+        elif kind == MOVE_CHANNELS:
+            span = replace(inputs[0], channels_last=node.attrs["perm"][-1] == 1)
+        elif kind == LAST_AXIS:
             span = _merge(inputs, node)
+            if not span.channels_last:
+                raise _NotLocal(f"{node.op} '{node.name}' acts along the last axis of a channels-first map, which "
+                                "is a spatial axis")
         elif kind == GLOBAL:
             span = replace(_merge(inputs, node), collapsed=True)
             span = replace(span, global_op=span.global_op or f"{node.op} '{node.name}'")

@@ -76,6 +76,8 @@ WINDOW = "window"  # reads a window: kernel, stride, dilation, pads
 PAD = "pad"
 JOIN = "join"  # Concat of branches along the channels
 GLOBAL = "global"  # reads every location: each cell then depends on the whole input
+LAST_AXIS = "last_axis"  # acts along the last axis alone: per location on a channels-last map only
+MOVE_CHANNELS = "move_channels"  # a Transpose of the channels last, or back: per location
 
 
 @dataclass(frozen=True)
@@ -344,6 +346,29 @@ def _reduce_kind(node: gs.Node) -> Optional[str]:
     return LOCAL if axes == frozenset((1,)) and node.attrs.get("keepdims", 1) else GLOBAL
 
 
+def _transpose_kind(node: gs.Node) -> Optional[str]:
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    moves = rank >= 3 and (is_transpose(node, to_channels_last(rank)) or is_transpose(node, to_channels_first(rank)))
+    return MOVE_CHANNELS if moves else None
+
+
+def _matmul_kind(node: gs.Node) -> Optional[str]:
+    """x @ W with a constant 2-D W: a Linear on the last axis (ConvNeXt's blocks on a channels-last map).
+    A product of two computed tensors (attention) mixes locations."""
+    weight = node.inputs[1]
+    return LAST_AXIS if isinstance(weight, gs.Constant) and len(weight.shape) == 2 else None
+
+
+def _normalization_kind(node: gs.Node) -> Optional[str]:
+    """LayerNormalization / Softmax along the last axis alone; Softmax along axis 1 (opset 13 on, a rank 3+
+    input) is over the channels of a channels-first map."""
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    axis = int(node.attrs.get("axis", -1))
+    if axis in (-1, rank - 1):
+        return LAST_AXIS
+    return LOCAL if node.op == "Softmax" and axis in (1, 1 - rank) and "axis" in node.attrs else None
+
+
 def _concat_kind(node: gs.Node) -> Optional[str]:
     rank = len(node.outputs[0].shape) if node.outputs[0].shape is not None else 0
     return JOIN if int(node.attrs.get("axis", 0)) in (1, 1 - rank) else None
@@ -365,14 +390,15 @@ register("Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", trunk=LO
 register("BatchNormalization", head=batch_normalization, trunk=LOCAL, parameters=True)
 register("LRN", trunk=LOCAL, parameters=True)
 register("QuantizeLinear", "DequantizeLinear", head=quantize_family, trunk=LOCAL, parameters=True)
-register("Softmax", "LogSoftmax", "Hardmax", head=softmax_family)
-register("LayerNormalization", head=layer_normalization)
-register(*LINEAR_OPS, head=linear)
+register("Softmax", "LogSoftmax", "Hardmax", head=softmax_family, trunk=_normalization_kind)
+register("LayerNormalization", head=layer_normalization, trunk=_normalization_kind, parameters=True)
+register("Gemm", head=linear)
+register("MatMul", head=linear, trunk=_matmul_kind)
 register("Conv", head=pointwise_conv, trunk=WINDOW)
 register("MaxPool", "AveragePool", "LpPool", trunk=WINDOW)
 register("Pad", trunk=PAD)
 register("Concat", trunk=_concat_kind)
-register("Transpose", head=transpose)
+register("Transpose", head=transpose, trunk=_transpose_kind)
 register("Flatten", "Squeeze", "Reshape", head=flattening)
 register("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", trunk=GLOBAL)
 register(*(op for op in GLOBAL_POOLS if op.startswith("Reduce")), "ReduceSum", "ReduceL2", trunk=_reduce_kind)

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .geometry import HeadGeometry
+from .geometry import Geometry, HeadGeometry
 from .plan import Plan
 from .validate import OutputCheck
 
@@ -36,6 +36,8 @@ class Report:
         lines.append(self.plan.describe())
         for head, where in zip(self.plan.heads, self.geometry):
             lines.append(f"geometry of {', '.join(head.outputs)}: {where.describe()}")
+            if isinstance(where, Geometry) and not where.local:
+                lines.append(f"{', '.join(head.outputs)}: {where.locality()}")
         if self.plan.trunk_inputs and self.plan.heads:
             lines.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
         if self.validated:
