@@ -104,12 +104,13 @@ def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options:
 
 
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
-    """The error for a plan with no head, naming the first reason (the report holds them all)."""
+    """The error for a plan with no head, naming the reason of the linear layer nearest the outputs (the
+    report holds them all)."""
     report = Report(plan=plan, source=label, dry_run=True)
     if plan.skipped:
-        first = plan.skipped[0]
+        last = plan.skipped[-1]  # the one nearest the outputs: the classifier, not a layer inside the trunk
         more = f" (and {len(plan.skipped) - 1} more; see `fc2conv-onnx inspect`)" if len(plan.skipped) > 1 else ""
-        return NothingToConvertError(f"no fully connected head can be converted: {first.describe()}{more}",
+        return NothingToConvertError(f"no fully connected head can be converted: {last.describe()}{more}",
                                      report=report)
     return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
                                  "feature map, and no linear layer or 1x1 Conv after a global pool)", report=report)

@@ -305,6 +305,20 @@ def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], forms:
     return {name: layout for name in outputs}
 
 
+def _after_attention(graph: gs.Graph) -> Dict[str, str]:
+    """Every tensor computed from a product of two computed tensors (a transformer's attention), mapped to
+    the first such MatMul on its way. The graph is in topological order."""
+    found: Dict[str, str] = {}
+    for node in graph.nodes:
+        reached = next((found[t.name] for t in node.inputs if t.name in found), None)
+        if reached is None and node.op == "MatMul" and len(node.inputs) == 2 and \
+                not any(isinstance(t, gs.Constant) or not t.inputs for t in node.inputs):
+            reached = f"MatMul '{node.name}'"
+        if reached is not None:
+            found.update(dict.fromkeys((t.name for t in node.outputs), reached))
+    return found
+
+
 class _Search:
     """The state of one search for heads: what each Gemm/MatMul turned out to be."""
 
@@ -316,6 +330,7 @@ class _Search:
         self.heads: List[HeadPlan] = []
         self.claimed: Dict[str, str] = {}  # node -> "" when in a head, else why its linear layer is not converted
         self.skipped: List[Skipped] = []
+        self.attended = _after_attention(graph)
 
     def head(self, steps: Tuple[Step, ...], forms: Mapping[str, str], source: str, **fields) -> Optional[HeadPlan]:
         outputs = tuple(t.name for t in self.graph.outputs if t.name in forms)
@@ -349,6 +364,10 @@ class _Search:
     def flattened(self, node: gs.Node) -> None:
         first = None
         try:
+            if node.inputs[0].name in self.attended:
+                raise _Decline(f"the model has no convolutional trunk: its input reaches '{node.name}' through "
+                               f"attention ({self.attended[node.inputs[0].name]} multiplies two computed tensors), so "
+                               "there is no feature map to slide the head over; only CNN classifiers convert")
             flattening, prelude, first = _first_layer(node, self.base.opset, self.graph_outputs)
             context = replace(self.base, features=first.features, spatial_rank=len(flattening.spatial_shape))
             members = set(first.nodes)
@@ -387,9 +406,11 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_P
         reason = search.claimed.get(node.name)
         if node.op in LINEAR_OPS and reason:
             search.skipped.append(Skipped(node.name, node.op, reason))
+    order = {node.name: index for index, node in enumerate(graph.nodes)}
+    skipped = tuple(sorted(search.skipped, key=lambda s: order.get(s.node, -1)))
     tensors = graph.tensors()
     trunk_inputs = upstream_inputs(graph, [h.source for h in search.heads])
-    plan = Plan(heads=tuple(search.heads), skipped=tuple(search.skipped), trunk_inputs=trunk_inputs,
+    plan = Plan(heads=tuple(search.heads), skipped=skipped, trunk_inputs=trunk_inputs,
                 opset=search.base.opset, input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs})
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

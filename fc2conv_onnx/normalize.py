@@ -40,42 +40,64 @@ def constant_node_value(node: gs.Node) -> Optional[np.ndarray]:
     return None
 
 
-def produced_constant(node: gs.Node) -> Optional[np.ndarray]:
-    """The value of a node that produces a constant: Constant, Identity of a constant (the TorchScript
-    exporter shares equal initializers that way, e.g. a fresh BatchNorm's weight and running_var),
-    ConstantOfShape of a constant shape (Caffe2-era zoo models). None for anything else."""
-    if not in_default_domain(node) or len(node.outputs) != 1:
+#: Never folded: ops whose result is not a function of their inputs, and the quantization ops of a QDQ
+#: model, whose quantized weights the rewrite keeps quantized.
+NOT_FOLDED = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Bernoulli", "QuantizeLinear", "DequantizeLinear"))
+
+
+def _evaluate(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
+    """The outputs of a node whose inputs are all constants, computed by onnx's reference evaluator (so any
+    op onnx defines folds, as onnx defines it); None when it cannot be evaluated."""
+    from onnx.reference import ReferenceEvaluator
+
+    single = gs.Graph(nodes=[node], inputs=[], outputs=list(node.outputs), opset=opset)
+    try:
+        model = gs.export_onnx(single, do_type_check=False)
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+    except Exception as error:  # an op the evaluator does not implement: leave the node as it is
+        logger.debug("not folded: %s '%s' (%s)", node.op, node.name, error)
+        return None
+
+
+def produced_constant(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
+    """The values a node produces when they follow from constants alone: a Constant node's value, or the
+    result of any standard op whose inputs are all constants (weights computed by Reshape, Transpose, Cast,
+    Identity, ConstantOfShape ... of initializers, as Caffe2-era and TorchScript exports do). None for
+    anything else."""
+    if not in_default_domain(node) or node.op in NOT_FOLDED or not node.outputs:
         return None
     if node.op == "Constant":
-        return constant_node_value(node)
-    if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
-        return np.asarray(node.inputs[0].values)
-    if node.op == "ConstantOfShape" and isinstance(node.inputs[0], gs.Constant):
-        fill = node.attrs.get("value")
-        fill = np.asarray(fill.values).reshape(-1) if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
-        return np.full(np.asarray(node.inputs[0].values).astype(np.int64), fill[0], dtype=fill.dtype)
-    return None
+        value = constant_node_value(node)
+        return None if value is None else [value]
+    if not node.inputs or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
+        return None
+    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        return None  # If / Loop / Scan: not folded
+    return _evaluate(node, opset)
 
 
 def fold_constant_nodes(graph: gs.Graph) -> int:
-    """Turn the outputs of constant-producing nodes into graphsurgeon Constants (in graph order, so
-    chains fold too); return how many were folded."""
+    """Turn the outputs of nodes that only read constants into graphsurgeon Constants (in graph order, so
+    chains fold too); return how many nodes were folded."""
     folded = 0
     graph_outputs = {id(t) for t in graph.outputs}
+    opset = int(graph.opset or 1)
     graph.toposort()
     for node in graph.nodes:
-        output = node.outputs[0] if len(node.outputs) == 1 else None
-        if output is None or id(output) in graph_outputs:
+        if any(id(t) in graph_outputs for t in node.outputs):
             continue  # a graph output must stay a produced tensor
-        values = produced_constant(node)
-        if values is None:
+        values = produced_constant(node, opset)
+        if values is None or len(values) != len(node.outputs):
             continue
+        outputs = list(node.outputs)
         node.outputs.clear()
-        output.to_constant(values)
+        for tensor, value in zip(outputs, values):
+            tensor.to_constant(value)
         folded += 1
     if folded:
         graph.cleanup()
-        logger.debug("folded %d Constant nodes into constant tensors", folded)
+        logger.debug("folded %d constant-only nodes into constant tensors", folded)
     return folded
 
 

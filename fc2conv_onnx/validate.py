@@ -468,11 +468,14 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     checks = check_training_size(original, converted, seed=seed, weights=weights,
                                  converted_weights=converted_weights, per_location=per_location, origin=origin)
     require_passed(checks)
-    if plan.trunk_inputs and (windows or per_location):
-        if not windows:  # per-location heads are only checked by windows: at the training size, then
-            image = plan.trunk_inputs[0]
-            size = tuple(spatial_dims(training_shapes(original)[image], plan.input_layout(image)))
-        checks += check_windows(window_reference or original, converted, plan, geometries, size=size, seed=seed,
+    sizes: List[Optional[Sequence[int]]] = []
+    if plan.trunk_inputs and per_location:  # heads that give a map at the training size: checked there too
+        image = plan.trunk_inputs[0]
+        sizes.append(tuple(spatial_dims(training_shapes(original)[image], plan.input_layout(image))))
+    if plan.trunk_inputs and windows and (size is None or tuple(size) not in sizes):
+        sizes.append(size)
+    for spatial in sizes:
+        checks += check_windows(window_reference or original, converted, plan, geometries, size=spatial, seed=seed,
                                 progress=progress, weights=weights, converted_weights=converted_weights)
         require_passed(checks)
     for check in checks:
