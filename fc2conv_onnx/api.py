@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, pictures, shapes
+from . import atrous, io, pictures, shapes, trunk_sizes
 from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
@@ -73,11 +73,15 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     graph = gs.import_onnx(inferred)
     weights.attach(graph)
     notes = normalize(graph)
-    plan = replace(find_heads(graph, options.output_layout, options.pooling), normalized=notes)
+    plan = find_heads(graph, options.output_layout, options.pooling)
+    if plan.heads:  # before anything runs: the trunk must follow the input's size
+        notes += tuple(trunk_sizes.follow_input_size(
+            graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
+            {name: plan.input_layout(name) for name in plan.trunk_inputs}))
+    plan = replace(plan, normalized=notes)
     reference = inferred
     if notes:
-        weights.hold(graph)
-        reference = onnx.shape_inference.infer_shapes(shapes.export_like(graph.copy(), inferred), data_prop=True)
+        reference = onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True)
     geometry = plan_geometry(graph, plan)
     _refuse_dropped_modes(plan, geometry, options)
     if options.stride is not None and plan.heads:
@@ -87,6 +91,12 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         atrous.apply(graph, plan.densify)
         geometry = plan_geometry(graph, plan)
     return _Planned(loaded, inferred, graph, plan, geometry, reference)
+
+
+def _skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
+    """The graph as a ModelProto whose large weights stay where `weights` holds them."""
+    weights.hold(graph)
+    return shapes.export_like(graph.copy(), like)
 
 
 def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options: Options) -> None:

@@ -21,7 +21,8 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
-from .ops import JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, WINDOW, entry, trunk_kind
+from .heads import trunk_nodes
+from .ops import JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints
 
@@ -82,7 +83,7 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
             raise InputError(f"stride {s} on axis {axis}: the trunk's stride is {t}, and only it divided by a "
                              f"power of two ({exact}) can be made exact")
         factor.append(t // s)
-    trunk = _trunk_nodes(graph, [h.source for h in plan.heads])
+    trunk = trunk_nodes(graph, [h.source for h in plan.heads])
     lowered = _choose_lowered(trunk, tuple(factor), len(total))
     changes, density = _changes(trunk, lowered, len(total), int(plan.opset))
     for head in plan.heads:
@@ -90,18 +91,6 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
             raise InputError(f"'{head.source}' would be {density.get(head.source)} times "
                              f"denser, not {factor}; --stride cannot be exact")
     return Densify(wanted, tuple(factor), tuple(changes), tuple(n.name for n in trunk if n.name in lowered))
-
-
-def _trunk_nodes(graph: gs.Graph, sources: Sequence[str]) -> List[gs.Node]:
-    """The nodes the sources are computed from, in topological order."""
-    tensors = graph.tensors()
-    wanted, stack = set(), [tensors[s] for s in sources]
-    while stack:
-        for node in stack.pop().inputs:
-            if id(node) not in wanted:
-                wanted.add(id(node))
-                stack.extend(node.inputs)
-    return [node for node in graph.nodes if id(node) in wanted]
 
 
 def _total_strides(trunk: Sequence[gs.Node], rank: int) -> Dict[str, Tuple[int, ...]]:
@@ -157,11 +146,12 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
     changes: List[LayerChange] = []
     ones = (1,) * rank
     for node in trunk:
-        incoming = {density[t.name] for t in node.inputs if t.name in density}
         kind = trunk_kind(node)
-        if kind != WINDOW and incoming <= {ones}:  # nothing denser reaches it: unchanged
+        read = node.inputs[:1] if kind == REGROUP else node.inputs  # a Reshape's shape input is not a map
+        incoming = {density[t.name] for t in read if t.name in density}
+        if kind == SHAPE_OF or (kind != WINDOW and incoming <= {ones}):  # nothing denser reaches it: unchanged
             out = ones
-        elif kind in (LOCAL, JOIN, LAST_AXIS, MOVE_CHANNELS):
+        elif kind in (LOCAL, JOIN, LAST_AXIS, MOVE_CHANNELS, REGROUP):
             if not entry(node).parameters and len(incoming) > 1:
                 raise InputError(f"{node.op} '{node.name}' joins branches of different densities; --stride "
                                  "cannot be exact")

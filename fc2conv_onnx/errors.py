@@ -4,12 +4,27 @@ The CLI turns any `Fc2ConvError` into one line on stderr and its `exit_code`; an
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (library errors can run to pages)."""
     return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+#: onnxruntime's decorations around a message: terminal colour codes, its error-code prefix, and the
+#: source file and function that raised it.
+_RUNTIME_NOISE = (re.compile(r"\x1b\[[0-9;]*m"), re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*"),
+                  re.compile(r"/\S*onnxruntime_src/\S+:\d+\s+[^()\s]*(\([^)]*\))?\s*"))
+
+
+def runtime_message(error: BaseException) -> str:
+    """onnxruntime's message for `error`, on one line, without its decorations."""
+    text = str(error)
+    for noise in _RUNTIME_NOISE:
+        text = noise.sub("", text)
+    return " ".join(text.split()) or type(error).__name__
 
 
 class Fc2ConvError(Exception):

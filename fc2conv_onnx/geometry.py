@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 from .heads import upstream_inputs
 from .layout import CHANNELS_FIRST, input_layout, spatial_dims
 from .normalize import in_default_domain
-from .ops import GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, WINDOW, entry, trunk_kind, varies_over_space
+from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind,
+                  varies_over_space)
 from .plan import MAP, MAP_LAST
 from .plan import HeadPlan, Plan
 
@@ -306,6 +307,20 @@ def _constant_is_per_location(tensor: gs.Tensor, rank: int, channels_last: bool)
     return tensor.shape is not None and not varies_over_space(tensor.shape, rank, MAP_LAST if channels_last else MAP)
 
 
+def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
+    """Whether a Transpose or Reshape leaves the last `rank` (spatial) axes where they are and only regroups
+    the ones before (ShuffleNet's channel shuffle). For a Reshape, row-major order makes that so exactly
+    when the trailing `rank` dims and the product of the leading ones are the same on both sides."""
+    if node.op == "Transpose":
+        perm = list(node.attrs.get("perm", []))
+        return bool(perm) and perm[len(perm) - rank:] == list(range(len(perm) - rank, len(perm)))
+    before, after = node.inputs[0].shape, node.outputs[0].shape
+    if before is None or after is None or not all(isinstance(d, int) for d in list(before) + list(after)):
+        return False
+    return len(before) > rank and len(after) > rank and list(before[-rank:]) == list(after[-rank:]) and \
+        int(np.prod(before[:-rank])) == int(np.prod(after[:-rank]))
+
+
 def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> _Span:
     """The span of `source` over the image, walking from the tensors in `starts` (the image input, or
     what a channels-last input is transposed to)."""
@@ -318,6 +333,8 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
         if not in_default_domain(node):
             raise _NotLocal(f"{node.domain}::{node.op} '{node.name}' is an op the geometry does not know")
         kind = trunk_kind(node)
+        if kind == SHAPE_OF:
+            continue  # a shape computation, not a feature map
         if kind == WINDOW:
             if node.inputs[0].name not in spans:
                 raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
@@ -337,6 +354,12 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
                                 "over the spatial axes")
         elif kind == MOVE_CHANNELS:
             span = replace(inputs[0], channels_last=node.attrs["perm"][-1] == 1)
+        elif kind == REGROUP:
+            if node.inputs[0].name not in spans:
+                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its shape input")
+            span = spans[node.inputs[0].name]
+            if span.channels_last or not _keeps_spatial_axes(node, rank):
+                raise _NotLocal(f"{node.op} '{node.name}' on the path to the head moves or reshapes the spatial axes")
         elif kind == LAST_AXIS:
             span = _merge(inputs, node)
             if not span.channels_last:

@@ -294,6 +294,18 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
     return tuple(t.name for t in graph.inputs if t.name in found)
 
 
+def trunk_nodes(graph: gs.Graph, sources: Sequence[str]) -> List[gs.Node]:
+    """The nodes the tensors `sources` are computed from, in graph order."""
+    tensors = graph.tensors()
+    wanted, stack = set(), [tensors[s] for s in sources if s in tensors]
+    while stack:
+        for node in stack.pop().inputs:
+            if id(node) not in wanted:
+                wanted.add(id(node))
+                stack.extend(node.inputs)
+    return [node for node in graph.nodes if id(node) in wanted]
+
+
 def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], forms: Mapping[str, str],
                     output_layout: str) -> Dict[str, str]:
     """The layout each output is given in: the one asked for, or (AUTO) the layout of the image input."""

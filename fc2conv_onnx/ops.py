@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
 from .layout import is_transpose, to_channels_first, to_channels_last
-from .linear import LINEAR_OPS, match_linear
+from .linear import match_linear
 from .normalize import in_default_domain
 from .plan import (
     AXIS_LAST,
@@ -78,6 +78,8 @@ JOIN = "join"  # Concat of branches along the channels
 GLOBAL = "global"  # reads every location: each cell then depends on the whole input
 LAST_AXIS = "last_axis"  # acts along the last axis alone: per location on a channels-last map only
 MOVE_CHANNELS = "move_channels"  # a Transpose of the channels last, or back: per location
+REGROUP = "regroup"  # a Reshape or Transpose that may only regroup the leading (batch, channel) dims
+SHAPE_OF = "shape_of"  # reads only the shape of a map (Shape, Size): its output is not a feature map
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ def _reduce_kind(node: gs.Node) -> Optional[str]:
 def _transpose_kind(node: gs.Node) -> Optional[str]:
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
     moves = rank >= 3 and (is_transpose(node, to_channels_last(rank)) or is_transpose(node, to_channels_first(rank)))
-    return MOVE_CHANNELS if moves else None
+    return MOVE_CHANNELS if moves else REGROUP
 
 
 def _matmul_kind(node: gs.Node) -> Optional[str]:
@@ -397,8 +399,10 @@ register("MatMul", head=linear, trunk=_matmul_kind)
 register("Conv", head=pointwise_conv, trunk=WINDOW)
 register("MaxPool", "AveragePool", "LpPool", trunk=WINDOW)
 register("Pad", trunk=PAD)
+register("Shape", "Size", trunk=SHAPE_OF)
 register("Concat", trunk=_concat_kind)
 register("Transpose", head=transpose, trunk=_transpose_kind)
-register("Flatten", "Squeeze", "Reshape", head=flattening)
+register("Flatten", "Squeeze", head=flattening)
+register("Reshape", head=flattening, trunk=REGROUP)
 register("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", trunk=GLOBAL)
 register(*(op for op in GLOBAL_POOLS if op.startswith("Reduce")), "ReduceSum", "ReduceL2", trunk=_reduce_kind)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import InputError, ValidationError, first_line
+from .errors import InputError, ValidationError, runtime_message
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
 from .layout import CHANNELS_LAST, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
@@ -77,6 +77,9 @@ class OutputCheck:
 def _ort():
     import onnxruntime
 
+    # Its log lines (coloured, on stderr) would reach users of a successful run; its messages reach them
+    # through our errors instead (errors.runtime_message).
+    onnxruntime.set_default_logger_severity(4)
     return onnxruntime
 
 
@@ -101,7 +104,7 @@ def session(model: onnx.ModelProto, weights: Optional[Weights] = None):
     light = size < HEAVY_MODEL_BYTES and not is_quantized(model)
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     providers = ["CPUExecutionProvider"]
     if size < EMBEDDED_LIMIT:
         serialized = weights.embedded_bytes(model) if weights.has_external(model) else model.SerializeToString()
@@ -148,7 +151,7 @@ def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
         wanted = {i.name for i in runner.get_inputs()}
         return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
     except Exception as error:
-        raise ValidationError(f"{what} does not run in onnxruntime: {first_line(error)}") from None
+        raise ValidationError(f"{what} does not run in onnxruntime: {runtime_message(error)}") from None
 
 
 def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:

@@ -1,0 +1,149 @@
+"""Trunks that bake the training size: find them before anything runs, and make them follow the input.
+
+A converted model takes inputs of any size, so every trunk op must compute its output shape from its input,
+not from the training size. Some exporters write literal sizes: the dynamo exporter turns ShuffleNet's
+channel shuffle `x.view(N, g, C // g, H, W)` into Reshape [1, 2, 4, 16, 16]. Such a node is found by shape
+inference with the image inputs' spatial dims made symbolic: its input's shape follows the image, its
+output's does not.
+
+A Reshape that keeps the batch and a trailing block of the input's dims (the spatial ones among them) and
+only regroups the dims in between (static, the channels) is exact at every size when the kept dims are read
+from the input's shape: its target becomes Concat(Shape(x)[:1], middle, Shape(x)[-k:]). Any other node that
+bakes the size (a Resize to fixed `sizes`, an Expand, a Slice at literal ends, ...) is refused with its name.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import InputError, first_line
+from .heads import trunk_nodes
+from .layout import spatial_axes
+from .ops import GLOBAL, trunk_kind
+
+logger = logging.getLogger(__name__)
+
+#: Rounds of (find the first baked node, rewrite it); each round re-infers shapes below the rewrite.
+MAX_ROUNDS = 256
+
+
+def size_dependence(model: onnx.ModelProto, layouts: Mapping[str, str]) -> Dict[str, Tuple[bool, ...]]:
+    """Tensor name -> for each dim, whether it follows the size of the image inputs (named in `layouts`,
+    with their layout): shape inference on a copy of the (weightless) model whose image inputs have
+    symbolic spatial dims. Tensors shape inference cannot follow are left out."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for value in probe.graph.input:
+        if value.name in layouts:
+            dims = value.type.tensor_type.shape.dim
+            for axis in spatial_axes(len(dims), layouts[value.name]):
+                dims[axis].Clear()
+                dims[axis].dim_param = f"{value.name}_spatial_{axis}"
+    for value in probe.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+    except Exception as error:
+        logger.debug("shape inference at a symbolic size failed: %s", first_line(error))
+        return {}
+    found = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if value.type.tensor_type.HasField("shape"):
+            found[value.name] = tuple(not d.HasField("dim_value") for d in value.type.tensor_type.shape.dim)
+    return found
+
+
+def _static(tensor: gs.Tensor) -> Optional[Tuple[int, ...]]:
+    shape = tensor.shape
+    return tuple(shape) if shape is not None and all(isinstance(d, int) for d in shape) else None
+
+
+def _kept_suffix(data: Sequence[int], target: Sequence[int], follows: Sequence[bool]) -> Optional[int]:
+    """How many trailing dims a Reshape keeps, if it keeps every size-following dim but the batch among
+    them and the batch itself; else None."""
+    k = 0
+    while k < min(len(data), len(target)) - 1 and data[len(data) - 1 - k] == target[len(target) - 1 - k]:
+        k += 1
+    inside = set(range(1, len(data) - k))
+    if any(follows[axis] for axis in inside) or data[0] != target[0] or k == 0:
+        return None
+    return k
+
+
+def _dims(graph: gs.Graph, shape: gs.Tensor, start: int, end: int, base: str, opset: int) -> gs.Variable:
+    """shape[start:end] of a Shape output, as a new int64 tensor."""
+    part = gs.Variable(f"{base}/dims_{start}_{end}", dtype=np.int64)
+    if opset >= 10:
+        bounds = [gs.Constant(f"{base}/{name}_{start}_{end}", np.array([value], dtype=np.int64))
+                  for name, value in (("starts", start), ("ends", end))]
+        graph.nodes.append(gs.Node("Slice", f"{base}/slice_{start}_{end}", inputs=[shape] + bounds, outputs=[part]))
+    else:  # Slice took its bounds as attributes before opset 10
+        graph.nodes.append(gs.Node("Slice", f"{base}/slice_{start}_{end}", attrs={"starts": [start], "ends": [end]},
+                                   inputs=[shape], outputs=[part]))
+    return part
+
+
+def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], opset: int) -> Optional[str]:
+    """Give a baked Reshape a target read from its input's shape, if the rule in the module docstring
+    applies; a note on what was done, or None."""
+    data, result = node.inputs[0], node.outputs[0]
+    before, after = _static(data), _static(result)
+    if node.op != "Reshape" or before is None or after is None or len(follows) != len(before):
+        return None
+    k = _kept_suffix(before, after, follows)
+    if k is None:
+        return None
+    base = f"{node.name}/follow_input_size"
+    middle = gs.Constant(f"{base}/middle", np.array(after[1:len(after) - k], dtype=np.int64))
+    shape = gs.Variable(f"{base}/shape", dtype=np.int64)
+    graph.nodes.append(gs.Node("Shape", f"{base}/shape", inputs=[data], outputs=[shape]))
+    parts = [_dims(graph, shape, 0, 1, base, opset), middle, _dims(graph, shape, len(before) - k, len(before), base, opset)]
+    target = gs.Variable(f"{base}/target", dtype=np.int64)
+    graph.nodes.append(gs.Node("Concat", f"{base}/concat", attrs={"axis": 0}, inputs=parts, outputs=[target]))
+    literal = node.inputs[1].values.tolist() if isinstance(node.inputs[1], gs.Constant) else None
+    node.inputs[1] = target
+    node.attrs["allowzero"] = 0
+    return (f"Reshape '{node.name}' in the trunk had the training size in its shape {literal or list(after)}; it "
+            f"now reads the batch and its last {k} dims from its input, so the trunk runs at any size")
+
+
+def _baked(graph: gs.Graph, trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]]) -> Optional[gs.Node]:
+    """The first trunk node whose input follows the image size and whose output does not."""
+    for node in trunk:
+        if trunk_kind(node) == GLOBAL or not node.outputs or not node.inputs:
+            continue
+        data = dependence.get(node.inputs[0].name)
+        out = dependence.get(node.outputs[0].name)
+        if data and out is not None and any(data) and not any(out) and len(out) >= 2:
+            return node
+    return None
+
+
+def follow_input_size(graph: gs.Graph, export: Callable[[], onnx.ModelProto], sources: Sequence[str],
+                      layouts: Mapping[str, str]) -> List[str]:
+    """Make every trunk node that bakes the training size follow the input's size, or raise InputError
+    naming the first that cannot. `export()` gives the graph as a (weightless) ModelProto; `sources` are the
+    heads' source tensors; `layouts` the image inputs and their layouts. Returns a note per rewrite."""
+    notes: List[str] = []
+    opset = int(graph.opset or 1)
+    for _ in range(MAX_ROUNDS):
+        dependence = size_dependence(export(), layouts)
+        trunk = trunk_nodes(graph, sources)
+        node = _baked(graph, trunk, dependence)
+        if node is None:
+            return notes
+        note = _follow_reshape(graph, node, dependence.get(node.inputs[0].name, ()), opset)
+        if note is None:
+            shape = list(node.outputs[0].shape or [])
+            raise InputError(f"{node.op} '{node.name}' in the trunk fixes the size of its output to {shape} (the "
+                             "training size), so the converted model could not run at other sizes; re-export the model "
+                             "so that this op follows its input's size")
+        notes.append(note)
+        graph.toposort()
+    raise InputError(f"more than {MAX_ROUNDS} trunk nodes bake the training size")
+
