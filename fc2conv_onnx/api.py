@@ -19,7 +19,7 @@ from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
 from .heads import find_heads
-from .layout import CHANNELS_LAST
+from .layout import CHANNELS_LAST, spatial_dims
 from .normalize import normalize
 from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan import KEEP_POOL, Plan
@@ -74,6 +74,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     weights.attach(graph)
     notes = normalize(graph)
     plan = find_heads(graph, options.output_layout, options.pooling)
+    _require_training_size(graph, plan)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
@@ -93,6 +94,18 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     return _Planned(loaded, inferred, graph, plan, geometry, reference)
 
 
+def _require_training_size(graph: gs.Graph, plan: Plan) -> None:
+    """Heads are read, and proven, at the training size: an image input with dynamic spatial dims needs it
+    given (the batch may stay symbolic)."""
+    tensors = graph.tensors()
+    for name in plan.trunk_inputs:
+        shape = tensors[name].shape or []
+        spatial = spatial_dims(shape, plan.input_layout(name)) if len(shape) >= 3 else ()
+        if not all(isinstance(d, int) for d in spatial):
+            raise InputError(f"input '{name}' has dynamic spatial dims {list(shape)}; give the model's training size "
+                             "with --input-size (API: input_size=), e.g. --input-size 224")
+
+
 def _skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
     """The graph as a ModelProto whose large weights stay where `weights` holds them."""
     weights.hold(graph)
@@ -107,10 +120,12 @@ def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options:
     for head, where in zip(plan.heads, geometry):
         if head.pool is None and isinstance(where, Unknown) and where.pooled_by:
             report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
+            why = plan.pool_declines.get(where.pooled_by,
+                                         "the ops between are not ones the head grammar reads per location")
             raise NothingToConvertError(
                 f"--pooling {options.pooling} cannot apply to the head -> {', '.join(head.outputs)}: its feature map "
-                f"'{head.source}' is already pooled to one location by {where.pooled_by}, and the ops between are not "
-                f"ones the head grammar reads per location; nothing was written", report=report)
+                f"'{head.source}' is already pooled to one location by '{where.pooled_by}' ({why}); use --pooling "
+                "keep for one prediction per image; nothing was written", report=report)
 
 
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:

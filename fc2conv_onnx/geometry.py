@@ -27,7 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .heads import upstream_inputs
-from .layout import CHANNELS_FIRST, input_layout, spatial_dims
+from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
 from .normalize import in_default_domain
 from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind,
                   varies_over_space)
@@ -171,7 +171,8 @@ class Unknown:
     """Geometry that could not be computed, and why."""
 
     reason: str
-    #: The global pool in the trunk that makes the head's feature map one location already, if that is why.
+    #: The node (a global pool in the trunk) that makes the head's feature map one location already, if that
+    #: is why.
     pooled_by: str = ""
 
     def describe(self) -> str:
@@ -204,6 +205,7 @@ class _Span:
     #: The first op on a path to here that reads every location ('' if none), and whether every path
     #: to here passes one (the map is then one location, whatever the input's size).
     global_op: str = ""
+    global_node: str = ""
     collapsed: bool = False
     #: The tensor holds its channels last ([N, *spatial, C]) here (a Transpose in the trunk moved them).
     channels_last: bool = False
@@ -284,10 +286,11 @@ def _through_layer(span: _Span, layer: Layer) -> _Span:
 def _merge(spans: List[_Span], node: gs.Node) -> _Span:
     """The span of an op that combines branches. A branch that went through a global op (a squeeze-and-
     excitation gate) has no spatial extent of its own; it makes the result not local."""
-    global_op = next((s.global_op for s in spans if s.global_op), "")
+    reader = next((s for s in spans if s.global_op), spans[0])
+    global_op, global_node = reader.global_op, reader.global_node
     spatial = [s for s in spans if not s.collapsed]
     if not spatial:
-        return replace(spans[0], global_op=global_op)
+        return replace(spans[0], global_op=global_op, global_node=global_node)
     spans = spatial
     first = spans[0]
     for other in spans[1:]:
@@ -299,7 +302,7 @@ def _merge(spans: List[_Span], node: gs.Node) -> _Span:
     start = tuple(min(s.start[a] for s in spans) for a in range(len(first.start)))
     stop = tuple(max(s.start[a] + s.extent[a] for s in spans) for a in range(len(first.start)))
     return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers, global_op,
-                  channels_last=first.channels_last)
+                  global_node, channels_last=first.channels_last)
 
 
 def _constant_is_per_location(tensor: gs.Tensor, rank: int, channels_last: bool) -> bool:
@@ -367,7 +370,8 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> 
                                 "is a spatial axis")
         elif kind == GLOBAL:
             span = replace(_merge(inputs, node), collapsed=True)
-            span = replace(span, global_op=span.global_op or f"{node.op} '{node.name}'")
+            if not span.global_op:
+                span = replace(span, global_op=f"{node.op} '{node.name}'", global_node=node.name)
         else:
             raise _NotLocal(f"{node.op} '{node.name}' on the path to the head is not a convolution, pooling, "
                             "padding or per-location op")
@@ -394,15 +398,16 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int,
     if shape is None or len(shape) != rank + 2 or not all(isinstance(d, int) for d in spatial_dims(shape, layout)):
         return Unknown(f"input '{image.name}' is not [N, C, *spatial] or [N, *spatial, C] with a static training "
                        f"size and the head's {rank} spatial axes")
-    # A channels-last input is read through Transposes to channels first: the walk starts after them.
-    starts = [image.name] if layout == CHANNELS_FIRST else [node.outputs[0].name for node in image.outputs]
+    # A channels-last input is read through Transposes to channels first (after elementwise preprocessing):
+    # the walk starts after them.
+    starts = [image.name] if layout == CHANNELS_FIRST else [view.name for view in channels_first_views(image)]
     try:
         span = _span_of(graph, starts, source, rank)
     except _NotLocal as error:
         return Unknown(str(error))
     if span.collapsed:
         return Unknown(f"{span.global_op} in the trunk pools the feature map '{source}' to one location before the "
-                       "head, with ops between that the head grammar does not read per location", span.global_op)
+                       "head, with ops between that the head grammar does not read per location", span.global_node)
     training = tuple(spatial_dims(shape, layout))
     dilation = dilation or (1,) * rank
     # A cell reads `head.window` feature cells (the whole training map, or one when the pool is

@@ -80,8 +80,8 @@ def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
                        "there is no spatial axis to slide over")
     rest = tuple(shape[1:])
     if not all(isinstance(d, int) and d > 0 for d in rest):
-        return Decline(f"'{tensor.name}' has no static size {list(shape)}; export the model with a fixed "
-                       "input size (the training size)")
+        return Decline(f"'{tensor.name}' has no static size {list(shape)}: if the model takes inputs of any size, "
+                       "give its training size with --input-size (API: input_size=)")
     return rest
 
 
@@ -343,6 +343,9 @@ class _Search:
         self.claimed: Dict[str, str] = {}  # node -> "" when in a head, else why its linear layer is not converted
         self.skipped: List[Skipped] = []
         self.attended = _after_attention(graph)
+        #: Global pools whose head could not be read, and why; the linear layers after them, and that reason.
+        self.pool_declines: Dict[str, str] = {}
+        self.after_declined_pool: Dict[str, str] = {}
 
     def head(self, steps: Tuple[Step, ...], forms: Mapping[str, str], source: str, **fields) -> Optional[HeadPlan]:
         outputs = tuple(t.name for t in self.graph.outputs if t.name in forms)
@@ -368,7 +371,13 @@ class _Search:
             shape, steps, forms = _pooled_head(self.graph, pool, self.base)
         except _Decline as declined:
             if not declined.joins_trunk:
-                self.decline(node.outputs[0], f"{node.op} '{node.name}'", declined.reason)
+                # Not claimed: the linear layers after it may still make a flattening head (the pool then
+                # stays in the trunk), but where they do not, this is the reason to give.
+                where = f"{node.op} '{node.name}'"
+                self.pool_declines[node.name] = declined.reason
+                for later in _downstream_linears(node.outputs[0]):
+                    self.after_declined_pool.setdefault(
+                        later, f"part of the head starting at {where}, which was not converted: {declined.reason}")
             return
         if self.head(steps, forms, pool.source, source_shape=shape, pool=pool) is None:
             self.decline(node.outputs[0], f"{node.op} '{node.name}'", "its result reaches no graph output")
@@ -385,7 +394,7 @@ class _Search:
             members = set(first.nodes)
             steps, forms = _follow(self.graph, {first.output: (first.features, FLAT)}, members, context)
         except _Decline as declined:
-            self.skipped.append(Skipped(node.name, node.op, declined.reason))
+            self.skipped.append(Skipped(node.name, node.op, self.after_declined_pool.get(node.name, declined.reason)))
             if first is not None:
                 self.decline(self.graph.tensors()[first.output], f"'{node.name}'", declined.reason)
             return
@@ -423,6 +432,7 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_P
     tensors = graph.tensors()
     trunk_inputs = upstream_inputs(graph, [h.source for h in search.heads])
     plan = Plan(heads=tuple(search.heads), skipped=skipped, trunk_inputs=trunk_inputs,
-                opset=search.base.opset, input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs})
+                opset=search.base.opset, input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs},
+                pool_declines=dict(search.pool_declines))
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

@@ -6,7 +6,7 @@ therefore lists the features in (H, W, C) order. These helpers are 1, 2 and 3-D 
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import onnx_graphsurgeon as gs
 
@@ -47,11 +47,43 @@ def is_transpose(node: gs.Node, perm: Sequence[int]) -> bool:
         tuple(node.attrs.get("perm", ())) == tuple(perm)
 
 
-def input_layout(tensor: gs.Tensor) -> str:
-    """Channels last when every reader of the graph input `tensor` moves its last axis to axis 1 (as
-    tf2onnx does with a Keras model's NHWC input); channels first otherwise."""
+#: Ops a Keras model puts on its NHWC image before tf2onnx's Transpose to NCHW (its Rescaling and
+#: Normalization layers: Mul, Add, Sub, Div by per-channel constants; casts). They act on each element, so
+#: the layout is decided by the Transpose after them.
+ELEMENTWISE_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
+
+
+def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
+    """The tensors where a channels-last graph input `tensor` becomes channels first: the outputs of the
+    Transposes that move its last axis to axis 1, reached through nothing but elementwise preprocessing by
+    constants that act per channel (or per element); None when some path reaches anything else."""
     shape = tensor.shape
     if shape is None or len(shape) < 3 or not tensor.outputs:
-        return CHANNELS_FIRST
+        return None
     perm = to_channels_first(len(shape))
-    return CHANNELS_LAST if all(is_transpose(node, perm) for node in tensor.outputs) else CHANNELS_FIRST
+    views: List[gs.Tensor] = []
+    frontier, seen = [tensor], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if not current.outputs:
+            return None  # a graph output read straight from the image
+        for node in current.outputs:
+            if is_transpose(node, perm):
+                views.append(node.outputs[0])
+                continue
+            others = [t for t in node.inputs if t is not current]
+            if node.op not in ELEMENTWISE_PREPROCESSING or node.domain not in (None, "", "ai.onnx") or \
+                    not all(isinstance(t, gs.Constant) and all(d == 1 for d in t.shape[:-1]) for t in others):
+                return None
+            frontier.extend(node.outputs)
+    return views
+
+
+def input_layout(tensor: gs.Tensor) -> str:
+    """Channels last when the graph input `tensor` reaches the trunk only through Transposes to channels
+    first (as tf2onnx does with a Keras model's NHWC input, maybe after its Rescaling/Normalization
+    layers); channels first otherwise."""
+    return CHANNELS_LAST if channels_first_views(tensor) else CHANNELS_FIRST

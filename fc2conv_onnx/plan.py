@@ -202,6 +202,11 @@ class LinearLayer:
     def features(self) -> int:
         return int(self.weight.shape[0])
 
+    @property
+    def op(self) -> str:
+        """The op the layer starts with (Gemm or MatMul)."""
+        return self.spelling.split()[0]
+
 
 #: What a pass-through op becomes on an [N, K, *spatial] tensor.
 KEEP = "keep"  # the node stays; constants in `constants` replace its inputs, `attrs` are set
@@ -427,6 +432,8 @@ class Plan:
     normalized: Tuple[str, ...] = ()
     #: A finer output stride: the trunk's changes and the head's dilation (see `atrous`).
     densify: Optional[Densify] = None
+    #: Global pools that do not start a head, though linear layers follow them, and why.
+    pool_declines: Mapping[str, str] = field(default_factory=dict)
 
     def input_layout(self, name: str) -> str:
         return self.input_layouts.get(name, CHANNELS_FIRST)

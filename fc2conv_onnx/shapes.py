@@ -47,9 +47,13 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
 
 
 def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto:
-    """A copy of `model` whose image inputs have the static spatial size `size` (`--input-size`): the
-    symbolic dims besides the batch are the spatial ones. An input whose size is already fixed must match."""
+    """A copy of `model` whose image inputs have the static spatial size `size` (`--input-size`; one number
+    for every axis): the symbolic dims besides the batch are the spatial ones. An input whose size is
+    already fixed must match."""
     initializers = {t.name for t in model.graph.initializer}
+    if len(size) == 1:  # one number: every spatial axis
+        ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input if i.name not in initializers}
+        size = tuple(size) * max((r - 2 for r in ranks if r >= 3), default=1)
     images = [i for i in model.graph.input if i.name not in initializers
               and len(i.type.tensor_type.shape.dim) == len(size) + 2]
     if not images:

@@ -110,3 +110,22 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
             for name, value in zip(outputs, head.run(outputs, {source: np.ascontiguousarray(crop)})):
                 np.testing.assert_allclose(actual[name][(...,) + position], value.reshape(value.shape[0], -1),
                                            rtol=rtol, atol=atol, err_msg=f"output {name} at {position}, size {size}")
+
+
+def assert_one_prediction(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str,
+                          size: Sequence[int], channels_last: bool = False, rtol: float = RTOL,
+                          atol: float = 1e-6) -> None:
+    """A kept global pool: at a larger input `size` (a full shape), every output has one cell, and it equals
+    the original head run on the whole larger feature map of the original trunk."""
+    inferred = onnx.shape_inference.infer_shapes(original)
+    feeds = random_input(original, size, seed=3)
+    actual = run(converted, feeds)
+    features = run(cut(inferred, [original.graph.input[0].name], [source], free_sizes=True,
+                       channels_last=channels_last), feeds)[source]
+    outputs = [o.name for o in original.graph.output]
+    expected = run(cut(inferred, [source], outputs, free_sizes=True), {source: features})
+    for name in outputs:
+        value = actual[name]
+        assert value.size == expected[name].size, (name, value.shape, expected[name].shape)
+        np.testing.assert_allclose(value.reshape(expected[name].shape), expected[name], rtol=rtol, atol=atol,
+                                   err_msg=f"output {name}, one prediction at size {tuple(size)}")

@@ -1,0 +1,211 @@
+"""The head grammar on models made by the real exporters (fixtures/exported/, suite "grammar" in its
+MANIFEST.json) and on builder topologies (fixtures/builders.py, GRAMMAR_HEADS): each head is read as
+segments, converted in every --pooling mode it allows, and proven again by tests/equivalence.py, which
+shares no code with the package; what cannot be converted as asked is refused with the head and the reason.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import builders
+import fc2conv_onnx
+from conftest import FIXTURES
+from equivalence import assert_equivalent, assert_one_prediction, cut, input_shape, random_input, run
+from fc2conv_onnx import InputError, NothingToConvertError
+from test_cli import cli
+
+EXPORTED = FIXTURES / "exported"
+GRAMMAR = sorted(name[:-5] for name, entry in json.loads((EXPORTED / "MANIFEST.json").read_text()).items()
+                 if entry.get("suite") == "grammar")
+#: Exporter-made pooled heads -> the op sequence the grammar reads after the pool.
+POOLED = {
+    "timm_mobilenetv3_ts": ["Conv", "HardSwish", "Flatten", "Gemm"],
+    "timm_mobilenetv3_dynamo": ["Conv", "HardSwish", "Reshape", "Gemm"],
+    "timm_convnext_ts": ["Transpose", "LayerNormalization", "Transpose", "Flatten", "Gemm"],
+    "torchvision_convnext_ts": ["Transpose", "LayerNormalization", "Transpose", "Flatten", "Gemm"],
+    "torch_pooled_conv_logits": ["Conv"],
+}
+#: Builder-made pooled heads on NHWC inputs (tf2onnx's spellings of Keras heads).
+KERAS_LIKE = ("keras_convnext_like", "keras_mobilenetv3_like")
+MODES = ("keep", "window", "none")
+
+
+def exported(stem: str) -> onnx.ModelProto:
+    return onnx.load(str(EXPORTED / f"{stem}.onnx"))
+
+
+def larger(shape, channels_last: bool = False):
+    """More than the training size, by different amounts per axis and not whole strides."""
+    grown = list(shape)
+    for extra, axis in zip((40, 72), range(1, len(shape) - 1) if channels_last else range(2, len(shape))):
+        grown[axis] += extra
+    return tuple(grown)
+
+
+def pool_input(model: onnx.ModelProto, pool: str) -> str:
+    """The tensor the named pool reads, from the ONNX graph itself (not from the package)."""
+    return next(node.input[0] for node in model.graph.node if node.name == pool)
+
+
+def prove(original: onnx.ModelProto, converted: onnx.ModelProto, source: str, mode: str,
+          channels_last: bool = False) -> None:
+    """The independent check for one --pooling mode."""
+    rank = len(input_shape(original)) - 2
+    size = larger(input_shape(original), channels_last)
+    if mode == "keep":
+        assert_equivalent(original, converted, source=source, channels_last=channels_last)
+        assert_one_prediction(original, converted, source=source, size=size, channels_last=channels_last)
+    elif mode == "window":
+        assert_equivalent(original, converted, source=source, sizes=[size], channels_last=channels_last)
+    else:
+        assert_equivalent(original, converted, source=source, sizes=[size], channels_last=channels_last,
+                          window=(1,) * rank)
+
+
+def test_every_grammar_fixture_is_tested_here():
+    assert set(GRAMMAR) == set(POOLED) | {"torch_dynamic_hw", "torch_shuffle_dynamo"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stem", sorted(POOLED))
+def test_exported_pooled_heads_convert_in_every_mode(stem, mode):
+    original = exported(stem)
+    conversion = fc2conv_onnx.convert_with_report(original, pooling=mode)
+    head, = conversion.report.plan.heads
+    assert [step.op for step in head.steps] == POOLED[stem]
+    assert head.pool.mode.name == mode and head.source == pool_input(original, head.pool.node)
+    prove(original, conversion.model, head.source, mode)
+    ops = {node.op_type for node in conversion.model.graph.node}
+    assert not ops & {"Gemm", "Flatten"}, ops
+    if mode != "keep":  # a map, not one prediction: the silent drop of the issue would give [N, K, 1, 1]
+        value = next(iter(run(conversion.model, random_input(original, larger(input_shape(original)))).values()))
+        assert value.shape[2] > 1 and value.shape[3] > 1, value.shape
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stem", KERAS_LIKE)
+def test_keras_pooled_heads_on_nhwc_inputs(stem, mode):
+    """LayerNorm over [N, C] after a keepdims-0 pool (re-expressed over the channels of the map), and 1x1
+    convs between Transposes after a keepdims-1 pool on the NHWC map, with Rescaling before the trunk."""
+    original = getattr(builders, stem)()
+    conversion = fc2conv_onnx.convert_with_report(original, pooling=mode)
+    head, = conversion.report.plan.heads
+    assert head.source == builders.SOURCE and head.output_layout == "channels_last"
+    prove(original, conversion.model, head.source, mode, channels_last=True)
+
+
+def test_a_layer_norm_on_pooled_features_runs_over_the_channels_of_the_map():
+    plan = fc2conv_onnx.inspect(builders.keras_convnext_like(), pooling="none").plan
+    norm = next(step for step in plan.heads[0].steps if step.op == "LayerNormalization")
+    assert norm.becomes.startswith("Transpose, LayerNormalization over the last axis")
+
+
+def test_the_layout_is_found_through_preprocessing_before_the_transpose():
+    """Keras Rescaling/Normalization (Mul, Add, Mul on the NHWC image) before tf2onnx's Transpose: the
+    spatial axes are 1 and 2, so the default window check grows those (a wrong guess grew W and C)."""
+    report = fc2conv_onnx.convert_with_report(builders.keras_mobilenetv3_like(), pooling="window").report
+    assert report.plan.input_layouts == {"input_1": "channels_last"}
+    window_check = next(c for c in report.checks if c.check == "windows")
+    assert window_check.input_shape[-1] == 3 and window_check.input_shape[1:3] != (20, 28)
+
+
+@pytest.mark.parametrize("mode", ("window", "none"))
+def test_a_mode_that_cannot_reach_a_head_is_refused(tmp_path, mode):
+    """A 3x3 Conv after the pool: the head cannot run per location, so a map cannot be had; exit 4 with the
+    head's output and the reason, nothing written. Keep still converts (one prediction per image)."""
+    model = builders.pool_then_wide_conv()
+    with pytest.raises(NothingToConvertError, match=r"--pooling .* cannot apply to the head -> logits.*"
+                                                    r"Conv '.*' after the global pool has kernel \[3, 3\]"):
+        fc2conv_onnx.convert(model, pooling=mode)
+    source, out = tmp_path / "wide.onnx", tmp_path / "out.onnx"
+    onnx.save(model, str(source))
+    code, _, stderr = cli("convert", source, "-o", out, "--pooling", mode)
+    assert code == 4 and not out.exists() and "cannot apply to the head -> logits" in stderr
+    kept = fc2conv_onnx.convert(model)
+    flattened = next(node.input[0] for node in model.graph.node if node.op_type == "Flatten")
+    assert_equivalent(model, kept, source=flattened)
+    assert_one_prediction(model, kept, source=flattened, size=(1, 3, 40, 52))
+
+
+def test_weights_computed_from_constants_are_folded_and_equivalent():
+    """Gemm's B and C computed by Cast, Transpose, Reshape, Unsqueeze, Mul, Div, Squeeze of initializers."""
+    model = builders.computed_weights()
+    conversion = fc2conv_onnx.convert_with_report(model)
+    assert conversion.report.plan.heads[0].first.weight.shape == (7, 96)
+    assert_equivalent(model, conversion.model, source=builders.SOURCE, sizes=[(1, 3, 29, 33)])
+
+
+def test_a_dynamic_size_export_needs_and_takes_its_training_size(tmp_path):
+    path = EXPORTED / "torch_dynamic_hw.onnx"
+    with pytest.raises(InputError, match="dynamic spatial dims.*--input-size"):
+        fc2conv_onnx.convert(path)
+    code, _, stderr = cli("convert", path, "-o", tmp_path / "x.onnx")
+    assert code == 3 and "--input-size" in stderr and not (tmp_path / "x.onnx").exists()
+    fixed = exported("torch_dynamic_hw")  # the reference: the training size fixed by hand
+    for axis in (2, 3):
+        fixed.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 64
+    for mode in MODES:
+        conversion = fc2conv_onnx.convert_with_report(path, pooling=mode, input_size="64")
+        prove(fixed, conversion.model, conversion.report.plan.heads[0].source, mode)
+
+
+def test_an_input_size_that_contradicts_a_fixed_one_is_refused():
+    with pytest.raises(InputError, match="fixed shape .* does not match"):
+        fc2conv_onnx.inspect(EXPORTED / "timm_convnext_ts.onnx", input_size="32x48")
+
+
+def test_a_channel_shuffle_that_bakes_the_size_is_made_to_follow_it():
+    """The dynamo exporter writes ShuffleNet's shuffle as Reshape [1, 2, 4, 16, 16] and [1, 8, 16, 16]. The
+    reference for a 50x50 input is the original with those shapes written for that size by hand."""
+    original = exported("torch_shuffle_dynamo")
+    conversion = fc2conv_onnx.convert_with_report(original)
+    assert sum("now reads the batch and its last 2 dims" in note for note in conversion.report.plan.normalized) == 2
+    reference = exported("torch_shuffle_dynamo")
+    for tensor in reference.graph.initializer:
+        values = onnx.numpy_helper.to_array(tensor)
+        if tensor.data_type == onnx.TensorProto.INT64 and list(values[-2:]) == [16, 16]:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(list(values[:-2]) + [25, 25]), tensor.name))
+    source = conversion.report.plan.heads[0].source
+    expected_trunk = cut(onnx.shape_inference.infer_shapes(reference), ["image"], [source], free_sizes=True)
+    converted_trunk = cut(onnx.shape_inference.infer_shapes(conversion.model), ["image"], [source], free_sizes=True)
+    feeds = random_input(original, (1, 3, 50, 50))
+    np.testing.assert_allclose(run(converted_trunk, feeds)[source], run(expected_trunk, feeds)[source], rtol=1e-5,
+                               atol=1e-6)
+    assert_equivalent(original, conversion.model, source=source)  # the training size
+
+
+def test_a_trunk_that_bakes_the_size_otherwise_is_refused_before_anything_runs(monkeypatch):
+    from fc2conv_onnx import validate
+
+    monkeypatch.setattr(validate, "session", lambda *a, **k: pytest.fail("a session was made"))
+    with pytest.raises(InputError, match=r"Resize 'Resize_\d+' in the trunk fixes the size of its output"):
+        fc2conv_onnx.convert(builders.baked_resize_trunk())
+
+
+def test_a_transformer_is_refused_for_having_no_convolutional_trunk():
+    with pytest.raises(NothingToConvertError) as caught:
+        fc2conv_onnx.convert(builders.tiny_vit())
+    message = str(caught.value)
+    gemm = next(n.name for n in builders.tiny_vit().graph.node if n.op_type == "Gemm")
+    assert f"Gemm '{gemm}': the model has no convolutional trunk" in message and "attention" in message
+
+
+def test_a_trunk_with_squeeze_and_excitation_is_said_not_to_be_local(tmp_path):
+    out = tmp_path / "mnv3.onnx"
+    report = fc2conv_onnx.convert_file(EXPORTED / "timm_mobilenetv3_ts.onnx", out, pooling="window")
+    assert "scores: cells are not local: ReduceMean" in report.to_text() or \
+        "scores: cells are not local: GlobalAveragePool" in report.to_text()
+    geometry = fc2conv_onnx.read_geometry(out)["scores"]
+    assert geometry.local is False and geometry.not_local
+    local = fc2conv_onnx.convert_with_report(EXPORTED / "timm_convnext_ts.onnx", pooling="window").report
+    assert local.geometry[0].local and "not local" not in local.to_text()
+
+
+def test_none_mode_is_validated_at_the_training_size_as_well():
+    report = fc2conv_onnx.convert_with_report(EXPORTED / "torch_pooled_conv_logits.onnx", pooling="none").report
+    sizes = [c.input_shape for c in report.checks if c.check == "windows"]
+    assert sizes[0][2:] == (32, 32) and sizes[1][2:] != (32, 32)
