@@ -332,6 +332,10 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
         raise InputError(f"image {width}x{height} (width x height) is smaller than the model's "
                          f"{'x'.join(map(str, geometry.window))} window (height x width), or the model is not 2-D")
+    if geometry.size_step and not geometry.accepts((height, width)):
+        taken = geometry.nearest_taken((height, width))
+        raise InputError(f"image {width}x{height} (width x height) is not a size the model's trunk takes: it takes "
+                         f"{geometry.sizes_taken()} (height x width); crop or resize it to {taken[1]}x{taken[0]}")
     inputs = {i.name: i for i in loaded.model.graph.input}
     dims = inputs[geometry.input].type.tensor_type.shape.dim
     channels = dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value

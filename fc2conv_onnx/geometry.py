@@ -106,6 +106,24 @@ class Geometry:
     #: location: each cell then depends on the whole input, not only on its window. `not_local` names it.
     local: bool = True
     not_local: str = ""
+    #: The model's training input size, and the input sizes the trunk takes: the training size + k * size_step
+    #: per axis (1: any size); other sizes make joined branches disagree (pads fixed at the training size).
+    training: Tuple[int, ...] = ()
+    size_step: Tuple[int, ...] = ()
+
+    def accepts(self, size: Sequence[int]) -> bool:
+        """Whether the trunk takes an input of this spatial size (not smaller than the training size)."""
+        return all(s >= t and (s - t) % p == 0 for s, t, p in zip(size, self.training, self.size_step))
+
+    def sizes_taken(self) -> str:
+        """'any size', or the sizes per axis the trunk takes."""
+        if all(p == 1 for p in self.size_step):
+            return "any size from the training size up"
+        return " x ".join(f"{t} + k*{p}" if p > 1 else f"any from {t}" for t, p in zip(self.training, self.size_step))
+
+    def nearest_taken(self, size: Sequence[int]) -> Tuple[int, ...]:
+        """The largest size the trunk takes that is no larger than `size` (at least the training size)."""
+        return tuple(max(t, t + (s - t) // p * p) for s, t, p in zip(size, self.training, self.size_step))
 
     def input_spatial(self, shape: Sequence[int]) -> Tuple[int, ...]:
         """The spatial size of a full input shape."""
@@ -145,6 +163,8 @@ class Geometry:
                 f"receptive field {axes(self.receptive_field)} starting at {axes(self.receptive_offset)}")
         if self.layout != CHANNELS_FIRST:
             text += f" ({self.layout.replace('_', ' ')} input)"
+        if self.size_step and any(p > 1 for p in self.size_step):
+            text += f"; input sizes it takes: {self.sizes_taken()}"
         if self.padded:
             text += (" - the trunk pads or reads past the window, so each cell is the head on that window of "
                      "the feature map, not the classifier run on the image crop alone")
@@ -209,10 +229,16 @@ class _Span:
     collapsed: bool = False
     #: The tensor holds its channels last ([N, *spatial, C]) here (a Transpose in the trunk moved them).
     channels_last: bool = False
+    #: Its spatial size for the input size the walk was given, by each layer's size rule.
+    size: Tuple[int, ...] = ()
 
 
 class _NotLocal(Exception):
     pass
+
+
+class _SizesDisagree(_NotLocal):
+    """Branches joined by an op have different sizes at the input size tried."""
 
 
 def _ints(value, rank: int, default: int) -> Tuple[int, ...]:
@@ -280,6 +306,7 @@ def _through_layer(span: _Span, layer: Layer) -> _Span:
         start=tuple(a - p * b for a, p, b in zip(span.start, layer.pads_begin, s)),
         extent=tuple(e + (k - 1) * d * b for e, k, d, b in zip(span.extent, layer.kernel, layer.dilation, s)),
         layers=span.layers + (layer,),
+        size=layer.output_size(span.size) if span.size else (),
     )
 
 
@@ -299,10 +326,13 @@ def _merge(spans: List[_Span], node: gs.Node) -> _Span:
                             f"{list(other.stride)}")
         if other.channels_last != first.channels_last:
             raise _NotLocal(f"{node.op} '{node.name}' joins a channels-first and a channels-last map")
+        if other.size != first.size:
+            raise _SizesDisagree(f"{node.op} '{node.name}' joins maps of sizes {list(first.size)} and "
+                                 f"{list(other.size)}")
     start = tuple(min(s.start[a] for s in spans) for a in range(len(first.start)))
     stop = tuple(max(s.start[a] + s.extent[a] for s in spans) for a in range(len(first.start)))
     return _Span(first.stride, start, tuple(b - a for a, b in zip(start, stop)), first.layers, global_op,
-                  global_node, channels_last=first.channels_last)
+                  global_node, channels_last=first.channels_last, size=first.size)
 
 
 def _constant_is_per_location(tensor: gs.Tensor, rank: int, channels_last: bool) -> bool:
@@ -324,11 +354,12 @@ def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
         int(np.prod(before[:-rank])) == int(np.prod(after[:-rank]))
 
 
-def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int) -> _Span:
+def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, size: Tuple[int, ...]) -> _Span:
     """The span of `source` over the image, walking from the tensors in `starts` (the image input, or
-    what a channels-last input is transposed to)."""
+    what a channels-last input is transposed to), for an input of spatial size `size`: raises _SizesDisagree
+    if branches that are joined have different sizes there."""
     ones = (1,) * rank
-    spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, ()) for name in starts}
+    spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, (), size=tuple(size)) for name in starts}
     for node in graph.nodes:  # graphsurgeon keeps them in topological order after find_heads
         inputs = [spans[t.name] for t in node.inputs if t.name in spans]
         if not inputs:
@@ -401,21 +432,23 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int,
     # A channels-last input is read through Transposes to channels first (after elementwise preprocessing):
     # the walk starts after them.
     starts = [image.name] if layout == CHANNELS_FIRST else [view.name for view in channels_first_views(image)]
+    training = tuple(spatial_dims(shape, layout))
     try:
-        span = _span_of(graph, starts, source, rank)
+        span = _span_of(graph, starts, source, rank, training)
     except _NotLocal as error:
         return Unknown(str(error))
     if span.collapsed:
         return Unknown(f"{span.global_op} in the trunk pools the feature map '{source}' to one location before the "
                        "head, with ops between that the head grammar does not read per location", span.global_node)
-    training = tuple(spatial_dims(shape, layout))
     dilation = dilation or (1,) * rank
     # A cell reads `head.window` feature cells (the whole training map, or one when the pool is
     # removed), `dilation` cells apart on a trunk made that much denser: `extent` cells of it.
     extent = tuple((w - 1) * d + 1 for w, d in zip(head.window, dilation))
     trained = Geometry(input=image.name, stride=span.stride, window=training, offset=(0,) * rank,
                        receptive_field=(), receptive_offset=span.start, feature_window=head.spatial_shape,
-                       layers=span.layers, layout=layout, local=not span.global_op, not_local=span.global_op)
+                       layers=span.layers, layout=layout, local=not span.global_op, not_local=span.global_op,
+                       training=training, size_step=_size_step(lambda size: _span_of(graph, starts, source, rank, size), training,
+                                            span.stride))
     computed = trained.feature_size(training)
     full = tuple((f - 1) * d + 1 for f, d in zip(head.spatial_shape, dilation))
     if any(c < x or c >= x + d for c, x, d in zip(computed, full, dilation)):  # our size rules vs shape inference
@@ -432,6 +465,28 @@ def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int,
     return geometry
 
 
+def _size_step(walk, training: Tuple[int, ...], stride: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Per axis, the smallest step p (a divisor of the stride) such that every input size training + k*p
+    (the other axes at their training size) gives branches that agree wherever they are joined. Training
+    size + k * stride always does; a trunk whose pads were fixed at the training size (tf2onnx's "same")
+    may take no other size (Xception, NASNet)."""
+    steps = []
+    for axis, total in enumerate(stride):
+        for step in (p for p in range(1, total + 1) if total % p == 0):
+            try:
+                for k in range(1, 2 * total // step + 1):
+                    size = list(training)
+                    size[axis] += k * step
+                    walk(tuple(size))
+            except _SizesDisagree:
+                continue
+            steps.append(step)
+            break
+        else:
+            steps.append(total)
+    return tuple(steps)
+
+
 def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
     """One geometry per head of `plan`, in order."""
     dilation = plan.densify.factor if plan.densify else None
@@ -441,7 +496,8 @@ def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
 def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:
     """A few strides larger than the training size: 2, 3, 4, ... strides on the successive axes, so a grid
     with swapped axes cannot pass for the right one, plus half a stride, so the size rules' rounding is
-    exercised too. Twice the training size if the stride is unknown."""
+    exercised too (unless the trunk only takes whole steps). Twice the training size if the stride is unknown."""
     if isinstance(geometry, Geometry):
-        return tuple(t + (2 + axis) * s + s // 2 for axis, (t, s) in enumerate(zip(training, geometry.stride)))
+        size = tuple(t + (2 + axis) * s + s // 2 for axis, (t, s) in enumerate(zip(training, geometry.stride)))
+        return size if geometry.accepts(size) or not geometry.size_step else geometry.nearest_taken(size)
     return tuple(2 * t for t in training)

@@ -277,6 +277,11 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
             if any(s < t for s, t in zip(spatial, training)):
                 raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
                                  f"size {'x'.join(map(str, training))}")
+            for geometry in geometries:
+                if isinstance(geometry, Geometry) and geometry.input == name and not geometry.accepts(spatial):
+                    raise InputError(f"size {'x'.join(map(str, spatial))} is not one the trunk takes (its joined "
+                                     f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "
+                                     f"{'x'.join(map(str, geometry.nearest_taken(spatial)))}")
         shapes[name] = with_spatial(shapes[name], layout, spatial)
     return shapes
 

@@ -1,0 +1,99 @@
+"""Export real architectures (random weights) with their real exporters, for benchmarks/architectures.py.
+
+    python benchmarks/export_architectures.py keras OUT   # needs tensorflow-cpu and tf2onnx ('.[exporters]')
+    python benchmarks/export_architectures.py timm OUT    # needs timm ('.[exporters-timm]'): both torch exporters
+
+Each model is written as OUT/<exporter>__<name>.onnx with a small JSON sidecar naming its training size; the
+files are large (up to 0.5 GB for VGG16) and are not committed. Models whose export fails are listed in
+OUT/export_failures.json with the exporter's message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+#: Keras applications: name -> training input size (small where the architecture allows, to keep runs short).
+KERAS = {"VGG16": 96, "ResNet50": 96, "MobileNetV2": 96, "MobileNetV3Small": 96, "EfficientNetB0": 96,
+         "EfficientNetV2B0": 96, "DenseNet121": 96, "InceptionV3": 96, "ConvNeXtTiny": 96, "Xception": 96,
+         "NASNetMobile": 96}
+#: timm models: name -> training input size.
+TIMM = {"resnet18": 96, "efficientnet_b0": 96, "mobilenetv3_small_100": 96, "ghostnet_100": 96,
+        "convnext_atto": 96, "regnetx_002": 96, "densenet121": 96, "inception_v3": 128, "dla34": 96,
+        "tf_efficientnet_b0": 96, "lcnet_050": 96, "vit_tiny_patch16_224": 224}
+
+
+def keras(out: Path) -> None:
+    import tensorflow as tf
+    import tf2onnx
+
+    failures = {}
+    for name, size in KERAS.items():
+        path = out / f"tf2onnx__{name}.onnx"
+        if path.exists():
+            continue
+        try:
+            tf.keras.utils.set_random_seed(0)
+            model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+            spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
+            function = tf.function(lambda image: model(image, training=False))
+            tf2onnx.convert.from_function(function, input_signature=spec, opset=17, output_path=str(path))
+            _sidecar(path, size, f"tf2onnx {tf2onnx.__version__}, tensorflow {tf.__version__}, opset 17")
+            print(f"wrote {path}", flush=True)
+        except Exception as error:  # recorded, not fatal: the table says which exports failed
+            failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            traceback.print_exc()
+    _failures(out, failures)
+
+
+def timm_models(out: Path) -> None:
+    import timm
+    import torch
+
+    failures = {}
+    for name, size in TIMM.items():
+        for dynamo in (False, True):
+            exporter = "dynamo" if dynamo else "torchscript"
+            path = out / f"{exporter}__{name}.onnx"
+            if path.exists():
+                continue
+            try:
+                torch.manual_seed(0)
+                model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), input_names=["image"],
+                                      output_names=["scores"], opset_version=18 if dynamo else 17, dynamo=dynamo,
+                                      **({"external_data": False} if dynamo else {}))
+                _sidecar(path, size, f"torch.onnx.export(dynamo={dynamo}), torch {torch.__version__}, "
+                                     f"timm {timm.__version__}")
+                print(f"wrote {path}", flush=True)
+            except Exception as error:
+                failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    _failures(out, failures)
+
+
+def _sidecar(path: Path, size: int, made_by: str) -> None:
+    path.with_suffix(".json").write_text(json.dumps({"size": size, "made_by": made_by}))
+
+
+def _failures(out: Path, failures: dict) -> None:
+    record = out / "export_failures.json"
+    known = json.loads(record.read_text()) if record.exists() else {}
+    known.update(failures)
+    record.write_text(json.dumps(known, indent=2))
+
+
+def main() -> None:
+    which, out = sys.argv[1], Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    {"keras": keras, "timm": timm_models}[which](out)
+
+
+if __name__ == "__main__":
+    main()
