@@ -275,7 +275,9 @@ def window_layer(node: gs.Node, rank: int) -> Layer:
     return Layer(node.op, kernel, stride, dilation, begin, end, bool(attrs.get("ceil_mode", 0)), auto_pad)
 
 
-def _pad_layer(node: gs.Node, rank: int) -> Layer:
+def _pad_layer(node: gs.Node, rank: int, channels_last: bool = False) -> Layer:
+    """A Pad as a 1-wide window with pads, on a channels-first map or (tf2onnx's ZeroPadding2D) a
+    channels-last one."""
     if "pads" in node.attrs:  # opset < 11
         pads = [int(v) for v in node.attrs["pads"]]
     elif len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
@@ -292,10 +294,11 @@ def _pad_layer(node: gs.Node, rank: int) -> Layer:
     begin, end = [0] * full_rank, [0] * full_rank
     for i, axis in enumerate(axes):
         begin[axis], end[axis] = pads[i], pads[len(axes) + i]
-    if begin[0] or end[0] or begin[1] or end[1]:
+    spatial = list(range(1, rank + 1)) if channels_last else list(range(2, rank + 2))
+    if any(begin[a] or end[a] for a in range(full_rank) if a not in spatial):
         raise _NotLocal(f"Pad '{node.name}' pads the batch or channel axis")
     ones = (1,) * rank
-    return Layer("Pad", ones, ones, ones, tuple(begin[2:]), tuple(end[2:]))
+    return Layer("Pad", ones, ones, ones, tuple(begin[a] for a in spatial), tuple(end[a] for a in spatial))
 
 
 def _through_layer(span: _Span, layer: Layer) -> _Span:
@@ -376,7 +379,8 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
                 raise _NotLocal(f"{node.op} '{node.name}' reads a map whose channels a Transpose moved last")
             span = _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
         elif kind == PAD:
-            span = _through_layer(spans[node.inputs[0].name], _pad_layer(node, rank))
+            span = spans[node.inputs[0].name]
+            span = _through_layer(span, _pad_layer(node, rank, span.channels_last))
         elif kind == JOIN:
             span = _merge(inputs, node)
         elif kind == LOCAL:

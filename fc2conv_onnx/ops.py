@@ -37,7 +37,6 @@ from .plan import (
     PassThrough,
     Step,
 )
-from .pools import GLOBAL_POOLS
 from .values import (
     axes_of,
     constant_float_values,
@@ -405,4 +404,4 @@ register("Transpose", head=transpose, trunk=_transpose_kind)
 register("Flatten", "Squeeze", head=flattening)
 register("Reshape", head=flattening, trunk=REGROUP)
 register("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", trunk=GLOBAL)
-register(*(op for op in GLOBAL_POOLS if op.startswith("Reduce")), "ReduceSum", "ReduceL2", trunk=_reduce_kind)
+register("ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", trunk=_reduce_kind)

@@ -115,13 +115,20 @@ class GlobalPool:
     op: str
     #: "average" or "max".
     kind: str
-    #: The channels-first feature map it pools (a channels-last pool reads a Transpose of it).
+    #: The channels-first feature map the head starts from (a channels-last pool reads a Transpose of it,
+    #: maybe through per-location ops: `between`).
     source: str
-    #: The pool's output, and its form: MAP_LAST for a pool over a Transpose to channels last that keeps
-    #: the pooled axes, FLAT when it drops them, MAP otherwise.
+    #: The pool's output, and its form: MAP_LAST for a pool of a channels-last map that keeps the pooled
+    #: axes, FLAT when it drops them, MAP otherwise.
     output: str
     form: str
     mode: PoolMode = MODES[KEEP_POOL]
+    #: The tensor the pool node reads, and whether it is channels last.
+    input: str = ""
+    input_last: bool = False
+    #: Nodes between the source and the pool (tf2onnx's Transpose to channels last, then activations on
+    #: the channels-last map): per location, so they stay as they are in every mode.
+    between: Tuple[str, ...] = ()
 
     def becomes(self, spatial: Tuple[int, ...]) -> str:
         return self.mode.becomes(self.kind, spatial)
@@ -294,7 +301,7 @@ class HeadPlan:
     @property
     def nodes(self) -> Tuple[str, ...]:
         """Every original node this head replaces or re-expresses (the flattening is left to cleanup)."""
-        names = [step.node for step in self.prelude] + ([self.pool.node] if self.pool else [])
+        names = [step.node for step in self.prelude] + (list(self.pool.between) + [self.pool.node] if self.pool else [])
         for step in ((self.first,) if self.first else ()) + self.steps:
             names.extend(step.nodes)
         return tuple(names)
@@ -318,8 +325,11 @@ class HeadPlan:
         spatial = ", ".join(map(str, self.spatial_shape))
         lines = [f"head -> {', '.join(self.outputs)} (as {layout})"]
         if self.pool:
-            lines += [f"  source {self.source} [N, {self.source_shape[0]}, {spatial}]",
-                      f"  {self.pool.op} '{self.pool.node}' -> {self.pool.becomes(self.spatial_shape)}"]
+            lines.append(f"  source {self.source} [N, {self.source_shape[0]}, {spatial}]")
+            if self.pool.between:
+                lines.append(f"  {len(self.pool.between)} per-location op(s) on the channels-last map before the "
+                             "pool -> unchanged")
+            lines.append(f"  {self.pool.op} '{self.pool.node}' -> {self.pool.becomes(self.spatial_shape)}")
         else:
             flat = self.flattening
             lines.append(f"  source {self.source} [N, {self.source_shape[0]}, {spatial}] via {flat.op} '{flat.node}'"

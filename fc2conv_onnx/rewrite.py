@@ -166,10 +166,14 @@ def _redirect(editor: _Editor, old: gs.Tensor, new: gs.Tensor) -> None:
 
 
 def _rewrite_pool(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]]) -> None:
-    """Replace the global pool as its mode says; what read the pool reads the replacement (moved channels
-    last again when the pool read a Transpose to channels last and kept the pooled axes)."""
+    """Replace the global pool as its mode says; what read the pool reads the replacement (channels last
+    again when the pool read a channels-last map and kept the pooled axes)."""
     pool = head.pool
-    pooled = editor.tensors[pool.source]
+    rank = head.spatial_rank + 2
+    if pool.between:  # per-location ops on a channels-last map feed the pool: they stay, the pool reads them
+        pooled = _transposed(editor, editor.tensors[pool.input], to_channels_first(rank), f"{pool.node}/channels_first")
+    else:
+        pooled = editor.tensors[pool.source]
     replacement = pool.mode.replacement(pool.kind, head.spatial_shape, dilation)
     if replacement is not None:
         op, attrs = replacement
@@ -177,12 +181,15 @@ def _rewrite_pool(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int,
         editor.add_node(op, f"{pool.node}/{pool.mode.name}", [pooled], [result], attrs)
         pooled = result
     if pool.form == MAP_LAST:
-        moved = editor.variable(f"{pool.node}/channels_last", pooled)
-        editor.add_node("Transpose", f"{pool.node}/to_channels_last", [pooled], [moved],
-                        {"perm": list(to_channels_last(head.spatial_rank + 2))})
-        pooled = moved
+        pooled = _transposed(editor, pooled, to_channels_last(rank), f"{pool.node}/channels_last")
     _redirect(editor, editor.tensors[pool.output], pooled)
     editor.nodes[pool.node].outputs.clear()
+
+
+def _transposed(editor: _Editor, tensor: gs.Tensor, perm: Tuple[int, ...], base: str) -> gs.Tensor:
+    moved = editor.variable(base, tensor)
+    editor.add_node("Transpose", base, [tensor], [moved], {"perm": list(perm)})
+    return moved
 
 
 def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> None:

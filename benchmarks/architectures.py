@@ -1,0 +1,115 @@
+"""Which real architectures convert, in which --pooling mode, and why not: the table in docs/architectures.md.
+
+    python benchmarks/export_architectures.py keras /tmp/arch    # in an environment with the exporters
+    python benchmarks/export_architectures.py timm /tmp/arch
+    python benchmarks/architectures.py /tmp/arch [--write docs/architectures.md]
+
+Each exported model is converted in every mode (the package's own validation runs), and every conversion
+is then proven again by tests/equivalence.py, which shares no code with the package: at the training size,
+and at the larger size the package's window check used (crop-and-forward at every cell; for `keep`, the one
+prediction against the original head on the whole larger map). A refusal is listed with its reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import fc2conv_onnx  # noqa: E402
+from equivalence import assert_equivalent, assert_one_prediction  # noqa: E402
+from fc2conv_onnx import Fc2ConvError  # noqa: E402
+from fc2conv_onnx.plan import LinearLayer  # noqa: E402
+
+MODES = ("keep", "window", "none")
+
+
+def head_pattern(report) -> str:
+    """The head as the grammar read it: 'GlobalAveragePool -> Conv -> HardSwish -> Flatten -> Gemm'."""
+    head = report.plan.heads[0]
+    start = [head.pool.op] if head.pool else [head.flattening.op, head.first.op]
+    return " -> ".join(start + [step.op for step in head.steps if step.op not in ("Dropout",)])
+
+
+def prove(path: Path, conversion, mode: str) -> None:
+    """The independent check (tests/equivalence.py) at the training size and the window check's size."""
+    original = onnx.load(str(path))
+    head = conversion.report.plan.heads[0]
+    channels_last = conversion.report.plan.input_layout(conversion.report.plan.trunk_inputs[0]) == "channels_last"
+    larger = next(c.input_shape for c in conversion.report.checks if c.check == "windows")
+    larger = (1,) + tuple(larger[1:])
+    rank = len(larger) - 2
+    if mode == "keep":
+        assert_equivalent(original, conversion.model, source=head.source, channels_last=channels_last)
+        assert_one_prediction(original, conversion.model, source=head.source, size=larger, channels_last=channels_last)
+    else:
+        assert_equivalent(original, conversion.model, source=head.source, sizes=[larger], channels_last=channels_last,
+                          window=(1,) * rank if mode == "none" else None)
+
+
+def try_model(path: Path) -> Dict:
+    row: Dict = {"model": path.stem.split("__")[1], "exporter": path.stem.split("__")[0], "pattern": "", "modes": {}}
+    for mode in MODES:
+        started = time.perf_counter()
+        try:
+            conversion = fc2conv_onnx.convert_with_report(path, pooling=mode)
+        except Fc2ConvError as error:
+            row["modes"][mode] = f"refused (exit {error.exit_code}): {error}"
+            continue
+        except Exception as error:  # a bug: listed, so that the table shows it
+            row["modes"][mode] = f"BUG {type(error).__name__}: {error}"
+            continue
+        seconds = time.perf_counter() - started
+        report = conversion.report
+        row["pattern"] = row["pattern"] or head_pattern(report)
+        where = report.geometry[0]
+        notes = []
+        if getattr(where, "local", True) is False:
+            notes.append("not local")
+        if getattr(where, "size_step", None) and any(p > 1 for p in where.size_step):
+            notes.append(f"sizes {where.sizes_taken()}")
+        try:
+            prove(path, conversion, mode)
+            verdict = "converts, proven"
+        except AssertionError as error:
+            verdict = f"INDEPENDENT CHECK FAILED: {str(error).splitlines()[0][:120]}"
+        row["modes"][mode] = f"{verdict} ({seconds:.1f} s{', ' + ', '.join(notes) if notes else ''})"
+        print(f"{path.stem} {mode}: {row['modes'][mode]}", flush=True)
+    return row
+
+
+def table(rows: List[Dict]) -> str:
+    lines = ["| exporter | model | head (as read) | keep | window | none |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        cells = [row["exporter"], row["model"], row["pattern"] or "-"] + \
+            [row["modes"][m].replace("|", "/") for m in MODES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--write", type=Path, help="write the table (markdown) here")
+    args = parser.parse_args()
+    rows = [try_model(path) for path in sorted(args.folder.glob("*__*.onnx"))]
+    failures = json.loads((args.folder / "export_failures.json").read_text()) \
+        if (args.folder / "export_failures.json").exists() else {}
+    text = table(rows)
+    if failures:
+        text += "\n\nExports that failed (not the converter's doing):\n" + \
+            "\n".join(f"- {name}: {why}" for name, why in failures.items())
+    print(text)
+    if args.write:
+        args.write.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
