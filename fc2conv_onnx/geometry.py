@@ -194,6 +194,8 @@ class Unknown:
     #: The node (a global pool in the trunk) that makes the head's feature map one location already, if that
     #: is why.
     pooled_by: str = ""
+    #: The trunk's geometry when only the head has none (a kept global pool): the input sizes it takes.
+    trunk: Optional["Geometry"] = None
 
     def describe(self) -> str:
         return f"geometry unknown: {self.reason}"
@@ -419,11 +421,21 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
 
 def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> HeadGeometry:
     """The geometry of one head's outputs, computed from the trunk in `graph` (before the rewrite of the
-    head; with `dilation`, the trunk's strides already lowered for `--stride`)."""
+    head; with `dilation`, the trunk's strides already lowered for `--stride`). A head that keeps its global
+    pool has none, but its trunk's (the input sizes it takes) is kept with the reason."""
+    geometry = _sliding_geometry(graph, head, dilation)
+    if head.slides:
+        return geometry
+    if not isinstance(geometry, Geometry):
+        return Unknown("the global pool is kept: one prediction per image, at any input size")
+    taken = "any input size" if all(p == 1 for p in geometry.size_step) else \
+        f"input sizes the trunk takes: {geometry.sizes_taken()}"
+    return Unknown(f"the global pool is kept: one prediction per image, at {taken}", trunk=geometry)
+
+
+def _sliding_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int, ...]]) -> HeadGeometry:
     tensors = graph.tensors()
     source = head.source
-    if not head.slides:
-        return Unknown("the global pool is kept: one prediction per image, at any input size")
     feeding = upstream_inputs(graph, [source])
     if len(feeding) != 1:
         return Unknown(f"'{source}' is computed from {len(feeding)} inputs, not one image input")
@@ -501,6 +513,8 @@ def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence
     """A few strides larger than the training size: 2, 3, 4, ... strides on the successive axes, so a grid
     with swapped axes cannot pass for the right one, plus half a stride, so the size rules' rounding is
     exercised too (unless the trunk only takes whole steps). Twice the training size if the stride is unknown."""
+    if isinstance(geometry, Unknown) and geometry.trunk is not None:
+        geometry = geometry.trunk
     if isinstance(geometry, Geometry):
         size = tuple(t + (2 + axis) * s + s // 2 for axis, (t, s) in enumerate(zip(training, geometry.stride)))
         return size if geometry.accepts(size) or not geometry.size_step else geometry.nearest_taken(size)

@@ -19,49 +19,17 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from math import prod
-from typing import (
-    Callable,
-    Dict,
-    FrozenSet,
-    List,
-    Mapping,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-    Union,
-)
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
-from .layout import (
-    CHANNELS_FIRST,
-    CHANNELS_LAST,
-    LAYOUTS,
-    input_layout,
-    is_transpose,
-    to_channels_last,
-)
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_parameter_shape, is_transpose, to_channels_last
 from .linear import LINEAR_OPS, match_linear
 from .ops import HeadContext, entry
 from .options import AUTO
-from .plan import (
-    AXIS_LAST,
-    FLAT,
-    KEEP_POOL,
-    MODES,
-    POOLINGS,
-    Decline,
-    Flattening,
-    GlobalPool,
-    HeadPlan,
-    LinearLayer,
-    PassThrough,
-    Plan,
-    Skipped,
-    Step,
-)
+from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
+                   LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
 from .values import producer
 
@@ -277,8 +245,9 @@ def _downstream_linears(tensor: gs.Tensor) -> List[str]:
     return found
 
 
-def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
-    """Graph inputs upstream of the given tensors, in graph-input order."""
+def upstream_inputs(graph: gs.Graph, sources: Sequence[str], parameters: bool = False) -> Tuple[str, ...]:
+    """Image inputs upstream of the given tensors, in graph-input order; with `parameters`, the inputs that
+    hold per-channel parameters instead (see `layout.is_parameter_shape`)."""
     tensors = graph.tensors()
     seen, stack, found = set(), [tensors[s] for s in sources], set()
     input_names = {t.name for t in graph.inputs}
@@ -291,7 +260,7 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str]) -> Tuple[str, ...]:
             found.add(tensor.name)
         for node in tensor.inputs:
             stack.extend(node.inputs)
-    return tuple(t.name for t in graph.inputs if t.name in found)
+    return tuple(t.name for t in graph.inputs if t.name in found and is_parameter_shape(t.shape) == parameters)
 
 
 def trunk_nodes(graph: gs.Graph, sources: Sequence[str]) -> List[gs.Node]:
@@ -430,9 +399,10 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_P
     order = {node.name: index for index, node in enumerate(graph.nodes)}
     skipped = tuple(sorted(search.skipped, key=lambda s: order.get(s.node, -1)))
     tensors = graph.tensors()
-    trunk_inputs = upstream_inputs(graph, [h.source for h in search.heads])
+    sources = [h.source for h in search.heads]
+    trunk_inputs = upstream_inputs(graph, sources)
     plan = Plan(heads=tuple(search.heads), skipped=skipped, trunk_inputs=trunk_inputs,
                 opset=search.base.opset, input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs},
-                pool_declines=dict(search.pool_declines))
+                pool_declines=dict(search.pool_declines), parameter_inputs=upstream_inputs(graph, sources, True))
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

@@ -53,6 +53,19 @@ def is_transpose(node: gs.Node, perm: Sequence[int]) -> bool:
 ELEMENTWISE_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
 
 
+def is_parameter_shape(shape: Optional[Sequence]) -> bool:
+    """A static shape with at most one dim above 1 ([1, 1, 1, 3], [3]): a per-channel parameter, not an image.
+    tf2onnx leaves Keras Normalization's mean and variance as graph inputs of this shape."""
+    return shape is not None and len(shape) > 0 and all(isinstance(d, int) for d in shape) and \
+        sum(1 for d in shape if d != 1) <= 1
+
+
+def _per_channel_operand(tensor: gs.Tensor) -> bool:
+    """A constant, or a parameter graph input, that broadcasts along the last (channel) axis alone."""
+    static = isinstance(tensor, gs.Constant) or (not tensor.inputs and is_parameter_shape(tensor.shape))
+    return static and tensor.shape is not None and all(d == 1 for d in tensor.shape[:-1])
+
+
 def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
     """The tensors where a channels-last graph input `tensor` becomes channels first: the outputs of the
     Transposes that move its last axis to axis 1, reached through nothing but elementwise preprocessing by
@@ -76,7 +89,7 @@ def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
                 continue
             others = [t for t in node.inputs if t is not current]
             if node.op not in ELEMENTWISE_PREPROCESSING or node.domain not in (None, "", "ai.onnx") or \
-                    not all(isinstance(t, gs.Constant) and all(d == 1 for d in t.shape[:-1]) for t in others):
+                    not all(_per_channel_operand(t) for t in others):
                 return None
             frontier.extend(node.outputs)
     return views

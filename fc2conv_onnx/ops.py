@@ -24,25 +24,9 @@ from .flattenings import reshape_flattens
 from .layout import is_transpose, to_channels_first, to_channels_last
 from .linear import match_linear
 from .normalize import in_default_domain
-from .plan import (
-    AXIS_LAST,
-    FLAT,
-    KEEP,
-    MAP,
-    MAP_LAST,
-    REMOVE,
-    TO_CHANNELS_FIRST,
-    Decline,
-    LinearLayer,
-    PassThrough,
-    Step,
-)
-from .values import (
-    axes_of,
-    constant_float_values,
-    constant_values,
-    per_location_constant,
-)
+from .plan import (AXIS_LAST, FLAT, KEEP, MAP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Decline, LinearLayer,
+                   PassThrough, Step)
+from .values import axes_of, constant_float_values, constant_values, per_feature_vector, per_location_constant
 
 
 @dataclass(frozen=True)
@@ -171,21 +155,47 @@ def prelu(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Dec
 
 def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
     """Add/Sub/Mul/Div by a per-feature constant (either side), reshaped to [K, 1, ...]; or of two head
-    tensors with the same K (swish: x * Sigmoid(x)), which is elementwise per location as it stands."""
+    tensors (swish: x * Sigmoid(x); a LayerNorm spelled out: x - ReduceMean(x)), one of them maybe of one
+    feature, which broadcasts per location as it stands."""
     other_index = 1 - index
     other = node.inputs[other_index]
-    if ctx.head_features.get(other.name) == ctx.features and ctx.head_forms.get(other.name) == ctx.form:
-        return _unchanged(node, index, ctx, "elementwise on two head tensors")
+    if other.name in ctx.head_features:
+        k = ctx.head_features[other.name]
+        if ctx.head_forms.get(other.name) != ctx.form or (k != ctx.features and 1 not in (k, ctx.features)):
+            return Decline(f"{node.op} '{node.name}' combines head tensors of {ctx.features} and {k} features")
+        return _pass(node, index, KEEP, "unchanged (elementwise on two head tensors)", ctx,
+                     out_features=max(k, ctx.features))
     values = constant_float_values(other)
     if ctx.form != FLAT:
         return _constant_on_map(node, index, ctx, values, other)
-    reshaped = None if values is None else per_location_constant(values, ctx.features, ctx.spatial_rank)
-    if reshaped is None:
+    vector = None if values is None else per_feature_vector(values, values.shape[-1] if values.ndim else 1)
+    features = 1 if values is None or values.size == 1 else int(values.shape[-1])
+    if vector is None or (features not in (1, ctx.features) and ctx.features != 1):
         return Decline(f"{node.op} '{node.name}' combines the head with '{other.name}', which is not a constant "
                        "of one value per feature")
+    reshaped = values if values.size == 1 else vector.reshape((features,) + (1,) * ctx.spatial_rank)
     changed = {} if reshaped is values else {other_index: reshaped}
     return _pass(node, index, KEEP, f"{node.op} by constant of shape {list(reshaped.shape)}", ctx,
-                 constants=changed)
+                 constants=changed, out_features=max(features, ctx.features))
+
+
+def reduce_over_features(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """A reduction over the features alone, keeping the axis (a LayerNorm spelled out by tf2onnx: the mean
+    and variance over [N, C]): on [N, K, *spatial] it reduces axis 1, per location, to one feature."""
+    feature_axis = {FLAT: 1, MAP: 1, MAP_LAST: ctx.rank - 1}[ctx.form]
+    rank = 2 if ctx.form == FLAT else ctx.rank
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
+        given = constant_values(node.inputs[1])
+        axes = None if given is None else given.reshape(-1).tolist()
+    if axes is None or {int(a) % rank for a in axes} != {feature_axis} or not node.attrs.get("keepdims", 1):
+        return Decline(f"{node.op} '{node.name}' does not reduce the features alone, keeping the axis")
+    if ctx.form != FLAT:
+        return _pass(node, index, KEEP, "unchanged (over the channels)", ctx, out_features=1)
+    if "axes" in node.attrs:
+        return _pass(node, index, KEEP, f"{node.op} over axis 1", ctx, attrs={"axes": [1]}, out_features=1)
+    return _pass(node, index, KEEP, f"{node.op} over axis 1", ctx, out_features=1,
+                 constants={1: np.array([1], dtype=np.int64)})
 
 
 def batch_normalization(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
@@ -379,15 +389,15 @@ def _concat_kind(node: gs.Node) -> Optional[str]:
 
 ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
                    "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf",
-                   "ThresholdedRelu", "Mish", "Sqrt")
+                   "ThresholdedRelu", "Mish", "Sqrt", "Reciprocal", "Log", "Floor", "Ceil", "Round", "Sign", "Cast",
+                   "Pow")
 
 register(*(op for op in ELEMENTWISE_OPS if op != "Clip"), head=elementwise, trunk=LOCAL)
 register("Clip", head=elementwise, trunk=LOCAL, parameters=True)  # its bounds are scalars
 register("Dropout", head=dropout, trunk=LOCAL, parameters=True)
 register("PRelu", head=prelu, trunk=LOCAL, parameters=True)
 register("Add", "Sub", "Mul", "Div", head=binary_with_constant, trunk=LOCAL)
-register("Pow", "Max", "Min", "Sum", "Mean", "Where", trunk=LOCAL)
-register("Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", trunk=LOCAL)
+register("Max", "Min", "Sum", "Mean", "Where", trunk=LOCAL)
 register("BatchNormalization", head=batch_normalization, trunk=LOCAL, parameters=True)
 register("LRN", trunk=LOCAL, parameters=True)
 register("QuantizeLinear", "DequantizeLinear", head=quantize_family, trunk=LOCAL, parameters=True)
@@ -404,4 +414,5 @@ register("Transpose", head=transpose, trunk=_transpose_kind)
 register("Flatten", "Squeeze", head=flattening)
 register("Reshape", head=flattening, trunk=REGROUP)
 register("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", trunk=GLOBAL)
-register("ReduceMean", "ReduceMax", "ReduceSum", "ReduceL2", trunk=_reduce_kind)
+register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceSumSquare", head=reduce_over_features,
+         trunk=_reduce_kind)

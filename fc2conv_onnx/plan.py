@@ -444,12 +444,18 @@ class Plan:
     densify: Optional[Densify] = None
     #: Global pools that do not start a head, though linear layers follow them, and why.
     pool_declines: Mapping[str, str] = field(default_factory=dict)
+    #: Graph inputs the trunk reads that hold per-channel parameters, not images (tf2onnx leaves Keras
+    #: Normalization's mean and variance so); validation feeds them positive values.
+    parameter_inputs: Tuple[str, ...] = ()
 
     def input_layout(self, name: str) -> str:
         return self.input_layouts.get(name, CHANNELS_FIRST)
 
     def describe(self) -> str:
         lines = [f"normalized: {note}" for note in self.normalized]
+        if self.parameter_inputs:
+            lines.append(f"input(s) {', '.join(repr(n) for n in self.parameter_inputs)}: per-channel parameters, not "
+                         "images (an exporter left them as inputs); validated with values in [0.5, 1.5)")
         if self.densify:
             lines.append(self.densify.describe())
         lines.append(f"{len(self.heads)} head(s) to convert" + (":" if self.heads else ""))
@@ -468,4 +474,5 @@ class Plan:
             "opset": self.opset,
             "normalized": list(self.normalized),
             "densify": None if self.densify is None else self.densify.to_dict(),
+            "parameter_inputs": list(self.parameter_inputs),
         }

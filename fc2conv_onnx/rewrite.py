@@ -13,19 +13,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
-from .plan import (
-    AXIS_LAST,
-    KEEP,
-    MAP_LAST,
-    REMOVE,
-    TO_CHANNELS_FIRST,
-    Flattening,
-    HeadPlan,
-    LinearLayer,
-    PassThrough,
-    Plan,
-    Quantized,
-)
+from .plan import (AXIS_LAST, KEEP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Flattening, HeadPlan, LinearLayer,
+                   PassThrough, Plan, Quantized)
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:

@@ -58,19 +58,17 @@ def size_dependence(model: onnx.ModelProto, layouts: Mapping[str, str]) -> Dict[
     return found
 
 
-def _static(tensor: gs.Tensor) -> Optional[Tuple[int, ...]]:
-    shape = tensor.shape
-    return tuple(shape) if shape is not None and all(isinstance(d, int) for d in shape) else None
-
-
-def _kept_suffix(data: Sequence[int], target: Sequence[int], follows: Sequence[bool]) -> Optional[int]:
-    """How many trailing dims a Reshape keeps, if it keeps every size-following dim but the batch among
-    them and the batch itself; else None."""
+def _kept_suffix(data: Sequence, target: Sequence, follows: Sequence[bool]) -> Optional[int]:
+    """How many trailing dims a Reshape keeps (the batch, axis 0, is kept apart), if it keeps every
+    size-following dim among them; else None. Shapes are at the training size; only the batch may be symbolic."""
+    if len(data) < 2 or len(target) < 2 or not all(isinstance(d, int) for d in list(data[1:]) + list(target[1:])):
+        return None
+    if isinstance(data[0], int) and isinstance(target[0], int) and data[0] != target[0]:
+        return None
     k = 0
     while k < min(len(data), len(target)) - 1 and data[len(data) - 1 - k] == target[len(target) - 1 - k]:
         k += 1
-    inside = set(range(1, len(data) - k))
-    if any(follows[axis] for axis in inside) or data[0] != target[0] or k == 0:
+    if k == 0 or any(follows[axis] for axis in range(1, len(data) - k)):
         return None
     return k
 
@@ -92,17 +90,19 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
     """Give a baked Reshape a target read from its input's shape, if the rule in the module docstring
     applies; a note on what was done, or None."""
     data, result = node.inputs[0], node.outputs[0]
-    before, after = _static(data), _static(result)
+    before, after = data.shape, result.shape
     if node.op != "Reshape" or before is None or after is None or len(follows) != len(before):
         return None
     k = _kept_suffix(before, after, follows)
     if k is None:
         return None
     base = f"{node.name}/follow_input_size"
-    middle = gs.Constant(f"{base}/middle", np.array(after[1:len(after) - k], dtype=np.int64))
     shape = gs.Variable(f"{base}/shape", dtype=np.int64)
     graph.nodes.append(gs.Node("Shape", f"{base}/shape", inputs=[data], outputs=[shape]))
-    parts = [_dims(graph, shape, 0, 1, base, opset), middle, _dims(graph, shape, len(before) - k, len(before), base, opset)]
+    middle = list(after[1:len(after) - k])
+    parts = [_dims(graph, shape, 0, 1, base, opset)] + \
+        ([gs.Constant(f"{base}/middle", np.array(middle, dtype=np.int64))] if middle else []) + \
+        [_dims(graph, shape, len(before) - k, len(before), base, opset)]
     target = gs.Variable(f"{base}/target", dtype=np.int64)
     graph.nodes.append(gs.Node("Concat", f"{base}/concat", attrs={"axis": 0}, inputs=parts, outputs=[target]))
     literal = node.inputs[1].values.tolist() if isinstance(node.inputs[1], gs.Constant) else None
@@ -113,13 +113,15 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
 
 
 def _baked(graph: gs.Graph, trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]]) -> Optional[gs.Node]:
-    """The first trunk node whose input follows the image size and whose output does not."""
+    """The first trunk node whose output follows the image size in fewer dims than its input."""
     for node in trunk:
         if trunk_kind(node) == GLOBAL or not node.outputs or not node.inputs:
             continue
         data = dependence.get(node.inputs[0].name)
         out = dependence.get(node.outputs[0].name)
-        if data and out is not None and any(data) and not any(out) and len(out) >= 2:
+        # Fewer dims follow the image after the node than before: it wrote sizes of the training input in
+        # (a -1 that absorbs the rest does not follow the spatial dims, it mixes them).
+        if data and out is not None and sum(out) < sum(data) and len(out) >= 2:
             return node
     return None
 

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError, ValidationError, runtime_message
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
-from .layout import CHANNELS_LAST, spatial_dims, with_spatial
+from .layout import CHANNELS_LAST, is_parameter_shape, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 from .weights import EMBEDDED_LIMIT, Weights
@@ -184,6 +184,9 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
         shape = shapes[value.name]
         if np.issubdtype(dtype, np.floating):  # uniform in [-2, 2): cheap to draw for large frames
             values = rng.random(shape, dtype=np.float32 if dtype != np.float64 else np.float64)
+            if is_parameter_shape(shape):  # a per-channel parameter (a variance, maybe): positive
+                feeds[value.name] = (values + 0.5).astype(dtype, copy=False)
+                continue
             feeds[value.name] = (values * 4 - 2).astype(dtype, copy=False)
         elif dtype == np.bool_:
             feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
@@ -266,7 +269,8 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
         layout = plan.input_layout(name)
         training = spatial_dims(shapes[name], layout)
         if size is None:
-            known = [g for g in geometries if isinstance(g, Geometry) and g.input == name]
+            trunks = [g.trunk if isinstance(g, Unknown) and g.trunk else g for g in geometries]
+            known = [g for g in trunks if isinstance(g, Geometry) and g.input == name]
             widest = max(known, key=lambda g: prod(g.stride), default=None)
             spatial = default_validation_size(widest, training)
         else:
@@ -278,6 +282,7 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
                 raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
                                  f"size {'x'.join(map(str, training))}")
             for geometry in geometries:
+                geometry = geometry.trunk if isinstance(geometry, Unknown) and geometry.trunk else geometry
                 if isinstance(geometry, Geometry) and geometry.input == name and not geometry.accepts(spatial):
                     raise InputError(f"size {'x'.join(map(str, spatial))} is not one the trunk takes (its joined "
                                      f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "

@@ -35,8 +35,27 @@ def input_shape(model: onnx.ModelProto) -> Tuple[int, ...]:
 
 
 def random_input(model: onnx.ModelProto, shape: Sequence[int], seed: int = 0) -> Dict[str, np.ndarray]:
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
-    return {model.graph.input[0].name: np.random.default_rng(seed).standard_normal(shape).astype(dtype)}
+    """The image (the first input) at `shape`, and any other input that holds per-channel values (tf2onnx
+    leaves Keras Normalization's mean and variance as inputs, of shape [1, 1, 1, C]) at its own shape, in
+    [0.5, 1.5) so that a variance stays positive."""
+    rng = np.random.default_rng(seed)
+    initializers = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for index, value in enumerate(i for i in model.graph.input if i.name not in initializers):
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if index == 0:
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            assert sum(d != 1 for d in dims) <= 1 and all(dims), f"input {value.name} {dims} is not a parameter"
+            feeds[value.name] = (rng.random(dims) + 0.5).astype(dtype)
+    return feeds
+
+
+def inputs_of(model: onnx.ModelProto) -> list:
+    """The graph inputs a caller feeds: the image first, then any per-channel parameter inputs."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
 
 
 def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], free_sizes: bool,
@@ -85,8 +104,8 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
     else:
         sizes = [input_shape(original)] + list(sizes)
         head = session(cut(inferred, [source], outputs, free_sizes=True))
-    trunk = cut(inferred, [original.graph.input[0].name], [source], free_sizes=True, channels_last=channels_last)
-    dense_trunk = cut(onnx.shape_inference.infer_shapes(converted), [converted.graph.input[0].name], [source],
+    trunk = cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
+    dense_trunk = cut(onnx.shape_inference.infer_shapes(converted), inputs_of(converted), [source],
                       free_sizes=True, channels_last=channels_last) if step else None
     step = step or (1,) * len(window)
     for size in sizes:
@@ -120,7 +139,7 @@ def assert_one_prediction(original: onnx.ModelProto, converted: onnx.ModelProto,
     inferred = onnx.shape_inference.infer_shapes(original)
     feeds = random_input(original, size, seed=3)
     actual = run(converted, feeds)
-    features = run(cut(inferred, [original.graph.input[0].name], [source], free_sizes=True,
+    features = run(cut(inferred, inputs_of(original), [source], free_sizes=True,
                        channels_last=channels_last), feeds)[source]
     outputs = [o.name for o in original.graph.output]
     expected = run(cut(inferred, [source], outputs, free_sizes=True), {source: features})

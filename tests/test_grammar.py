@@ -66,8 +66,13 @@ def prove(original: onnx.ModelProto, converted: onnx.ModelProto, source: str, mo
                           window=(1,) * rank)
 
 
+#: tf2onnx-made Keras heads: their pooled map is computed after the Transpose to NHWC.
+KERAS_EXPORTED = ("tf_keras_mobilenetv3_top", "tf_keras_convnext_head")
+
+
 def test_every_grammar_fixture_is_tested_here():
-    assert set(GRAMMAR) == set(POOLED) | {"torch_dynamic_hw", "torch_shuffle_dynamo"}
+    assert set(GRAMMAR) == set(POOLED) | set(KERAS_EXPORTED) | {"torch_dynamic_hw", "torch_shuffle_dynamo",
+                                                                  "tf_keras_same_padding_branches"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -96,6 +101,61 @@ def test_keras_pooled_heads_on_nhwc_inputs(stem, mode):
     head, = conversion.report.plan.heads
     assert head.source == builders.SOURCE and head.output_layout == "channels_last"
     prove(original, conversion.model, head.source, mode, channels_last=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stem", KERAS_EXPORTED)
+def test_keras_heads_made_by_tf2onnx(stem, mode):
+    """MobileNetV3's top (hard-swish on the NHWC map before the pool, 1x1 convs between Transposes, no Dense)
+    and ConvNeXt's (LayerNormalization spelled out by tf2onnx as ReduceMean, Sub, Mul, Sqrt... over [N, C];
+    Normalization's mean left as a graph input)."""
+    original = exported(stem)
+    conversion = fc2conv_onnx.convert_with_report(original, pooling=mode)
+    head, = conversion.report.plan.heads
+    assert conversion.report.plan.input_layouts == {"image": "channels_last"}
+    prove(identity_reshapes_dropped(original), conversion.model, head.source, mode, channels_last=True)
+
+
+def identity_reshapes_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The reference for larger sizes: tf2onnx writes a Transpose that only moves a size-1 axis as a Reshape
+    to literal training sizes ([-1, 1, 12, 10]), which is the identity at the training size; made an
+    Identity here by hand, so that the original trunk runs at other sizes too."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    for node in reference.graph.node:
+        if node.op_type == "Reshape" and shapes.get(node.input[0])[1:] == shapes.get(node.output[0])[1:]:
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.attribute[:]
+    return reference
+
+
+def test_an_input_left_by_the_exporter_for_a_normalization_is_a_parameter_not_an_image():
+    plan = fc2conv_onnx.inspect(EXPORTED / "tf_keras_convnext_head.onnx").plan
+    assert plan.trunk_inputs == ("image",) and plan.parameter_inputs == ("functional_1_1/normalization_1/Sub/y:0",)
+    assert "per-channel parameters, not images" in plan.describe()
+
+
+def test_a_trunk_that_takes_only_some_sizes_says_so_and_runs_at_each(tmp_path):
+    """tf2onnx writes Keras "same" padding as pads fixed at the training size: the MaxPool branch and the
+    strided 1x1 shortcut of an Xception block then agree only at 38 + 4k x 46 + 4k."""
+    path = EXPORTED / "tf_keras_same_padding_branches.onnx"
+    conversion = fc2conv_onnx.convert_with_report(path, pooling="window")
+    geometry = conversion.report.geometry[0]
+    assert geometry.size_step == (4, 4) and "input sizes it takes: 38 + k*4 x 46 + k*4" in conversion.report.to_text()
+    original = exported("tf_keras_same_padding_branches")
+    for k in range(4):  # every size it claims runs, and is crop-and-forward
+        size = (1, 38 + 4 * k, 46 + 4 * (3 - k), 3)
+        assert_equivalent(original, conversion.model, source=conversion.report.plan.heads[0].source, sizes=[size],
+                          channels_last=True)
+    with pytest.raises(Exception):  # a size it does not claim really fails in onnxruntime
+        run(conversion.model, random_input(original, (1, 40, 46, 3)))
+    with pytest.raises(InputError, match=r"size 40x46 is not one the trunk takes .* 38 \+ k\*4 x 46 \+ k\*4"):
+        fc2conv_onnx.convert(path, pooling="window", validate_size="40x46")
+    kept = fc2conv_onnx.convert_with_report(path).report
+    assert "input sizes the trunk takes: 38 + k*4 x 46 + k*4" in kept.to_text()
 
 
 def test_a_layer_norm_on_pooled_features_runs_over_the_channels_of_the_map():
