@@ -24,7 +24,8 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence,
 import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
-from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_parameter_shape, is_transpose, to_channels_last
+from .layout import (CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, parameter_inputs,
+                     to_channels_last)
 from .linear import LINEAR_OPS, match_linear
 from .ops import HeadContext, entry
 from .options import AUTO
@@ -260,7 +261,8 @@ def upstream_inputs(graph: gs.Graph, sources: Sequence[str], parameters: bool = 
             found.add(tensor.name)
         for node in tensor.inputs:
             stack.extend(node.inputs)
-    return tuple(t.name for t in graph.inputs if t.name in found and is_parameter_shape(t.shape) == parameters)
+    held = parameter_inputs([(t.name, t.shape) for t in graph.inputs])
+    return tuple(t.name for t in graph.inputs if t.name in found and (t.name in held) == parameters)
 
 
 def trunk_nodes(graph: gs.Graph, sources: Sequence[str]) -> List[gs.Node]:

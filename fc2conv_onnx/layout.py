@@ -6,7 +6,7 @@ therefore lists the features in (H, W, C) order. These helpers are 1, 2 and 3-D 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import onnx_graphsurgeon as gs
 
@@ -58,6 +58,13 @@ def is_parameter_shape(shape: Optional[Sequence]) -> bool:
     tf2onnx leaves Keras Normalization's mean and variance as graph inputs of this shape."""
     return shape is not None and len(shape) > 0 and all(isinstance(d, int) for d in shape) and \
         sum(1 for d in shape if d != 1) <= 1
+
+
+def parameter_inputs(inputs: Sequence[Tuple[str, Optional[Sequence]]]) -> Set[str]:
+    """The names, among graph inputs (name, shape), of those that hold per-channel parameters: shaped so
+    (`is_parameter_shape`) beside an input that is not - a lone [1, 1, 5] input is a 1-D image."""
+    shaped = {name for name, shape in inputs if is_parameter_shape(shape)}
+    return shaped if len(shaped) < len(inputs) else set()
 
 
 def _per_channel_operand(tensor: gs.Tensor) -> bool:

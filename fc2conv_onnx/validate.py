@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError, ValidationError, runtime_message
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
-from .layout import CHANNELS_LAST, is_parameter_shape, spatial_dims, with_spatial
+from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 from .weights import EMBEDDED_LIMIT, Weights
@@ -177,6 +177,7 @@ def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
 def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
                  rng: np.random.Generator) -> Dict[str, np.ndarray]:
     feeds = {}
+    held = parameter_inputs([(name, shape) for name, shape in shapes.items()])
     for value in model.graph.input:
         if value.name not in shapes:
             continue
@@ -184,7 +185,7 @@ def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
         shape = shapes[value.name]
         if np.issubdtype(dtype, np.floating):  # uniform in [-2, 2): cheap to draw for large frames
             values = rng.random(shape, dtype=np.float32 if dtype != np.float64 else np.float64)
-            if is_parameter_shape(shape):  # a per-channel parameter (a variance, maybe): positive
+            if value.name in held:  # a per-channel parameter (a variance, maybe): positive
                 feeds[value.name] = (values + 0.5).astype(dtype, copy=False)
                 continue
             feeds[value.name] = (values * 4 - 2).astype(dtype, copy=False)
