@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 import fc2conv_onnx  # noqa: E402
 from equivalence import assert_equivalent, assert_one_prediction, input_shape, random_input, run  # noqa: E402
 from fc2conv_onnx import Fc2ConvError  # noqa: E402
-from fc2conv_onnx.plan import LinearLayer  # noqa: E402
 
 MODES = ("keep", "window", "none")
 

@@ -297,7 +297,8 @@ class Heatmap:
 
     def to_dict(self) -> dict:
         return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
-                "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range), "geometry": self.geometry.to_dict()}
+                "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range),
+                "geometry": self.geometry.to_dict()}
 
 
 def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,

@@ -463,7 +463,8 @@ def _sliding_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[
     trained = Geometry(input=image.name, stride=span.stride, window=training, offset=(0,) * rank,
                        receptive_field=(), receptive_offset=span.start, feature_window=head.spatial_shape,
                        layers=span.layers, layout=layout, local=not span.global_op, not_local=span.global_op,
-                       training=training, size_step=_size_step(lambda size: _span_of(graph, starts, source, rank, size), training,
+                       training=training,
+                       size_step=_size_step(lambda size: _span_of(graph, starts, source, rank, size), training,
                                             span.stride))
     computed = trained.feature_size(training)
     full = tuple((f - 1) * d + 1 for f, d in zip(head.spatial_shape, dilation))

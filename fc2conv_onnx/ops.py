@@ -232,8 +232,9 @@ def _over_last_axis(node: gs.Node, index: int, ctx: HeadContext, axis: int) -> U
     if ctx.form == FLAT and axis in (1, -1):
         return _pass(node, index, AXIS_LAST, f"Transpose, {node.op} over the last axis, Transpose back", ctx,
                      attrs={"axis": -1})
-    return Decline(f"{node.op} '{node.name}' runs over axis {axis} of a {'pooled map' if ctx.form != FLAT else 'vector'}"
-                   ", not over the features alone: on a larger map it would mix locations")
+    read = "pooled map" if ctx.form != FLAT else "vector"
+    return Decline(f"{node.op} '{node.name}' runs over axis {axis} of a {read}, not over the features alone: on a "
+                   "larger map it would mix locations")
 
 
 def softmax_family(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:

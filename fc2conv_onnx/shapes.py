@@ -116,7 +116,8 @@ def converted_marker(model: onnx.ModelProto) -> Optional[str]:
 def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
     """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
     return json.dumps({"version": __version__, "heads": [
-        {"outputs": list(head.outputs), "output_layout": head.output_layout, "output_layouts": dict(head.output_layouts),
+        {"outputs": list(head.outputs), "output_layout": head.output_layout,
+         "output_layouts": dict(head.output_layouts),
          "source": head.source, "pooling": None if head.pool is None else head.pool.mode.name,
          "geometry": where.to_dict()}
         for head, where in zip(plan.heads, geometry)]})
