@@ -269,3 +269,20 @@ def test_none_mode_is_validated_at_the_training_size_as_well():
     report = fc2conv_onnx.convert_with_report(EXPORTED / "torch_pooled_conv_logits.onnx", pooling="none").report
     sizes = [c.input_shape for c in report.checks if c.check == "windows"]
     assert sizes[0][2:] == (32, 32) and sizes[1][2:] != (32, 32)
+
+
+def test_heatmap_repeats_the_locality_line_and_refuses_sizes_the_trunk_does_not_take(tmp_path):
+    from PIL import Image
+
+    picture = Image.fromarray((np.random.default_rng(2).random((60, 76, 3)) * 255).astype(np.uint8))
+    picture.save(tmp_path / "noise.png")
+    converted = tmp_path / "mnv3.onnx"
+    fc2conv_onnx.convert_file(EXPORTED / "tf_keras_mobilenetv3_top.onnx", converted, pooling="window")
+    drawn = fc2conv_onnx.heatmap(converted, tmp_path / "noise.png", tmp_path / "mnv3.png")
+    assert "cells are not local: ReduceMean" in drawn.to_text() and drawn.to_dict()["local"] is False
+    branches = tmp_path / "branches.onnx"
+    fc2conv_onnx.convert_file(EXPORTED / "tf_keras_same_padding_branches.onnx", branches, pooling="window")
+    with pytest.raises(InputError, match=r"image 76x60 .* not a size the model's trunk takes: it takes 38 \+ k\*4 x "
+                                         r"46 \+ k\*4 .* crop or resize it to 74x58"):
+        fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "branches.png")
+    assert not (tmp_path / "branches.png").exists()
