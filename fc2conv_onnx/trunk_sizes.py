@@ -75,7 +75,7 @@ def _kept_suffix(data: Sequence, target: Sequence, follows: Sequence[bool]) -> O
 
 def _dims(graph: gs.Graph, shape: gs.Tensor, start: int, end: int, base: str, opset: int) -> gs.Variable:
     """shape[start:end] of a Shape output, as a new int64 tensor."""
-    part = gs.Variable(f"{base}/dims_{start}_{end}", dtype=np.int64)
+    part = gs.Variable(f"{base}/dims_{start}_{end}_value", dtype=np.int64)
     if opset >= 10:
         bounds = [gs.Constant(f"{base}/{name}_{start}_{end}", np.array([value], dtype=np.int64))
                   for name, value in (("starts", start), ("ends", end))]
@@ -97,13 +97,13 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
     if k is None:
         return None
     base = f"{node.name}/follow_input_size"
-    shape = gs.Variable(f"{base}/shape", dtype=np.int64)
+    shape = gs.Variable(f"{base}/shape_value", dtype=np.int64)
     graph.nodes.append(gs.Node("Shape", f"{base}/shape", inputs=[data], outputs=[shape]))
     middle = list(after[1:len(after) - k])
     parts = [_dims(graph, shape, 0, 1, base, opset)] + \
         ([gs.Constant(f"{base}/middle", np.array(middle, dtype=np.int64))] if middle else []) + \
         [_dims(graph, shape, len(before) - k, len(before), base, opset)]
-    target = gs.Variable(f"{base}/target", dtype=np.int64)
+    target = gs.Variable(f"{base}/target_value", dtype=np.int64)
     graph.nodes.append(gs.Node("Concat", f"{base}/concat", attrs={"axis": 0}, inputs=parts, outputs=[target]))
     literal = node.inputs[1].values.tolist() if isinstance(node.inputs[1], gs.Constant) else None
     node.inputs[1] = target

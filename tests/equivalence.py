@@ -58,6 +58,23 @@ def inputs_of(model: onnx.ModelProto) -> list:
     return [i.name for i in model.graph.input if i.name not in initializers]
 
 
+def identity_reshapes_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A reference that runs at larger sizes: tf2onnx writes a Transpose that only moves a size-1 axis as a
+    Reshape to literal training sizes ([-1, 1, 12, 10]), the identity at the training size; here such a
+    Reshape (same shape in and out, batch aside) becomes an Identity."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    reference = onnx.ModelProto()
+    reference.CopyFrom(model)
+    for node in reference.graph.node:
+        before, after = shapes.get(node.input[0]), shapes.get(node.output[0]) if node.output else None
+        if node.op_type == "Reshape" and before and after and before[1:] == after[1:]:
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.attribute[:]
+    return reference
+
+
 def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], free_sizes: bool,
         channels_last: bool = False) -> onnx.ModelProto:
     part = onnx.utils.Extractor(model).extract_model(list(inputs), list(outputs))

@@ -14,7 +14,8 @@ import pytest
 import builders
 import fc2conv_onnx
 from conftest import FIXTURES
-from equivalence import assert_equivalent, assert_one_prediction, cut, input_shape, random_input, run
+from equivalence import (assert_equivalent, assert_one_prediction, cut, identity_reshapes_dropped, input_shape,
+                         random_input, run)
 from fc2conv_onnx import InputError, NothingToConvertError
 from test_cli import cli
 
@@ -114,22 +115,6 @@ def test_keras_heads_made_by_tf2onnx(stem, mode):
     head, = conversion.report.plan.heads
     assert conversion.report.plan.input_layouts == {"image": "channels_last"}
     prove(identity_reshapes_dropped(original), conversion.model, head.source, mode, channels_last=True)
-
-
-def identity_reshapes_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The reference for larger sizes: tf2onnx writes a Transpose that only moves a size-1 axis as a Reshape
-    to literal training sizes ([-1, 1, 12, 10]), which is the identity at the training size; made an
-    Identity here by hand, so that the original trunk runs at other sizes too."""
-    inferred = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
-    reference = onnx.ModelProto()
-    reference.CopyFrom(model)
-    for node in reference.graph.node:
-        if node.op_type == "Reshape" and shapes.get(node.input[0])[1:] == shapes.get(node.output[0])[1:]:
-            node.op_type = "Identity"
-            del node.input[1:]
-            del node.attribute[:]
-    return reference
 
 
 def test_an_input_left_by_the_exporter_for_a_normalization_is_a_parameter_not_an_image():
