@@ -4,8 +4,9 @@ Exit codes (also in the README):
   0  converted (`inspect`: the model was read; `validate`: the pair is equivalent)
   1  internal error (a bug: please report it)
   2  usage error (bad command line)
-  3  bad input: missing, unreadable or invalid model, or an unusable output path
-  4  nothing to convert (no convertible head, or already converted)
+  3  bad input: missing, unreadable or invalid model, a trunk that bakes its size, dynamic spatial dims
+     without --input-size, or an unusable output path
+  4  nothing to convert (no convertible head, a --pooling mode a head cannot have, or already converted)
   5  validation failed: the converted model is not equivalent; nothing was written
 """
 from __future__ import annotations
@@ -31,8 +32,10 @@ EXIT_CODES = """exit codes:
   0  converted (inspect: the model was read; validate: equivalent)
   1  internal error (a bug; please report it)
   2  usage error
-  3  bad input: missing, unreadable or invalid model, or unusable output path
-  4  nothing to convert (no convertible head, or already converted)
+  3  bad input: missing, unreadable or invalid model, a trunk that bakes its size,
+     dynamic spatial dims without --input-size, or unusable output path
+  4  nothing to convert (no convertible head, a --pooling mode a head cannot have,
+     or already converted)
   5  validation failed: not equivalent, nothing written"""
 
 SIZE_HELP = ("spatial input size of the window check, e.g. 512x1024 (one number: every axis); at least the "
