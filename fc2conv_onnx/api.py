@@ -22,7 +22,7 @@ from .heads import find_heads
 from .layout import CHANNELS_LAST, spatial_dims
 from .normalize import normalize
 from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
-from .plan import KEEP_POOL, Plan
+from .plan import KEEP_POOL, NO_POOL, Plan
 from .report import Report
 from .rewrite import rewrite
 from .weights import Weights
@@ -113,11 +113,19 @@ def _skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.
 
 
 def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options: Options) -> None:
-    """A pooling mode that would slide must reach every head whose map a global pool collapses: never give
-    one prediction per image when a map was asked for."""
+    """A pooling mode must reach every head it is asked for: never one prediction per image when a map was
+    asked for (a global pool in the trunk the grammar cannot read past), and never a window-sized map when
+    one cell per feature location was asked for (a flattening head has no pool to remove)."""
     if options.pooling == KEEP_POOL:
         return
     for head, where in zip(plan.heads, geometry):
+        if options.pooling == NO_POOL and head.pool is None and not (isinstance(where, Unknown) and where.pooled_by):
+            size = "x".join(map(str, head.spatial_shape))
+            raise NothingToConvertError(
+                f"--pooling none cannot apply to the head -> {', '.join(head.outputs)}: it has no global pool to "
+                f"remove (its first layer reads the whole {size} feature map, so its map has one cell per {size} "
+                "window already); use --pooling keep or window; nothing was written",
+                report=Report(plan=plan, geometry=tuple(geometry), dry_run=True))
         if head.pool is None and isinstance(where, Unknown) and where.pooled_by:
             report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
             why = plan.pool_declines.get(where.pooled_by,

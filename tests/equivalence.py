@@ -66,9 +66,9 @@ def identity_reshapes_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
     reference = onnx.ModelProto()
     reference.CopyFrom(model)
-    for node in reference.graph.node:
-        before, after = shapes.get(node.input[0]), shapes.get(node.output[0]) if node.output else None
-        if node.op_type == "Reshape" and before and after and before[1:] == after[1:]:
+    for node in (n for n in reference.graph.node if n.op_type == "Reshape"):
+        before, after = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if before and after and before[1:] == after[1:]:
             node.op_type = "Identity"
             del node.input[1:]
             del node.attribute[:]

@@ -271,3 +271,14 @@ def test_heatmap_repeats_the_locality_line_and_refuses_sizes_the_trunk_does_not_
                                          r"46 \+ k\*4 .* crop or resize it to 74x58"):
         fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "branches.png")
     assert not (tmp_path / "branches.png").exists()
+
+
+def test_none_on_a_flattening_head_is_refused_not_quietly_window_sized():
+    """`--pooling none` asks for one cell per feature location; a flattening head has no pool to remove, so
+    its map would have one cell per training-size window instead: refused (exit 4), with the head named.
+    `window` means what a flattening head already does, and converts."""
+    path = FIXTURES / "dress_detector.onnx"
+    with pytest.raises(NothingToConvertError, match=r"--pooling none cannot apply to the head -> score: it has "
+                                                    r"no global pool to remove .* whole 4x2 feature map"):
+        fc2conv_onnx.convert(path, pooling="none")
+    assert fc2conv_onnx.convert_with_report(path, pooling="window").report.geometry[0].window == (128, 64)
