@@ -1,7 +1,7 @@
 """fc2conv-onnx: make an exported CNN classifier fully convolutional, proven equivalent with onnxruntime."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402, F401
 
 from .api import (Conversion, Heatmap, convert, convert_file, convert_with_report, heatmap,  # noqa: E402
                   inspect, read_geometry, validate_pair, window_of)

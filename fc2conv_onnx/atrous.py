@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
-from .heads import trunk_nodes
+from .walks import trunk_nodes
 from .ops import JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .heads import upstream_inputs
+from .walks import upstream_inputs
 from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
 from .normalize import in_default_domain
 from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind,

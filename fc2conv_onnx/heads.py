@@ -24,8 +24,7 @@ from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence,
 import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
-from .layout import (CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, parameter_inputs,
-                     to_channels_last)
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .linear import LINEAR_OPS, match_linear
 from .ops import HeadContext, entry
 from .options import AUTO
@@ -33,6 +32,7 @@ from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flatten
                    LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
 from .values import producer
+from .walks import upstream_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -244,37 +244,6 @@ def _downstream_linears(tensor: gs.Tensor) -> List[str]:
                 found.append(node.name)
             stack.extend(node.outputs)
     return found
-
-
-def upstream_inputs(graph: gs.Graph, sources: Sequence[str], parameters: bool = False) -> Tuple[str, ...]:
-    """Image inputs upstream of the given tensors, in graph-input order; with `parameters`, the inputs that
-    hold per-channel parameters instead (see `layout.is_parameter_shape`)."""
-    tensors = graph.tensors()
-    seen, stack, found = set(), [tensors[s] for s in sources], set()
-    input_names = {t.name for t in graph.inputs}
-    while stack:
-        tensor = stack.pop()
-        if tensor.name in seen:
-            continue
-        seen.add(tensor.name)
-        if tensor.name in input_names:
-            found.add(tensor.name)
-        for node in tensor.inputs:
-            stack.extend(node.inputs)
-    held = parameter_inputs([(t.name, t.shape) for t in graph.inputs])
-    return tuple(t.name for t in graph.inputs if t.name in found and (t.name in held) == parameters)
-
-
-def trunk_nodes(graph: gs.Graph, sources: Sequence[str]) -> List[gs.Node]:
-    """The nodes the tensors `sources` are computed from, in graph order."""
-    tensors = graph.tensors()
-    wanted, stack = set(), [tensors[s] for s in sources if s in tensors]
-    while stack:
-        for node in stack.pop().inputs:
-            if id(node) not in wanted:
-                wanted.add(id(node))
-                stack.extend(node.inputs)
-    return [node for node in graph.nodes if id(node) in wanted]
 
 
 def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], forms: Mapping[str, str],

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import __version__
+from .version import __version__
 from .errors import InputError, ValidationError, first_line
 from .geometry import Geometry, HeadGeometry
 from .layout import CHANNELS_FIRST, with_spatial

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import InputError, first_line
-from .heads import trunk_nodes
+from .walks import trunk_nodes
 from .layout import spatial_axes
 from .ops import GLOBAL, trunk_kind
 
