@@ -70,6 +70,9 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as error:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
+    hidden = shapes.unfollowed_shapes(inferred)
+    if hidden:  # sizes behind shape arithmetic: run the model once at its training size and read them
+        inferred = shapes.with_observed_shapes(inferred, validation.observed_shapes(inferred, hidden, weights))
     graph = gs.import_onnx(inferred)
     weights.attach(graph)
     notes = normalize(graph)
@@ -119,20 +122,20 @@ def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options:
     if options.pooling == KEEP_POOL:
         return
     for head, where in zip(plan.heads, geometry):
-        if options.pooling == NO_POOL and head.pool is None and not (isinstance(where, Unknown) and where.pooled_by):
+        pooled_by = head.pooled_by or (where.pooled_by if isinstance(where, Unknown) else "")
+        if options.pooling == NO_POOL and head.pool is None and not pooled_by:
             size = "x".join(map(str, head.spatial_shape))
             raise NothingToConvertError(
                 f"--pooling none cannot apply to the head -> {', '.join(head.outputs)}: it has no global pool to "
                 f"remove (its first layer reads the whole {size} feature map, so its map has one cell per {size} "
                 "window already); use --pooling keep or window; nothing was written",
                 report=Report(plan=plan, geometry=tuple(geometry), dry_run=True))
-        if head.pool is None and isinstance(where, Unknown) and where.pooled_by:
+        if head.pool is None and pooled_by:
             report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
-            why = plan.pool_declines.get(where.pooled_by,
-                                         "the ops between are not ones the head grammar reads per location")
+            why = plan.pool_declines.get(pooled_by, "the ops between are not ones the head grammar reads per location")
             raise NothingToConvertError(
                 f"--pooling {options.pooling} cannot apply to the head -> {', '.join(head.outputs)}: its feature map "
-                f"'{head.source}' is already pooled to one location by '{where.pooled_by}' ({why}); use --pooling "
+                f"'{head.source}' is already pooled to one location by '{pooled_by}' ({why}); use --pooling "
                 "keep for one prediction per image; nothing was written", report=report)
 
 

@@ -232,6 +232,18 @@ def _pooled_head(graph: gs.Graph, pool: GlobalPool, base: HeadContext) -> Tuple[
     return shape, steps, forms
 
 
+def _downstream_tensors(tensor: gs.Tensor) -> List[str]:
+    """Names of `tensor` and every tensor computed from it."""
+    found, seen, stack = [tensor.name], set(), [tensor]
+    while stack:
+        for node in stack.pop().outputs:
+            if id(node) not in seen:
+                seen.add(id(node))
+                found.extend(t.name for t in node.outputs)
+                stack.extend(node.outputs)
+    return found
+
+
 def _downstream_linears(tensor: gs.Tensor) -> List[str]:
     """Names of the Gemm/MatMul nodes that depend on `tensor`."""
     found, seen, stack = [], set(), [tensor]
@@ -286,6 +298,8 @@ class _Search:
         #: Global pools whose head could not be read, and why; the linear layers after them, and that reason.
         self.pool_declines: Dict[str, str] = {}
         self.after_declined_pool: Dict[str, str] = {}
+        #: Tensors computed from such a pool's output -> the pool (a head reading one has no map of its own).
+        self.collapsed_by: Dict[str, str] = {}
 
     def head(self, steps: Tuple[Step, ...], forms: Mapping[str, str], source: str, **fields) -> Optional[HeadPlan]:
         outputs = tuple(t.name for t in self.graph.outputs if t.name in forms)
@@ -318,6 +332,8 @@ class _Search:
                 for later in _downstream_linears(node.outputs[0]):
                     self.after_declined_pool.setdefault(
                         later, f"part of the head starting at {where}, which was not converted: {declined.reason}")
+                for tensor in _downstream_tensors(node.outputs[0]):
+                    self.collapsed_by.setdefault(tensor, node.name)
             return
         if self.head(steps, forms, pool.source, source_shape=shape, pool=pool) is None:
             self.decline(node.outputs[0], f"{node.op} '{node.name}'", "its result reaches no graph output")
@@ -339,7 +355,8 @@ class _Search:
                 self.decline(self.graph.tensors()[first.output], f"'{node.name}'", declined.reason)
             return
         if self.head(steps, {first.output: FLAT, **forms}, flattening.source, source_shape=flattening.source_shape,
-                     flattening=flattening, first=first, prelude=prelude) is None:
+                     flattening=flattening, first=first, prelude=prelude,
+                     pooled_by=self.collapsed_by.get(flattening.source, "")) is None:
             self.skipped.append(Skipped(node.name, node.op, "its result reaches no graph output"))
 
 

@@ -270,6 +270,9 @@ class HeadPlan:
     #: Elementwise ops with scalar constants around that flattening (a QDQ model's Q/DQ pairs), in graph
     #: order; they run on the source feature map instead, before the first layer.
     prelude: Tuple[PassThrough, ...] = ()
+    #: A global pool in the trunk, not read as this head's own, that the source is computed from: the source
+    #: is one location already, whatever the input's size.
+    pooled_by: str = ""
 
     @property
     def spatial_shape(self) -> Tuple[int, ...]:

@@ -3,7 +3,7 @@ a checker pass, and a metadata entry that marks the model as converted and holds
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -78,6 +78,27 @@ def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.Mode
             dims[axis].Clear()
             dims[axis].dim_value = int(value)
     return fixed
+
+
+def unfollowed_shapes(model: onnx.ModelProto) -> List[str]:
+    """Tensors of rank 3 or more whose dims beyond the batch shape inference left symbolic although every
+    graph input's are static: the sizes an exporter's shape arithmetic hid (see validate.observed_shapes)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if any(not d.HasField("dim_value") for i in inputs for d in list(i.type.tensor_type.shape.dim)[1:]):
+        return []
+    return [v.name for v in model.graph.value_info if len(v.type.tensor_type.shape.dim) >= 3
+            and any(not d.HasField("dim_value") for d in list(v.type.tensor_type.shape.dim)[1:])]
+
+
+def with_observed_shapes(model: onnx.ModelProto, observed: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """`model` with the observed dims (all but a symbolic batch) written into its value_info."""
+    for value in model.graph.value_info:
+        if value.name in observed:
+            for dim, size in list(zip(value.type.tensor_type.shape.dim, observed[value.name]))[1:]:
+                dim.Clear()
+                dim.dim_value = int(size)
+    return model
 
 
 def clear_inferred_shapes(graph: gs.Graph) -> None:

@@ -23,10 +23,13 @@ import onnx_graphsurgeon as gs
 from .errors import InputError, first_line
 from .walks import trunk_nodes
 from .layout import spatial_axes
-from .ops import GLOBAL, trunk_kind
 
 logger = logging.getLogger(__name__)
 
+#: Ops whose output shape an input gives (a shape, sizes, repeats, ends, pads): the ones that can write the
+#: training size in. Others (Conv, pools, elementwise) compute their output shape from their input's.
+SHAPED_BY_INPUTS = frozenset(("Reshape", "Expand", "Tile", "Resize", "Upsample", "Slice", "Pad", "ConstantOfShape",
+                              "Range", "Split", "Crop"))
 #: Rounds of (find the first baked node, rewrite it); each round re-infers shapes below the rewrite.
 MAX_ROUNDS = 256
 
@@ -115,7 +118,7 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
 def _baked(graph: gs.Graph, trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]]) -> Optional[gs.Node]:
     """The first trunk node whose output follows the image size in fewer dims than its input."""
     for node in trunk:
-        if trunk_kind(node) == GLOBAL or not node.outputs or not node.inputs:
+        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs:
             continue
         data = dependence.get(node.inputs[0].name)
         out = dependence.get(node.outputs[0].name)

@@ -174,6 +174,25 @@ def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
+def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
+                    weights: Optional[Weights] = None) -> Dict[str, Tuple[int, ...]]:
+    """The shapes the named tensors take when onnxruntime runs `model` once at its training size (batch 2 if
+    symbolic): for sizes that shape inference cannot follow through an exporter's shape arithmetic (timm's
+    TensorFlow-style "same" padding: Shape -> Gather -> Cast -> Div -> Ceil -> ... -> Pad). Empty when the
+    model does not run there."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in known)
+    try:
+        shapes = training_shapes(model)
+        values = _run(probe, random_feeds(model, shapes, np.random.default_rng(0)), "the model", weights)
+    except (ValidationError, InputError) as error:
+        logger.debug("no shapes observed: %s", error)
+        return {}
+    return {name: tuple(values[name].shape) for name in names if name in values}
+
+
 def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
                  rng: np.random.Generator) -> Dict[str, np.ndarray]:
     feeds = {}

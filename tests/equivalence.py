@@ -105,6 +105,7 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
     outputs = list(outputs or [o.name for o in original.graph.output])
     inferred = onnx.shape_inference.infer_shapes(original)
     step = tuple(dilation or ())
+    trunk = cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
     if window is None:
         feeds = random_input(original, input_shape(original))
         expected, actual = run(original, feeds), run(converted, feeds)
@@ -115,13 +116,13 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
             assert actual[name].size == expected[name].size, (name, actual[name].shape, expected[name].shape)
             np.testing.assert_allclose(actual[name].reshape(expected[name].shape), expected[name], rtol=rtol,
                                        atol=atol, err_msg=f"output {name} at the training size")
-        source_shape = next(v for v in inferred.graph.value_info if v.name == source).type.tensor_type.shape
-        window = tuple(d.dim_value for d in source_shape.dim[2:])
+        # The window is the training-size feature map, as a run of the original trunk gives it (shape
+        # inference may not follow an exporter's shape arithmetic there).
+        window = tuple(run(trunk, feeds)[source].shape[2:])
         head = session(cut(inferred, [source], outputs, free_sizes=False))
     else:
         sizes = [input_shape(original)] + list(sizes)
         head = session(cut(inferred, [source], outputs, free_sizes=True))
-    trunk = cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
     dense_trunk = cut(onnx.shape_inference.infer_shapes(converted), inputs_of(converted), [source],
                       free_sizes=True, channels_last=channels_last) if step else None
     step = step or (1,) * len(window)
