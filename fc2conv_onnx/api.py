@@ -64,8 +64,14 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     if marker is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
                                     f"'{shapes.CONVERTED_KEY}'); nothing to do")
+    probe = ()
     if options.training_size is not None:
         model = shapes.with_training_size(model, options.training_size)
+    elif options.pooling == KEEP_POOL and shapes.has_dynamic_image_input(model):
+        # A kept global pool needs no training size: read and validate at a common one (heads that do need
+        # it are refused below).
+        probe = (PROBE_SIZE,)
+        model = shapes.with_training_size(model, probe)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as error:
@@ -77,12 +83,14 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     weights.attach(graph)
     notes = normalize(graph)
     plan = find_heads(graph, options.output_layout, options.pooling)
-    _require_training_size(graph, plan)
+    _require_training_size(graph, plan, probe)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
             {name: plan.input_layout(name) for name in plan.trunk_inputs}))
-    plan = replace(plan, normalized=notes)
+    plan = replace(plan, normalized=notes, probe_size=tuple(
+        d for d in spatial_dims(graph.tensors()[plan.trunk_inputs[0]].shape, plan.input_layout(plan.trunk_inputs[0])))
+        if probe and plan.trunk_inputs else ())
     reference = inferred
     if notes:
         reference = onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True)
@@ -97,15 +105,17 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     return _Planned(loaded, inferred, graph, plan, geometry, reference)
 
 
-def _require_training_size(graph: gs.Graph, plan: Plan) -> None:
+def _require_training_size(graph: gs.Graph, plan: Plan, probe: Tuple[int, ...]) -> None:
     """Heads are read, and proven, at the training size: an image input with dynamic spatial dims needs it
-    given (the batch may stay symbolic)."""
+    given (the batch may stay symbolic), unless every head keeps its global pool (read at `probe`)."""
     tensors = graph.tensors()
-    for name in plan.trunk_inputs:
+    probed = bool(probe) and (not plan.heads or any(h.pool is None for h in plan.heads))
+    for name in plan.trunk_inputs or [t.name for t in graph.inputs]:
         shape = tensors[name].shape or []
         spatial = spatial_dims(shape, plan.input_layout(name)) if len(shape) >= 3 else ()
-        if not all(isinstance(d, int) for d in spatial):
-            raise InputError(f"input '{name}' has dynamic spatial dims {list(shape)}; give the model's training size "
+        if probed or not all(isinstance(d, int) for d in spatial):
+            shown = "" if probed else f" {list(shape)}"
+            raise InputError(f"input '{name}' has dynamic spatial dims{shown}; give the model's training size "
                              "with --input-size (API: input_size=), e.g. --input-size 224")
 
 
@@ -113,6 +123,10 @@ def _skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.
     """The graph as a ModelProto whose large weights stay where `weights` holds them."""
     weights.hold(graph)
     return shapes.export_like(graph.copy(), like)
+
+
+#: The size a dynamic-size model whose heads all keep their global pools is read and validated at.
+PROBE_SIZE = 224
 
 
 def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options: Options) -> None:

@@ -447,6 +447,9 @@ class Plan:
     densify: Optional[Densify] = None
     #: Global pools that do not start a head, though linear layers follow them, and why.
     pool_declines: Mapping[str, str] = field(default_factory=dict)
+    #: The size a dynamic-size model was read and validated at when no training size was given (its heads
+    #: keep their global pools, which need none).
+    probe_size: Tuple[int, ...] = ()
     #: Graph inputs the trunk reads that hold per-channel parameters, not images (tf2onnx leaves Keras
     #: Normalization's mean and variance so); validation feeds them positive values.
     parameter_inputs: Tuple[str, ...] = ()
@@ -456,6 +459,9 @@ class Plan:
 
     def describe(self) -> str:
         lines = [f"normalized: {note}" for note in self.normalized]
+        if self.probe_size:
+            lines.append(f"no --input-size: the model takes inputs of any size, and its heads keep their global "
+                         f"pools, which need none; read and validated at {'x'.join(map(str, self.probe_size))}")
         if self.parameter_inputs:
             lines.append(f"input(s) {', '.join(repr(n) for n in self.parameter_inputs)}: per-channel parameters, not "
                          "images (an exporter left them as inputs); validated with values in [0.5, 1.5)")
@@ -478,4 +484,5 @@ class Plan:
             "normalized": list(self.normalized),
             "densify": None if self.densify is None else self.densify.to_dict(),
             "parameter_inputs": list(self.parameter_inputs),
+            "probe_size": list(self.probe_size),
         }

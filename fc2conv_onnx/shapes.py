@@ -46,6 +46,14 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
         tensor.shape = shape
 
 
+def has_dynamic_image_input(model: onnx.ModelProto) -> bool:
+    """Whether an image input (rank 3 or more) has a symbolic dim besides the batch."""
+    initializers = {t.name for t in model.graph.initializer}
+    return any(len(i.type.tensor_type.shape.dim) >= 3 and
+               any(not d.HasField("dim_value") for d in list(i.type.tensor_type.shape.dim)[1:])
+               for i in model.graph.input if i.name not in initializers)
+
+
 def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto:
     """A copy of `model` whose image inputs have the static spatial size `size` (`--input-size`; one number
     for every axis): the symbolic dims besides the batch are the spatial ones. An input whose size is

@@ -195,18 +195,38 @@ def test_weights_computed_from_constants_are_folded_and_equivalent():
     assert_equivalent(model, conversion.model, source=builders.SOURCE, sizes=[(1, 3, 29, 33)])
 
 
+def fixed_size(stem: str, size: int) -> onnx.ModelProto:
+    """The reference for a dynamic-size export: its spatial dims fixed by hand."""
+    fixed = exported(stem)
+    for axis in (2, 3):
+        fixed.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = size
+    return fixed
+
+
 def test_a_dynamic_size_export_needs_and_takes_its_training_size(tmp_path):
     path = EXPORTED / "torch_dynamic_hw.onnx"
-    with pytest.raises(InputError, match="dynamic spatial dims.*--input-size"):
-        fc2conv_onnx.convert(path)
-    code, _, stderr = cli("convert", path, "-o", tmp_path / "x.onnx")
+    for mode in ("window", "none"):
+        with pytest.raises(InputError, match="dynamic spatial dims.*--input-size"):
+            fc2conv_onnx.convert(path, pooling=mode)
+    code, _, stderr = cli("convert", path, "-o", tmp_path / "x.onnx", "--pooling", "window")
     assert code == 3 and "--input-size" in stderr and not (tmp_path / "x.onnx").exists()
-    fixed = exported("torch_dynamic_hw")  # the reference: the training size fixed by hand
-    for axis in (2, 3):
-        fixed.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 64
     for mode in MODES:
         conversion = fc2conv_onnx.convert_with_report(path, pooling=mode, input_size="64")
-        prove(fixed, conversion.model, conversion.report.plan.heads[0].source, mode)
+        prove(fixed_size("torch_dynamic_hw", 64), conversion.model, conversion.report.plan.heads[0].source, mode)
+
+
+def test_a_dynamic_size_export_whose_pool_is_kept_needs_no_training_size():
+    """A kept global pool needs no training size: the model is read and validated at 224x224, and says so.
+    A flattening head does need one."""
+    conversion = fc2conv_onnx.convert_with_report(EXPORTED / "torch_dynamic_hw.onnx")
+    assert conversion.report.plan.probe_size == (224, 224) and "read and validated at 224x224" in \
+        conversion.report.to_text()
+    prove(fixed_size("torch_dynamic_hw", 224), conversion.model, conversion.report.plan.heads[0].source, "keep")
+    flattening = onnx.load(str(FIXTURES / "dress_detector.onnx"))
+    for axis in (2, 3):
+        flattening.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = "HW"[axis - 2]
+    with pytest.raises(InputError, match="dynamic spatial dims.*give the model's training size with --input-size"):
+        fc2conv_onnx.convert(flattening)
 
 
 def test_an_input_size_that_contradicts_a_fixed_one_is_refused():
