@@ -78,6 +78,8 @@ def try_model(path: Path) -> Dict:
         notes = []
         if getattr(where, "local", True) is False:
             notes.append("not local")
+        if mode != "keep" and not hasattr(where, "stride"):
+            notes.append(f"geometry unknown: {where.reason[:80]}")
         if getattr(where, "size_step", None) and any(p > 1 for p in where.size_step):
             notes.append(f"sizes {where.sizes_taken()}")
         try:

@@ -51,7 +51,13 @@ def _evaluate(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
     op onnx defines folds, as onnx defines it); None when it cannot be evaluated."""
     from onnx.reference import ReferenceEvaluator
 
-    single = gs.Graph(nodes=[node], inputs=[], outputs=list(node.outputs), opset=opset)
+    # A copy of the node reading copies of its constants, their values loaded: the weights of a model read
+    # from a file stay in the file until read (weights.py), which the evaluator cannot do by itself.
+    inputs = [gs.Constant(t.name, np.asarray(t.values)) if isinstance(t, gs.Constant) else gs.Variable("")
+              for t in node.inputs]
+    outputs = [gs.Variable(t.name, dtype=t.dtype, shape=t.shape) for t in node.outputs]
+    single = gs.Graph(nodes=[gs.Node(node.op, node.name, dict(node.attrs), inputs, outputs)], inputs=[],
+                      outputs=outputs, opset=opset)
     try:
         model = gs.export_onnx(single, do_type_check=False)
         return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]

@@ -195,6 +195,17 @@ def test_weights_computed_from_constants_are_folded_and_equivalent():
     assert_equivalent(model, conversion.model, source=builders.SOURCE, sizes=[(1, 3, 29, 33)])
 
 
+def test_weights_computed_from_constants_fold_when_read_from_a_file(tmp_path):
+    """From a path, large weights stay in the file until read (weights.py): folding must read them too
+    (TorchScript shares equal weights through Identity nodes: timm ConvNeXt's head LayerNorm)."""
+    path = tmp_path / "computed.onnx"
+    onnx.save(builders.computed_weights(), str(path))
+    conversion = fc2conv_onnx.convert_with_report(path)
+    assert_equivalent(onnx.load(str(path)), conversion.model, source=builders.SOURCE, sizes=[(1, 3, 29, 33)])
+    convnext = fc2conv_onnx.inspect(EXPORTED / "timm_convnext_ts.onnx", pooling="window").plan
+    assert convnext.heads[0].pool is not None
+
+
 def fixed_size(stem: str, size: int) -> onnx.ModelProto:
     """The reference for a dynamic-size export: its spatial dims fixed by hand."""
     fixed = exported(stem)
