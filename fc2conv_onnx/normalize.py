@@ -137,6 +137,41 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
     return notes
 
 
+def identity_gathers_removed(graph: gs.Graph) -> List[str]:
+    """Remove Reshape(x, [-1]) -> Gather(axis 0) of every element in x's own order and shape.
+
+    The dynamo exporter writes `as_strided` (timm ConvNeXt's pooled map, via AdaptiveAvgPool2d) so: x is
+    flattened, then gathered back with indices arange(x.size).reshape(x.shape), which gives x again. The
+    pair hides that the pooled map is a map; the Gather's readers read x instead. Returns a note per removal.
+    """
+    notes = []
+    for gather in graph.nodes:
+        if gather.op != "Gather" or not in_default_domain(gather) or int(gather.attrs.get("axis", 0)) != 0:
+            continue
+        flat, indices = gather.inputs[0], gather.inputs[1]
+        reshape = flat.inputs[0] if len(flat.inputs) == 1 else None
+        if reshape is None or reshape.op != "Reshape" or not isinstance(indices, gs.Constant) or \
+                not isinstance(reshape.inputs[1], gs.Constant):
+            continue
+        source, order = reshape.inputs[0], np.asarray(indices.values)
+        shape = source.shape
+        if np.asarray(reshape.inputs[1].values).reshape(-1).tolist() != [-1] or shape is None or \
+                not all(isinstance(d, int) for d in shape) or tuple(order.shape) != tuple(shape) or \
+                not np.array_equal(order.reshape(-1), np.arange(order.size)):
+            continue
+        result = gather.outputs[0]
+        if result in graph.outputs:
+            continue
+        for reader in list(result.outputs):
+            reader.inputs[reader.inputs.index(result)] = source
+        gather.outputs.clear()
+        notes.append(f"Reshape '{reshape.name}' to [-1] and Gather '{gather.name}' of every element in order (the "
+                     "dynamo exporter's as_strided) are the identity: removed")
+    if notes:
+        graph.cleanup()
+    return notes
+
+
 def make_node_names_unique(graph: gs.Graph) -> None:
     """Give every node a unique name: the plan refers to nodes by name, and ONNX allows empty or
     repeated ones."""
@@ -159,6 +194,6 @@ def normalize(graph: gs.Graph) -> Tuple[str, ...]:
     (folding constants is not one): the window check must then cut the normalized model, since the
     original trunk may not run at other sizes."""
     fold_constant_nodes(graph)
-    notes = unit_channel_reshapes_to_transposes(graph)
+    notes = unit_channel_reshapes_to_transposes(graph) + identity_gathers_removed(graph)
     make_node_names_unique(graph)
     return tuple(notes)

@@ -27,6 +27,8 @@ POOLED = {
     "timm_mobilenetv3_ts": ["Conv", "HardSwish", "Flatten", "Gemm"],
     "timm_mobilenetv3_dynamo": ["Conv", "HardSwish", "Reshape", "Gemm"],
     "timm_convnext_ts": ["Transpose", "LayerNormalization", "Transpose", "Flatten", "Gemm"],
+    # as_strided (Reshape [-1], Gather of every element) before the Transpose: removed as the identity
+    "timm_convnext_dynamo": ["Transpose", "LayerNormalization", "Transpose", "Reshape", "Gemm"],
     "torchvision_convnext_ts": ["Transpose", "LayerNormalization", "Transpose", "Flatten", "Gemm"],
     "torch_pooled_conv_logits": ["Conv"],
     "timm_same_padding_ts": ["Gemm"],  # sizes hidden by shape arithmetic: read from one run
