@@ -353,7 +353,11 @@ def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
         perm = list(node.attrs.get("perm", []))
         return bool(perm) and perm[len(perm) - rank:] == list(range(len(perm) - rank, len(perm)))
     before, after = node.inputs[0].shape, node.outputs[0].shape
-    if before is None or after is None or not all(isinstance(d, int) for d in list(before) + list(after)):
+    if before is None or after is None or not before or not after:
+        return False
+    if not isinstance(before[0], int) and not isinstance(after[0], int):  # the same symbolic batch (or -1)
+        before, after = [1] + list(before[1:]), [1] + list(after[1:])
+    if not all(isinstance(d, int) for d in list(before) + list(after)):
         return False
     return len(before) > rank and len(after) > rank and list(before[-rank:]) == list(after[-rank:]) and \
         int(np.prod(before[:-rank])) == int(np.prod(after[:-rank]))
@@ -374,6 +378,12 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
         kind = trunk_kind(node)
         if kind == SHAPE_OF:
             continue  # a shape computation, not a feature map
+        if all(span.collapsed for span in inputs) and kind != GLOBAL:
+            # After a global pool (a squeeze-and-excitation gate: Squeeze, Dense, Unsqueeze...) there is no
+            # spatial extent left to follow; the branch only makes what it joins not local.
+            for out in node.outputs:
+                spans[out.name] = inputs[0]
+            continue
         if kind == WINDOW:
             if node.inputs[0].name not in spans:
                 raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")

@@ -381,6 +381,16 @@ def _normalization_kind(node: gs.Node) -> Optional[str]:
     return LOCAL if node.op == "Softmax" and axis in (1, 1 - rank) and "axis" in node.attrs else None
 
 
+def _slice_kind(node: gs.Node) -> Optional[str]:
+    """A Slice of the channels alone, by constants (GhostNet's `x[:, :C]`), is per location."""
+    rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    if len(node.inputs) < 4 or not isinstance(node.inputs[3], gs.Constant) or \
+            not all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+        return None
+    axes = {int(a) % rank for a in np.asarray(node.inputs[3].values).reshape(-1)} if rank else set()
+    return LOCAL if axes == {1} else None
+
+
 def _concat_kind(node: gs.Node) -> Optional[str]:
     rank = len(node.outputs[0].shape) if node.outputs[0].shape is not None else 0
     return JOIN if int(node.attrs.get("axis", 0)) in (1, 1 - rank) else None
@@ -410,6 +420,7 @@ register("Conv", head=pointwise_conv, trunk=WINDOW)
 register("MaxPool", "AveragePool", "LpPool", trunk=WINDOW)
 register("Pad", trunk=PAD)
 register("Shape", "Size", trunk=SHAPE_OF)
+register("Slice", trunk=_slice_kind)
 register("Concat", trunk=_concat_kind)
 register("Transpose", head=transpose, trunk=_transpose_kind)
 register("Flatten", "Squeeze", head=flattening)

@@ -326,3 +326,16 @@ def test_none_on_a_flattening_head_is_refused_not_quietly_window_sized():
                                                     r"no global pool to remove .* whole 4x2 feature map"):
         fc2conv_onnx.convert(path, pooling="none")
     assert fc2conv_onnx.convert_with_report(path, pooling="window").report.geometry[0].window == (128, 64)
+
+
+def test_geometry_follows_channel_slices_and_squeeze_and_excitation_gates():
+    """GhostNet's channel Slice is per location; a gate after a global pool (Squeeze, MatMul, Unsqueeze) has no
+    spatial extent, and only makes the cells not local: the geometry is known, and the run agrees with it."""
+    model = builders.ghost_se_trunk()
+    conversion = fc2conv_onnx.convert_with_report(model, pooling="window")
+    geometry = conversion.report.geometry[0]
+    assert geometry.stride == (2, 2) and geometry.local is False and "GlobalAveragePool" in geometry.not_local
+    assert any(c.check == "geometry" and c.passed for c in conversion.report.checks)
+    source = conversion.report.plan.heads[0].source
+    assert source == next(n.output[0] for n in model.graph.node if n.op_type == "Mul")  # after the gate
+    assert_equivalent(model, conversion.model, source=source, sizes=[(1, 3, 23, 29)])
