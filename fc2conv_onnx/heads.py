@@ -54,7 +54,6 @@ def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
     return rest
 
 
-
 # ------------------------------------------------------------------------------ flattening vocabulary
 
 def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[PassThrough, ...]]:
@@ -100,7 +99,6 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
                       prelude=moved)
 
 
-
 def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     """Reshape to [N, C*H*W]: a constant shape ([N, -1], [0, -1], [-1, C*H*W], [N, C*H*W]), or one
     computed from the trunk's shape (TorchScript `view(x.size(0), -1)`: Shape -> Gather -> Unsqueeze ->
@@ -121,7 +119,6 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
         return note
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
                       note=_joined(transpose_note, note), prelude=moved)
-
 
 
 FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (match_flatten, match_reshape)
@@ -258,8 +255,7 @@ def _downstream_linears(tensor: gs.Tensor) -> List[str]:
     return found
 
 
-def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], forms: Mapping[str, str],
-                    output_layout: str) -> Dict[str, str]:
+def _output_layouts(graph: gs.Graph, source: str, outputs: Sequence[str], output_layout: str) -> Dict[str, str]:
     """The layout each output is given in: the one asked for, or (AUTO) the layout of the image input."""
     layout = output_layout
     if layout == AUTO:
@@ -306,7 +302,7 @@ class _Search:
         if not outputs:
             return None
         head = HeadPlan(source=source, steps=steps, outputs=outputs,
-                        output_layouts=_output_layouts(self.graph, source, outputs, forms, self.output_layout),
+                        output_layouts=_output_layouts(self.graph, source, outputs, self.output_layout),
                         output_forms={name: forms[name] for name in outputs}, **fields)
         self.heads.append(head)
         self.claimed.update({name: "" for name in head.nodes})
