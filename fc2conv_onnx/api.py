@@ -88,9 +88,9 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         notes += tuple(trunk_sizes.follow_input_size(
             graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
             {name: plan.input_layout(name) for name in plan.trunk_inputs}))
+    image = plan.trunk_inputs[0] if plan.trunk_inputs else None
     plan = replace(plan, normalized=notes, probe_size=tuple(
-        d for d in spatial_dims(graph.tensors()[plan.trunk_inputs[0]].shape, plan.input_layout(plan.trunk_inputs[0])))
-        if probe and plan.trunk_inputs else ())
+        spatial_dims(graph.tensors()[image].shape, plan.input_layout(image))) if probe and image else ())
     reference = inferred
     if notes:
         reference = onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True)

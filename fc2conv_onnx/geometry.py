@@ -520,12 +520,18 @@ def plan_geometry(graph: gs.Graph, plan: Plan) -> Tuple[HeadGeometry, ...]:
     return tuple(head_geometry(graph, head, dilation) for head in plan.heads)
 
 
+def trunk_geometry(geometry: Optional[HeadGeometry]) -> Optional[Geometry]:
+    """The geometry of a head's trunk: its own, or the one a head that keeps its pool carries."""
+    if isinstance(geometry, Unknown):
+        return geometry.trunk
+    return geometry
+
+
 def default_validation_size(geometry: Optional[HeadGeometry], training: Sequence[int]) -> Tuple[int, ...]:
     """A few strides larger than the training size: 2, 3, 4, ... strides on the successive axes, so a grid
     with swapped axes cannot pass for the right one, plus half a stride, so the size rules' rounding is
     exercised too (unless the trunk only takes whole steps). Twice the training size if the stride is unknown."""
-    if isinstance(geometry, Unknown) and geometry.trunk is not None:
-        geometry = geometry.trunk
+    geometry = trunk_geometry(geometry)
     if isinstance(geometry, Geometry):
         size = tuple(t + (2 + axis) * s + s // 2 for axis, (t, s) in enumerate(zip(training, geometry.stride)))
         return size if geometry.accepts(size) or not geometry.size_step else geometry.nearest_taken(size)

@@ -225,6 +225,8 @@ def _pooled_head(graph: gs.Graph, pool: GlobalPool, base: HeadContext) -> Tuple[
     context = replace(base, spatial_rank=len(shape) - 1)
     steps, forms = _follow(graph, {pool.output: (shape[0], pool.form)}, {pool.node}, context)
     if not any(isinstance(s, LinearLayer) or (isinstance(s, PassThrough) and s.out_features) for s in steps):
+        # A pool that only feeds outputs (a feature extractor) is not a classifier head; like a pool inside
+        # the trunk, it is left alone without a reason for later layers to inherit.
         raise _Decline(f"no linear layer or 1x1 Conv follows {pool.op} '{pool.node}'", joins_trunk=True)
     return shape, steps, forms
 

@@ -25,7 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .errors import InputError, ValidationError, runtime_message
-from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size
+from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size, trunk_geometry
 from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
@@ -289,8 +289,7 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
         layout = plan.input_layout(name)
         training = spatial_dims(shapes[name], layout)
         if size is None:
-            trunks = [g.trunk if isinstance(g, Unknown) and g.trunk else g for g in geometries]
-            known = [g for g in trunks if isinstance(g, Geometry) and g.input == name]
+            known = [g for g in map(trunk_geometry, geometries) if isinstance(g, Geometry) and g.input == name]
             widest = max(known, key=lambda g: prod(g.stride), default=None)
             spatial = default_validation_size(widest, training)
         else:
@@ -301,8 +300,7 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
             if any(s < t for s, t in zip(spatial, training)):
                 raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
                                  f"size {'x'.join(map(str, training))}")
-            for geometry in geometries:
-                geometry = geometry.trunk if isinstance(geometry, Unknown) and geometry.trunk else geometry
+            for geometry in map(trunk_geometry, geometries):
                 if isinstance(geometry, Geometry) and geometry.input == name and not geometry.accepts(spatial):
                     raise InputError(f"size {'x'.join(map(str, spatial))} is not one the trunk takes (its joined "
                                      f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "

@@ -339,3 +339,15 @@ def test_geometry_follows_channel_slices_and_squeeze_and_excitation_gates():
     source = conversion.report.plan.heads[0].source
     assert source == next(n.output[0] for n in model.graph.node if n.op_type == "Mul")  # after the gate
     assert_equivalent(model, conversion.model, source=source, sizes=[(1, 3, 23, 29)])
+
+
+@pytest.mark.parametrize("mode", ("window", "none"))
+@pytest.mark.parametrize("opset", (13, 18))
+def test_a_layer_norm_spelled_out_over_the_last_axis_reduces_over_the_channels_of_the_map(opset, mode):
+    """ReduceMean(axes=[-1]) over [N, C] must become a reduction over axis 1 of [N, C, h, w] (attribute before
+    opset 18, input from 18); left at -1 it would average over the width, and the check below would fail."""
+    model = builders.spelled_out_layer_norm_head(opset)
+    conversion = fc2conv_onnx.convert_with_report(model, pooling=mode)
+    head, = conversion.report.plan.heads
+    assert [s.becomes for s in head.steps if s.op == "ReduceMean"] == ["ReduceMean over axis 1"] * 2
+    prove(model, conversion.model, head.source, mode)
