@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, pictures, shapes, trunk_sizes
+from . import atrous, io, pictures, shapes, trunk_sizes, writes
 from . import validate as validation
-from .errors import InputError, NothingToConvertError, ValidationError, first_line
+from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
 from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
 from .heads import find_heads
 from .layout import CHANNELS_LAST, spatial_dims
@@ -233,11 +233,11 @@ def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None
     `options` and keyword overrides as in `convert_with_report`.
     """
     options = Options.of(options, overrides)
-    if io.same_file(src, dst) and not in_place:
+    if writes.same_file(src, dst) and not in_place:
         raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
-    io.check_output_path(dst)
+    writes.check_output_path(dst)
     converted, weights, report = _convert(src, options, progress)
-    data = io.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
+    data = writes.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
     report.output = str(dst)
     report.external_data = None if data is None else str(data)
     return report
@@ -318,7 +318,7 @@ class Heatmap:
                  f"values {self.value_range[0]:.4g} .. {self.value_range[1]:.4g}"]
         if not self.geometry.local:
             lines.append(self.geometry.locality())
-        return "\n".join(lines + [f"written: {self.output}"])
+        return "\n".join(map(printable, lines + [f"written: {self.output}"]))
 
     def to_dict(self) -> dict:
         return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
@@ -376,5 +376,5 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     drawn = pictures.render(picture, maps, geometry, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
-    io.save_bytes(buffer.getvalue(), output)
+    writes.save_bytes(buffer.getvalue(), output)
     return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), ends, geometry)

@@ -8,23 +8,27 @@ Exit codes (also in the README):
      without --input-size, or an unusable output path
   4  nothing to convert (no convertible head, a --pooling mode a head cannot have, or already converted)
   5  validation failed: the converted model is not equivalent; nothing was written
+  6  out of resources: memory ran out, or the output's disk is full; nothing was written
+  130, 143  interrupted (Ctrl-C, SIGTERM); temporaries removed, a previous OUT kept whole
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import fields
 from typing import Callable, List, Optional
 
 from . import __version__, api
-from .errors import Fc2ConvError, InputError
+from .errors import Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .pictures import Preprocessing
 from .options import OUTPUT_LAYOUTS, Options
 from .plan import KEEP_POOL, POOLINGS
 from .report import Report
+from .writes import Terminated, signals_raise
 
 PROG = "fc2conv-onnx"
 
@@ -36,7 +40,9 @@ EXIT_CODES = """exit codes:
      dynamic spatial dims without --input-size, or unusable output path
   4  nothing to convert (no convertible head, a --pooling mode a head cannot have,
      or already converted)
-  5  validation failed: not equivalent, nothing written"""
+  5  validation failed: not equivalent, nothing written
+  6  out of memory or disk space, nothing written
+  130, 143  interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole"""
 
 SIZE_HELP = ("spatial input size of the window check, e.g. 512x1024 (one number: every axis); at least the "
              "training size. Default: a few strides larger than the training size (2 more on the first axis, "
@@ -228,7 +234,10 @@ def _options(args: argparse.Namespace) -> Options:
     given = {f.name: getattr(args, f.name) for f in fields(Options) if hasattr(args, f.name)}
     if getattr(args, "size", None) is not None:  # `validate --size` is the window check's size
         given["validate_size"] = args.size
-    return Options.of(None, given)
+    try:
+        return Options.of(None, given)
+    except InputError as error:  # a flag's value: a usage error here
+        raise UsageError(str(error)) from None
 
 
 def _run_convert(args: argparse.Namespace) -> Report:
@@ -266,13 +275,22 @@ def _print_report(report: Optional[Report], args: argparse.Namespace, error: Opt
         print(report.to_text())
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: they carry names from the model."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format=f"{PROG}: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter(f"{PROG}: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     run: Callable[[argparse.Namespace], Report] = args.run
     try:
-        report = run(args)
+        with signals_raise():  # SIGTERM unwinds like Ctrl-C: temporaries (written or validation's) go
+            report = run(args)
     except Fc2ConvError as error:
         if args.json:
             _print_report(error.report, args, error)
@@ -280,9 +298,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(error.report.to_text())
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(f"{PROG}: interrupted; temporaries removed, and any previous output is as it was or wholly "
+              "replaced, never partial", file=sys.stderr)
+        return 128 + (stop.number if isinstance(stop, Terminated) else signal.SIGINT)
+    except MemoryError:
+        print(f"{PROG}: error: out of memory; nothing was written", file=sys.stderr)
+        return ResourceError.exit_code
     except Exception as error:  # a bug: one line, and the way to see more
         message = " ".join(str(error).split())
         print(f"{PROG}: internal error ({type(error).__name__}: {message}); nothing was written. "

@@ -19,6 +19,16 @@ _RUNTIME_NOISE = (re.compile(r"\x1b\[[0-9;]*m"), re.compile(r"\[ONNXRuntimeError
                   re.compile(r"/\S*onnxruntime_src/\S+:\d+\s+[^()\s]*(\([^)]*\))?\s*"))
 
 
+#: Control characters (C0, DEL, C1): names and strings from a model are shown with these escaped, so that a
+#: name cannot forge report lines or send escape sequences to the terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (newlines too) written as a Python escape (\\n, \\x1b)."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
 def runtime_message(error: BaseException) -> str:
     """onnxruntime's message for `error`, on one line, without its decorations."""
     text = str(error)
@@ -33,9 +43,15 @@ class Fc2ConvError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, *, report: Any = None) -> None:
-        super().__init__(" ".join(message.split()))
+        super().__init__(printable(" ".join(message.split())))
         #: The conversion report so far, when there is one (e.g. what was skipped and why).
         self.report = report
+
+
+class UsageError(Fc2ConvError):
+    """A command-line flag has a value that cannot be used."""
+
+    exit_code = 2
 
 
 class InputError(Fc2ConvError):
@@ -48,6 +64,12 @@ class NothingToConvertError(Fc2ConvError):
     """The model has no fully connected head that can be converted (or was converted already)."""
 
     exit_code = 4
+
+
+class ResourceError(Fc2ConvError):
+    """The machine ran out of something the run needs: memory, or space on the output's disk."""
+
+    exit_code = 6
 
 
 class ValidationError(Fc2ConvError):

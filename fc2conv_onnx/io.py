@@ -1,19 +1,19 @@
-"""Reading and writing models: refuse what is not a model with a one-line reason; write atomically."""
+"""Reading models: refuse what is not a model (or not one this tool can read) with a one-line reason."""
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
+import stat
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Union
+from typing import Optional, Union
 
 import onnx
 from google.protobuf.message import Message
+from onnx import TensorProto
 
-from .errors import InputError, first_line
-from .weights import EMBEDDED_LIMIT, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
+from .errors import InputError, first_line, printable
+from .weights import SUB_BYTE_TYPES, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
 
 ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
 
@@ -42,15 +42,14 @@ def read_model(source: ModelSource) -> Loaded:
                              "carry; pass the model's file path instead")
     else:
         path = Path(source)
-        label = f"'{path}'"
-        if not path.exists():
-            raise InputError(f"input {label} does not exist")
-        if path.is_dir():
-            raise InputError(f"input {label} is a directory, not an ONNX file")
+        label = f"'{printable(str(path))}'"
+        _check_input_file(path, label)
         try:
             model, ranges = read_skeleton(path)
         except InputError as error:
             raise InputError(f"input {label} is not an ONNX model, or is damaged ({error})") from None
+        except OSError as error:
+            raise InputError(f"input {label} cannot be read ({error.strerror or error})") from None
         except Exception as error:  # protobuf raises several types for damaged bytes
             raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
         weights = Weights.of_file(model, path, ranges, label)
@@ -65,6 +64,20 @@ def read_model(source: ModelSource) -> Loaded:
     except Exception as error:
         raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
     return Loaded(model, weights)
+
+
+def _check_input_file(path: Path, label: str) -> None:
+    """Refuse an input that is missing or not a regular file (a FIFO or a device would block or never end)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input {label} does not exist") from None
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte in it, no permission
+        raise InputError(f"input {label} cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(f"input {label} is a directory, not an ONNX file")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(f"input {label} is not a regular file (a device, FIFO or socket); give an .onnx file")
 
 
 def _check_strings(message) -> Optional[str]:
@@ -128,6 +141,9 @@ def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
         if value.name in initializers or not value.type.HasField("tensor_type"):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        if any(d <= 0 for d in dims):
+            raise InputError(f"input {label}: graph input '{value.name}' has shape {dims}; a dim that is 0 or "
+                             "negative leaves nothing to convert or check")
         itemsize = nbytes_per_element(value.type.tensor_type.elem_type) or 1
         size = prod(max(d, 1) for d in dims) * itemsize
         if size > MAX_INPUT_BYTES:
@@ -135,122 +151,36 @@ def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
                              f"at its declared size (at most {MAX_INPUT_BYTES >> 30} GiB are handled)")
 
 
+#: The typed field that holds a tensor's values when it has no raw_data, by data type (onnx.proto).
+_TYPED_FIELDS = {**dict.fromkeys((TensorProto.FLOAT, TensorProto.COMPLEX64), "float_data"),
+                 **dict.fromkeys((TensorProto.DOUBLE, TensorProto.COMPLEX128), "double_data"),
+                 TensorProto.INT64: "int64_data", TensorProto.STRING: "string_data",
+                 **dict.fromkeys((TensorProto.UINT32, TensorProto.UINT64), "uint64_data")}
+
+
 def _check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
-    """Embedded data must fit the declared shape exactly (the checker lets longer raw_data through)."""
+    """Each initializer's data must fit its declared shape exactly (the checker lets longer data through, and
+    the reader would then fail on it), live in one place, and be dense."""
+    if model.graph.sparse_initializer:
+        raise InputError(f"input {label} has sparse initializers ('{model.graph.sparse_initializer[0].values.name}'"
+                         "), which fc2conv-onnx does not read; make them dense first")
     for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            if tensor.HasField("raw_data"):
+                raise InputError(f"input {label}: initializer '{tensor.name}' is marked as external data but also "
+                                 "holds its bytes (raw_data); onnx and onnxruntime would read the file: ambiguous")
             continue
-        expected, held = tensor_nbytes(tensor), len(tensor.raw_data)
+        if tensor.HasField("raw_data"):
+            expected, held = tensor_nbytes(tensor), len(tensor.raw_data)
+            unit = "bytes"
+        else:
+            typed = _TYPED_FIELDS.get(tensor.data_type, "int32_data")
+            elements = prod(tensor.dims)
+            expected = elements * 2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) \
+                else elements
+            held, unit = len(getattr(tensor, typed)), f"values ({typed})"
+            if tensor.data_type in SUB_BYTE_TYPES:
+                continue  # packed two to an int32: checked by onnx on reading
         if expected is not None and expected != held:
-            raise InputError(f"input {label}: initializer '{tensor.name}' holds {held} bytes, but its shape "
+            raise InputError(f"input {label}: initializer '{tensor.name}' holds {held} {unit}, but its shape "
                              f"{list(tensor.dims)} and type need {expected}")
-
-
-def same_file(a: Union[str, "os.PathLike[str]"], b: Union[str, "os.PathLike[str]"]) -> bool:
-    """True when two paths name the same file (also through links), whether or not b exists yet."""
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
-
-
-def check_output_path(output: Union[str, "os.PathLike[str]"]) -> Path:
-    """Refuse, before any work is done, an output path that cannot be written."""
-    path = Path(output)
-    if path.is_dir():
-        raise InputError(f"output '{path}' is a directory; give a file name")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"output folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"output folder '{folder}' is not writable")
-    return path
-
-
-def data_file_name(output: Path) -> str:
-    """The external-data file written next to `output`."""
-    return output.name + ".data"
-
-
-def save_model(model: onnx.ModelProto, weights: Weights, output: Union[str, "os.PathLike[str]"],
-               external_data: Optional[bool] = None, overwrite_input: bool = False) -> Optional[Path]:
-    """Write `model` to `output` atomically (temporary files in the same folder, then renames), streaming
-    each weight from where it is; return the external-data file written, if any.
-
-    `external_data`: None writes the weights next to the model (`OUT.data`) when the input had external
-    data or the model would reach protobuf's 2 GiB limit, else inside it; True or False forces either.
-    A file the weights are read from (the input model or its external data) is replaced only with
-    `overwrite_input`. On any failure the previous files at `output`, if any, are untouched and no partial
-    file remains.
-    """
-    path = check_output_path(output)
-    folder = path.parent if str(path.parent) else Path(".")
-    if external_data is None:
-        external_data = weights.has_external_data_files(model) or weights.embedded_size(model) >= EMBEDDED_LIMIT
-    elif not external_data and weights.embedded_size(model) >= EMBEDDED_LIMIT:
-        raise InputError("the converted model is too large for one protobuf message (2 GiB); write it with "
-                         "external data")
-    data_path = folder / data_file_name(path) if external_data else None
-    if not overwrite_input:
-        for target in filter(None, (path, data_path)):
-            if weights.reads_from(target):
-                raise InputError(f"output '{target}' is a file the input model is read from; choose another "
-                                 "output path or give --in-place")
-    with _temporaries(folder) as temporary:
-        model_temporary = temporary(path)
-        with open(model_temporary, "wb") as out:
-            if data_path is None:
-                weights.write_embedded(model, out)
-            else:
-                data_temporary = temporary(data_path)
-                with open(data_temporary, "wb") as data:
-                    weights.write_external(model, out, data, data_path.name)
-                    _sync(data)
-            _sync(out)
-        if data_path is not None:
-            os.replace(data_temporary, data_path)
-        os.replace(model_temporary, path)
-    return data_path
-
-
-def save_bytes(data: bytes, output: Union[str, "os.PathLike[str]"]) -> Path:
-    """Write `data` to `output` atomically, like `save_model` (for pictures and other small files)."""
-    path = check_output_path(output)
-    with _temporaries(path.parent if str(path.parent) else Path(".")) as temporary:
-        name = temporary(path)
-        with open(name, "wb") as out:
-            out.write(data)
-            _sync(out)
-        os.replace(name, path)
-    return path
-
-
-@contextmanager
-def _temporaries(folder: Path) -> Iterator[Callable[[Path], str]]:
-    """Hands out temporary files in `folder` (one per target); if the block fails, removes those that are
-    left, so no partial file remains (renamed ones are already in place)."""
-    made: List[str] = []
-    try:
-        yield lambda target: _temporary(folder, target, made)
-    except BaseException:
-        for name in made:
-            if os.path.exists(name):
-                os.unlink(name)
-        raise
-
-
-def _temporary(folder: Path, target: Path, made: List[str]) -> str:
-    """A new empty file next to `target`, with the permissions a plainly created file would get (mkstemp
-    makes it private)."""
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    made.append(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(handle, 0o666 & ~umask)
-    os.close(handle)
-    return name
-
-
-def _sync(stream) -> None:
-    stream.flush()
-    os.fsync(stream.fileno())

@@ -12,6 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from .errors import printable
 from .layout import CHANNELS_FIRST
 
 
@@ -347,7 +348,7 @@ class HeadPlan:
                 lines.append(f"  {_layer_line(step)} -> Conv {pointwise} kernel {list(self.kernel_shape(step))}")
             else:
                 lines.append(f"  {step.op} '{step.node}' -> {step.becomes}")
-        return "\n".join(lines)
+        return "\n".join(map(printable, lines))
 
     def to_dict(self) -> Dict[str, Any]:
         flat = self.flattening
@@ -468,11 +469,11 @@ class Plan:
         if self.densify:
             lines.append(self.densify.describe())
         lines.append(f"{len(self.heads)} head(s) to convert" + (":" if self.heads else ""))
-        lines += [head.describe() for head in self.heads]
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} node(s) left as they are:")
-            lines += [f"  {s.describe()}" for s in self.skipped]
-        return "\n".join(lines)
+        skipped = [f"{len(self.skipped)} node(s) left as they are:"] if self.skipped else []
+        skipped += [f"  {s.describe()}" for s in self.skipped]
+        # Each line is escaped on its own (a name may hold a newline); a head escapes its own lines.
+        return "\n".join([*map(printable, lines), *(head.describe() for head in self.heads),
+                          *map(printable, skipped)])
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
+from .errors import printable
 from .geometry import Geometry, HeadGeometry
 from .plan import Plan
 from .validate import OutputCheck
@@ -28,29 +29,30 @@ class Report:
     dry_run: bool = False
 
     def to_text(self) -> str:
-        lines = []
+        before, after = [], []
         if self.source:
-            lines.append(f"model: {self.source}")
+            before.append(f"model: {self.source}")
         if self.compared_with:
-            lines.append(f"converted model: {self.compared_with}")
-        lines.append(self.plan.describe())
+            before.append(f"converted model: {self.compared_with}")
         for head, where in zip(self.plan.heads, self.geometry):
-            lines.append(f"geometry of {', '.join(head.outputs)}: {where.describe()}")
+            after.append(f"geometry of {', '.join(head.outputs)}: {where.describe()}")
             if isinstance(where, Geometry) and not where.local:
-                lines.append(f"{', '.join(head.outputs)}: {where.locality()}")
+                after.append(f"{', '.join(head.outputs)}: {where.locality()}")
         if self.plan.trunk_inputs and self.plan.heads:
-            lines.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
+            after.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
         if self.validated:
-            lines.append("validation (onnxruntime):")
-            lines += [f"  {check.describe()}" for check in self.checks]
+            after.append("validation (onnxruntime):")
+            after += [f"  {check.describe()}" for check in self.checks]
             if self.plan.trunk_inputs and not any(check.check == "windows" for check in self.checks):
-                lines.append("  window check: off (--validate-size off); larger inputs are unproven")
+                after.append("  window check: off (--validate-size off); larger inputs are unproven")
         elif not self.dry_run:
-            lines.append("validation: skipped (--no-validate); the converted model is unproven")
+            after.append("validation: skipped (--no-validate); the converted model is unproven")
         if self.output:
-            lines.append(f"written: {self.output}" + (f" (weights in {self.external_data})"
+            after.append(f"written: {self.output}" + (f" (weights in {self.external_data})"
                                                       if self.external_data else ""))
-        return "\n".join(lines)
+        # Each line escaped on its own, so that a name holding a newline cannot forge a line; the plan
+        # escapes its own lines.
+        return "\n".join([*map(printable, before), self.plan.describe(), *map(printable, after)])
 
     def to_dict(self) -> Dict[str, Any]:
         return {

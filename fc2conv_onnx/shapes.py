@@ -152,19 +152,35 @@ def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
         for head, where in zip(plan.heads, geometry)]})
 
 
+def _marker_heads(marker: str) -> List[dict]:
+    """The heads a converted marker lists; a marker that is not the JSON this tool writes is refused."""
+    try:
+        heads = json.loads(marker).get("heads", ())
+        if not all(isinstance(head, dict) and isinstance(head.get("outputs", []), list) for head in heads):
+            raise ValueError("a head is not an object with a list of outputs")
+        return list(heads)
+    except (ValueError, AttributeError, TypeError) as error:
+        raise InputError(f"the model's '{CONVERTED_KEY}' metadata is damaged ({first_line(error)}); convert the "
+                         "original again") from None
+
+
 def output_layouts_from_marker(marker: str) -> Dict[str, str]:
     """Output name -> the layout its map is given in, from a converted marker."""
     return {name: head.get("output_layouts", {}).get(name, head.get("output_layout", CHANNELS_FIRST))
-            for head in json.loads(marker).get("heads", ()) for name in head.get("outputs", ())}
+            for head in _marker_heads(marker) for name in head.get("outputs", ())}
 
 
 def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
     """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
     found = {}
-    for head in json.loads(marker).get("heads", ()):
+    for head in _marker_heads(marker):
         values = head.get("geometry", {})
         if "stride" in values:
-            found.update(dict.fromkeys(head["outputs"], Geometry.from_dict(values)))
+            try:
+                found.update(dict.fromkeys(head["outputs"], Geometry.from_dict(values)))
+            except (TypeError, ValueError, AttributeError, KeyError) as error:
+                raise InputError(f"the model's '{CONVERTED_KEY}' metadata has a damaged geometry "
+                                 f"({first_line(error)}); convert the original again") from None
     return found
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import InputError, ValidationError, runtime_message
+from .errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from .io import MAX_INPUT_BYTES
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size, trunk_geometry
 from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
@@ -144,14 +145,30 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
 
 
 def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
-         weights: Optional[Weights] = None) -> Dict[str, np.ndarray]:
+         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
+    """Run `model` on `feeds`; a failure is the original's fault (`original`: InputError), the conversion's
+    (ValidationError), or the machine's (ResourceError, when memory runs out)."""
     try:
         runner = session(model, weights)
         names = [o.name for o in runner.get_outputs()]
         wanted = {i.name for i in runner.get_inputs()}
         return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
     except Exception as error:
-        raise ValidationError(f"{what} does not run in onnxruntime: {runtime_message(error)}") from None
+        raise failure(error, what, original) from None
+
+
+#: onnxruntime's words for an allocation that failed.
+_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation")
+
+
+def failure(error: Exception, what: str, original: bool) -> Fc2ConvError:
+    """The one-line error for `what` failing in onnxruntime (see `_run`)."""
+    message = runtime_message(error)
+    if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
+        return ResourceError(f"out of memory while running {what} ({message}); try a smaller --validate-size")
+    if original:
+        return InputError(f"{what} does not run in onnxruntime, so nothing can be proven against it: {message}")
+    return ValidationError(f"{what} does not run in onnxruntime: {message}")
 
 
 def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
@@ -246,7 +263,7 @@ def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *
     `origin` (name -> layout) give several cells there (a finer stride): their first cell is compared."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
-    expected = _run(original, feeds, "the original model", weights)
+    expected = _run(original, feeds, "the original model", weights, original=True)
     actual = _run(converted, feeds, "the converted model", converted_weights or weights)
     shape = next(iter(shapes.values()), ())
     steps = quantization_steps(original, weights)
@@ -306,7 +323,16 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
                                      f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "
                                      f"{'x'.join(map(str, geometry.nearest_taken(spatial)))}")
         shapes[name] = with_spatial(shapes[name], layout, spatial)
+        size_bytes = prod(shapes[name]) * _itemsize(original, name)
+        if size_bytes > MAX_INPUT_BYTES:
+            raise InputError(f"the window check's input {list(shapes[name])} would take {size_bytes / 2**30:.3g} GiB "
+                             f"(at most {MAX_INPUT_BYTES >> 30} GiB); give a smaller --validate-size")
     return shapes
+
+
+def _itemsize(model: onnx.ModelProto, name: str) -> int:
+    value = next(v for v in model.graph.input if v.name == name)
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).itemsize
 
 
 def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
@@ -406,7 +432,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
         trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
-        features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights)[source]
+        features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights, original=True)[source]
         if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
             window = tuple(features.shape[2:])
         dilation = plan.densify.factor if plan.densify else (1,) * len(window)

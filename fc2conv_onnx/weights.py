@@ -18,6 +18,7 @@ import io as _io
 import mmap
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -42,6 +43,8 @@ PAGE_ALIGN_BYTES = 64 << 10
 COPY_CHUNK = 16 << 20
 
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+#: The start of a held array's location (see `Weights.held`).
+_HELD = "\0held:"
 _LENGTH_DELIMITED = 2
 
 
@@ -148,6 +151,9 @@ def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dic
                 else:
                     header.append(bytes(buf[t_start:t_value_end]))
             tensor = TensorProto.FromString(b"".join(header))
+            if raw is not None and tensor.data_location == TensorProto.EXTERNAL:
+                raise InputError(f"initializer '{tensor.name}' is marked as external data but also holds its "
+                                 "bytes (raw_data); onnx and onnxruntime would read the file, so it is ambiguous")
             if raw is not None:
                 expected = tensor_nbytes(tensor)
                 if expected is not None and expected != raw[1]:
@@ -177,9 +183,20 @@ def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
     Nothing is read here."""
     entries = _external_entries(tensor)
     location = entries.get("location", "")
-    where = f"input {label}: tensor '{tensor.name}' has external data at '{location}'"
+    shown = location if len(location) <= 120 else location[:100] + f"... ({len(location)} characters)"
+    where = f"input {label}: tensor '{tensor.name}' has external data at '{shown}'"
     if not location:
         raise InputError(f"input {label}: tensor '{tensor.name}' has external data with no location")
+    if "\0" in location:  # no path holds one; the tool's own held arrays are named so (see Weights.hold)
+        raise InputError(f"input {label}: tensor '{tensor.name}' has external data at a location with a NUL byte")
+    try:
+        return _external_range(tensor, folder, location, where, entries)
+    except OSError as error:  # a name too long, a file unreadable
+        raise InputError(f"{where}, which cannot be read ({error.strerror or error})") from None
+
+
+def _external_range(tensor: TensorProto, folder: Path, location: str, where: str,
+                    entries: Dict[str, str]) -> FileRange:
     portable = location.replace("\\", "/")
     if os.path.isabs(location) or portable.startswith("/") or (len(portable) > 1 and portable[1] == ":"):
         raise InputError(f"{where}, an absolute path; only files in the model's folder are read")
@@ -189,8 +206,10 @@ def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
     target = Path(os.path.realpath(folder / portable))
     if target != root and root not in target.parents:
         raise InputError(f"{where}, which resolves to '{target}' outside the model's folder; refused")
-    if not target.is_file():
+    if not target.exists():
         raise InputError(f"{where}, which does not exist")
+    if not target.is_file():
+        raise InputError(f"{where}, which is not a regular file")
     try:
         offset = int(entries.get("offset", "0"))
         length = int(entries["length"]) if "length" in entries else target.stat().st_size - offset
@@ -206,7 +225,7 @@ def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
 
 def nbytes_per_element(data_type: int) -> Optional[int]:
     """Bytes per element of an ONNX tensor type (None for strings and sub-byte types)."""
-    if data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or data_type in _SUB_BYTE:
+    if data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or data_type in SUB_BYTE_TYPES:
         return None
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize or None
@@ -221,7 +240,7 @@ def tensor_nbytes(tensor: TensorProto) -> Optional[int]:
     return None if itemsize is None else prod(int(d) for d in tensor.dims) * itemsize
 
 
-_SUB_BYTE = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
+SUB_BYTE_TYPES = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
 
 
 def _tensors_besides_initializers(model: onnx.ModelProto) -> Iterator[TensorProto]:
@@ -250,8 +269,11 @@ class Weights:
     def __init__(self, ranges: Optional[Dict[str, FileRange]] = None, source: Optional[Path] = None) -> None:
         self.ranges: Dict[str, FileRange] = dict(ranges or {})
         #: Arrays made during the conversion, by the key in their tensor's external-data location (not by
-        #: tensor name: a rewrite may reuse the name of a tensor it removed).
+        #: tensor name: a rewrite may reuse the name of a tensor it removed). The keys start with a NUL byte,
+        #: which no file name holds and every input location is refused for (`external_range`), and carry
+        #: this object's own random token: no input, and no other `Weights`, can name one.
         self.held: Dict[str, np.ndarray] = {}
+        self._token = uuid.uuid4().hex
         #: The .onnx file the skeleton was read from, if any.
         self.source = source
 
@@ -276,8 +298,10 @@ class Weights:
         return real == self.source or any(where.path == real for where in self.ranges.values())
 
     def _held(self, tensor: TensorProto) -> Optional[np.ndarray]:
-        return self.held.get(_external_entries(tensor).get("location", "")) \
-            if tensor.data_location == TensorProto.EXTERNAL else None
+        if tensor.data_location != TensorProto.EXTERNAL:
+            return None
+        location = _external_entries(tensor).get("location", "")
+        return self.held.get(location) if location.startswith(_HELD) else None
 
     def knows(self, tensor: TensorProto) -> bool:
         return self._held(tensor) is not None or tensor.name in self.ranges
@@ -341,7 +365,7 @@ class Weights:
             values = getattr(tensor, "_values", None)
             if isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.nbytes >= DETACH_BYTES \
                     and values.dtype.kind in "biuf":
-                key = f"(held in memory #{len(self.held)})"
+                key = f"{_HELD}{self._token}#{len(self.held)}"
                 self.held[key] = values
                 proto = TensorProto(name=tensor.name, dims=values.shape,
                                     data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),

@@ -2,6 +2,7 @@
 atomic writes that lose nothing. Every written model is loaded back with onnx and run in onnxruntime."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -14,6 +15,7 @@ from onnx import numpy_helper
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError, io, weights
+from fc2conv_onnx.errors import ResourceError
 from test_cli import cli
 
 STEM = "dress_detector"
@@ -175,18 +177,31 @@ def test_in_place_with_external_data_replaces_both_files(fixture_path, tmp_path)
     expected = run(path)[0]
     code, _, stderr = cli("convert", path, "-o", tmp_path / "model.onnx")
     assert code == 3 and "--in-place" in stderr
+    os.chmod(path, 0o600)
+    os.chmod(tmp_path / "model.onnx.data", 0o640)
     assert cli("convert", path, "-o", path, "--in-place")[0] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    # The new data file takes a fresh name (the old one is referred to until the model's rename commits),
+    # and the replaced one is removed; both keep the permissions of the files they replace.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.1.data"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "model.onnx.1.data").stat().st_mode) == 0o640
     np.testing.assert_allclose(run(path)[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_the_output_may_not_replace_the_inputs_data_file(fixture_path, tmp_path):
-    """A model whose weights are in 'out.onnx.data' would lose them if out.onnx were written with external data."""
+def test_the_output_never_writes_over_the_inputs_data_file(fixture_path, tmp_path):
+    """A model whose weights are in 'out.onnx.data': out.onnx gets its data file under a free name."""
     path = with_external_data(fixture_path(STEM), tmp_path, location="out.onnx.data")
     data = (tmp_path / "out.onnx.data").read_bytes()
-    with pytest.raises(InputError, match="read from"):
-        fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
-    assert (tmp_path / "out.onnx.data").read_bytes() == data and not (tmp_path / "out.onnx").exists()
+    expected = run(path)[0]
+    report = fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
+    assert report.external_data == str(tmp_path / "out.onnx.1.data")
+    assert (tmp_path / "out.onnx.data").read_bytes() == data
+    np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+    # Converted again over that output: the input's data file is kept, the replaced output's removed.
+    fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
+    assert (tmp_path / "out.onnx.data").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out.onnx", "out.onnx.2.data", "out.onnx.data"]
+    np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("external", [False, True])
@@ -199,13 +214,14 @@ def test_a_failed_write_keeps_the_previous_output_and_leaves_nothing(fixture_pat
     def failing(self, tensor, stream):
         calls.append(tensor.name)
         if len(calls) == 2:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, tensor, stream)
 
     original = weights.Weights._write_payload
     monkeypatch.setattr(weights.Weights, "_write_payload", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ResourceError, match="no space left") as raised:
         fc2conv_onnx.convert_file(fixture_path(STEM), out, external_data=external, validate=False)
+    assert raised.value.exit_code == 6
     assert out.read_bytes() == b"previous" and (tmp_path / "out.onnx.data").read_bytes() == b"previous data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
 
@@ -227,8 +243,8 @@ def test_damaged_files_get_one_line(fixture_path, tmp_path, damage):
 
 
 def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, tmp_path):
-    """The tool writes OUT and OUT.data in OUT's folder: links found there are replaced, so nothing outside
-    the folder changes."""
+    """The tool writes OUT and its data file in OUT's folder: a link at OUT is replaced, a link at OUT.data is
+    left alone (the data file takes a free name), so nothing outside the folder changes."""
     outside = _outside_copy(tmp_path)
     (outside / "model.onnx").write_bytes(b"keep me")
     (outside / "data").write_bytes(b"keep me too")
@@ -238,5 +254,5 @@ def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, t
     os.symlink(outside / "data", folder / "out.onnx.data")
     fc2conv_onnx.convert_file(fixture_path(STEM), folder / "out.onnx", external_data=True)
     assert (outside / "model.onnx").read_bytes() == b"keep me" and (outside / "data").read_bytes() == b"keep me too"
-    assert not (folder / "out.onnx").is_symlink() and not (folder / "out.onnx.data").is_symlink()
+    assert not (folder / "out.onnx").is_symlink() and not (folder / "out.onnx.1.data").is_symlink()
     onnx.checker.check_model(str(folder / "out.onnx"), full_check=True)
