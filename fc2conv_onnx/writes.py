@@ -161,10 +161,12 @@ def _reserve_data_file(folder: Path, output: Path, made: List[str]) -> Path:
     for name in data_file_candidates(output):
         target = folder / name
         try:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            with _signals_held():  # made and recorded together, so that a signal cannot orphan it
+                handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                made.append(str(target))
         except FileExistsError:
             continue
-        made.append(str(target))
+        os.close(handle)
         return target
     raise InputError(f"no free name for the data file next to '{printable(str(output))}' ({output.name}.data to "
                      f"{output.name}.99.data are taken)")
@@ -177,7 +179,7 @@ def _remove_replaced(previous: List[Path], keep: Optional[Path]) -> None:
         if keep is not None and name == keep:
             continue
         try:
-            name.unlink()
+            os.unlink(name)
         except OSError as error:
             logger.warning("could not remove the replaced data file '%s': %s", name, error.strerror or error)
 
@@ -211,8 +213,9 @@ def _transaction(folder: Path) -> Iterator[List[str]]:
 def _temporary(folder: Path, target: str, mode: Optional[int], made: List[str]) -> str:
     """A new empty file next to `target`: with `mode` (that of the file it replaces), else the permissions a
     plainly created file would get (mkstemp makes it private)."""
-    handle, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
-    made.append(name)
+    with _signals_held():  # made and recorded together, so that a signal cannot orphan it
+        handle, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
+        made.append(name)
     if mode is None:
         umask = os.umask(0)
         os.umask(umask)
@@ -248,15 +251,18 @@ class Terminated(BaseException):
         self.number = number
 
 
-_STOPS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_STOPS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: How deep in `_signals_held` blocks the main thread is, and the signals that arrived meanwhile.
+_held = {"depth": 0, "pending": []}
 
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise `Terminated` (as SIGINT raises KeyboardInterrupt) instead of
-    ending the process where it stands. Only in the main thread, where Python delivers signals."""
+    """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM and SIGHUP raise `Terminated`, instead of
+    ending the process where it stands; inside a `_signals_held` block they wait for its end. Only in the
+    main thread, where Python runs signal handlers."""
     try:
-        previous = {number: signal.signal(number, _raise_terminated) for number in _STOPS}
+        previous = {number: signal.signal(number, _on_signal) for number in _STOPS}
     except ValueError:  # not the main thread
         yield
         return
@@ -267,20 +273,30 @@ def signals_raise() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _raise_terminated(number: int, frame) -> None:
+def _on_signal(number: int, frame) -> None:
+    if _held["depth"]:
+        _held["pending"].append(number)
+        return
+    _raise_for(number)
+
+
+def _raise_for(number: int) -> None:
+    if number == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(number)
 
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Within the block (the commit and the removals after it), SIGINT, SIGTERM and SIGHUP wait: the commit
-    and what follows it happen together."""
-    held = {signal.SIGINT, *_STOPS}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Within the block, signals wait: a file is made and recorded together, and the commit and the removals
+    after it happen together. (Masking the signal would not do: onnxruntime's and numpy's threads take it,
+    and Python then runs the handler in the main thread at once.)"""
+    _held["depth"] += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _held["depth"] -= 1
+        if not _held["depth"] and _held["pending"]:
+            number = _held["pending"][0]
+            _held["pending"].clear()
+            _raise_for(number)

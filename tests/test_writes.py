@@ -1,0 +1,180 @@
+"""One commit point for every write: at every instant OUT holds the complete previous pair (model + data
+file) or the complete new one. Proven by killing a real process before each file-system step of a write,
+by SIGTERM and SIGINT at each step, by two conversions racing to one output, and by refusing special files.
+Every pair left is loaded by onnxruntime and its numbers compared with the two models it may be."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import fc2conv_onnx
+from fc2conv_onnx import InputError
+from test_cli import ENV, cli
+
+STEM = "dress_detector"
+IMAGE = np.random.default_rng(0).standard_normal((1, 3, 128, 64)).astype(np.float32)
+
+#: Runs a conversion to argv[2] from argv[1] and, at the argv[3]-th file-system call made by fc2conv_onnx's
+#: writing module, sends itself signal argv[4] (SIGKILL: no code runs after it). Prints the number of calls
+#: when the conversion ends.
+STEPPER = r"""
+import os, signal, sys
+from fc2conv_onnx import cli, writes
+limit, number, count = int(sys.argv[3]), int(sys.argv[4]), [0]
+def counted(real):
+    def call(*args, **kwargs):
+        if sys._getframe(1).f_code.co_filename == writes.__file__:
+            count[0] += 1
+            if count[0] == limit:
+                os.kill(os.getpid(), number)
+        return real(*args, **kwargs)
+    return call
+for name in ("open", "replace", "unlink", "fsync", "fchmod", "close"):
+    setattr(os, name, counted(getattr(os, name)))
+writes.tempfile.mkstemp = counted(writes.tempfile.mkstemp)
+code = cli.main(["convert", sys.argv[1], "-o", sys.argv[2], "--external-data", "--no-validate"])
+print(count[0])
+sys.exit(code)
+"""
+
+
+def scores(path):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": IMAGE})[0].ravel()
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """The dress detector (old) and the same model with other weights (new), each converted once: a pair of
+    one read with the data file of the other would load and run, and give other numbers."""
+    folder = tmp_path_factory.mktemp("models")
+    old, new = folder / "old.onnx", folder / "new.onnx"
+    shutil.copy(Path(__file__).resolve().parents[1] / "fixtures" / f"{STEM}.onnx", old)
+    model = onnx.load(str(old))
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32:
+            tensor.CopyFrom(numpy_helper.from_array(values[::-1].copy() * 1.5, tensor.name))
+    onnx.save(model, str(new))
+    expected = {}
+    for path in (old, new):
+        converted = folder / f"{path.stem}_converted.onnx"
+        fc2conv_onnx.convert_file(path, converted, external_data=True)
+        expected[path.stem] = scores(converted)
+    assert not np.allclose(expected["old"], expected["new"])
+    return old, new, expected
+
+
+def previous_pair(folder: Path, old: Path) -> Path:
+    folder.mkdir()
+    out = folder / "out.onnx"
+    fc2conv_onnx.convert_file(old, out, external_data=True, validate=False)
+    return out
+
+
+def which(out: Path, expected) -> str:
+    """'old' or 'new': the complete pair `out` holds (fails on anything else)."""
+    got = scores(out)
+    matches = [name for name, values in expected.items() if np.allclose(got, values, rtol=1e-4, atol=1e-5)]
+    assert len(matches) == 1, f"{out} holds neither pair whole: {got[:4]}"
+    return matches[0]
+
+
+def step(out: Path, new: Path, limit: int, number: int):
+    done = subprocess.run([sys.executable, "-c", STEPPER, str(new), str(out), str(limit), str(number)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    return done
+
+
+def steps_of_a_write(tmp_path, old, new) -> int:
+    out = previous_pair(tmp_path / "count", old)
+    done = step(out, new, 0, signal.SIGKILL)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])
+
+
+def test_a_kill_before_any_step_of_a_write_leaves_one_whole_pair(two_models, tmp_path):
+    old, new, expected = two_models
+    total = steps_of_a_write(tmp_path, old, new)
+    assert total >= 8
+    seen = set()
+    for limit in range(1, total + 1):
+        folder = tmp_path / f"kill{limit}"
+        out = previous_pair(folder, old)
+        done = step(out, new, limit, signal.SIGKILL)
+        assert done.returncode == -signal.SIGKILL, done.stderr
+        seen.add(which(out, expected))
+        # What a kill may leave: temporaries and a data file nothing refers to; the next run succeeds.
+        fc2conv_onnx.convert_file(new, out, external_data=True, validate=False)
+        assert which(out, expected) == "new"
+    assert seen == {"old", "new"}  # the commit was among the steps
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_at_any_step_removes_temporaries_and_keeps_one_whole_pair(two_models, tmp_path, number):
+    old, new, expected = two_models
+    total = steps_of_a_write(tmp_path, old, new)
+    for limit in range(1, total + 1):
+        folder = tmp_path / f"signal{limit}"
+        out = previous_pair(folder, old)
+        before = sorted(p.name for p in folder.iterdir())
+        done = step(out, new, limit, number)
+        held = which(out, expected)
+        left = sorted(p.name for p in folder.iterdir())
+        if held == "old":  # stopped before the commit: exit 128 + signal, the folder as it was
+            assert done.returncode == 128 + number and "interrupted" in done.stderr, done.stderr
+            assert left == before
+        else:  # the signal waited for the commit and the removal of the replaced data file
+            assert left == ["out.onnx", "out.onnx.1.data"]
+
+
+def test_concurrent_conversions_to_one_output_end_with_one_whole_pair(two_models, tmp_path):
+    old, new, expected = two_models
+    out = previous_pair(tmp_path / "race", old)
+    for _ in range(3):
+        runs = [subprocess.Popen([sys.executable, "-m", "fc2conv_onnx", "convert", str(model), "-o", str(out),
+                                  "--external-data", "--no-validate"], env=ENV, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE) for model in (old, new, new, old)]
+        assert [r.wait(timeout=120) for r in runs] == [0] * 4
+        which(out, expected)
+        assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_special_files_are_refused_as_outputs_and_inputs(fixture_path, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    os.symlink(fifo, tmp_path / "link")
+    for target in (fifo, tmp_path / "link", Path(os.devnull)):
+        code, _, stderr = cli("convert", fixture_path(STEM), "-o", target)
+        assert code == 3 and "device, FIFO or socket" in stderr, stderr
+        assert stat.S_ISFIFO(fifo.stat().st_mode)
+    for command in (["convert", fifo, "-o", tmp_path / "o.onnx"], ["inspect", fifo], ["validate", fifo, fifo]):
+        code, _, stderr = cli(*command)  # would block forever reading a FIFO
+        assert code == 3 and "not a regular file" in stderr, stderr
+
+
+def test_a_replaced_model_keeps_its_permissions(fixture_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    os.chmod(out, 0o600)
+    fc2conv_onnx.convert_file(fixture_path(STEM), out, validate=False)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_unusable_output_names_are_refused_up_front(fixture_path, tmp_path):
+    with pytest.raises(InputError, match="too long"):
+        fc2conv_onnx.convert_file(fixture_path(STEM), tmp_path / ("a" * 250 + ".onnx"))
+    code, _, stderr = cli("convert", fixture_path(STEM), "-o", tmp_path / ("b" * 300))
+    assert code == 3 and stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
