@@ -366,7 +366,7 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     dims = inputs[geometry.input].type.tensor_type.shape.dim
     channels = dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
     feed = pictures.model_input(picture, channels, geometry.layout, preprocessing or pictures.Preprocessing())
-    runner = validation.session(loaded.model, loaded.weights)
+    runner = validation.Session(loaded.model, loaded.weights)
     scores = runner.run([name], {geometry.input: feed})[0][0]
     if shapes.output_layouts_from_marker(marker).get(name) == CHANNELS_LAST:
         scores = np.moveaxis(scores, -1, 0)

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from math import prod
-from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,7 +28,7 @@ from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size, 
 from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
-from .weights import EMBEDDED_LIMIT, Weights
+from .weights import Weights
 
 logger = logging.getLogger(__name__)
 
@@ -88,34 +86,40 @@ def _ort():
 HEAVY_MODEL_BYTES = 64 << 20
 
 
-def session(model: onnx.ModelProto, weights: Optional[Weights] = None):
-    """An onnxruntime session on `model`, whose external tensors' bytes come from `weights`."""
-    ort = _ort()
-    options = ort.SessionOptions()
-    weights = weights or Weights()
-    size = weights.embedded_size(model)
-    # The models are checked as users run them, optimized. Full optimization (NCHWc convolutions) makes a
-    # light model's pass ~3x faster, but on a weight-heavy one it costs seconds at load time (1.9 s vs
-    # 0.6 s for CaffeNet's 244 MB) to save milliseconds on the one or two runs a check makes.
-    # tests/equivalence.py runs with optimizations off, so that way is covered too.
-    # A QDQ model is run as written (basic level: no fusion into integer kernels), so it computes the exact
-    # arithmetic it specifies: original and converted then agree to float rounding. Full optimization
-    # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
-    # quantization steps apart on the QDQ fixtures).
-    light = size < HEAVY_MODEL_BYTES and not is_quantized(model)
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
-                                        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-    options.log_severity_level = 4
-    providers = ["CPUExecutionProvider"]
-    if size < EMBEDDED_LIMIT:
-        serialized = weights.embedded_bytes(model) if weights.has_external(model) else model.SerializeToString()
-        return ort.InferenceSession(serialized, options, providers=providers)
-    # Too large for one protobuf message: onnxruntime reads it from files, with the weights external.
-    with tempfile.TemporaryDirectory(prefix="fc2conv-onnx-") as folder:
-        path = Path(folder) / "model.onnx"
-        with open(path, "wb") as out, open(Path(folder) / "model.onnx.data", "wb") as data:
-            weights.write_external(model, out, data, "model.onnx.data")
-        return ort.InferenceSession(str(path), options, providers=providers)
+class Session:
+    """An onnxruntime session on `model`, whose large tensors are fed as inputs from `weights`: onnxruntime
+    runs on the arrays `weights` holds (one copy, shared by every session), reads no file and gets no
+    serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs."""
+
+    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None) -> None:
+        ort = _ort()
+        weights = weights or Weights()
+        options = ort.SessionOptions()
+        # The models are checked as users run them, optimized. Full optimization (NCHWc convolutions) makes a
+        # light model's pass ~3x faster, but on a weight-heavy one it costs seconds at load time (1.9 s vs
+        # 0.6 s for CaffeNet's 244 MB) to save milliseconds on the one or two runs a check makes.
+        # tests/equivalence.py runs with optimizations off, so that way is covered too.
+        # A QDQ model is run as written (basic level: no fusion into integer kernels), so it computes the exact
+        # arithmetic it specifies: original and converted then agree to float rounding. Full optimization
+        # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
+        # quantization steps apart on the QDQ fixtures).
+        light = weights.embedded_size(model) < HEAVY_MODEL_BYTES and not is_quantized(model)
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
+                                            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        options.log_severity_level = 4
+        runnable, self.weight_feeds = weights.as_inputs(model)
+        self.inner = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i for i in self.inner.get_inputs() if i.name not in self.weight_feeds]
+
+    def get_inputs(self) -> list:
+        return self._inputs
+
+    def get_outputs(self) -> list:
+        return self.inner.get_outputs()
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+        return self.inner.run(list(names), {**feeds, **self.weight_feeds})
+
 
 
 QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -149,7 +153,7 @@ def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
     """Run `model` on `feeds`; a failure is the original's fault (`original`: InputError), the conversion's
     (ValidationError), or the machine's (ResourceError, when memory runs out)."""
     try:
-        runner = session(model, weights)
+        runner = Session(model, weights)
         names = [o.name for o in runner.get_outputs()]
         wanted = {i.name for i in runner.get_inputs()}
         return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
@@ -355,7 +359,7 @@ class _Head:
                  weights: Optional[Weights] = None, any_size: bool = False) -> None:
         self.source, self.outputs = source, list(outputs)
         cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
-        self.session = session(cut, weights)
+        self.session = Session(cut, weights)
         self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 

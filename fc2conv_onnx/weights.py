@@ -17,12 +17,11 @@ from __future__ import annotations
 import io as _io
 import mmap
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterator, List, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -274,6 +273,9 @@ class Weights:
         #: this object's own random token: no input, and no other `Weights`, can name one.
         self.held: Dict[str, np.ndarray] = {}
         self._token = uuid.uuid4().hex
+        #: Arrays read from files, by tensor name: each is read once, and every stage and onnxruntime session
+        #: shares it (read-only: a new kernel is often a view of the weight it comes from).
+        self._read: Dict[str, np.ndarray] = {}
         #: The .onnx file the skeleton was read from, if any.
         self.source = source
 
@@ -320,6 +322,13 @@ class Weights:
         if tensor.name not in self.ranges:
             raise InputError(f"tensor '{tensor.name}' has external data this model was not read with; "
                              "give the model as a file path")
+        if tensor.name not in self._read:
+            array = self._read_file_range(tensor)
+            array.flags.writeable = False
+            self._read[tensor.name] = array
+        return self._read[tensor.name]
+
+    def _read_file_range(self, tensor: TensorProto) -> np.ndarray:
         where = self.ranges[tensor.name]
         raw = np.fromfile(where.path, dtype=np.uint8, count=where.length, offset=where.offset)
         if tensor_nbytes(tensor) == where.length:
@@ -331,6 +340,14 @@ class Weights:
         inline.data_location = TensorProto.DEFAULT
         inline.raw_data = raw.tobytes()
         return onnx.numpy_helper.to_array(inline)
+
+    def as_inputs(self, model: onnx.ModelProto) -> Tuple[onnx.ModelProto, Dict[str, np.ndarray]]:
+        """`model` with each tensor whose bytes are here made a graph input, and the arrays to feed them:
+        onnxruntime then runs it on these very arrays (inputs are not copied, initializers would be), with no
+        serialized copy of the weights, and any number of sessions share them. The model stays small (no
+        protobuf size limit) and refers to no file."""
+        light, moved = _external_as_inputs(model, self.knows)
+        return light, {tensor.name: self.array(tensor) for tensor in moved}
 
     def _write_payload(self, tensor: TensorProto, out: BinaryIO) -> None:
         held = self._held(tensor)
@@ -462,24 +479,31 @@ class Weights:
 
 
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
-    """`onnx.checker.check_model` for a skeleton: the checker insists that each external tensor's location
-    is a regular file (relative to the model's folder, or to the working directory for a ModelProto), so
-    a skeleton with external tensors is checked from a temporary folder where they all point to one empty
-    placeholder file. Raises what the checker raises."""
-    if not any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
-        onnx.checker.check_model(model, full_check=full_check)
-        return
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    for tensor in skeleton.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL:
-            del tensor.external_data[:]
-            tensor.external_data.add(key="location", value="placeholder")
-    with tempfile.TemporaryDirectory(prefix="fc2conv-onnx-") as folder:
-        (Path(folder) / "placeholder").touch()
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(skeleton.SerializeToString())
-        onnx.checker.check_model(str(path), full_check=full_check)
+    """`onnx.checker.check_model` for a skeleton. The checker insists that each external tensor's location is
+    a file; the skeleton's external tensors (whose bytes `Weights` reads and checks against their shapes) are
+    checked as graph inputs of the same type and shape instead. Raises what the checker raises."""
+    checked, _ = _external_as_inputs(model, lambda tensor: True)
+    onnx.checker.check_model(checked, full_check=full_check)
+
+
+def _external_as_inputs(model: onnx.ModelProto, which: Callable[[TensorProto], bool]
+                        ) -> Tuple[onnx.ModelProto, List[TensorProto]]:
+    """A copy of `model` whose external initializers picked by `which` are graph inputs of the same type and
+    shape, and those initializers."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    initializers = list(light.graph.initializer)
+    moved = [t for t in initializers if t.data_location == TensorProto.EXTERNAL and which(t)]
+    if not moved:
+        return light, []
+    declared = {value.name for value in light.graph.input}
+    light.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                             for t in moved if t.name not in declared)
+    names = {t.name for t in moved}
+    del light.graph.initializer[:]
+    light.graph.initializer.extend(t for t in initializers if t.name not in names)
+    light.ir_version = max(light.ir_version, 4)  # graph inputs apart from initializers
+    return light, moved
 
 
 class _StoredValues(gs.ir.tensor.LazyValues):

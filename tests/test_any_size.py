@@ -115,7 +115,7 @@ def test_sample_locations_is_seeded_and_includes_the_corners():
 
 def test_windows_in_batches_equal_windows_one_by_one(fixture_path):
     original = onnx.shape_inference.infer_shapes(onnx.load(str(fixture_path("two_heads"))))
-    trunk = validation.session(validation._cut(original, (), ["features"], ["image"]))
+    trunk = validation.Session(validation._cut(original, (), ["features"], ["image"]))
     features = trunk.run(["features"], {"image": np.random.default_rng(0).standard_normal((1, 3, 40, 36))
                                         .astype(np.float32)})[0]
     grid = tuple(f - 4 + 1 for f in features.shape[2:])
