@@ -16,7 +16,7 @@ import itertools
 import logging
 from dataclasses import asdict, dataclass
 from math import prod
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -107,6 +107,7 @@ class Session:
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
                                             ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         options.log_severity_level = 4
+        options.enable_cpu_mem_arena = False
         runnable, self.weight_feeds = weights.as_inputs(model)
         self.inner = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self._inputs = [i for i in self.inner.get_inputs() if i.name not in self.weight_feeds]
@@ -148,12 +149,20 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
     return steps
 
 
-def _run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str,
-         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
-    """Run `model` on `feeds`; a failure is the original's fault (`original`: InputError), the conversion's
-    (ValidationError), or the machine's (ResourceError, when memory runs out)."""
+def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False) -> Session:
+    """A `Session` on `model`, or the one-line error of `failure`."""
     try:
-        runner = Session(model, weights)
+        return Session(model, weights)
+    except Exception as error:
+        raise failure(error, what, original) from None
+
+
+def _run(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
+         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
+    """Run `model` (or a session made for it) on `feeds`; a failure is the original's fault (`original`:
+    InputError), the conversion's (ValidationError), or the machine's (ResourceError, when memory runs out)."""
+    try:
+        runner = model if isinstance(model, Session) else Session(model, weights)
         names = [o.name for o in runner.get_outputs()]
         wanted = {i.name for i in runner.get_inputs()}
         return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
@@ -258,7 +267,7 @@ def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarra
                        note if same_nan else "NaN in different places")
 
 
-def check_training_size(original: onnx.ModelProto, converted: onnx.ModelProto, *, seed: int = 0,
+def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelProto, Session], *, seed: int = 0,
                         weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
                         per_location: Sequence[str] = (), origin: Optional[Mapping[str, str]] = None
                         ) -> List[OutputCheck]:
@@ -359,7 +368,8 @@ class _Head:
                  weights: Optional[Weights] = None, any_size: bool = False) -> None:
         self.source, self.outputs = source, list(outputs)
         cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
-        self.session = Session(cut, weights)
+        self.what = f"the original head after '{source}'"
+        self.session = open_session(cut, weights, self.what, original=True)
         self.one_per_call = False  # set when the head turns out not to take batches
         self.verified = False  # one batch has been checked against its first window run alone
 
@@ -380,8 +390,11 @@ class _Head:
                 pass
             logger.info("the head of '%s' does not take windows in batches; running one per call", self.source)
             self.one_per_call = True
-        parts = [session.run(self.outputs, {self.source: crops[i:i + per_window]})
-                 for i in range(0, crops.shape[0], per_window)]
+        try:
+            parts = [session.run(self.outputs, {self.source: crops[i:i + per_window]})
+                     for i in range(0, crops.shape[0], per_window)]
+        except Exception as error:
+            raise failure(error, f"{self.what} on a feature window", original=True) from None
         return [np.concatenate([p[k].reshape(p[k].shape[0], -1) for p in parts]) for k in range(len(self.outputs))]
 
 
@@ -411,7 +424,8 @@ def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...],
 def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
                   geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
                   max_locations: Optional[int] = None, progress: Optional[Progress] = None,
-                  weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
+                  weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
+                  converted_session: Optional[Session] = None) -> List[OutputCheck]:
     """Converted model vs crop-and-forward on the original, at the locations of a larger input.
 
     The original is cut at each head's source: its trunk runs once on the larger input, its head on the
@@ -424,7 +438,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
     rng = np.random.default_rng(seed + 1)
     feeds = random_feeds(original, shapes, rng)
     input_shape = shapes[plan.trunk_inputs[0]]
-    actual = _run(converted, feeds, f"the converted model at input size {list(input_shape)}",
+    actual = _run(converted_session or converted, feeds, f"the converted model at input size {list(input_shape)}",
                   converted_weights or weights)
     checks = []
     steps = quantization_steps(original, weights)
@@ -526,8 +540,10 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     """
     per_location = [o for h in plan.heads if h.window != h.spatial_shape for o in h.outputs]
     origin = {o: h.output_layouts[o] for h in plan.heads for o in h.outputs} if plan.densify else None
-    checks = check_training_size(original, converted, seed=seed, weights=weights,
-                                 converted_weights=converted_weights, per_location=per_location, origin=origin)
+    # One session of the converted model serves every check (its input sizes are free).
+    runner = open_session(converted, converted_weights or weights, "the converted model")
+    checks = check_training_size(original, runner, seed=seed, weights=weights,
+                                 per_location=per_location, origin=origin)
     require_passed(checks)
     sizes: List[Optional[Sequence[int]]] = []
     if plan.trunk_inputs and per_location:  # heads that give a map at the training size: checked there too
@@ -537,7 +553,8 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
         sizes.append(size)
     for spatial in sizes:
         checks += check_windows(window_reference or original, converted, plan, geometries, size=spatial, seed=seed,
-                                progress=progress, weights=weights, converted_weights=converted_weights)
+                                progress=progress, weights=weights, converted_weights=converted_weights,
+                                converted_session=runner)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())

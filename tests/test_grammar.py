@@ -270,7 +270,7 @@ def test_a_channel_shuffle_that_bakes_the_size_is_made_to_follow_it():
 def test_a_trunk_that_bakes_the_size_otherwise_is_refused_before_anything_runs(monkeypatch):
     from fc2conv_onnx import validate
 
-    monkeypatch.setattr(validate, "Session", lambda *a, **k: pytest.fail("a session was made"))
+    monkeypatch.setattr(validate.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
     with pytest.raises(InputError, match=r"Resize 'Resize_\d+' in the trunk fixes the size of its output"):
         fc2conv_onnx.convert(builders.baked_resize_trunk())
 

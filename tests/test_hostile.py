@@ -204,14 +204,14 @@ def test_a_damaged_converted_marker_is_bad_input(fixture_path, tmp_path):
 ])
 def test_an_original_onnxruntime_cannot_run_is_bad_input_and_memory_is_a_resource(fixture_path, monkeypatch,
                                                                                   message, error):
-    real = validate.Session
+    real = validate.Session.__init__
 
-    def failing(model, weights=None):
+    def failing(self, model, weights=None):
         if not any(p.key == "fc2conv_onnx.converted" for p in model.metadata_props):
             raise RuntimeError(message)
-        return real(model, weights)
+        real(self, model, weights)
 
-    monkeypatch.setattr(validate, "Session", failing)
+    monkeypatch.setattr(validate.Session, "__init__", failing)
     with pytest.raises(error) as raised:
         fc2conv_onnx.convert(str(fixture_path(STEM)))
     assert "ONNXRuntimeError" not in str(raised.value)
