@@ -4,12 +4,13 @@
 
 For three models (the dress detector with an FC 1024-1024-1 head at 512x1024, a CaffeNet-sized classifier
 at 451x451, and the VGG16-sized one of benchmarks/scale.py at the validator's default size), each variant
-runs in a fresh process, rounds interleaved with the order rotated each round; wall time and peak RSS
-(GNU time's %e and %M); medians:
-  convert      fc2conv-onnx convert IN -o OUT --no-validate
-  validated    fc2conv-onnx convert IN -o OUT [--validate-size S]
+runs in a fresh process, rounds interleaved with the order rotated each round; peak RSS (GNU time's %M) and
+the time each takes inside its process, after the imports all pay alike; medians:
+  convert      convert_file(IN, OUT, validate=False)
+  validated    convert_file(IN, OUT[, validate_size=S])  (onnxruntime is imported inside the timing)
   hand check   import onnxruntime; load IN and OUT from their files (default session options); run IN once
                at its training size and OUT once at the window check's size
+  imports only python -c "import numpy, onnxruntime" (what the hand check's memory is over)
 Printed: validation's extra time (validated - convert) / the hand check's time (target <= 1.0), and its
 extra peak memory (validated - convert) / the model's weights (target <= 1.0: one copy).
 """
@@ -59,6 +60,19 @@ print(time.perf_counter() - started)
 """
 
 
+#: A conversion timed inside its process, after the package's import (which both variants pay alike).
+CONVERT = r"""
+import sys, time, json
+import fc2conv_onnx
+started = time.perf_counter()
+options = json.loads(sys.argv[3])
+report = fc2conv_onnx.convert_file(sys.argv[1], sys.argv[2], **options)
+elapsed = time.perf_counter() - started
+print(json.dumps(report.to_dict(), default=str))
+print(elapsed)
+"""
+
+
 def measure(command: List[str]) -> Tuple[float, float, str]:
     """Wall seconds, peak RSS (MiB) and stdout of one fresh process."""
     done = subprocess.run(["/usr/bin/time", "-f", "%e %M"] + command, capture_output=True, text=True)
@@ -74,40 +88,42 @@ def weights_mib(path: Path) -> float:
 
 
 def window_shape(report: str) -> List[int]:
-    checks = json.loads(report)["checks"]
+    checks = json.loads(report.splitlines()[0])["checks"]
     return list(next(c["input_shape"] for c in checks if c["check"] == "windows"))
 
 
 def bench(name: str, path: Path, size: Optional[str], rounds: int) -> Dict[str, float]:
     python = sys.executable
     out = path.with_name(path.stem + "_converted.onnx")
-    convert = [python, "-m", "fc2conv_onnx", "convert", str(path), "-o", str(out)]
-    validated = convert + (["--validate-size", size] if size else []) + ["--json"]
+    convert = [python, "-c", CONVERT, str(path), str(out), json.dumps({"validate": False})]
+    validated = [python, "-c", CONVERT, str(path), str(out), json.dumps({"validate_size": size} if size else {})]
     shape = window_shape(measure(validated)[2])
-    variants = {"convert": convert + ["--no-validate"], "validated": validated,
-                "hand check": [python, "-c", HAND_CHECK, str(path), str(out), json.dumps(shape)]}
+    variants = {"convert": convert, "validated": validated,
+                "hand check": [python, "-c", HAND_CHECK, str(path), str(out), json.dumps(shape)],
+                "imports only": [python, "-c", "import numpy, onnxruntime"]}
     runs: Dict[str, List[Tuple[float, float, str]]] = {key: [] for key in variants}
     order = list(variants)
     for round_ in range(rounds):
         for key in order[round_ % len(order):] + order[:round_ % len(order)]:
-            if key == "hand check":  # its converted model must exist (the validated run writes it)
-                measure(convert + ["--no-validate"])
             runs[key].append(measure(variants[key]))
     wall = {key: statistics.median(r[0] for r in values) for key, values in runs.items()}
     rss = {key: statistics.median(r[1] for r in values) for key, values in runs.items()}
-    inside = statistics.median(float(r[2].split()[-1]) for r in runs["hand check"])
+    inside = {key: statistics.median(float(r[2].split()[-1]) for r in runs[key]) for key in variants
+              if key != "imports only"}
     weights = weights_mib(path)
-    extra_time, extra_rss = wall["validated"] - wall["convert"], rss["validated"] - rss["convert"]
+    extra_time, extra_rss = inside["validated"] - inside["convert"], rss["validated"] - rss["convert"]
     print(f"\n{name}: {weights:.0f} MiB of weights, window check at {shape}, {rounds} interleaved rounds, medians")
-    print("| variant | wall s | peak RSS MiB |")
-    print("|---|---:|---:|")
+    print("| variant | process wall s | timed inside s | peak RSS MiB |")
+    print("|---|---:|---:|---:|")
     for key in variants:
-        print(f"| {key} | {wall[key]:.2f} | {rss[key]:.0f} |")
-    print(f"hand check inside its process (import onnxruntime, two loads, two runs): {inside:.2f} s")
-    print(f"validation's extra time: {extra_time:.2f} s = **{extra_time / inside:.2f}x** the hand check "
+        timed = f"{inside[key]:.2f}" if key in inside else ""
+        print(f"| {key} | {wall[key]:.2f} | {timed} | {rss[key]:.0f} |")
+    hand_rss = rss["hand check"] - rss["imports only"]
+    print(f"validation's extra time: {extra_time:.2f} s = **{extra_time / inside['hand check']:.2f}x** the hand check "
           f"(target <= 1.0); extra peak memory: {extra_rss:.0f} MiB = **{extra_rss / weights:.2f}x** the "
-          "weights (target <= 1.0)")
-    return {"time ratio": extra_time / inside, "memory ratio": extra_rss / weights}
+          f"weights (target <= 1.0) = {extra_rss / hand_rss:.2f}x the hand check's own ({hand_rss:.0f} MiB over "
+          "its imports)")
+    return {"time ratio": extra_time / inside["hand check"], "memory ratio": extra_rss / weights}
 
 
 def main() -> None:

@@ -75,14 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES)
     convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     convert.add_argument("-o", "--output", metavar="OUT", required=True,
-                         help="where to write the converted model; written atomically (a temporary file, then a "
-                              "rename), so a failed run leaves a previous OUT as it was")
+                         help="where to write the converted model; one rename commits it, so OUT always holds "
+                              "the previous result or the new one, whole, and a failed run leaves it as it was")
     convert.add_argument("--in-place", action="store_true",
-                         help="allow OUT to be IN (or a file IN's weights are read from) and replace it")
+                         help="allow OUT to be IN and replace it (with its data file)")
     data = convert.add_mutually_exclusive_group()
     data.add_argument("--external-data", dest="external_data", action="store_const", const=True,
-                      help="write the weights to OUT.data next to OUT. Default: when IN has external data or the "
-                           "model reaches protobuf's 2 GiB limit")
+                      help="write the weights to a data file next to OUT: OUT.data, or OUT.1.data when that name "
+                           "is taken (the report names it). Default: when IN has external data or the model "
+                           "reaches protobuf's 2 GiB limit")
     data.add_argument("--embedded", dest="external_data", action="store_const", const=False,
                       help="write the weights inside OUT (models under 2 GiB)")
     convert.add_argument("--no-validate", dest="validate", action="store_false",

@@ -108,6 +108,9 @@ class Session:
                                             ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         options.log_severity_level = 4
         options.enable_cpu_mem_arena = False
+        # Sessions run one after another: a session's threads spin-waiting after its run would take a core
+        # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         runnable, self.weight_feeds = weights.as_inputs(model)
         self.inner = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self._inputs = [i for i in self.inner.get_inputs() if i.name not in self.weight_feeds]

@@ -256,3 +256,22 @@ def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, t
     assert (outside / "model.onnx").read_bytes() == b"keep me" and (outside / "data").read_bytes() == b"keep me too"
     assert not (folder / "out.onnx").is_symlink() and not (folder / "out.onnx.1.data").is_symlink()
     onnx.checker.check_model(str(folder / "out.onnx"), full_check=True)
+
+
+def test_validation_writes_no_temporary_copy_of_the_weights(fixture_path, tmp_path, monkeypatch):
+    """The weights reach onnxruntime and the checker as arrays, never as a copy in the temporary folder (a
+    sparse multi-GiB external file would become a full one there): the only temporaries are the output's,
+    in the output's folder."""
+    import tempfile
+
+    def in_the_output_folder_only(real):
+        def make(*args, **kwargs):
+            assert kwargs.get("dir") == tmp_path, f"a temporary file outside the output folder: {kwargs}"
+            return real(*args, **kwargs)
+        return make
+
+    path = with_external_data(fixture_path(STEM), tmp_path / "in")
+    for name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryDirectory"):
+        monkeypatch.setattr(tempfile, name, in_the_output_folder_only(getattr(tempfile, name)))
+    report = fc2conv_onnx.convert_file(path, tmp_path / "o.onnx", external_data=True)
+    assert any(check.check == "windows" for check in report.checks)
