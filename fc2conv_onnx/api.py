@@ -80,7 +80,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     if hidden:  # sizes behind shape arithmetic: run the model once at its training size and read them
         inferred = shapes.with_observed_shapes(inferred, validation.observed_shapes(inferred, hidden, weights))
     graph = gs.import_onnx(inferred)
-    weights.attach(graph)
+    weights.attach(graph, inferred)
     notes = normalize(graph)
     plan = find_heads(graph, options.output_layout, options.pooling)
     _require_training_size(graph, plan, probe)

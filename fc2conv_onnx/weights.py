@@ -26,6 +26,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values takes
 from onnx import TensorProto
 
 from .errors import InputError
@@ -276,6 +277,10 @@ class Weights:
         #: Arrays read from files, by tensor name: each is read once, and every stage and onnxruntime session
         #: shares it (read-only: a new kernel is often a view of the weight it comes from).
         self._read: Dict[str, np.ndarray] = {}
+        #: id(array) -> its key in `held`, so that an array held again keeps its key.
+        self._held_keys: Dict[int, str] = {}
+        #: id(constant) -> (the constant, the lazy values given to it here).
+        self._lazy: Dict[int, Tuple[gs.Constant, "_StoredValues"]] = {}
         #: The .onnx file the skeleton was read from, if any.
         self.source = source
 
@@ -367,28 +372,44 @@ class Weights:
 
     # --- graphsurgeon ------------------------------------------------------------------------------------
 
-    def attach(self, graph: gs.Graph) -> None:
-        """Make the graph's external constants load their values from here when a stage reads them."""
+    def attach(self, graph: gs.Graph, model: onnx.ModelProto) -> None:
+        """Make the constants of `graph` (imported from `model`) that are external tensors load their values
+        from here when a stage reads them (graphsurgeon's public `values` setter takes lazy values)."""
+        external = {t.name: t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL}
         for tensor in graph.tensors().values():
-            lazy = getattr(tensor, "_values", None)
-            if isinstance(lazy, gs.ir.tensor.LazyValues) and not isinstance(lazy, _StoredValues) \
-                    and lazy.tensor.data_location == TensorProto.EXTERNAL:
-                tensor._values = _StoredValues(lazy.tensor, self)
+            if isinstance(tensor, gs.Constant) and tensor.name in external:
+                self._make_lazy(tensor, external[tensor.name])
 
     def hold(self, graph: gs.Graph) -> None:
         """Keep the graph's large in-memory constants (new kernels, values a stage has read) as held arrays,
-        so that exporting the graph does not copy them into TensorProtos."""
+        so that exporting the graph does not copy them into TensorProtos. Constants still lazy are left so
+        (asking graphsurgeon for their values would load them)."""
         for tensor in graph.tensors().values():
-            values = getattr(tensor, "_values", None)
-            if isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.nbytes >= DETACH_BYTES \
-                    and values.dtype.kind in "biuf":
+            if not isinstance(tensor, gs.Constant) or self._is_lazy(tensor):
+                continue
+            values = tensor.values
+            if not isinstance(values, np.ndarray) or values.nbytes < DETACH_BYTES or values.dtype.kind not in "biuf":
+                continue
+            key = self._held_keys.get(id(values))
+            if key is None or self.held[key] is not values:
                 key = f"{_HELD}{self._token}#{len(self.held)}"
                 self.held[key] = values
-                proto = TensorProto(name=tensor.name, dims=values.shape,
-                                    data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
-                                    data_location=TensorProto.EXTERNAL)
-                proto.external_data.add(key="location", value=key)
-                tensor._values = _StoredValues(proto, self)
+                self._held_keys[id(values)] = key
+            proto = TensorProto(name=tensor.name, dims=values.shape,
+                                data_type=onnx.helper.np_dtype_to_tensor_dtype(values.dtype),
+                                data_location=TensorProto.EXTERNAL)
+            proto.external_data.add(key="location", value=key)
+            self._make_lazy(tensor, proto)
+
+    def _make_lazy(self, constant: gs.Constant, proto: TensorProto) -> None:
+        lazy = _StoredValues(proto, self)
+        constant.values = lazy
+        self._lazy[id(constant)] = (constant, lazy)
+
+    def _is_lazy(self, constant: gs.Constant) -> bool:
+        """Whether `constant` still has the lazy values given here, not loaded since."""
+        constant_and_lazy = self._lazy.get(id(constant))
+        return constant_and_lazy is not None and constant_and_lazy[0] is constant and not constant_and_lazy[1].loaded
 
     # --- writing -----------------------------------------------------------------------------------------
 
@@ -506,13 +527,16 @@ def _external_as_inputs(model: onnx.ModelProto, which: Callable[[TensorProto], b
     return light, moved
 
 
-class _StoredValues(gs.ir.tensor.LazyValues):
-    """graphsurgeon's lazy constant values, loaded from a `Weights` (its export keeps the skeleton tensor)."""
+class _StoredValues(LazyValues):
+    """Lazy constant values (graphsurgeon's `LazyValues`, a type its `Constant.values` takes) loaded from a
+    `Weights`; exporting the graph keeps the skeleton tensor. Records whether it was loaded, so that
+    `Weights.hold` can tell a constant that is still lazy without loading it."""
 
     def __init__(self, tensor: TensorProto, weights: Weights) -> None:
         super().__init__(tensor)
         self.weights = weights
+        self.loaded = False
 
     def load(self) -> np.ndarray:
+        self.loaded = True
         return self.weights.array(self.tensor)
-
