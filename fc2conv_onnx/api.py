@@ -191,6 +191,7 @@ def convert_with_report(model: io.ModelSource, options: Optional[Options] = None
         NothingToConvertError: no head could be converted (the error's `report` says why), a head cannot
             have the pooling mode asked for, or the model was converted already.
         ValidationError: the converted model is not equivalent; nothing is returned.
+        ResourceError: memory ran out while validating (and, for `convert_file`, the disk while writing).
     """
     converted, weights, report = _convert(model, Options.of(options, overrides), progress)
     return Conversion(model=weights.embedded(converted), report=report)

@@ -32,7 +32,9 @@ def test_python_examples_run(tmp_path, monkeypatch, capsys):
 
 
 def test_readme_exit_codes_match_the_errors():
-    from fc2conv_onnx import InputError, NothingToConvertError, ValidationError
-    for error, words in ((InputError, "bad input"), (NothingToConvertError, "nothing to convert"),
-                         (ValidationError, "validation failed")):
+    from fc2conv_onnx import InputError, NothingToConvertError, ResourceError, ValidationError
+    from fc2conv_onnx.errors import UsageError
+    for error, words in ((UsageError, "usage error"), (InputError, "bad input"),
+                         (NothingToConvertError, "nothing to convert"), (ValidationError, "validation failed"),
+                         (ResourceError, "out of resources")):
         assert re.search(rf"\| {error.exit_code} \| {words}", README), error
