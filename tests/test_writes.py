@@ -178,3 +178,26 @@ def test_unusable_output_names_are_refused_up_front(fixture_path, tmp_path):
     code, _, stderr = cli("convert", fixture_path(STEM), "-o", tmp_path / ("b" * 300))
     assert code == 3 and stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_commit_keeps_the_previous_pair_and_says_nothing_was_written(two_models, tmp_path, monkeypatch):
+    """The model's rename is the one commit: when it fails, the previous pair is whole, the new data file is
+    gone, and the error says nothing was written."""
+    from fc2conv_onnx import writes
+
+    old, new, expected = two_models
+    out = previous_pair(tmp_path / "commit", old)
+    before = sorted(p.name for p in out.parent.iterdir())
+    real = os.replace
+
+    def failing(source, target):
+        if Path(target) == out:
+            raise PermissionError(13, "Permission denied")
+        return real(source, target)
+
+    monkeypatch.setattr(writes.os, "replace", failing)
+    with pytest.raises(InputError, match="nothing was written"):
+        fc2conv_onnx.convert_file(new, out, external_data=True, validate=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.parent.iterdir()) == before
+    assert which(out, expected) == "old"
