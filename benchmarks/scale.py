@@ -159,9 +159,9 @@ def run_huge(folder: Path) -> None:
           f"kernel {list(kernel.dims)} stored in '{location}' "
           f"({(out.parent / str(location)).stat().st_size / 2**30:.2f} GiB)")
     print("proved: the 2.06 GiB model was read with only its head's weights loaded, converted, both run in "
-          "onnxruntime on one copy of the weights fed as inputs (no temporary files), the outputs equal at the training size and at every location of a "
-          "56x56 input (the non-zero first and last rows are among the compared outputs), and it was written "
-          "with its weights as external data next to it")
+          "onnxruntime on one copy of the weights fed as inputs (no temporary files), the outputs equal at the "
+          "training size and at every location of a 56x56 input (the non-zero first and last rows are among the "
+          "compared outputs), and it was written with its weights as external data next to it")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Exit codes (also in the README):
   0  converted (`inspect`: the model was read; `validate`: the pair is equivalent)
   1  internal error (a bug: please report it)
-  2  usage error (bad command line)
+  2  usage error (bad command line, or a flag value that cannot be used)
   3  bad input: missing, unreadable or invalid model, a trunk that bakes its size, dynamic spatial dims
      without --input-size, or an unusable output path
   4  nothing to convert (no convertible head, a --pooling mode a head cannot have, or already converted)
@@ -35,7 +35,7 @@ PROG = "fc2conv-onnx"
 EXIT_CODES = """exit codes:
   0  converted (inspect: the model was read; validate: equivalent)
   1  internal error (a bug; please report it)
-  2  usage error
+  2  usage error (a bad command line or flag value)
   3  bad input: missing, unreadable or invalid model, a trunk that bakes its size,
      dynamic spatial dims without --input-size, or unusable output path
   4  nothing to convert (no convertible head, a --pooling mode a head cannot have,
@@ -307,7 +307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: out of memory; nothing was written", file=sys.stderr)
         return ResourceError.exit_code
     except Exception as error:  # a bug: one line, and the way to see more
-        message = " ".join(str(error).split())
+        message = printable(" ".join(str(error).split()))
         print(f"{PROG}: internal error ({type(error).__name__}: {message}); nothing was written. "
               "Please report it with the model if you can.", file=sys.stderr)
         if args.verbose:

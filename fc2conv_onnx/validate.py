@@ -95,10 +95,10 @@ class Session:
         ort = _ort()
         weights = weights or Weights()
         options = ort.SessionOptions()
-        # The models are checked as users run them, optimized. Full optimization (NCHWc convolutions) makes a
-        # light model's pass ~3x faster, but on a weight-heavy one it costs seconds at load time (1.9 s vs
-        # 0.6 s for CaffeNet's 244 MB) to save milliseconds on the one or two runs a check makes.
-        # tests/equivalence.py runs with optimizations off, so that way is covered too.
+        # The models are checked as users run them, optimized: fully for light models, basic for weight-heavy
+        # ones, whose full optimization costs seconds at load time for the one or two runs a check makes.
+        # (Transforms that rewrite weights, such as NCHWc convolutions, cannot apply: here the weights are
+        # inputs.) tests/equivalence.py runs with optimizations off, so that way is covered too.
         # A QDQ model is run as written (basic level: no fusion into integer kernels), so it computes the exact
         # arithmetic it specifies: original and converted then agree to float rounding. Full optimization
         # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
@@ -123,7 +123,6 @@ class Session:
 
     def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> List[np.ndarray]:
         return self.inner.run(list(names), {**feeds, **self.weight_feeds})
-
 
 
 QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")

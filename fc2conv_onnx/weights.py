@@ -4,13 +4,18 @@ A model read from a file is parsed into a *skeleton*: every node, attribute and 
 initializer data. Each large initializer stays where it is - inside the .onnx file (its `raw_data` bytes)
 or in an external-data file - and is marked as external data in the skeleton; `Weights` knows where its
 bytes are and reads them only when a stage asks for the values (the heads read their FC weights, nothing
-reads the trunk's). Arrays made during the conversion (the new kernels) are *held*: kept as numpy arrays
-and never copied into a TensorProto. Writing streams every tensor's bytes from its file or array straight
-to the output, embedded in the .onnx file or as external data next to it.
+reads the trunk's for the conversion), once, into a read-only array that every later reader shares.
+Arrays made during the conversion (the new kernels) are *held*: kept as numpy arrays and never copied into
+a TensorProto. Writing streams every tensor's bytes from its file or array straight to the output,
+embedded in the .onnx file or as external data next to it. Validation runs onnxruntime on the same arrays,
+fed as graph inputs (`Weights.as_inputs`).
 
 Protobuf's wire format is walked by hand to find the `raw_data` bytes (ModelProto.graph = field 7,
 GraphProto.initializer = 5, TensorProto.raw_data = 9): the python protobuf API cannot parse a message
-while leaving one field's bytes on disk.
+while leaving one field's bytes on disk, and `onnx.load(path, load_external_data=False)` holds every
+embedded byte (1098 MiB to read a 528 MiB model, against 57 MiB here; docs/scale.md).
+tests/test_hostile.py proves this reader gives what `onnx.load` + `numpy_helper.to_array` give for every
+storage form.
 """
 from __future__ import annotations
 
