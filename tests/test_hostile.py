@@ -36,7 +36,10 @@ def tensors(draw):
     rng = np.random.default_rng(values)
     array = (rng.integers(0, 2, shape).astype(bool) if dtype == np.bool_ else
              (rng.standard_normal(shape) * 100).astype(dtype))
-    return array, draw(st.sampled_from(STORAGES)), draw(st.integers(0, 40))
+    storage = draw(st.sampled_from(STORAGES))
+    if array.size == 0 and storage.startswith("external"):
+        storage = "raw"  # onnx.save never writes one; onnx < 1.17 reads a "length" of 0 as "to the end of the file"
+    return array, storage, draw(st.integers(0, 40))
 
 
 def write_model(folder: Path, drawn) -> Path:
