@@ -32,17 +32,47 @@ from .writes import Terminated, signals_raise
 
 PROG = "fc2conv-onnx"
 
-EXIT_CODES = """exit codes:
-  0  converted (inspect: the model was read; validate: equivalent)
-  1  internal error (a bug; please report it)
-  2  usage error (a bad command line or flag value)
-  3  bad input: missing, unreadable or invalid model, a trunk that bakes its size,
-     dynamic spatial dims without --input-size, or unusable output path
-  4  nothing to convert (no convertible head, a --pooling mode a head cannot have,
-     or already converted)
-  5  validation failed: not equivalent, nothing written
-  6  out of memory or disk space, nothing written
-  130, 143  interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole"""
+#: Exit codes: what each means for each command (None: the command never exits with it). The README's
+#: table and the module's text above say the same.
+_EXITS = (
+    ("0", {"convert": "converted, validated and written", "validate": "the pair is equivalent",
+           "inspect": "at least one head would be converted", "heatmap": "the picture was written"}),
+    ("1", dict.fromkeys(("convert", "validate", "inspect", "heatmap"), "internal error (a bug; please report it)")),
+    ("2", dict.fromkeys(("convert", "validate", "inspect", "heatmap"), "usage error (a bad command line or flag "
+                                                                        "value)")),
+    ("3", {"convert": "bad input: missing, unreadable or invalid model, a trunk that bakes its size,\n"
+                      "     dynamic spatial dims without --input-size, or an unusable output path",
+           "validate": "bad input: a missing, unreadable or invalid model, or an ORIGINAL\n"
+                       "     onnxruntime cannot run",
+           "inspect": "bad input: missing, unreadable or invalid model, a trunk that bakes its size,\n"
+                      "     or dynamic spatial dims without --input-size",
+           "heatmap": "bad input: MODEL not converted by fc2conv-onnx or without geometry, an\n"
+                      "     unreadable IMAGE or one smaller than the window, or an unusable OUT"}),
+    ("4", {"convert": "nothing to convert (no convertible head, a --pooling mode a head cannot\n"
+                      "     have, or already converted)",
+           "validate": "no head found in ORIGINAL to check against",
+           "inspect": "no head would be converted (the reasons are printed), a --pooling mode a\n"
+                      "     head cannot have, or already converted"}),
+    ("5", {"convert": "validation failed: not equivalent, nothing written",
+           "validate": "not equivalent (the first failed check is printed)"}),
+    ("6", {"convert": "out of memory or disk space, nothing written", "validate": "out of memory",
+           "heatmap": "out of memory or disk space, nothing written"}),
+    ("130, 143", {"convert": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
+                  "heatmap": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
+                  "validate": "interrupted (Ctrl-C, SIGTERM)", "inspect": "interrupted (Ctrl-C, SIGTERM)"}),
+)
+
+
+def exit_codes(command: str) -> str:
+    """The exit codes `command` can end with, for its --help."""
+    lines = ["exit codes:"] + [f"  {code}  {meanings[command]}" for code, meanings in _EXITS if command in meanings]
+    return "\n".join(lines)
+
+
+EXIT_CODES = """exit codes (see each command's --help):
+  0  success    1  internal error    2  usage error    3  bad input
+  4  nothing to convert    5  not equivalent    6  out of memory or disk space
+  130, 143  interrupted"""
 
 SIZE_HELP = ("spatial input size of the window check, e.g. 512x1024 (one number: every axis); at least the "
              "training size. Default: a few strides larger than the training size (2 more on the first axis, "
@@ -72,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "output location must equal the original head applied to that window of the feature map "
                     "(crop and forward). Nothing is written if validation fails. The output geometry (stride, "
                     "window, offset) is printed and stored in OUT's metadata.",
-        epilog=EXIT_CODES)
+        epilog=exit_codes("convert"))
     convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     convert.add_argument("-o", "--output", metavar="OUT", required=True,
                          help="where to write the converted model; one rename commits it, so OUT always holds "
@@ -103,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "ORIGINAL's outputs at the training size, and at every location of a larger input "
                     "(--size) the original head applied to that window of the feature map. The heads are "
                     "found in ORIGINAL; CONVERTED must keep its input and output names. Writes nothing.",
-        epilog=EXIT_CODES)
+        epilog=exit_codes("validate"))
     validate.add_argument("original", metavar="ORIGINAL", help="the classifier (.onnx)")
     validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx)")
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
@@ -118,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", formatter_class=_formatter, help="dry run: show what would be converted",
         description="Read IN and print the heads that would be converted, what each layer becomes, and every "
                     "Gemm/MatMul that would be left alone with the reason, and the output geometry. Writes nothing.",
-        epilog=EXIT_CODES)
+        epilog=exit_codes("inspect"))
     inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
     _layout_flag(inspect, "the layout the converted outputs would have")
     _pooling_flag(inspect)
@@ -135,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "at the centre of the input window it stands for (the stride, window and offset stored in "
                     "MODEL), interpolated between cells, and a colour bar. The image is the model's input as it "
                     "is: pixels / --scale, minus --mean, over --std, in --channels order.",
-        epilog=EXIT_CODES)
+        epilog=exit_codes("heatmap"))
     heatmap.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
     heatmap.add_argument("image", metavar="IMAGE", help="the picture (at least the training size)")
     heatmap.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the PNG")
