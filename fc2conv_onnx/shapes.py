@@ -3,6 +3,7 @@ a checker pass, and a metadata entry that marks the model as converted and holds
 from __future__ import annotations
 
 import json
+import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
@@ -11,7 +12,7 @@ import onnx_graphsurgeon as gs
 from .version import __version__
 from .errors import InputError, ValidationError, first_line
 from .geometry import Geometry, HeadGeometry
-from .layout import CHANNELS_FIRST, with_spatial
+from .layout import CHANNELS_FIRST, CHANNELS_LAST, with_spatial
 from .plan import Plan
 from .weights import check_model
 
@@ -19,6 +20,8 @@ from .weights import check_model
 CONVERTED_KEY = "fc2conv_onnx.converted"
 
 BATCH_NAME = "N"
+#: The names shape inference (and tf2onnx) make up for dims nobody named.
+UNNAMED = re.compile(r"unk__\d+")
 SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
 
 
@@ -39,7 +42,8 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
             continue
         prefix = f"{tensor.name}_" if prefixed else ""
         shape = list(tensor.shape)
-        shape[0] = prefix + BATCH_NAME
+        if not (isinstance(shape[0], str) and shape[0] and not UNNAMED.fullmatch(shape[0])):
+            shape[0] = prefix + BATCH_NAME  # (a batch the exporter named keeps its name)
         if len(shape) >= 3 and not batch_only:
             layout = layouts.get(tensor.name, CHANNELS_FIRST)
             shape = list(with_spatial(shape, layout, [prefix + name for name in spatial_names(len(shape) - 2)]))
@@ -193,7 +197,41 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan,
     model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        name_output_dims(model, plan)
         check_model(model, full_check=True)
     except Exception as error:
         raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line(error)}") from None
     return model
+
+
+#: The suffix of an output's spatial dim names: an input's `H` becomes `H_out` on the outputs' grid
+#: (`H_out2`, `H_out3`, ... for heads on other grids).
+OUTPUT_SUFFIX = "_out"
+
+
+def name_output_dims(model: onnx.ModelProto, plan: Plan) -> None:
+    """Give the converted outputs' symbolic dims names people can read, instead of shape inference's
+    `unk__N`: the batch keeps the input's name, and the outputs of heads on one grid (the same feature map,
+    window and sliding) share one set of spatial names, the input's with `OUTPUT_SUFFIX` (`H_out`, `W_out`).
+    Static dims (a kept global pool's 1x1) stay numbers."""
+    inputs = {value.name: value for value in model.graph.input}
+    batch = next((d.dim_param for name in plan.trunk_inputs if name in inputs
+                  for d in inputs[name].type.tensor_type.shape.dim[:1] if d.dim_param), BATCH_NAME)
+    grids: Dict[Tuple, str] = {}
+    outputs = {value.name: value for value in model.graph.output}
+    for head in plan.heads:
+        key = (head.source, head.window, head.slides)
+        suffix = grids.setdefault(key, OUTPUT_SUFFIX + (str(len(grids) + 1) if grids else ""))
+        for name in head.outputs:
+            if name not in outputs or not outputs[name].type.HasField("tensor_type"):
+                continue
+            dims = outputs[name].type.tensor_type.shape.dim
+            rank = len(dims)
+            if rank < 3:
+                continue
+            spatial = range(1, rank - 1) if head.output_layouts.get(name) == CHANNELS_LAST else range(2, rank)
+            if not dims[0].HasField("dim_value"):
+                dims[0].dim_param = batch
+            for axis, base in zip(spatial, spatial_names(rank - 2)):
+                if not dims[axis].HasField("dim_value"):
+                    dims[axis].dim_param = base + suffix
