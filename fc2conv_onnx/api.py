@@ -41,7 +41,8 @@ class Conversion:
 
 
 def _label(source: io.ModelSource) -> Optional[str]:
-    return None if isinstance(source, onnx.ModelProto) else str(source)
+    """What the report calls the model: its path, or nothing for one given in memory."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else None
 
 
 @dataclass
@@ -234,7 +235,7 @@ def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None
     `options` and keyword overrides as in `convert_with_report`.
     """
     options = Options.of(options, overrides)
-    if writes.same_file(src, dst) and not in_place:
+    if isinstance(src, (str, os.PathLike)) and writes.same_file(src, dst) and not in_place:
         raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
     writes.check_output_path(dst)
     converted, weights, report = _convert(src, options, progress)

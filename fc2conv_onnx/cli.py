@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "one output per window position. Every conversion is checked with onnxruntime.",
         epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _talk_flags(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -103,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "(crop and forward). Nothing is written if validation fails. The output geometry (stride, "
                     "window, offset) is printed and stored in OUT's metadata.",
         epilog=exit_codes("convert"))
-    convert.add_argument("input", metavar="IN", help="the classifier (.onnx)")
+    convert.add_argument("input", metavar="IN", help="the classifier (.onnx), or - to read it from standard input")
     convert.add_argument("-o", "--output", metavar="OUT", required=True,
                          help="where to write the converted model; one rename commits it, so OUT always holds "
-                              "the previous result or the new one, whole, and a failed run leaves it as it was")
+                              "the previous result or the new one, whole, and a failed run leaves it as it was. "
+                              "- writes the model to standard output (weights inside it; the report goes to "
+                              "stderr)")
     convert.add_argument("--in-place", action="store_true",
                          help="allow OUT to be IN and replace it (with its data file)")
     data = convert.add_mutually_exclusive_group()
@@ -134,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(--size) the original head applied to that window of the feature map. The heads are "
                     "found in ORIGINAL; CONVERTED must keep its input and output names. Writes nothing.",
         epilog=exit_codes("validate"))
-    validate.add_argument("original", metavar="ORIGINAL", help="the classifier (.onnx)")
-    validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx)")
+    validate.add_argument("original", metavar="ORIGINAL",
+                          help="the classifier (.onnx), or - to read it from standard input")
+    validate.add_argument("converted", metavar="CONVERTED", help="its fully convolutional form (.onnx); either may be "
+                          "- (standard input)")
     validate.add_argument("--size", metavar="SIZE", help=SIZE_HELP)
     _layout_flag(validate, "the layout CONVERTED gives its outputs in")
     _pooling_flag(validate)
@@ -149,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read IN and print the heads that would be converted, what each layer becomes, and every "
                     "Gemm/MatMul that would be left alone with the reason, and the output geometry. Writes nothing.",
         epilog=exit_codes("inspect"))
-    inspect.add_argument("input", metavar="IN", help="the classifier (.onnx)")
+    inspect.add_argument("input", metavar="IN", help="the classifier (.onnx), or - to read it from standard input")
     _layout_flag(inspect, "the layout the converted outputs would have")
     _pooling_flag(inspect)
     _input_size_flag(inspect)
     _stride_flag(inspect)
     inspect.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
-    inspect.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    _talk_flags(inspect)
     inspect.set_defaults(run=_run_inspect)
 
     heatmap = commands.add_parser(
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
                          help="values at the colour bar's ends (default: the drawn maps' min and max)")
     heatmap.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
-    heatmap.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    _talk_flags(heatmap)
     heatmap.set_defaults(run=_run_heatmap)
     return parser
 
@@ -233,7 +238,16 @@ def _pooling_flag(parser: argparse.ArgumentParser) -> None:
 def _common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random validation inputs (default 0)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    _talk_flags(parser)
+
+
+def _talk_flags(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-v and -q, taken before the command or after it: a command's own flags default to nothing (SUPPRESS),
+    so that they do not undo the same flag given before the command."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log each step to stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print no report (errors still go to stderr; --json still prints)")
 
 
 class _ProgressBar:
@@ -271,17 +285,38 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError(str(error)) from None
 
 
+#: The name that means standard input (for a model) or standard output (for convert's OUT).
+STREAM = "-"
+
+
+def _model_source(name: str):
+    """A model argument: a path, or for '-' the bytes of standard input."""
+    return sys.stdin.buffer.read() if name == STREAM else name
+
+
 def _run_convert(args: argparse.Namespace) -> Report:
-    return api.convert_file(args.input, args.output, _options(args), progress=_progress(), in_place=args.in_place,
-                            external_data=args.external_data)
+    if args.output != STREAM:
+        return api.convert_file(_model_source(args.input), args.output, _options(args), progress=_progress(),
+                                in_place=args.in_place, external_data=args.external_data)
+    if args.external_data or args.in_place:
+        raise UsageError(f"-o {STREAM} writes the model to standard output, whole: it cannot go with "
+                         f"{'--external-data' if args.external_data else '--in-place'}")
+    conversion = api.convert_with_report(_model_source(args.input), _options(args), progress=_progress())
+    sys.stdout.buffer.write(conversion.model.SerializeToString())
+    sys.stdout.buffer.flush()
+    conversion.report.output = "standard output"
+    return conversion.report
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
-    return api.validate_pair(args.original, args.converted, _options(args), progress=_progress())
+    if args.original == args.converted == STREAM:
+        raise UsageError(f"only one of ORIGINAL and CONVERTED can be {STREAM} (standard input)")
+    return api.validate_pair(_model_source(args.original), _model_source(args.converted), _options(args),
+                             progress=_progress())
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
-    report = api.inspect(args.input, _options(args))
+    report = api.inspect(_model_source(args.input), _options(args))
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
     return report
@@ -297,13 +332,15 @@ def _run_heatmap(args: argparse.Namespace):
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:
+    """The report on stdout (on stderr when stdout carries the model), as text unless -q, or as JSON."""
+    stream = sys.stderr if getattr(args, "output", None) == STREAM else sys.stdout
     if args.json:
         payload = report.to_dict() if report is not None else {}
         if error is not None:
             payload["error"] = {"message": str(error), "exit_code": error.exit_code}
-        print(json.dumps(payload, indent=2, default=str))
-    elif report is not None:
-        print(report.to_text())
+        print(json.dumps(payload, indent=2, default=str), file=stream)
+    elif report is not None and not args.quiet:
+        print(report.to_text(), file=stream)
 
 
 class _PrintableFormatter(logging.Formatter):
@@ -314,10 +351,14 @@ class _PrintableFormatter(logging.Formatter):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v and -q cannot go together")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter(f"{PROG}: %(message)s"))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler])
     run: Callable[[argparse.Namespace], Report] = args.run
     try:
         with signals_raise():  # SIGTERM unwinds like Ctrl-C: temporaries (written or validation's) go
@@ -325,7 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Fc2ConvError as error:
         if args.json:
             _print_report(error.report, args, error)
-        elif error.report is not None and args.command == "inspect":
+        elif error.report is not None and args.command == "inspect" and not args.quiet:
             print(error.report.to_text())
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code

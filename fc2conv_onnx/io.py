@@ -6,7 +6,7 @@ import stat
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import onnx
 from google.protobuf.message import Message
@@ -15,7 +15,9 @@ from onnx import TensorProto
 from .errors import InputError, first_line, printable
 from .weights import SUB_BYTE_TYPES, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
 
-ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto]
+#: What a model may be given as: a path, a ModelProto, its serialized bytes, a binary file object, the
+#: `ONNXProgram` that `torch.onnx.export(..., dynamo=True)` returns, or an `onnx_ir` model.
+ModelSource = Union[str, "os.PathLike[str]", onnx.ModelProto, bytes, bytearray, memoryview, BinaryIO, Any]
 
 
 @dataclass
@@ -34,6 +36,8 @@ def read_model(source: ModelSource) -> Loaded:
     External-data locations are checked before anything is read. The model must pass
     `onnx.checker.check_model`; anything else raises `InputError`.
     """
+    if not isinstance(source, (str, os.PathLike)):
+        source = as_model_proto(source)
     if isinstance(source, onnx.ModelProto):
         model, label = source, "the given model"
         weights = Weights()
@@ -64,6 +68,39 @@ def read_model(source: ModelSource) -> Loaded:
     except Exception as error:
         raise InputError(f"input {label} is not a valid ONNX model: {first_line(error)}") from None
     return Loaded(model, weights)
+
+
+def as_model_proto(source: Any) -> onnx.ModelProto:
+    """A ModelProto for any `ModelSource` that is not a path; torch and onnx_ir are not imported unless the
+    source is one of theirs (recognised by its type's module)."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _parse(bytes(source), "the given bytes")
+    module = type(source).__module__ or ""
+    if module.startswith("torch.onnx") and hasattr(source, "model_proto"):  # torch's ONNXProgram
+        return source.model_proto
+    if module.split(".")[0] == "onnx_ir":
+        import onnx_ir
+
+        if isinstance(source, onnx_ir.Model):
+            return onnx_ir.serde.serialize_model(source)
+    if callable(getattr(source, "read", None)):
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise InputError("the given file object is open in text mode; open the model with 'rb'")
+        return _parse(bytes(data), f"'{printable(str(getattr(source, 'name', 'the given file')))}'")
+    raise InputError(f"cannot read a model from a {type(source).__name__}; give a path, an onnx.ModelProto, "
+                     "bytes, a binary file object, torch's ONNXProgram or an onnx_ir model")
+
+
+def _parse(data: bytes, label: str) -> onnx.ModelProto:
+    if not data:
+        raise InputError(f"input {label} is empty")
+    try:
+        return onnx.ModelProto.FromString(data)
+    except Exception as error:  # protobuf raises several types for damaged bytes
+        raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
 
 
 def _check_input_file(path: Path, label: str) -> None:

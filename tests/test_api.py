@@ -40,3 +40,32 @@ def test_nothing_to_convert_carries_the_report(fixture_path):
 def test_importing_the_package_does_not_import_onnxruntime():
     code = "import sys, fc2conv_onnx; sys.exit('onnxruntime' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_a_model_is_taken_in_every_form_an_export_script_holds(fixture_path, tmp_path):
+    """A path, a ModelProto, bytes, a binary file object, torch's ONNXProgram (anything of torch.onnx with a
+    model_proto; torch is not needed) and an onnx_ir model all convert to the same model; anything else is
+    an InputError that names what can be given."""
+    import io as stdio
+
+    path = fixture_path("dress_detector")
+    proto = onnx.load(str(path))
+    expected = fc2conv_onnx.convert(str(path)).SerializeToString()
+
+    class ONNXProgram:  # what torch.onnx.export(..., dynamo=True) returns, as far as the tool looks at it
+        __module__ = "torch.onnx._internal.exporter._onnx_program"
+        model_proto = proto
+
+    with open(path, "rb") as stream:
+        sources = [proto, path.read_bytes(), bytearray(path.read_bytes()), stream, stdio.BytesIO(path.read_bytes()),
+                   ONNXProgram()]
+        for source in sources:
+            assert fc2conv_onnx.convert(source).SerializeToString() == expected, type(source)
+    onnx_ir = pytest.importorskip("onnx_ir")
+    assert fc2conv_onnx.inspect(onnx_ir.serde.deserialize_model(proto)).plan.heads
+    for wrong in (42, stdio.StringIO("text"), b"", b"\x0f" * 100):
+        with pytest.raises(fc2conv_onnx.InputError) as raised:
+            fc2conv_onnx.convert(wrong)
+        assert "\n" not in str(raised.value)
+    with pytest.raises(fc2conv_onnx.InputError, match="ONNXProgram"):
+        fc2conv_onnx.inspect(3.5)

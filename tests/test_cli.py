@@ -184,3 +184,38 @@ def test_progress_bar_draws_on_long_runs_only(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "\r" in err and "1/4" in err and err.endswith("4/4\n")
     assert cli_module._progress() is None  # stderr is not a terminal under pytest
+
+
+def stream(*args, stdin: bytes = b""):
+    done = subprocess.run([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], input=stdin, capture_output=True,
+                          env=ENV, timeout=120)
+    return done.returncode, done.stdout, done.stderr.decode()
+
+
+def test_models_stream_through_standard_input_and_output(fixture_path, tmp_path):
+    original = fixture_path("dress_detector")
+    data = original.read_bytes()
+    code, out, err = stream("convert", "-", "-o", "-", stdin=data)
+    assert code == 0, err
+    converted = onnx.ModelProto.FromString(out)  # stdout is the model, whole; the report went to stderr
+    assert "written: standard output" in err
+    assert_equivalent(onnx.load(str(original)), converted, sizes=[(1, 3, 160, 96)])
+    code, out, err = stream("inspect", "-", stdin=data)
+    assert code == 0 and b"Conv 4x2 kernel" in out
+    code, out, err = stream("validate", original, "-", stdin=converted.SerializeToString())
+    assert code == 0 and b"windows" in out, err
+    assert stream("convert", original, "-o", "-", "--external-data")[0] == 2
+    assert stream("validate", "-", "-", stdin=data)[0] == 2
+
+
+def test_quiet_and_verbose_go_before_or_after_the_command(fixture_path, tmp_path):
+    model = fixture_path("dress_detector")
+    for args in (["-q", "convert", model, "-o", tmp_path / "a.onnx"], ["convert", model, "-o", tmp_path / "b.onnx",
+                                                                           "-q"]):
+        code, stdout, stderr = cli(*args)
+        assert (code, stdout, stderr) == (0, "", "")
+    for args in (["-v", "convert", model, "-o", tmp_path / "c.onnx"], ["convert", model, "-o", tmp_path / "d.onnx",
+                                                                       "-v"]):
+        code, stdout, stderr = cli(*args)
+        assert code == 0 and "written:" in stdout and "fc2conv-onnx: score: windows" in stderr, stderr
+    assert cli("-v", "inspect", model, "-q")[0] == 2
