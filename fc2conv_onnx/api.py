@@ -65,7 +65,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     if marker is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
                                     f"'{shapes.CONVERTED_KEY}'); nothing to do")
-    probe = ()
+    probe: Tuple[int, ...] = ()
     if options.training_size is not None:
         model = shapes.with_training_size(model, options.training_size)
     elif options.pooling == KEEP_POOL and shapes.has_dynamic_image_input(model):
@@ -374,7 +374,7 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
         scores = np.moveaxis(scores, -1, 0)
     chosen = pictures.choose(scores, klass, top)
     maps = [(f"class {k}", scores[k]) for k in chosen]
-    ends = tuple(value_range) if value_range else pictures.value_range(maps)
+    ends = (float(value_range[0]), float(value_range[1])) if value_range else pictures.value_range(maps)
     drawn = pictures.render(picture, maps, geometry, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")

@@ -22,7 +22,8 @@ import onnx_graphsurgeon as gs
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
 from .walks import trunk_nodes
-from .ops import JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind
+from .ops import (JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
+                  trunk_kind)
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints
 
@@ -152,7 +153,7 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
         if kind == SHAPE_OF or (kind != WINDOW and incoming <= {ones}):  # nothing denser reaches it: unchanged
             out = ones
         elif kind in (LOCAL, JOIN, LAST_AXIS, MOVE_CHANNELS, REGROUP):
-            if not entry(node).parameters and len(incoming) > 1:
+            if not has_parameters(node) and len(incoming) > 1:
                 raise InputError(f"{node.op} '{node.name}' joins branches of different densities; --stride "
                                  "cannot be exact")
             out = incoming.pop() if incoming else ones

@@ -21,7 +21,7 @@ dropped, and a padded trunk may give one more cell whose window runs past the in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -29,8 +29,8 @@ import onnx_graphsurgeon as gs
 from .walks import upstream_inputs
 from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
 from .normalize import in_default_domain
-from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, entry, trunk_kind,
-                  varies_over_space)
+from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
+                  trunk_kind, varies_over_space)
 from .plan import MAP, MAP_LAST
 from .plan import HeadPlan, Plan
 
@@ -180,10 +180,10 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, values: Dict) -> "Geometry":
-        layers = tuple(Layer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
-                       for layer in values.get("layers", ()))
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k != "layers"}
-        return cls(layers=layers, **fields)
+        def tuples(items: Dict) -> Dict[str, Any]:  # JSON lists back to the tuples the fields hold
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
+        layers = tuple(Layer(**tuples(layer)) for layer in values.get("layers", ()))
+        return cls(layers=layers, **tuples({k: v for k, v in values.items() if k != "layers"}))
 
 
 @dataclass(frozen=True)
@@ -398,7 +398,7 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
         elif kind == LOCAL:
             others = [t for t in node.inputs if t.name not in spans and t.name]
             span = _merge(inputs, node)
-            if not entry(node).parameters and not all(_constant_is_per_location(t, rank, span.channels_last)
+            if not has_parameters(node) and not all(_constant_is_per_location(t, rank, span.channels_last)
                                                       for t in others):
                 raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
                                 "over the spatial axes")
@@ -457,7 +457,11 @@ def _sliding_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[
                        f"size and the head's {rank} spatial axes")
     # A channels-last input is read through Transposes to channels first (after elementwise preprocessing):
     # the walk starts after them.
-    starts = [image.name] if layout == CHANNELS_FIRST else [view.name for view in channels_first_views(image)]
+    views = [image] if layout == CHANNELS_FIRST else channels_first_views(image)
+    if views is None:
+        return Unknown(f"input '{image.name}' is channels last, and reaches the trunk through ops other than "
+                       "per-channel preprocessing and a Transpose")
+    starts = [view.name for view in views]
     training = tuple(spatial_dims(shape, layout))
     try:
         span = _span_of(graph, starts, source, rank, training)

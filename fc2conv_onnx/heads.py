@@ -146,7 +146,7 @@ def _elementwise_chain(data: gs.Tensor, opset: int,
     while True:
         node = producer(data)
         found = entry(node) if node is not None else None
-        if found is None or found.head is None or len(data.outputs) != 1 or data.name in graph_outputs \
+        if node is None or found is None or found.head is None or len(data.outputs) != 1 or data.name in graph_outputs \
                 or len(node.inputs) == 0 or node.inputs[0].name == "" or node.op in LINEAR_OPS:
             break
         step = found.head(node, 0, context)

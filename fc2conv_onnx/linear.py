@@ -85,8 +85,9 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
                 return Decline(f"Gemm '{node.name}' scales a quantized bias by beta={beta:g}; it would not stay "
                                "quantized exactly")
             bias_quantized, c = c, c.dequantized()
-        bias = per_feature_vector(c, weight.shape[0])
-        bias = (bias * beta).astype(c.dtype) if beta != 1.0 else np.array(bias)
+        vector = per_feature_vector(c, weight.shape[0])
+        assert vector is not None  # checked above, on the same values
+        bias = np.asarray(vector * beta, dtype=c.dtype) if beta != 1.0 else np.array(vector)
     unusual = ([] if trans_b else ["transB=0"]) + \
         [f"{name}={value:g}" for name, value in (("alpha", alpha), ("beta", beta)) if value != 1.0]
     spelling = " ".join(["Gemm"] + unusual)

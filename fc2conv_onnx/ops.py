@@ -89,6 +89,12 @@ def entry(node: gs.Node) -> Optional[OpEntry]:
     return REGISTRY.get(node.op) if in_default_domain(node) else None
 
 
+def has_parameters(node: gs.Node) -> bool:
+    """Whether the node's registry entry says its other inputs are parameters (weights, not features)."""
+    found = entry(node)
+    return found is not None and bool(found.parameters)
+
+
 def trunk_kind(node: gs.Node) -> Optional[str]:
     found = entry(node)
     if found is None or found.trunk is None:
@@ -169,8 +175,11 @@ def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[P
     if ctx.form != FLAT:
         return _constant_on_map(node, index, ctx, values, other)
     vector = None if values is None else per_feature_vector(values, values.shape[-1] if values.ndim else 1)
-    features = 1 if values is None or values.size == 1 else int(values.shape[-1])
-    if vector is None or (features not in (1, ctx.features) and ctx.features != 1):
+    if values is None or vector is None:
+        return Decline(f"{node.op} '{node.name}' combines the head with '{other.name}', which is not a constant "
+                       "of one value per feature")
+    features = 1 if values.size == 1 else int(values.shape[-1])
+    if features not in (1, ctx.features) and ctx.features != 1:
         return Decline(f"{node.op} '{node.name}' combines the head with '{other.name}', which is not a constant "
                        "of one value per feature")
     reshaped = values if values.size == 1 else vector.reshape((features,) + (1,) * ctx.spatial_rank)

@@ -73,7 +73,7 @@ def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.nd
         values = np.asarray(image.convert("RGB"), dtype=np.float32)
         if prep.channels == "bgr":
             values = values[..., ::-1]
-    values = values / prep.scale
+    values = values / np.float32(prep.scale)
     for name, given in (("mean", prep.mean), ("std", prep.std)):
         if len(given) not in (1, values.shape[-1]):
             raise InputError(f"--{name} has {len(given)} values; give 1 or {values.shape[-1]}")

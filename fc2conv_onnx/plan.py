@@ -177,7 +177,7 @@ class Quantized:
     def dequantized(self) -> np.ndarray:
         """The float values, computed as DequantizeLinear does: (values - zero_point) * scale."""
         values = self.values.astype(np.int64 if self.values.dtype.kind in "iu" else np.float64)
-        zero = 0 if self.zero_point is None else self.zero_point.astype(values.dtype)
+        zero = np.zeros((), values.dtype) if self.zero_point is None else self.zero_point.astype(values.dtype)
         scale = self.scale
         if self.axis is not None:
             shape = [1] * self.values.ndim
@@ -336,6 +336,7 @@ class HeadPlan:
             lines.append(f"  {self.pool.op} '{self.pool.node}' -> {self.pool.becomes(self.spatial_shape)}")
         else:
             flat = self.flattening
+            assert flat is not None  # a head without a pool starts at a flattening
             lines.append(f"  source {self.source} [N, {self.source_shape[0]}, {spatial}] via {flat.op} '{flat.node}'"
                          + (f" ({flat.note})" if flat.note else ""))
         lines += [f"  {step.op} '{step.node}' -> {step.becomes}, on the feature map" for step in self.prelude]

@@ -13,8 +13,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
-from .plan import (AXIS_LAST, KEEP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Flattening, HeadPlan, LinearLayer,
-                   PassThrough, Plan, Quantized)
+from .plan import (AXIS_LAST, KEEP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Flattening, GlobalPool, HeadPlan,
+                   LinearLayer, PassThrough, Plan, Quantized)
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:
@@ -154,10 +154,9 @@ def _redirect(editor: _Editor, old: gs.Tensor, new: gs.Tensor) -> None:
     editor.replaced[old.name] = new
 
 
-def _rewrite_pool(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]]) -> None:
-    """Replace the global pool as its mode says; what read the pool reads the replacement (channels last
-    again when the pool read a channels-last map and kept the pooled axes)."""
-    pool = head.pool
+def _rewrite_pool(editor: _Editor, head: HeadPlan, pool: GlobalPool, dilation: Optional[Tuple[int, ...]]) -> None:
+    """Replace the global pool (`head.pool`) as its mode says; what read the pool reads the replacement
+    (channels last again when the pool read a channels-last map and kept the pooled axes)."""
     rank = head.spatial_rank + 2
     if pool.between:  # per-location ops on a channels-last map feed the pool: they stay, the pool reads them
         pooled = _transposed(editor, editor.tensors[pool.input], to_channels_first(rank), f"{pool.node}/channels_first")
@@ -184,16 +183,17 @@ def _transposed(editor: _Editor, tensor: gs.Tensor, perm: Tuple[int, ...], base:
 def _rewrite_head(editor: _Editor, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> None:
     """Rewrite one head; `dilation` spreads its first window over a denser feature map (`--stride`)."""
     if head.pool is not None:
-        _rewrite_pool(editor, head, dilation)
+        _rewrite_pool(editor, head, head.pool, dilation)
     else:
+        first, flattening = head.first, head.flattening
+        assert first is not None and flattening is not None  # a head without a pool starts at a flattening
         # The prelude (elementwise ops around the flattening) and then the first layer read the feature map.
         features = editor.tensors[head.source]
-        for step in head.prelude:
-            editor.nodes[step.node].inputs[0] = features
-            _rewrite_pass_through(editor, step, head.spatial_rank)
-            features = editor.tensor(step.output)
-        _replace_linear(editor, head.first, features, lambda weight: first_layer_kernel(weight, head.flattening),
-                        dilation)
+        for elementwise in head.prelude:
+            editor.nodes[elementwise.node].inputs[0] = features
+            _rewrite_pass_through(editor, elementwise, head.spatial_rank)
+            features = editor.tensor(elementwise.output)
+        _replace_linear(editor, first, features, lambda weight: first_layer_kernel(weight, flattening), dilation)
     for step in head.steps:
         if isinstance(step, LinearLayer):
             _replace_linear(editor, step, editor.tensor(step.input),

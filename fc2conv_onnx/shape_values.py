@@ -9,7 +9,7 @@ for the trunk: there it would bake in the training size.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Set
 
 import numpy as np
 import onnx
@@ -18,18 +18,23 @@ import onnx_graphsurgeon as gs
 from .normalize import in_default_domain
 
 
+#: The operands of a node, one per input: an array, or None for an omitted optional input and for Shape's
+#: input, which is never read. (Any: each evaluator knows which of its operands may be None.)
+Operands = List[Any]
+
+
 class NotEvaluable(Exception):
     """The shape sub-graph uses an op or a tensor whose value is not known at the training size."""
 
 
-def _attr_or_input(node: gs.Node, index: int, attr: str, values: List[Optional[np.ndarray]]) -> Optional[np.ndarray]:
+def _attr_or_input(node: gs.Node, index: int, attr: str, values: Operands) -> Any:
     """An operand that moved from an attribute to an input over the opsets (Unsqueeze axes, Slice starts...)."""
     if len(values) > index and values[index] is not None:
         return values[index]
     return np.array(node.attrs[attr], dtype=np.int64) if attr in node.attrs else None
 
 
-def _shape(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.ndarray:
+def _shape(node: gs.Node, values: Operands, batch: int) -> np.ndarray:
     shape = node.inputs[0].shape
     if shape is None:
         raise NotEvaluable(f"the shape of '{node.inputs[0].name}' is unknown")
@@ -46,18 +51,18 @@ def _shape(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.
     return full[start:end]
 
 
-def _unsqueeze(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.ndarray:
+def _unsqueeze(node: gs.Node, values: Operands, batch: int) -> np.ndarray:
     data, axes = values[0], _attr_or_input(node, 1, "axes", values)
     rank = data.ndim + len(axes)
     return np.expand_dims(data, tuple(int(a) % rank for a in axes))
 
 
-def _squeeze(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.ndarray:
+def _squeeze(node: gs.Node, values: Operands, batch: int) -> np.ndarray:
     data, axes = values[0], _attr_or_input(node, 1, "axes", values)
     return np.squeeze(data) if axes is None else np.squeeze(data, tuple(int(a) % data.ndim for a in axes))
 
 
-def _slice(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.ndarray:
+def _slice(node: gs.Node, values: Operands, batch: int) -> np.ndarray:
     data = values[0]
     starts, ends = _attr_or_input(node, 1, "starts", values), _attr_or_input(node, 2, "ends", values)
     axes = _attr_or_input(node, 3, "axes", values)
@@ -69,7 +74,7 @@ def _slice(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.
     return data[tuple(index)]
 
 
-def _cast(node: gs.Node, values: List[Optional[np.ndarray]], batch: int) -> np.ndarray:
+def _cast(node: gs.Node, values: Operands, batch: int) -> np.ndarray:
     return values[0].astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
 
 
@@ -77,7 +82,7 @@ def _binary(function: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     return lambda node, values, batch: function(values[0], values[1])
 
 
-_OPS: Dict[str, Callable[[gs.Node, List[Optional[np.ndarray]], int], np.ndarray]] = {
+_OPS: Dict[str, Callable[[gs.Node, Operands, int], np.ndarray]] = {
     "Shape": _shape,
     "Gather": lambda node, values, batch: np.take(values[0], values[1], axis=int(node.attrs.get("axis", 0))),
     "Unsqueeze": _unsqueeze,
@@ -121,7 +126,9 @@ def evaluate(tensor: gs.Tensor, batch: int) -> np.ndarray:
 
 def describe_computation(tensor: gs.Tensor, limit: int = 8) -> str:
     """'Shape -> Gather -> Unsqueeze -> Concat': the ops that compute `tensor`, producers first."""
-    ops, seen, stack = [], set(), [tensor]
+    ops: List[str] = []
+    seen: Set[int] = set()
+    stack = [tensor]
     while stack and len(ops) < limit:
         t = stack.pop()
         if isinstance(t, gs.Constant) or not t.inputs or id(t) in seen:

@@ -68,6 +68,7 @@ def dequantized_constant(tensor: gs.Tensor) -> Union[Quantized, Decline, None]:
     if any(operands[i] is None for i in given) or len(given) < 2:
         return None
     values, scale = operands[0], operands[1]
+    assert values is not None and scale is not None  # given, and constant (checked above)
     zero_point = operands[2] if len(operands) > 2 else None
     if node.attrs.get("block_size", 0):
         return Decline(f"DequantizeLinear '{node.name}' uses blocked quantization, which is not kept")

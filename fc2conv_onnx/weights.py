@@ -362,7 +362,7 @@ class Weights:
     def _write_payload(self, tensor: TensorProto, out: BinaryIO) -> None:
         held = self._held(tensor)
         if held is not None:
-            out.write(memoryview(np.ascontiguousarray(held)).cast("B"))
+            out.write(np.ascontiguousarray(held).data.cast("B"))
             return
         where = self.ranges[tensor.name]
         with open(where.path, "rb") as source:
@@ -434,7 +434,7 @@ class Weights:
         rest = onnx.ModelProto()
         rest.CopyFrom(model)
         rest.ClearField("graph")
-        parts = []  # (header bytes, tensor or None) of each initializer field
+        parts: List[Tuple[bytes, Optional[TensorProto]]] = []  # (header bytes, tensor or None) per initializer
         for tensor, ours in self._tensors(model):
             if not ours:
                 body = tensor.SerializeToString()
@@ -454,10 +454,10 @@ class Weights:
         out.write(rest.SerializeToString())
         out.write(_field_header(_MODEL_GRAPH, graph_length))
         out.write(graph_bytes)
-        for header_bytes, tensor in parts:
+        for header_bytes, payload in parts:
             out.write(header_bytes)
-            if tensor is not None:
-                self._write_payload(tensor, out)
+            if payload is not None:
+                self._write_payload(payload, out)
 
     def embedded_bytes(self, model: onnx.ModelProto) -> bytes:
         buffer = _io.BytesIO()

@@ -19,7 +19,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional, Set, Union
+from typing import Any, Dict, Iterator, List, Optional, Set, Union
 
 import onnx
 
@@ -253,7 +253,7 @@ class Terminated(BaseException):
 
 _STOPS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 #: How deep in `_signals_held` blocks the main thread is, and the signals that arrived meanwhile.
-_held = {"depth": 0, "pending": []}
+_held: Dict[str, Any] = {"depth": 0, "pending": []}
 
 
 @contextmanager
