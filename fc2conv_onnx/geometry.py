@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .errors import InputError
 from .walks import upstream_inputs
 from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
 from .normalize import in_default_domain
@@ -152,8 +153,33 @@ class Geometry:
         return size
 
     def grid(self, input_size: Sequence[int]) -> Tuple[int, ...]:
-        """Output cells per axis for a spatial input size (0 on an axis smaller than the window)."""
-        return tuple(max(f - w + 1, 0) for f, w in zip(self.feature_size(input_size), self.feature_window))
+        """Output cells per axis for a spatial input size. An input that gives no cell on some axis (smaller
+        than `smallest_size`, where the model fails to run) raises `InputError`."""
+        cells = self._cells(input_size)
+        if any(c <= 0 for c in cells):
+            smallest = self.smallest_size()
+            raise InputError(f"input {'x'.join(map(str, input_size))} gives no output cell: the smallest input the "
+                             f"model takes is {'x'.join(map(str, smallest))} (its window is "
+                             f"{'x'.join(map(str, self.window))})")
+        return cells
+
+    def _cells(self, input_size: Sequence[int]) -> Tuple[int, ...]:
+        return tuple(f - w + 1 for f, w in zip(self.feature_size(input_size), self.feature_window))
+
+    def smallest_size(self) -> Tuple[int, ...]:
+        """Per axis (the others at the training size), the smallest input that gives a cell: the window, or
+        less when the trunk pads (that cell then sees padding where the window's pixels would be)."""
+        reference = self.training or self.window
+        smallest = []
+        for axis, size in enumerate(reference):
+            probe = list(reference)
+            while size > 1:
+                probe[axis] = size - 1
+                if self._cells(probe)[axis] < 1:
+                    break
+                size -= 1
+            smallest.append(size)
+        return tuple(smallest)
 
     def describe(self) -> str:
         def axes(values: Sequence[int]) -> str:

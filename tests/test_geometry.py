@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import onnx
 import pytest
 from builders import layered_classifier
@@ -156,3 +157,24 @@ def test_a_trunk_op_without_a_local_form_leaves_geometry_unknown_but_converts():
     assert isinstance(geometry, Unknown) and "InstanceNormalization 'norm'" in geometry.reason
     assert "geometry unknown" in conversion.report.to_text()
     assert [c.check for c in conversion.report.checks] == ["training size", "windows"]
+
+
+@pytest.mark.parametrize("stem, options", [("resnet_like_maxpool", {"pooling": "window"}), ("dress_detector", {})])
+def test_inputs_smaller_than_the_window_give_a_cell_down_to_the_smallest_size_and_no_lower(fixture_path, stem,
+                                                                                          options):
+    """A padded trunk gives one cell for inputs a little smaller than the window (the cell sees padding);
+    `grid` says how many cells a run gives down to `smallest_size`, and refuses in one line below it."""
+    from fc2conv_onnx import InputError
+
+    converted = fc2conv_onnx.convert(str(fixture_path(stem)), **options)
+    geometry = next(iter(fc2conv_onnx.read_geometry(converted).values()))
+    smallest = geometry.smallest_size()
+    assert all(s <= w for s, w in zip(smallest, geometry.window))
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for size in (smallest, tuple(s + 1 for s in smallest)):
+        image = np.zeros((1, 3) + size, np.float32)
+        assert session.run(None, {name: image})[0].shape[2:] == geometry.grid(size), size
+    # Below it the converted model is not run here: onnxruntime fails, or on some trunks crashes the process.
+    with pytest.raises(InputError, match="gives no output cell: the smallest input the model takes is"):
+        geometry.grid(tuple(s - 1 for s in smallest))
