@@ -310,14 +310,21 @@ class Heatmap:
     model_output: str
     classes: Tuple[int, ...]
     grid: Tuple[int, ...]
+    #: The colour bar's ends: the data's range, or the one asked for.
     value_range: Tuple[float, float]
     geometry: Geometry
+    #: The lowest and highest value of the drawn maps.
+    data_range: Tuple[float, float] = (0.0, 0.0)
+    #: The picture is the image drawn this many times larger (at least 512 pixels on its long side).
+    enlargement: int = 1
 
     def to_text(self) -> str:
         axes = lambda values: "x".join(map(str, values))  # noqa: E731
+        bar = "" if self.value_range == self.data_range else \
+            f" (colour bar {self.value_range[0]:.4g} .. {self.value_range[1]:.4g})"
         lines = [f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
                  f"{axes(self.grid)} cells, stride {axes(self.geometry.stride)}, window {axes(self.geometry.window)}, "
-                 f"values {self.value_range[0]:.4g} .. {self.value_range[1]:.4g}"]
+                 f"values {self.data_range[0]:.4g} .. {self.data_range[1]:.4g}{bar}"]
         if not self.geometry.local:
             lines.append(self.geometry.locality())
         return "\n".join(map(printable, lines + [f"written: {self.output}"]))
@@ -325,7 +332,20 @@ class Heatmap:
     def to_dict(self) -> dict:
         return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
                 "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range),
+                "data_range": list(self.data_range), "enlargement": self.enlargement,
                 "geometry": self.geometry.to_dict()}
+
+
+#: Ops whose output reads as class scores (probabilities) when they normalize over the classes.
+SCORE_OPS = ("Softmax", "Sigmoid")
+
+
+def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
+    """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
+    the first: a detector's face probability, not its box regression."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    scores = [name for name in names if name in producers and producers[name].op_type in SCORE_OPS]
+    return (scores or list(names))[0]
 
 
 def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,
@@ -351,7 +371,7 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     geometries = shapes.geometry_from_marker(marker)
     if not geometries:
         raise InputError("the converted model stores no geometry for any output, so its cells cannot be placed")
-    name = output_name or next(iter(geometries))
+    name = output_name or score_output(loaded.model, list(geometries))
     if name not in geometries:
         raise InputError(f"no geometry for output '{name}'; outputs with one: {', '.join(geometries)}")
     geometry = geometries[name]
@@ -374,9 +394,11 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
         scores = np.moveaxis(scores, -1, 0)
     chosen = pictures.choose(scores, klass, top)
     maps = [(f"class {k}", scores[k]) for k in chosen]
-    ends = (float(value_range[0]), float(value_range[1])) if value_range else pictures.value_range(maps)
+    data = pictures.value_range(maps)
+    ends = (float(value_range[0]), float(value_range[1])) if value_range else data
     drawn = pictures.render(picture, maps, geometry, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
     writes.save_bytes(buffer.getvalue(), output)
-    return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), ends, geometry)
+    return Heatmap(str(output), name, tuple(chosen), tuple(scores.shape[1:]), ends, geometry, data,
+                   pictures.enlargement(picture))

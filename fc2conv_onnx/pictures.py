@@ -18,18 +18,35 @@ from .layout import CHANNELS_LAST
 
 #: Colour map anchors, low to high (dark blue, blue, cyan, yellow, red): readable over photographs.
 COLOURS = np.array([[0, 0, 96], [0, 64, 255], [0, 224, 224], [255, 224, 0], [224, 0, 0]], dtype=np.float64)
-BAR_WIDTH = 56
+#: The colour bar's stripe and its margins; the labels beside it set the rest of its width.
+BAR_STRIPE, BAR_MARGIN = 16, 4
+#: Pictures smaller than this on their long side are drawn enlarged by a whole factor (pixels as blocks).
+MIN_LONG_SIDE = 512
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """How an image file becomes the model's input: values / scale, then (value - mean) / std per channel,
-    in `channels` order ("rgb", "bgr", or "gray" for one channel)."""
+    in `channels` order ("rgb", "bgr", or "gray" for one channel). `mean` and `std` are one number or one
+    per channel, as on the command line."""
 
     scale: float = 255.0
-    mean: Tuple[float, ...] = (0.0,)
-    std: Tuple[float, ...] = (1.0,)
+    mean: Union[float, Tuple[float, ...]] = (0.0,)
+    std: Union[float, Tuple[float, ...]] = (1.0,)
     channels: str = "rgb"
+
+    def __post_init__(self) -> None:
+        for name in ("mean", "std"):
+            given = getattr(self, name)
+            try:
+                values = tuple(float(v) for v in (given if isinstance(given, (tuple, list, np.ndarray)) else (given,)))
+            except (TypeError, ValueError):
+                raise InputError(f"{name} {given!r} is not a number or a list of numbers") from None
+            object.__setattr__(self, name, values)  # frozen: set once, here
+        if not float(self.scale) or 0 in np.atleast_1d(self.std):
+            raise InputError("scale and std must not be 0")
+        if self.channels not in ("rgb", "bgr", "gray"):
+            raise InputError(f"channels {self.channels!r} is not rgb, bgr or gray")
 
 
 def colour(values: np.ndarray) -> np.ndarray:
@@ -74,10 +91,11 @@ def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.nd
         if prep.channels == "bgr":
             values = values[..., ::-1]
     values = values / np.float32(prep.scale)
-    for name, given in (("mean", prep.mean), ("std", prep.std)):
-        if len(given) not in (1, values.shape[-1]):
-            raise InputError(f"--{name} has {len(given)} values; give 1 or {values.shape[-1]}")
-    values = (values - np.asarray(prep.mean, np.float32)) / np.asarray(prep.std, np.float32)
+    mean, std = np.atleast_1d(np.asarray(prep.mean, np.float32)), np.atleast_1d(np.asarray(prep.std, np.float32))
+    for name, given in (("mean", mean), ("std", std)):
+        if given.size not in (1, values.shape[-1]):
+            raise InputError(f"--{name} has {given.size} values; give 1 or {values.shape[-1]}")
+    values = (values - mean) / std
     batch = values[None]
     return np.ascontiguousarray(batch if layout == CHANNELS_LAST else batch.transpose(0, 3, 1, 2))
 
@@ -108,10 +126,12 @@ def value_range(maps: Sequence[Tuple[str, np.ndarray]]) -> Tuple[float, float]:
 def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, alpha: float,
            ends: Tuple[float, float]):
     """The picture: one panel per (label, [h, w] map) - the image with the map over it - side by side, and
-    a colour bar from `ends[0]` to `ends[1]`."""
+    a colour bar from `ends[0]` to `ends[1]`. A small image is drawn `enlargement(image)` times larger, in
+    blocks of pixels, so that the picture is at least MIN_LONG_SIDE pixels on its long side."""
     Image, ImageDraw = _pillow()
     base = np.asarray(image.convert("RGB"), dtype=np.float64)
     height, width = base.shape[:2]
+    factor = enlargement(image)
     low, high = ends
     span = high - low if high > low else 1.0
     panels = []
@@ -120,17 +140,33 @@ def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, al
         heat = colour((values - low) / span).astype(np.float64)
         weight = (alpha * covered)[..., None]
         panel = Image.fromarray((base * (1 - weight) + heat * weight).round().astype(np.uint8))
+        panel = panel.resize((width * factor, height * factor), Image.NEAREST)
         ImageDraw.Draw(panel).text((4, 2), label, fill=(255, 255, 255))
         panels.append(panel)
-    picture = Image.new("RGB", (width * len(panels) + BAR_WIDTH, height), (255, 255, 255))
+    top, bottom = f"{high:.3g}", f"{low:.3g}"
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    labels = int(np.ceil(max(measure.textlength(top), measure.textlength(bottom))))
+    left = width * factor * len(panels)
+    picture = Image.new("RGB", (left + bar_width(labels), height * factor), (255, 255, 255))
     for index, panel in enumerate(panels):
-        picture.paste(panel, (index * width, 0))
-    bar = colour(np.linspace(1.0, 0.0, height))[:, None, :].repeat(16, axis=1)
-    picture.paste(Image.fromarray(bar), (width * len(panels) + 4, 0))
+        picture.paste(panel, (index * width * factor, 0))
+    bar = colour(np.linspace(1.0, 0.0, height * factor))[:, None, :].repeat(BAR_STRIPE, axis=1)
+    picture.paste(Image.fromarray(bar), (left + BAR_MARGIN, 0))
     draw = ImageDraw.Draw(picture)
-    draw.text((width * len(panels) + 22, 2), f"{high:.3g}", fill=(0, 0, 0))
-    draw.text((width * len(panels) + 22, height - 12), f"{low:.3g}", fill=(0, 0, 0))
+    text_left = left + 2 * BAR_MARGIN + BAR_STRIPE
+    draw.text((text_left, 2), top, fill=(0, 0, 0))
+    draw.text((text_left, height * factor - 12), bottom, fill=(0, 0, 0))
     return picture
+
+
+def enlargement(image) -> int:
+    """The whole factor a picture of `image` is drawn at: 1, or enough for MIN_LONG_SIDE on its long side."""
+    return max(1, -(-MIN_LONG_SIDE // max(image.size)))
+
+
+def bar_width(label_width: int) -> int:
+    """The colour bar's width for labels `label_width` pixels wide: stripe, margins and the labels whole."""
+    return 3 * BAR_MARGIN + BAR_STRIPE + label_width
 
 
 def choose(scores: np.ndarray, klass: Optional[int], top: Optional[int]) -> List[int]:

@@ -38,8 +38,10 @@ def test_the_hottest_region_lands_on_the_planted_spot(spot_model, tmp_path, cent
     out = tmp_path / "heat.png"
     drawn = fc2conv_onnx.heatmap(spot_model, image, out, alpha=1.0)
     picture = np.asarray(Image.open(out))
-    assert picture.shape[:2] == (96, 128 + pictures.BAR_WIDTH)
-    assert np.abs(hottest_centroid(picture[:, :128]) - np.array(centre)).max() <= 3, hottest_centroid(picture)
+    factor = drawn.enlargement
+    assert factor == 4 and picture.shape[0] == 96 * factor and picture.shape[1] > 128 * factor  # 512 wide at least
+    hottest = hottest_centroid(picture[:, :128 * factor]) / factor
+    assert np.abs(hottest - np.array(centre)).max() <= 3, hottest
     assert drawn.grid == ((96 - 32) // 2 + 1, (128 - 32) // 2 + 1) and drawn.geometry.stride == (2, 2)
 
 
@@ -50,10 +52,40 @@ def test_panels_for_the_top_classes_and_the_command_line(tmp_path):
     picture.save(tmp_path / "noise.png")
     out = tmp_path / "top.png"
     code, stdout, stderr = cli("heatmap", converted, tmp_path / "noise.png", "-o", out, "--top", "3",
-                               "--mean", "0.5", "--std", "0.25")
+                               "--mean", "0.5", "--std", "0.25", "--range=-100,100")
     assert code == 0, stderr
-    assert Image.open(out).size == (3 * 36 + pictures.BAR_WIDTH, 40)
+    factor = 13  # 40 pixels high: drawn 13 times larger, 520 pixels
+    width, height = Image.open(out).size
+    assert height == 40 * factor and width > 3 * 36 * factor
+    # The summary gives the data's range, and says the colour bar's when --range set it.
+    assert "(colour bar -100 .. 100)" in stdout and "values -100 .. 100 " not in stdout
     assert "written:" in stdout
+
+
+def test_the_default_output_is_the_one_with_class_scores_and_preprocessing_takes_scalars(tmp_path):
+    """two_heads has logits, probabilities (a Softmax) and a box: the picture shows the probabilities; the
+    API takes mean and std as one number, as the command line does."""
+    converted = tmp_path / "two.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "two_heads.onnx", converted)
+    Image.fromarray((np.random.default_rng(2).random((40, 36, 3)) * 255).astype(np.uint8)).save(tmp_path / "n.png")
+    drawn = fc2conv_onnx.heatmap(converted, tmp_path / "n.png", tmp_path / "o.png",
+                                 preprocessing=pictures.Preprocessing(mean=127.5 / 255, std=0.5))
+    assert drawn.model_output == "probabilities"
+    assert 0.0 <= drawn.data_range[0] <= drawn.data_range[1] <= 1.0 and drawn.value_range == drawn.data_range
+    with pytest.raises(fc2conv_onnx.InputError, match="not a number"):
+        pictures.Preprocessing(mean="grey")
+
+
+def test_the_colour_bar_labels_fit(spot_model, tmp_path):
+    """Labels like 4.69e-05 are measured and the bar made wide enough for them."""
+    from PIL import ImageDraw
+    image = spot_scene(tmp_path / "scene.png", centre=(40, 40))
+    out = tmp_path / "small.png"
+    fc2conv_onnx.heatmap(spot_model, image, out, value_range=(-4.6912e-05, 1.2345e-05))
+    width = Image.open(out).size[0]
+    label = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength("-4.69e-05")
+    panel = 128 * 4
+    assert width - panel >= 3 * pictures.BAR_MARGIN + pictures.BAR_STRIPE + label
 
 
 @pytest.mark.parametrize("args, words", [
@@ -92,6 +124,7 @@ def test_the_readme_picture_is_what_the_commands_make(tmp_path):
     assert cli("heatmap", model, FIXTURES / "spots.png", "-o", out)[0] == 0
     made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "heatmap.png"))
     assert made.shape == shipped.shape
-    width = made.shape[1] - pictures.BAR_WIDTH
+    scene = Image.open(FIXTURES / "spots.png")
+    width = scene.size[0] * pictures.enlargement(scene)  # drawn 3 times larger: 240 -> 720
     np.testing.assert_array_equal(made[16:, :width], shipped[16:, :width])  # the panel below its label
     np.testing.assert_array_equal(made[:, width:width + 20], shipped[:, width:width + 20])  # the colour bar
