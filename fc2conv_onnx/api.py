@@ -351,7 +351,8 @@ def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
 def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,
             klass: Optional[int] = None, top: Optional[int] = None,
             preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
-            value_range: Optional[Tuple[float, float]] = None) -> Heatmap:
+            value_range: Optional[Tuple[float, float]] = None,
+            resize: Optional[Union[float, Tuple[int, int]]] = None) -> Heatmap:
     """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
     the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
     interpolated between cells, with a colour bar.
@@ -359,7 +360,8 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     `klass` picks a class (channel) of the map, `top` the N classes whose highest cell is highest (one panel
     each); by default the class with the highest cell. `preprocessing` turns pixels into the model's input
     (scale, mean, std, channel order); `alpha` is the map's opacity; `value_range` fixes the colour bar's
-    ends (default: the maps' min and max).
+    ends (default: the maps' min and max). `resize` (a factor, or (height, width)) resizes the image before
+    the model sees it: objects should be about the model's window in size.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
@@ -369,13 +371,16 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
         raise InputError("the model was not converted by fc2conv-onnx; convert it first (the picture needs its "
                          "geometry)")
     geometries = shapes.geometry_from_marker(marker)
-    if not geometries:
-        raise InputError("the converted model stores no geometry for any output, so its cells cannot be placed")
-    name = output_name or score_output(loaded.model, list(geometries))
+    unknown = shapes.unknown_geometry_from_marker(marker)
+    name = output_name or score_output(loaded.model, list(geometries) or list(unknown))
     if name not in geometries:
-        raise InputError(f"no geometry for output '{name}'; outputs with one: {', '.join(geometries)}")
+        why = f"its geometry is unknown: {unknown[name]}" if unknown.get(name) else "it has no geometry"
+        others = f"; outputs with one: {', '.join(geometries)}" if geometries else ""
+        raise InputError(f"cannot place the cells of output '{name}' on the picture: {why}{others}")
     geometry = geometries[name]
     picture = pictures.read_image(image)
+    if resize is not None:
+        picture = pictures.resized(picture, resize)
     width, height = picture.size
     if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
         raise InputError(f"image {width}x{height} (width x height) is smaller than the model's "

@@ -190,10 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--alpha", type=float, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
     heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
                          help="values at the colour bar's ends (default: the drawn maps' min and max)")
+    heatmap.add_argument("--resize", type=_resize, metavar="F|HxW",
+                         help="resize IMAGE first, by a factor (0.5) or to HxW pixels (height x width), so that the "
+                              "objects to find are about the model's window in size")
     heatmap.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     _talk_flags(heatmap)
     heatmap.set_defaults(run=_run_heatmap)
     return parser
+
+
+def _resize(text: str):
+    """--resize: a positive factor, or HxW."""
+    try:
+        if "x" in text:
+            height, width = (int(part) for part in text.split("x"))
+            if height > 0 and width > 0:
+                return (height, width)
+        elif float(text) > 0:
+            return float(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"'{text}' is not a positive factor or HxW")
 
 
 def _floats(text: str) -> tuple:
@@ -328,7 +345,8 @@ def _run_heatmap(args: argparse.Namespace):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
     prep = Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
     return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
-                       top=args.top, preprocessing=prep, alpha=args.alpha, value_range=value_range)
+                       top=args.top, preprocessing=prep, alpha=args.alpha, value_range=value_range,
+                       resize=args.resize)
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:

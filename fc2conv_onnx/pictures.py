@@ -78,6 +78,19 @@ def read_image(path: Union[str, "os.PathLike[str]"]):
     return image
 
 
+def resized(image, resize: Union[float, Tuple[int, int]]):
+    """`image` resized by a factor, or to (height, width) pixels (bilinear)."""
+    Image, _ = _pillow()
+    width, height = image.size
+    if isinstance(resize, (tuple, list)):
+        size = (int(resize[1]), int(resize[0]))
+    else:
+        size = (round(width * float(resize)), round(height * float(resize)))
+    if min(size) < 1:
+        raise InputError(f"resizing the {width}x{height} image (width x height) by {resize} leaves no pixel")
+    return image.convert("RGB").resize(size, Image.BILINEAR)
+
+
 def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.ndarray:
     """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed."""
     if prep.channels == "gray" or channels == 1:

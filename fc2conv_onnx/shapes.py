@@ -174,6 +174,12 @@ def output_layouts_from_marker(marker: str) -> Dict[str, str]:
             for head in _marker_heads(marker) for name in head.get("outputs", ())}
 
 
+def unknown_geometry_from_marker(marker: str) -> Dict[str, str]:
+    """Output name -> why its geometry is unknown, from a converted marker."""
+    return {name: str(head.get("geometry", {}).get("unknown", "")) for head in _marker_heads(marker)
+            if "stride" not in head.get("geometry", {}) for name in head.get("outputs", ())}
+
+
 def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
     """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
     found = {}

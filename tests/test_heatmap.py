@@ -128,3 +128,27 @@ def test_the_readme_picture_is_what_the_commands_make(tmp_path):
     width = scene.size[0] * pictures.enlargement(scene)  # drawn 3 times larger: 240 -> 720
     np.testing.assert_array_equal(made[16:, :width], shipped[16:, :width])  # the panel below its label
     np.testing.assert_array_equal(made[:, width:width + 20], shipped[:, width:width + 20])  # the colour bar
+
+
+def test_resize_makes_objects_window_sized_before_the_model_sees_them(spot_model, tmp_path):
+    """A spot twice the size the model looks for, in a picture twice as large: --resize 0.5 (or 96x128)
+    puts the hottest region on it, in the resized picture's pixels."""
+    image = spot_scene(tmp_path / "big.png", height=192, width=256, centre=(120, 168), radius=8)
+    for resize, args in ((0.5, ["--resize", "0.5"]), ((96, 128), ["--resize", "96x128"])):
+        out = tmp_path / "resized.png"
+        drawn = fc2conv_onnx.heatmap(spot_model, image, out, alpha=1.0, resize=resize)
+        picture = np.asarray(Image.open(out))
+        factor = drawn.enlargement
+        assert picture.shape[0] == 96 * factor
+        hottest = hottest_centroid(picture[:, :128 * factor]) / factor
+        assert np.abs(hottest - np.array((60, 84))).max() <= 3, hottest
+        assert cli("heatmap", spot_model, image, "-o", out, *args)[0] == 0
+    assert cli("heatmap", spot_model, image, "-o", out, "--resize", "0")[0] == 2
+
+
+def test_an_output_without_geometry_says_why(tmp_path):
+    converted = tmp_path / "same.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "exported" / "timm_same_padding_ts.onnx", converted)
+    Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
+    with pytest.raises(fc2conv_onnx.InputError, match="geometry is unknown: "):
+        fc2conv_onnx.heatmap(converted, tmp_path / "i.png", tmp_path / "o.png")
