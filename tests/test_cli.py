@@ -219,3 +219,10 @@ def test_quiet_and_verbose_go_before_or_after_the_command(fixture_path, tmp_path
         code, stdout, stderr = cli(*args)
         assert code == 0 and "written:" in stdout and "fc2conv-onnx: score: windows" in stderr, stderr
     assert cli("-v", "inspect", model, "-q")[0] == 2
+
+
+@pytest.mark.parametrize("stem", ["torch_dynamo_static", "tf_keras_same_padding_branches", "timm_same_padding_ts"])
+def test_onnxruntime_logs_nothing_during_a_successful_conversion(fixture_path, tmp_path, stem):
+    """onnxruntime's own log lines (coloured, on stderr) once appeared while converting these."""
+    code, stdout, stderr = cli("convert", fixture_path(f"exported/{stem}"), "-o", tmp_path / "out.onnx")
+    assert (code, stderr) == (0, ""), stderr
