@@ -340,6 +340,8 @@ def _run_inspect(args: argparse.Namespace) -> Report:
 
 
 def _run_heatmap(args: argparse.Namespace):
+    if args.output == STREAM:
+        raise UsageError(f"heatmap writes a PNG file; give its name, not {STREAM}")
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
