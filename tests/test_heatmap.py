@@ -117,13 +117,13 @@ def test_unconverted_models_and_small_or_broken_images_are_refused(spot_model, t
 
 def test_the_readme_picture_is_what_the_commands_make(tmp_path):
     """docs/heatmap.png comes from the README's two commands (compared away from the text labels, whose
-    font differs between Pillow versions)."""
+    font, and so the colour bar's width, differs between Pillow versions)."""
     model = tmp_path / "spot_fcn.onnx"
     assert cli("convert", FIXTURES / "bright_spot_detector.onnx", "-o", model, "--stride", "2")[0] == 0
     out = tmp_path / "heatmap.png"
     assert cli("heatmap", model, FIXTURES / "spots.png", "-o", out)[0] == 0
     made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "heatmap.png"))
-    assert made.shape == shipped.shape
+    assert made.shape[0] == shipped.shape[0]
     scene = Image.open(FIXTURES / "spots.png")
     width = scene.size[0] * pictures.enlargement(scene)  # drawn 3 times larger: 240 -> 720
     np.testing.assert_array_equal(made[16:, :width], shipped[16:, :width])  # the panel below its label
