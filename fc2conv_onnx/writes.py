@@ -84,10 +84,11 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     """Write `model` to `output` with one commit point (see the module's text), streaming each weight from
     where it is; return the external-data file written, if any.
 
-    `external_data`: None writes the weights next to the model (`OUT.data`) when the input had external
-    data or the model would reach protobuf's 2 GiB limit, else inside it; True or False forces either.
-    A file the weights are read from (the input model or its external data) is replaced only with
-    `overwrite_input`. A replaced model keeps its permission bits.
+    `external_data`: None writes the weights next to the model (`OUT.data`, or the first free
+    `data_file_candidates` name) when the input had external data or the model would reach protobuf's 2 GiB
+    limit, else inside it; True or False forces either. The input model is replaced only with
+    `overwrite_input`; a data file the input is read from is never written over, and is removed after the
+    commit (as the replaced pair's) only with `overwrite_input`. A replaced file keeps its permission bits.
     """
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
