@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--resize", type=_resize, metavar="F|HxW",
                          help="resize IMAGE first, by a factor (0.5) or to HxW pixels (height x width), so that the "
                               "objects to find are about the model's window in size")
+    heatmap.add_argument("--scales", type=_floats, metavar="S1,S2,...",
+                         help="run the model on the image at each scale (e.g. 1,0.5,0.25: an image pyramid, for "
+                              "objects of several sizes) and draw one map: per pixel, the highest value among them")
     heatmap.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     _talk_flags(heatmap)
     heatmap.set_defaults(run=_run_heatmap)
@@ -342,13 +345,15 @@ def _run_inspect(args: argparse.Namespace) -> Report:
 def _run_heatmap(args: argparse.Namespace):
     if args.output == STREAM:
         raise UsageError(f"heatmap writes a PNG file; give its name, not {STREAM}")
+    if args.scales is not None and any(scale <= 0 for scale in args.scales):
+        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, args.scales))}")
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
     prep = Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
     return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
                        top=args.top, preprocessing=prep, alpha=args.alpha, value_range=value_range,
-                       resize=args.resize)
+                       resize=args.resize, scales=args.scales)
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:

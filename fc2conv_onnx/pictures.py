@@ -131,16 +131,38 @@ def spread(cells: np.ndarray, geometry: Geometry, size: Tuple[int, int]) -> Tupl
     return values, covered[0][:, None] & covered[1][None, :]
 
 
-def value_range(maps: Sequence[Tuple[str, np.ndarray]]) -> Tuple[float, float]:
-    """The lowest and highest value of the maps: the colour bar's ends unless the caller sets them."""
-    return min(float(m.min()) for _, m in maps), max(float(m.max()) for _, m in maps)
+#: A map spread over a picture: its values per pixel, and the pixels its cells cover.
+Layer = Tuple[np.ndarray, np.ndarray]
 
 
-def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, alpha: float,
-           ends: Tuple[float, float]):
-    """The picture: one panel per (label, [h, w] map) - the image with the map over it - side by side, and
-    a colour bar from `ends[0]` to `ends[1]`. A small image is drawn `enlargement(image)` times larger, in
-    blocks of pixels, so that the picture is at least MIN_LONG_SIDE pixels on its long side."""
+def over_scales(layers: Sequence[Layer], size: Tuple[int, int]) -> Layer:
+    """Maps spread over the picture at several scales, brought to `size` (height, width) and combined: per
+    pixel the highest value among the scales whose cells cover it."""
+    Image, _ = _pillow()
+    height, width = size
+    best = np.full(size, -np.inf)
+    covered = np.zeros(size, dtype=bool)
+    for values, mask in layers:
+        if values.shape == size:  # at the picture's own scale: as it is
+            best, covered = np.where(mask, np.maximum(best, values), best), covered | mask
+            continue
+        scaled = np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((width, height),
+                                                                                         Image.BILINEAR))
+        reach = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 0
+        best = np.where(reach, np.maximum(best, scaled), best)
+        covered |= reach
+    return np.where(covered, best, 0.0), covered
+
+
+def value_range(maps: Sequence[np.ndarray]) -> Tuple[float, float]:
+    """The lowest and highest value of the maps' cells: the colour bar's ends unless the caller sets them."""
+    return min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+
+
+def render(image, maps: Sequence[Tuple[str, Layer]], alpha: float, ends: Tuple[float, float]):
+    """The picture: one panel per (label, map spread over the image) - the image with the map over it - side
+    by side, and a colour bar from `ends[0]` to `ends[1]`. A small image is drawn `enlargement(image)` times
+    larger, in blocks of pixels, so that the picture is at least MIN_LONG_SIDE pixels on its long side."""
     Image, ImageDraw = _pillow()
     base = np.asarray(image.convert("RGB"), dtype=np.float64)
     height, width = base.shape[:2]
@@ -148,8 +170,7 @@ def render(image, maps: Sequence[Tuple[str, np.ndarray]], geometry: Geometry, al
     low, high = ends
     span = high - low if high > low else 1.0
     panels = []
-    for label, cells in maps:
-        values, covered = spread(cells, geometry, (height, width))
+    for label, (values, covered) in maps:
         heat = colour((values - low) / span).astype(np.float64)
         weight = (alpha * covered)[..., None]
         panel = Image.fromarray((base * (1 - weight) + heat * weight).round().astype(np.uint8))

@@ -152,3 +152,22 @@ def test_an_output_without_geometry_says_why(tmp_path):
     Image.new("RGB", (64, 64)).save(tmp_path / "i.png")
     with pytest.raises(fc2conv_onnx.InputError, match="geometry is unknown: "):
         fc2conv_onnx.heatmap(converted, tmp_path / "i.png", tmp_path / "o.png")
+
+
+def test_scales_find_a_spot_twice_the_window_size_where_it_is(spot_model, tmp_path):
+    """A spot twice the size the model looks for: at scale 0.5 it is window-sized, and the map (drawn over
+    the whole-size picture) is hottest on it; --scales 1,0.5 draws one map of both runs."""
+    image = spot_scene(tmp_path / "big.png", height=96, width=256, centre=(50, 170), radius=8)
+    out = tmp_path / "scales.png"
+    drawn = fc2conv_onnx.heatmap(spot_model, image, out, alpha=1.0, scales=(0.5,))
+    picture = np.asarray(Image.open(out))
+    factor = drawn.enlargement
+    hottest = hottest_centroid(picture[:, :256 * factor]) / factor
+    assert np.abs(hottest - np.array((50, 170))).max() <= 4, hottest
+    both = fc2conv_onnx.heatmap(spot_model, image, out, scales=(1.0, 0.5))
+    assert both.scales == (1.0, 0.5) and both.data_range[1] >= drawn.data_range[1]
+    code, stdout, _ = cli("heatmap", spot_model, image, "-o", out, "--scales", "1,0.5")
+    assert code == 0 and "at scales 1, 0.5" in stdout
+    assert cli("heatmap", spot_model, image, "-o", out, "--scales", "1,0")[0] == 2
+    code, _, stderr = cli("heatmap", spot_model, image, "-o", out, "--scales", "0.25")
+    assert code == 3 and "at scale 0.25 is smaller than the model's" in stderr
