@@ -179,7 +179,8 @@ def convert_with_report(model: io.ModelSource, options: Optional[Options] = None
     """Convert every head of `model` (a path or a ModelProto, never modified).
 
     Args:
-        model: the classifier, as a path to an .onnx file or an `onnx.ModelProto`.
+        model: the classifier: a path to an .onnx file, an `onnx.ModelProto`, its bytes, a binary file
+            object, torch's `ONNXProgram` or an `onnx_ir` model (`io.ModelSource`).
         options: an `Options` record; keyword arguments named like its fields (`pooling="none"`,
             `validate_size="512x1024"`, `input_size=224`, ...) override it. See `Options` for each one.
         progress: called as progress(done, total) while the window check runs the original head.
@@ -392,13 +393,17 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     dims = inputs[geometry.input].type.tensor_type.shape.dim
     channels = dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
     channels_last = shapes.output_layouts_from_marker(marker).get(name) == CHANNELS_LAST
-    runner = validation.Session(loaded.model, loaded.weights)
+    runner = validation.open_session(loaded.model, loaded.weights, "the model", original=True)
     runs = []  # (the picture at one scale, its [K, h, w] map)
     for scale in scales or (1.0,):
         scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
         _check_picture_size(scaled, geometry, "" if scale == 1.0 else f" at scale {scale:g}")
         feed = pictures.model_input(scaled, channels, geometry.layout, preprocessing or pictures.Preprocessing())
-        scores = runner.run([name], {geometry.input: feed})[0][0]
+        try:
+            scores = runner.run([name], {geometry.input: feed})[0][0]
+        except Exception as error:
+            raise validation.failure(error, f"the model on the {scaled.size[0]}x{scaled.size[1]} image",
+                                     original=True) from None
         runs.append((scaled, np.moveaxis(scores, -1, 0) if channels_last else scores))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = pictures.choose(peaks[:, None, :], klass, top)  # by each class's highest cell at any scale

@@ -188,13 +188,6 @@ def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
                              f"at its declared size (at most {MAX_INPUT_BYTES >> 30} GiB are handled)")
 
 
-#: The typed field that holds a tensor's values when it has no raw_data, by data type (onnx.proto).
-_TYPED_FIELDS = {**dict.fromkeys((TensorProto.FLOAT, TensorProto.COMPLEX64), "float_data"),
-                 **dict.fromkeys((TensorProto.DOUBLE, TensorProto.COMPLEX128), "double_data"),
-                 TensorProto.INT64: "int64_data", TensorProto.STRING: "string_data",
-                 **dict.fromkeys((TensorProto.UINT32, TensorProto.UINT64), "uint64_data")}
-
-
 def _check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
     """Each initializer's data must fit its declared shape exactly (the checker lets longer data through, and
     the reader would then fail on it), live in one place, and be dense."""
@@ -211,13 +204,16 @@ def _check_initializer_sizes(model: onnx.ModelProto, label: str) -> None:
             expected, held = tensor_nbytes(tensor), len(tensor.raw_data)
             unit = "bytes"
         else:
-            typed = _TYPED_FIELDS.get(tensor.data_type, "int32_data")
+            if tensor.data_type in SUB_BYTE_TYPES:
+                continue  # packed two to an int32: checked by onnx on reading
+            try:
+                typed = onnx.helper.tensor_dtype_to_field(tensor.data_type)  # the field onnx.proto names
+            except Exception:  # an unknown type: the checker's to refuse
+                continue
             elements = prod(tensor.dims)
             expected = elements * 2 if tensor.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) \
                 else elements
             held, unit = len(getattr(tensor, typed)), f"values ({typed})"
-            if tensor.data_type in SUB_BYTE_TYPES:
-                continue  # packed two to an int32: checked by onnx on reading
         if expected is not None and expected != held:
             raise InputError(f"input {label}: initializer '{tensor.name}' holds {held} {unit}, but its shape "
                              f"{list(tensor.dims)} and type need {expected}")

@@ -28,7 +28,7 @@ from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size, 
 from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
-from .weights import Weights
+from .weights import Weights, nbytes_per_element
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +177,12 @@ _OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad alloc
 
 
 def failure(error: Exception, what: str, original: bool) -> Fc2ConvError:
-    """The one-line error for `what` failing in onnxruntime (see `_run`)."""
+    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError), the input's fault
+    (`original`: InputError, nothing can be proven against it) or the conversion's (ValidationError)."""
     message = runtime_message(error)
     if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
         return ResourceError(f"out of memory while running {what} ({message}); try a smaller --validate-size")
-    if original:
-        return InputError(f"{what} does not run in onnxruntime, so nothing can be proven against it: {message}")
-    return ValidationError(f"{what} does not run in onnxruntime: {message}")
+    return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
 
 
 def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
@@ -338,16 +337,13 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
                                      f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "
                                      f"{'x'.join(map(str, geometry.nearest_taken(spatial)))}")
         shapes[name] = with_spatial(shapes[name], layout, spatial)
-        size_bytes = prod(shapes[name]) * _itemsize(original, name)
+        image = next(v for v in original.graph.input if v.name == name)
+        size_bytes = prod(shapes[name]) * (nbytes_per_element(image.type.tensor_type.elem_type) or 1)
         if size_bytes > MAX_INPUT_BYTES:
             raise InputError(f"the window check's input {list(shapes[name])} would take {size_bytes / 2**30:.3g} GiB "
                              f"(at most {MAX_INPUT_BYTES >> 30} GiB); give a smaller --validate-size")
     return shapes
 
-
-def _itemsize(model: onnx.ModelProto, name: str) -> int:
-    value = next(v for v in model.graph.input if v.name == name)
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)).itemsize
 
 
 def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator) -> Tuple[np.ndarray, str]:

@@ -494,10 +494,6 @@ class Weights:
                              "message; use convert_file, which writes its weights as external data")
         return onnx.ModelProto.FromString(self.embedded_bytes(model))
 
-    def has_external(self, model: onnx.ModelProto) -> bool:
-        """Whether some tensor of `model` has its bytes here rather than inside the skeleton."""
-        return any(ours for _, ours in self._tensors(model))
-
     def has_external_data_files(self, model: onnx.ModelProto) -> bool:
         """Whether some tensor of `model` was read from an external-data file (not from the .onnx itself)."""
         return any(ours and t.name in self.ranges and self.ranges[t.name].path != self.source

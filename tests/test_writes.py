@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
 from test_cli import ENV, cli
+from test_files import run
 
 STEM = "dress_detector"
-IMAGE = np.random.default_rng(0).standard_normal((1, 3, 128, 64)).astype(np.float32)
 
 #: Runs a conversion to argv[2] from argv[1] and, at the argv[3]-th file-system call made by fc2conv_onnx's
 #: writing module, sends itself signal argv[4] (SIGKILL: no code runs after it). Prints the number of calls
@@ -50,8 +49,7 @@ sys.exit(code)
 
 
 def scores(path):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"image": IMAGE})[0].ravel()
+    return run(path)[0].ravel()  # the dress detector on test_files' seeded image
 
 
 @pytest.fixture(scope="module")
