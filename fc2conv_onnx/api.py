@@ -7,19 +7,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from io import BytesIO
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, pictures, shapes, trunk_sizes, writes
+from . import atrous, io, shapes, trunk_sizes, writes
 from . import validate as validation
-from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
+from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
+from .heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .heads import find_heads
-from .layout import CHANNELS_LAST, spatial_dims
+from .layout import spatial_dims
 from .normalize import normalize
 from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan import KEEP_POOL, NO_POOL, Plan
@@ -301,133 +300,3 @@ def window_of(model: io.ModelSource, cell: Sequence[int], output: Optional[str] 
     if output not in geometry:
         raise InputError(f"no geometry for output '{output}'; known: {', '.join(geometry)}")
     return geometry[output].window_of(cell)
-
-
-@dataclass
-class Heatmap:
-    """What `heatmap` drew."""
-
-    output: str
-    model_output: str
-    classes: Tuple[int, ...]
-    grid: Tuple[int, ...]
-    #: The colour bar's ends: the data's range, or the one asked for.
-    value_range: Tuple[float, float]
-    geometry: Geometry
-    #: The lowest and highest value of the drawn maps.
-    data_range: Tuple[float, float] = (0.0, 0.0)
-    #: The picture is the image drawn this many times larger (at least 512 pixels on its long side).
-    enlargement: int = 1
-    #: The scales the model ran at (their maps combined by the highest value per pixel).
-    scales: Tuple[float, ...] = (1.0,)
-
-    def to_text(self) -> str:
-        axes = lambda values: "x".join(map(str, values))  # noqa: E731
-        bar = "" if self.value_range == self.data_range else \
-            f" (colour bar {self.value_range[0]:.4g} .. {self.value_range[1]:.4g})"
-        if self.scales != (1.0,):
-            bar += f"; at scales {', '.join(f'{s:g}' for s in self.scales)} (cells counted at the first)"
-        lines = [f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
-                 f"{axes(self.grid)} cells, stride {axes(self.geometry.stride)}, window {axes(self.geometry.window)}, "
-                 f"values {self.data_range[0]:.4g} .. {self.data_range[1]:.4g}{bar}"]
-        if not self.geometry.local:
-            lines.append(self.geometry.locality())
-        return "\n".join(map(printable, lines + [f"written: {self.output}"]))
-
-    def to_dict(self) -> dict:
-        return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
-                "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range),
-                "data_range": list(self.data_range), "enlargement": self.enlargement, "scales": list(self.scales),
-                "geometry": self.geometry.to_dict()}
-
-
-#: Ops whose output reads as class scores (probabilities) when they normalize over the classes.
-SCORE_OPS = ("Softmax", "Sigmoid")
-
-
-def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
-    """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
-    the first: a detector's face probability, not its box regression."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    scores = [name for name in names if name in producers and producers[name].op_type in SCORE_OPS]
-    return (scores or list(names))[0]
-
-
-def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,
-            klass: Optional[int] = None, top: Optional[int] = None,
-            preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
-            value_range: Optional[Tuple[float, float]] = None,
-            resize: Optional[Union[float, Tuple[int, int]]] = None,
-            scales: Optional[Sequence[float]] = None) -> Heatmap:
-    """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
-    the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
-    interpolated between cells, with a colour bar.
-
-    `klass` picks a class (channel) of the map, `top` the N classes whose highest cell is highest (one panel
-    each); by default the class with the highest cell. `preprocessing` turns pixels into the model's input
-    (scale, mean, std, channel order); `alpha` is the map's opacity; `value_range` fixes the colour bar's
-    ends (default: the maps' min and max). `resize` (a factor, or (height, width)) resizes the image before
-    the model sees it: objects should be about the model's window in size. `scales` runs the model on the
-    image at each scale (1, 0.5, ...: an image pyramid, for objects of several sizes) and draws one map, per
-    pixel the highest value among the scales.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha {alpha} is not between 0 and 1")
-    loaded = io.read_model(model)
-    marker = shapes.converted_marker(loaded.model)
-    if marker is None:
-        raise InputError("the model was not converted by fc2conv-onnx; convert it first (the picture needs its "
-                         "geometry)")
-    geometries = shapes.geometry_from_marker(marker)
-    unknown = shapes.unknown_geometry_from_marker(marker)
-    name = output_name or score_output(loaded.model, list(geometries) or list(unknown))
-    if name not in geometries:
-        why = f"its geometry is unknown: {unknown[name]}" if unknown.get(name) else "it has no geometry"
-        others = f"; outputs with one: {', '.join(geometries)}" if geometries else ""
-        raise InputError(f"cannot place the cells of output '{name}' on the picture: {why}{others}")
-    geometry = geometries[name]
-    picture = pictures.read_image(image)
-    if resize is not None:
-        picture = pictures.resized(picture, resize)
-    inputs = {i.name: i for i in loaded.model.graph.input}
-    dims = inputs[geometry.input].type.tensor_type.shape.dim
-    channels = dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
-    channels_last = shapes.output_layouts_from_marker(marker).get(name) == CHANNELS_LAST
-    runner = validation.open_session(loaded.model, loaded.weights, "the model", original=True)
-    runs = []  # (the picture at one scale, its [K, h, w] map)
-    for scale in scales or (1.0,):
-        scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
-        _check_picture_size(scaled, geometry, "" if scale == 1.0 else f" at scale {scale:g}")
-        feed = pictures.model_input(scaled, channels, geometry.layout, preprocessing or pictures.Preprocessing())
-        try:
-            scores = runner.run([name], {geometry.input: feed})[0][0]
-        except Exception as error:
-            raise validation.failure(error, f"the model on the {scaled.size[0]}x{scaled.size[1]} image",
-                                     original=True) from None
-        runs.append((scaled, np.moveaxis(scores, -1, 0) if channels_last else scores))
-    peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
-    chosen = pictures.choose(peaks[:, None, :], klass, top)  # by each class's highest cell at any scale
-    size = (picture.size[1], picture.size[0])
-    maps = [(f"class {k}", pictures.over_scales(
-        [pictures.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])) for scaled, scores in runs], size))
-        for k in chosen]
-    data = pictures.value_range([scores[k] for k in chosen for _, scores in runs])
-    ends = (float(value_range[0]), float(value_range[1])) if value_range else data
-    drawn = pictures.render(picture, maps, alpha, ends)
-    buffer = BytesIO()
-    drawn.save(buffer, format="PNG")
-    writes.save_bytes(buffer.getvalue(), output)
-    return Heatmap(str(output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends, geometry, data,
-                   pictures.enlargement(picture), tuple(scales or (1.0,)))
-
-
-def _check_picture_size(picture, geometry: Geometry, where: str) -> None:
-    """Refuse a picture the model gives no cell for, or one its trunk does not take."""
-    width, height = picture.size
-    if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
-        raise InputError(f"image {width}x{height} (width x height){where} is smaller than the model's "
-                         f"{'x'.join(map(str, geometry.window))} window (height x width), or the model is not 2-D")
-    if geometry.size_step and not geometry.accepts((height, width)):
-        taken = geometry.nearest_taken((height, width))
-        raise InputError(f"image {width}x{height} (width x height){where} is not a size the model's trunk takes: it "
-                         f"takes {geometry.sizes_taken()} (height x width); crop or resize it to {taken[1]}x{taken[0]}")
