@@ -213,3 +213,27 @@ def choose(scores: np.ndarray, klass: Optional[int], top: Optional[int]) -> List
         return [klass]
     peaks = scores.reshape(count, -1).max(axis=1)
     return [int(k) for k in np.argsort(-peaks, kind="stable")[:max(1, top or 1)]]
+
+
+#: Box colours by class, cycling (red, cyan, yellow, magenta, green, orange): visible over photographs.
+BOX_COLOURS = ((230, 25, 25), (0, 200, 220), (250, 220, 0), (220, 0, 220), (40, 200, 40), (255, 140, 0))
+
+
+def draw_boxes(image, boxes: Sequence[Tuple[Tuple[float, float, float, float], str, int]]):
+    """The picture with each (box x1, y1, x2, y2 in its pixels, label, class) drawn as a rectangle in its
+    class's colour, its label above it; enlarged like `render` (at least MIN_LONG_SIDE pixels, whole factor)."""
+    Image, ImageDraw = _pillow()
+    factor = enlargement(image)
+    width, height = image.size
+    picture = image.convert("RGB").resize((width * factor, height * factor), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    line = max(1, factor // 2)
+    for box, label, klass in boxes:
+        x1, y1, x2, y2 = (v * factor for v in box)
+        tint = BOX_COLOURS[klass % len(BOX_COLOURS)]
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=tint, width=line)
+        text_width = draw.textlength(label)
+        top = y1 - 12 if y1 >= 12 else y1 + line
+        draw.rectangle((x1, top, x1 + text_width + 3, top + 11), fill=tint)
+        draw.text((x1 + 2, top), label, fill=(0, 0, 0))
+    return picture
