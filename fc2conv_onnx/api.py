@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, io, shapes, trunk_sizes, writes
+from . import atrous, detector_check, detector_graph, io, shapes, trunk_sizes, writes
 from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
-from .geometry import Box, Geometry, HeadGeometry, Unknown, plan_geometry
+from .geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
 from .heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .heads import find_heads
 from .layout import spatial_dims
@@ -23,8 +23,9 @@ from .normalize import normalize
 from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan import KEEP_POOL, NO_POOL, Plan
 from .report import Report
+from .maps import made_by_score_op
 from .rewrite import rewrite
-from .weights import Weights
+from .weights import Weights, check_model
 
 logger = logging.getLogger(__name__)
 
@@ -213,9 +214,37 @@ def _convert(model: io.ModelSource, options: Options,
                                  size=options.window_size, windows=options.windows, progress=progress,
                                  window_reference=planned.reference,
                                  weights=loaded.weights) if options.validate else []
+    if options.detector is not None:
+        converted, proven = _with_detector(converted, planned, options, loaded.weights)
+        checks += proven
     report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=options.validate,
                     source=_label(model))
     return converted, loaded.weights, report
+
+
+def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Options,
+                   weights: Weights) -> Tuple[onnx.ModelProto, List[validation.OutputCheck]]:
+    """`converted` with the detector of `options.emit_detections` appended, and (when validating) the proof
+    that it gives `detect`'s detections at one scale."""
+    settings = options.detector
+    assert settings is not None
+    parts = detector_graph.detector_parts(converted, planned.plan, planned.geometry, settings)
+    settings = settings.with_output(parts.scores)
+    result = detector_graph.with_detector(converted, parts, settings)
+    try:
+        check_model(result, full_check=True)
+    except Exception as error:
+        raise ValidationError(f"the model with its detector does not pass the ONNX checker: {first_line(error)}") \
+            from None
+    if not options.validate:
+        return result, []
+    image = parts.geometry.input
+    shape = validation.training_shapes(planned.inferred)[image]
+    training = spatial_dims(shape, parts.geometry.layout)
+    size = options.window_size or default_validation_size(parts.geometry, training)
+    probabilities = made_by_score_op(result, parts.scores)
+    return result, detector_check.check_detector(result, parts, settings, tuple(size), shape, probabilities, weights,
+                                                 seed=options.seed)
 
 
 def convert(model: io.ModelSource, options: Optional[Options] = None, **overrides) -> onnx.ModelProto:

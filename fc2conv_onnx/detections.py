@@ -83,9 +83,15 @@ def activated(scores: np.ndarray, activation: str) -> np.ndarray:
     if activation == SIGMOID:
         return (1.0 / (1.0 + np.exp(-scores))).astype(np.float32)
     if activation == SOFTMAX:
+        refuse_softmax_of_one(scores.shape[0])
         shifted = np.exp(scores - scores.max(axis=0, keepdims=True))
         return (shifted / shifted.sum(axis=0, keepdims=True)).astype(np.float32)
     return scores
+
+
+def refuse_softmax_of_one(classes: int) -> None:
+    if classes == 1:
+        raise InputError("a softmax over one class is 1 everywhere; use --activation sigmoid for a one-class output")
 
 
 def class_scores(scores: np.ndarray, classes: Optional[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
+from .detections import DetectionSettings
 from .errors import InputError
 from .plan import KEEP_POOL, POOLINGS
 
@@ -58,6 +59,10 @@ class Options:
             the original head on that feature window: None for a few strides larger than the training
             size, e.g. (512, 1024) or "512x1024", or "off" for the training-size check only.
         seed: seed of the random validation inputs.
+        emit_detections: None (default) or False: the model outputs its maps. True, or a
+            `DetectionSettings`: nodes are appended that turn the map into detections at the input's scale
+            (outputs `boxes` [M, 4], `scores`, `classes`, `batch_index` [M]; the maps stay), validated
+            against `detect` at one scale.
     """
 
     output_layout: str = AUTO
@@ -67,6 +72,7 @@ class Options:
     validate: bool = True
     validate_size: Optional[Size] = None
     seed: int = 0
+    emit_detections: Union[None, bool, DetectionSettings] = None
 
     @classmethod
     def of(cls, options: Optional["Options"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Options":
@@ -88,7 +94,16 @@ class Options:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed {self.seed!r} is not a non-negative integer")
         self.window_size  # parses it, or raises InputError
+        if not isinstance(self.emit_detections, (type(None), bool, DetectionSettings)):
+            raise InputError(f"emit_detections {self.emit_detections!r} is not True, False or DetectionSettings")
         return self
+
+    @property
+    def detector(self) -> Optional[DetectionSettings]:
+        """The detector to append, if any."""
+        if isinstance(self.emit_detections, DetectionSettings):
+            return self.emit_detections
+        return DetectionSettings() if self.emit_detections else None
 
     @property
     def training_size(self) -> Optional[Tuple[int, ...]]:

@@ -51,7 +51,7 @@ BATCH_BYTES = 64 << 20
 @dataclass(frozen=True)
 class OutputCheck:
     output: str
-    check: str  # "training size", "windows" or "geometry"
+    check: str  # "training size", "windows", "geometry" or "detections"
     input_shape: Tuple[int, ...]
     locations: int
     max_abs: float
@@ -62,8 +62,8 @@ class OutputCheck:
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        if self.check == "geometry":
-            return f"{self.output}: geometry, input {list(self.input_shape)}: {self.detail} {verdict}"
+        if self.check in ("geometry", "detections"):
+            return f"{self.output}: {self.check}, input {list(self.input_shape)}: {self.detail} {verdict}"
         where = f"{self.locations} location(s), input {list(self.input_shape)}"
         text = (f"{self.output}: {self.check}, {where}: max abs error {self.max_abs:.3g}, "
                 f"relative {self.max_rel:.3g} (tolerance {self.tolerance:.3g}) {verdict}")
