@@ -17,6 +17,8 @@ from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
 from .heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
+from .detecting import Detections, detect  # noqa: F401 (re-exported)
+from .detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
 from .heads import find_heads
 from .layout import spatial_dims
 from .normalize import normalize
@@ -214,18 +216,19 @@ def _convert(model: io.ModelSource, options: Options,
                                  size=options.window_size, windows=options.windows, progress=progress,
                                  window_reference=planned.reference,
                                  weights=loaded.weights) if options.validate else []
+    detector = ""
     if options.detector is not None:
-        converted, proven = _with_detector(converted, planned, options, loaded.weights)
+        converted, proven, detector = _with_detector(converted, planned, options, loaded.weights)
         checks += proven
     report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=options.validate,
-                    source=_label(model))
+                    source=_label(model), detector=detector)
     return converted, loaded.weights, report
 
 
 def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Options,
-                   weights: Weights) -> Tuple[onnx.ModelProto, List[validation.OutputCheck]]:
-    """`converted` with the detector of `options.emit_detections` appended, and (when validating) the proof
-    that it gives `detect`'s detections at one scale."""
+                   weights: Weights) -> Tuple[onnx.ModelProto, List[validation.OutputCheck], str]:
+    """`converted` with the detector of `options.emit_detections` appended, (when validating) the proof that
+    it gives `detect`'s detections at one scale, and the report's line on it."""
     settings = options.detector
     assert settings is not None
     parts = detector_graph.detector_parts(converted, planned.plan, planned.geometry, settings)
@@ -236,15 +239,16 @@ def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Optio
     except Exception as error:
         raise ValidationError(f"the model with its detector does not pass the ONNX checker: {first_line(error)}") \
             from None
+    line = "detector appended: " + detector_graph.describe(parts, settings, made_by_score_op(result, parts.scores))
     if not options.validate:
-        return result, []
+        return result, [], line
     image = parts.geometry.input
     shape = validation.training_shapes(planned.inferred)[image]
     training = spatial_dims(shape, parts.geometry.layout)
     size = options.window_size or default_validation_size(parts.geometry, training)
     probabilities = made_by_score_op(result, parts.scores)
     return result, detector_check.check_detector(result, parts, settings, tuple(size), shape, probabilities, weights,
-                                                 seed=options.seed)
+                                                 seed=options.seed), line
 
 
 def convert(model: io.ModelSource, options: Optional[Options] = None, **overrides) -> onnx.ModelProto:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Callable, List, Optional
 
 from . import __version__, api
 from .errors import Fc2ConvError, InputError, ResourceError, UsageError, printable
+from .detections import ACTIVATIONS, DetectionSettings
 from .pictures import Preprocessing
 from .options import OUTPUT_LAYOUTS, Options
 from .plan import KEEP_POOL, POOLINGS
@@ -32,33 +34,41 @@ from .writes import Terminated, signals_raise
 
 PROG = "fc2conv-onnx"
 
+COMMANDS = ("convert", "validate", "inspect", "heatmap", "detect")
 #: Exit codes: what each means for each command (None: the command never exits with it). The README's
 #: table and the module's text above say the same.
 _EXITS = (
     ("0", {"convert": "converted, validated and written", "validate": "the pair is equivalent",
-           "inspect": "at least one head would be converted", "heatmap": "the picture was written"}),
-    ("1", dict.fromkeys(("convert", "validate", "inspect", "heatmap"), "internal error (a bug; please report it)")),
-    ("2", dict.fromkeys(("convert", "validate", "inspect", "heatmap"), "usage error (a bad command line or flag "
-                                                                        "value)")),
+           "inspect": "at least one head would be converted", "heatmap": "the picture was written",
+           "detect": "the detections were written (there may be none)"}),
+    ("1", dict.fromkeys(COMMANDS, "internal error (a bug; please report it)")),
+    ("2", dict.fromkeys(COMMANDS, "usage error (a bad command line or flag value)")),
     ("3", {"convert": "bad input: missing, unreadable or invalid model, a trunk that bakes its size,\n"
-                      "     dynamic spatial dims without --input-size, or an unusable output path",
+                      "     dynamic spatial dims without --input-size, an output --emit-detections\n"
+                      "     cannot use, or an unusable output path",
            "validate": "bad input: a missing, unreadable or invalid model, or an ORIGINAL\n"
                        "     onnxruntime cannot run",
            "inspect": "bad input: missing, unreadable or invalid model, a trunk that bakes its size,\n"
                       "     or dynamic spatial dims without --input-size",
            "heatmap": "bad input: MODEL not converted by fc2conv-onnx or without geometry, an\n"
-                      "     unreadable IMAGE or one smaller than the window, or an unusable OUT"}),
+                      "     unreadable IMAGE or one smaller than the window, or an unusable OUT",
+           "detect": "bad input: MODEL not converted by fc2conv-onnx or without geometry, an\n"
+                     "     unreadable IMAGE or one smaller than the window at a scale asked for, a\n"
+                     "     --class or --regression the model does not have, or an unusable OUT"}),
     ("4", {"convert": "nothing to convert (no convertible head, a --pooling mode a head cannot\n"
                       "     have, or already converted)",
            "validate": "no head found in ORIGINAL to check against",
            "inspect": "no head would be converted (the reasons are printed), a --pooling mode a\n"
                       "     head cannot have, or already converted"}),
-    ("5", {"convert": "validation failed: not equivalent, nothing written",
+    ("5", {"convert": "validation failed: not equivalent (or the detector of --emit-detections\n"
+                      "     does not give detect's boxes), nothing written",
            "validate": "not equivalent (the first failed check is printed)"}),
     ("6", {"convert": "out of memory or disk space, nothing written", "validate": "out of memory",
-           "heatmap": "out of memory or disk space, nothing written"}),
+           "heatmap": "out of memory or disk space, nothing written",
+           "detect": "out of memory or disk space, nothing written"}),
     ("130, 143", {"convert": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
                   "heatmap": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
+                  "detect": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
                   "validate": "interrupted (Ctrl-C, SIGTERM)", "inspect": "interrupted (Ctrl-C, SIGTERM)"}),
 )
 
@@ -127,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     _pooling_flag(convert)
     _input_size_flag(convert)
     _stride_flag(convert)
+    convert.add_argument("--emit-detections", action="store_true",
+                         help="append nodes that turn the map into detections at the input's scale, so that OUT is a "
+                              "detector in any ONNX runtime: outputs boxes [M, 4] (x1, y1, x2, y2 in input pixels), "
+                              "scores [M], classes [M], batch_index [M], best first; the maps stay. Set by the "
+                              "detection flags below (as for detect); validated against detect at one scale")
+    _detection_flags(convert, "with --emit-detections: ")
     _common_flags(convert)
     convert.set_defaults(run=_run_convert)
 
@@ -180,13 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "one panel each. Default: the class with the highest cell")
     heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the first "
                          "with a geometry)")
-    heatmap.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this (default 255)")
-    heatmap.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
-                         help="subtracted after scaling, per channel (e.g. 0.485,0.456,0.406; default 0)")
-    heatmap.add_argument("--std", type=_floats, default=(1.0,), metavar="S[,S,S]",
-                         help="divided by after the mean, per channel (e.g. 0.229,0.224,0.225; default 1)")
-    heatmap.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb",
-                         help="channel order the model expects (default rgb; gray for one channel)")
+    _picture_flags(heatmap)
     heatmap.add_argument("--alpha", type=float, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
     heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
                          help="values at the colour bar's ends (default: the drawn maps' min and max)")
@@ -199,7 +209,97 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     _talk_flags(heatmap)
     heatmap.set_defaults(run=_run_heatmap)
+
+    detect = commands.add_parser(
+        "detect", formatter_class=_formatter, help="find objects in pictures with a converted classifier",
+        description="Run the converted MODEL on each IMAGE at the scales of an image pyramid (one session for all), "
+                    "turn every cell scoring above --threshold into its input window's box in the picture's pixels "
+                    "(the stride, window and offset stored in MODEL, and the scale), optionally moved by a "
+                    "--regression output, clip it to the picture, and suppress overlapping boxes per class across "
+                    "scales (--iou). Writes the detections, best first, to OUT: JSON (a list of {image, box: [x1, y1, "
+                    "x2, y2], score, class, scale, cell}) or, for a .csv name, CSV. Needs Pillow: pip install "
+                    "'fc2conv-onnx[heatmap]'. The image is the model's input as it is: pixels / --scale, minus "
+                    "--mean, over --std, in --channels order.",
+        epilog=exit_codes("detect"))
+    detect.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
+    detect.add_argument("images", metavar="IMAGE", nargs="+", help="the pictures (PNG, JPEG, ...)")
+    detect.add_argument("-o", "--output", metavar="OUT", required=True,
+                        help="where to write the detections: .csv for CSV, else JSON; - for JSON on standard output "
+                             "(the summary then goes to stderr)")
+    detect.add_argument("--draw", metavar="PNG|DIR",
+                        help="also draw the boxes, with class and score, over the picture: a PNG for one IMAGE, or a "
+                             "folder (made if missing) that gets IMAGE's name with .png for each of several")
+    pyramid = detect.add_argument_group("scales (default: the picture as it is, scale 1)")
+    pyramid.add_argument("--scales", type=_floats, metavar="S1,S2,...",
+                         help="the scales to run at, e.g. 1,0.5,0.25 (each picture resized by each factor)")
+    pyramid.add_argument("--min-size", type=float, metavar="PX",
+                         help="the smallest objects to find, in pixels on the window's long side: the largest scale is "
+                              "window / PX (default: the window, scale 1)")
+    pyramid.add_argument("--max-size", type=float, metavar="PX",
+                         help="the largest objects to find (default: the whole picture): the scales go down to window "
+                              "/ PX, while the picture still holds a window")
+    pyramid.add_argument("--scale-step", type=float, metavar="F",
+                         help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
+    _detection_flags(detect, "")
+    _picture_flags(detect)
+    _talk_flags(detect)
+    detect.set_defaults(run=_run_detect, json=False)
     return parser
+
+
+def _picture_flags(parser: argparse.ArgumentParser) -> None:
+    """How pixels become the model's input (heatmap, detect)."""
+    parser.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this (default 255)")
+    parser.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
+                        help="subtracted after scaling, per channel (e.g. 0.485,0.456,0.406; default 0)")
+    parser.add_argument("--std", type=_floats, default=(1.0,), metavar="S[,S,S]",
+                        help="divided by after the mean, per channel (e.g. 0.229,0.224,0.225; default 1)")
+    parser.add_argument("--channels", choices=("rgb", "bgr", "gray"), default="rgb",
+                        help="channel order the model expects (default rgb; gray for one channel)")
+
+
+#: The flags that set a DetectionSettings (detect, convert --emit-detections), by field.
+_DETECTION_FLAGS = {"output_name": "--output-name", "classes": "--class", "threshold": "--threshold", "iou": "--iou",
+                    "regression": "--regression", "activation": "--activation"}
+
+
+def _detection_flags(parser: argparse.ArgumentParser, when: str) -> None:
+    """The flags of `DetectionSettings`; each defaults to None (not given) so that convert can refuse them
+    without --emit-detections."""
+    group = parser.add_argument_group("detections")
+    group.add_argument("--output-name", metavar="NAME", help=f"{when}the output with the class scores (default: the "
+                       "one made by a Softmax or Sigmoid, else the first with a geometry)")
+    group.add_argument("--class", dest="classes", type=_ints, metavar="K[,K...]",
+                       help=f"{when}the classes to detect (default: every class, each cell giving only its best one; "
+                            "give the object classes of a model with a background class)")
+    group.add_argument("--threshold", type=float, metavar="T",
+                       help=f"{when}a cell is a candidate when its score is above T (default 0.5)")
+    group.add_argument("--iou", type=float, metavar="I",
+                       help=f"{when}a box overlapping a better box of its class by more than I (intersection over "
+                            "union) is dropped, across scales (default 0.5)")
+    group.add_argument("--regression", metavar="OUTPUT",
+                       help=f"{when}a box-regression output with 4 channels on the scores' grid: corner offsets x1, "
+                            "y1, x2, y2 as fractions of the window's width and height, added to the window's corners "
+                            "(cascaded face detectors' convention)")
+    group.add_argument("--activation", choices=ACTIVATIONS,
+                       help=f"{when}how the output's values become scores: auto (default) takes them as they are, "
+                            "probabilities from a Softmax or Sigmoid, else logits (said in the summary; the threshold "
+                            "is then in their units); sigmoid or softmax (over the classes) makes probabilities")
+
+
+def _detection_settings(args: argparse.Namespace) -> DetectionSettings:
+    given = {field: getattr(args, field) for field in _DETECTION_FLAGS if getattr(args, field) is not None}
+    try:
+        return DetectionSettings(**given)
+    except InputError as error:  # a flag's value: a usage error here
+        raise UsageError(str(error)) from None
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
 
 
 def _resize(text: str):
@@ -275,9 +375,10 @@ class _ProgressBar:
 
     DELAY = 1.0  # seconds before showing anything: short runs stay quiet
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "windows") -> None:
         self.started = time.monotonic()
         self.shown = False
+        self.what = what
 
     def __call__(self, done: int, total: int) -> None:
         if not self.shown and (done >= total or time.monotonic() - self.started < self.DELAY):
@@ -286,17 +387,19 @@ class _ProgressBar:
         width = 30
         filled = width * done // max(total, 1)
         end = "\n" if done >= total else ""
-        print(f"\r{PROG}: windows [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
+        print(f"\r{PROG}: {self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
               file=sys.stderr, flush=True)
 
 
-def _progress() -> Optional[_ProgressBar]:
-    return _ProgressBar() if sys.stderr.isatty() else None
+def _progress(what: str = "windows") -> Optional[_ProgressBar]:
+    return _ProgressBar(what) if sys.stderr.isatty() else None
 
 
 def _options(args: argparse.Namespace) -> Options:
     """The options record from the flags a subcommand has (the flags are named like its fields)."""
     given = {f.name: getattr(args, f.name) for f in fields(Options) if hasattr(args, f.name)}
+    if given.get("emit_detections"):
+        given["emit_detections"] = _detection_settings(args)
     if getattr(args, "size", None) is not None:  # `validate --size` is the window check's size
         given["validate_size"] = args.size
     try:
@@ -315,6 +418,9 @@ def _model_source(name: str):
 
 
 def _run_convert(args: argparse.Namespace) -> Report:
+    given = [flag for field, flag in _DETECTION_FLAGS.items() if getattr(args, field) is not None]
+    if given and not args.emit_detections:
+        raise UsageError(f"{given[0]} sets the detector of --emit-detections; add --emit-detections or leave it out")
     if args.output != STREAM:
         return api.convert_file(_model_source(args.input), args.output, _options(args), progress=_progress(),
                                 in_place=args.in_place, external_data=args.external_data)
@@ -350,10 +456,57 @@ def _run_heatmap(args: argparse.Namespace):
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
-    prep = Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
     return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
-                       top=args.top, preprocessing=prep, alpha=args.alpha, value_range=value_range,
+                       top=args.top, preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
                        resize=args.resize, scales=args.scales)
+
+
+def _preprocessing(args: argparse.Namespace) -> Preprocessing:
+    try:
+        return Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
+    except InputError as error:
+        raise UsageError(str(error)) from None
+
+
+def _run_detect(args: argparse.Namespace):
+    sizes = {"--min-size": args.min_size, "--max-size": args.max_size, "--scale-step": args.scale_step}
+    if args.scales is not None and any(v is not None for v in sizes.values()):
+        raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
+    if args.scales is not None and min(args.scales) <= 0:
+        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, args.scales))}")
+    if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):
+        raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
+    settings = _detection_settings(args)
+    drawings = _drawings(args.images, args.draw)
+    found = api.detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
+                       max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
+                       progress=_progress("pictures"))
+    if args.output == STREAM:
+        sys.stdout.write(found.text())
+        sys.stdout.flush()
+        found.written = "standard output"
+    else:
+        found.save(args.output)
+    for image, drawing in drawings:
+        found.draw(image, drawing)
+    return found
+
+
+def _drawings(images: List[str], draw: Optional[str]) -> List[tuple]:
+    """(picture, PNG to draw it in) for --draw: the PNG for one picture, else one per picture in the folder."""
+    if not draw:
+        return []
+    if len(images) == 1:
+        return [(images[0], draw)]
+    names = [os.path.splitext(os.path.basename(image))[0] + ".png" for image in images]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--draw {draw}: two pictures would be drawn as {twice[0]}; give them distinct names")
+    try:
+        os.makedirs(draw, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"--draw {draw}: cannot make the folder ({error.strerror})") from None
+    return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:

@@ -238,7 +238,8 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
 
 
 def as_json(records: Sequence[Detection]) -> str:
-    return json.dumps([r.to_dict() for r in records], indent=1) + "\n"
+    """A JSON list, one record per line."""
+    return "[" + ",".join("\n " + json.dumps(r.to_dict()) for r in records) + "\n]\n"
 
 
 def as_csv(records: Sequence[Detection]) -> str:

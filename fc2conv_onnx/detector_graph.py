@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .detections import SIGMOID, SOFTMAX, DetectionSettings, refuse_softmax_of_one
+from .detections import AUTO, SIGMOID, SOFTMAX, DetectionSettings, refuse_softmax_of_one
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry
 from .layout import CHANNELS_LAST
@@ -155,6 +155,18 @@ def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
     g.op("Gather", [class_index, order], out_classes, axis=0)
     g.op("Gather", [batch_index, order], out_batch, axis=0)
     return g.nodes, g.constants
+
+
+def describe(parts: DetectorParts, settings: DetectionSettings, probabilities: bool) -> str:
+    """One line on what the detector reads and does."""
+    which = "each cell's best class" if settings.classes is None else \
+        f"class(es) {', '.join(map(str, settings.classes))}"
+    regression = f", boxes moved by '{parts.regression}'" if parts.regression else ""
+    logits = "" if probabilities or settings.activation != AUTO else \
+        " (its values as they are: logits, not made by a Softmax or Sigmoid)"
+    activation = f" through a {settings.activation}" if settings.activation in (SIGMOID, SOFTMAX) else ""
+    return (f"{', '.join(DETECTION_OUTPUTS)} from '{parts.scores}'{activation}{logits}, {which}, score above "
+            f"{settings.threshold:g}, overlap (IoU) up to {settings.iou:g}{regression}, best first")
 
 
 def output_infos() -> List[onnx.ValueInfoProto]:

@@ -27,6 +27,8 @@ class Report:
     compared_with: Optional[str] = None
     #: True for a dry run (`inspect`): nothing was converted.
     dry_run: bool = False
+    #: What `--emit-detections` appended, in one line; '' when nothing was.
+    detector: str = ""
 
     def to_text(self) -> str:
         before, after = [], []
@@ -38,6 +40,8 @@ class Report:
             after.append(f"geometry of {', '.join(head.outputs)}: {where.describe()}")
             if isinstance(where, Geometry) and not where.local:
                 after.append(f"{', '.join(head.outputs)}: {where.locality()}")
+        if self.detector:
+            after.append(self.detector)
         if self.plan.trunk_inputs and self.plan.heads:
             after.append("inputs with symbolic batch and spatial dims: " + ", ".join(self.plan.trunk_inputs))
         if self.validated:
@@ -65,6 +69,7 @@ class Report:
             "geometry": [where.to_dict() for where in self.geometry],
             "validated": self.validated,
             "checks": [check.to_dict() for check in self.checks],
+            "detector": self.detector,
         }
 
     def to_json(self) -> str:
