@@ -92,10 +92,12 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
         images: picture files (PNG, JPEG, ...; needs Pillow).
         settings: a `DetectionSettings` (output, classes, threshold, iou, regression, activation); keyword
             arguments named like its fields override it.
-        scales: the scales to run at (1, 0.5, 0.25: each picture resized by each); or instead
+        scales: the scales to run at (1, 0.5, 0.25: each picture resized by each); default: 1 only, the
+            pictures as they are. Or instead
         min_size, max_size, scale_step: the sizes of the objects to find, in pixels on the window's long side
-            (default: from the window to the whole picture); the scales run from window / min_size down,
-            each `scale_step` (default 1.25) times smaller, while the picture holds a window.
+            (any of them makes a pyramid; min_size defaults to the window, max_size to the whole picture): the
+            scales run from window / min_size down, each `scale_step` (default 1.25) times smaller, while the
+            picture holds a window.
         preprocessing: how pixels become the model's input (as for `heatmap`).
         progress: called as progress(done, total) after each run.
 
@@ -123,7 +125,7 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
     outputs = [name] + _regression(runner, settings, geometry)
     found: List[Detection] = []
     pictures_read = [(image, pictures.read_image(image)) for image in names]
-    plans = {image: _scales(picture, geometry, scales, min_size, max_size, scale_step or SCALE_STEP)
+    plans = {image: _scales(picture, geometry, scales, min_size, max_size, scale_step)
              for image, picture in pictures_read}
     total, done = sum(len(s) for s in plans.values()), 0
     for image, picture in pictures_read:
@@ -167,9 +169,11 @@ def _regression(runner: MapModel, settings: DetectionSettings, geometry: Geometr
 
 
 def _scales(picture, geometry: Geometry, scales: Optional[Sequence[float]], min_size: Optional[float],
-            max_size: Optional[float], step: float) -> Tuple[float, ...]:
+            max_size: Optional[float], step: Optional[float]) -> Tuple[float, ...]:
     """The scales to run `picture` at: those given, or the pyramid for the object sizes."""
     if scales is not None:
         return tuple(float(s) for s in scales)
+    if min_size is None and max_size is None and step is None:
+        return (1.0,)  # nothing asked: the picture as it is
     window = (int(geometry.window[0]), int(geometry.window[1]))
-    return pyramid(window, (picture.size[1], picture.size[0]), min_size, max_size, step)
+    return pyramid(window, (picture.size[1], picture.size[0]), min_size, max_size, step or SCALE_STEP)
