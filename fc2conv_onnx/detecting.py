@@ -3,9 +3,12 @@ into boxes in each picture's pixels, suppressed per class across scales (the ste
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from io import BytesIO
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from . import io, pictures, writes
 from .detections import AUTO, Detection, DetectionSettings, best_first, candidates, pyramid, records_text
@@ -128,24 +131,45 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
     plans = {image: _scales(picture, geometry, scales, min_size, max_size, scale_step)
              for image, picture in pictures_read}
     total, done = sum(len(s) for s in plans.values()), 0
+    prep = preprocessing or pictures.Preprocessing()
     for image, picture in pictures_read:
         width, height = picture.size
-        for scale in plans[image]:
-            scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
-            where = "" if scale == 1.0 else f" at scale {scale:.4g}"
-            maps = runner.maps(scaled, outputs, preprocessing or pictures.Preprocessing(), where=f" ({image}){where}")
+        for scale, size, feed in _inputs(runner, name, picture, plans[image], prep, image):
+            maps = runner.run(feed, outputs, size, _where(image, scale))
             offsets = maps[outputs[1]] if settings.regression else None
             if offsets is not None and offsets.shape[1:] != maps[name].shape[1:]:
                 raise InputError(f"the regression output '{settings.regression}' has a {offsets.shape[1]}x"
                                  f"{offsets.shape[2]} grid where '{name}' has {maps[name].shape[1]}x"
                                  f"{maps[name].shape[2]}")
-            factor = (scaled.size[1] / height, scaled.size[0] / width)
+            factor = (size[1] / height, size[0] / width)
             found += candidates(maps[name], offsets, geometry, settings, image, scale, factor, (height, width))
             done += 1
             if progress is not None:
                 progress(done, total)
     logits = settings.activation == AUTO and not made_by_score_op(runner.model, name)
     return Detections(best_first(found, settings.iou), settings, geometry, plans, logits)
+
+
+def _where(image: str, scale: float) -> str:
+    return f" ({image})" + ("" if scale == 1.0 else f" at scale {scale:.4g}")
+
+
+def _inputs(runner: MapModel, name: str, picture, scales: Sequence[float], prep: pictures.Preprocessing,
+            image: str) -> Iterator[Tuple[float, Tuple[int, int], np.ndarray]]:
+    """(scale, the scaled picture's size (width, height), the model's input) for each scale. Each input is made
+    (resized, preprocessed) in a worker thread while the model runs on the one before: Pillow and onnxruntime
+    both release the GIL, so the two overlap."""
+    def make(scale: float) -> Tuple[float, Tuple[int, int], np.ndarray]:
+        scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
+        return scale, scaled.size, runner.feed(scaled, name, prep, _where(image, scale))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(make, scales[0])
+        for following in list(scales[1:]) + [None]:
+            made = pending.result()
+            if following is not None:
+                pending = pool.submit(make, following)
+            yield made
 
 
 def _settings(settings: Optional[DetectionSettings], overrides: Dict) -> DetectionSettings:

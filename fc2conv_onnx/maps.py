@@ -5,7 +5,7 @@ both stand on this.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -71,15 +71,25 @@ class MapModel:
         """The outputs `names` (one input, one geometry) run on `picture` (a Pillow image), each as its
         [K, h, w] map of the one image, channels first whatever the model's layout. `where` ("at scale 0.5")
         goes into the errors."""
-        geometry = self.geometries[names[0]]
+        return self.run(self.feed(picture, names[0], preprocessing, where), names, picture.size, where)
+
+    def feed(self, picture, name: str, preprocessing: pictures.Preprocessing, where: str = "") -> np.ndarray:
+        """`picture` as the input of output `name`: a batch of one, preprocessed; InputError for a picture the
+        model takes no cell of, or whose size its trunk does not take."""
+        geometry = self.geometries[name]
         check_picture_size(picture, geometry, where)
-        feed = pictures.model_input(picture, self.channels(names[0]), geometry.layout, preprocessing)
+        return pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing)
+
+    def run(self, feed: np.ndarray, names: Sequence[str], size: Tuple[int, int],
+            where: str = "") -> Dict[str, np.ndarray]:
+        """The outputs `names` on `feed` (made by `feed` from a picture of `size`, width x height), each as in
+        `maps`."""
         if self.session is None:
             self.session = validation.open_session(self.model, self.weights, "the model", original=True)
         try:
-            values = self.session.run(list(names), {geometry.input: feed})
+            values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
         except Exception as error:
-            raise validation.failure(error, f"the model on the {picture.size[0]}x{picture.size[1]} image{where}",
+            raise validation.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
                                      original=True) from None
         return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
                 for name, value in zip(names, values)}

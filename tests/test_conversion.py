@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS
+from builders import CHANNELS_LAST_INPUTS, FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS
 from equivalence import assert_equivalent, cut, input_shape, random_input, run
 
 import fc2conv_onnx
@@ -14,7 +14,11 @@ CONVERTIBLE = [stem for stem in FIXTURES if stem not in NOTHING_TO_CONVERT + POO
 
 
 def larger_sizes(shape):
-    """Twice the training size, and a size that is not the training size plus a multiple of the stride."""
+    """Twice the training size, and a size that is not the training size plus a multiple of the stride (an NHWC
+    image input, as tf2onnx writes them, has its 3 channels last)."""
+    if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3:
+        batch, *spatial, channels = shape
+        return [(batch, *(2 * s for s in spatial), channels), (batch, *(s + 7 for s in spatial), channels)]
     batch, channels, *spatial = shape
     return [(batch, channels, *(2 * s for s in spatial)), (batch, channels, *(s + 7 for s in spatial))]
 
@@ -24,14 +28,17 @@ def test_fixture_converts_to_an_equivalent_model(stem, fixture_path):
     original = onnx.load(str(fixture_path(stem)))
     converted = fc2conv_onnx.convert(original, validate=False)  # checked here independently
     onnx.checker.check_model(converted, full_check=True)
-    assert_equivalent(original, converted, sizes=larger_sizes(input_shape(original)))
+    assert_equivalent(original, converted, sizes=larger_sizes(input_shape(original)),
+                      channels_last=stem in CHANNELS_LAST_INPUTS)
 
 
 @pytest.mark.parametrize("stem", CONVERTIBLE)
 def test_converted_model_has_symbolic_inputs_and_the_same_output_names(stem, fixture_path):
     original = onnx.load(str(fixture_path(stem)))
     converted = fc2conv_onnx.convert(original)
-    dims = converted.graph.input[0].type.tensor_type.shape.dim
+    dims = list(converted.graph.input[0].type.tensor_type.shape.dim)
+    if stem in CHANNELS_LAST_INPUTS:  # [N, H, W, C]
+        dims = dims[:1] + dims[-1:] + dims[1:-1]
     assert dims[0].dim_param and all(d.dim_param for d in dims[2:]) and dims[1].dim_value > 0
     assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
     assert list(converted.opset_import) == list(original.opset_import)

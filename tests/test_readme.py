@@ -18,7 +18,7 @@ def test_ci_runs_the_readme_test_command():
 def test_python_examples_run(tmp_path, monkeypatch, capsys):
     """Every ```python block, in order, in one namespace; the values in their comments are checked."""
     examples = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert len(examples) == 2
+    assert len(examples) == 3
     (tmp_path / "fixtures").symlink_to(FIXTURES)
     monkeypatch.chdir(tmp_path)
     namespace = {}
@@ -29,6 +29,11 @@ def test_python_examples_run(tmp_path, monkeypatch, capsys):
     assert repr(namespace["box"]) == "Box(start=(384, 960), stop=(512, 1024))"
     assert namespace["geometry"].grid((512, 1024)) == (13, 31)
     assert namespace["geometry"].grid((500, 1000)) == (12, 30)  # the README's example of another size
+    best = namespace["best"]
+    assert (best.box, round(best.score, 2), best.klass, best.scale, best.cell) == ((336.0, 32.0, 368.0, 64.0), 0.93,
+                                                                                     0, 1.0, (8, 84))
+    assert (tmp_path / "disks.csv").read_text().count("\n") == 7
+    assert [o.name for o in namespace["detector"].graph.output][-4:] == ["boxes", "scores", "classes", "batch_index"]
 
 
 def test_readme_exit_codes_match_the_errors():

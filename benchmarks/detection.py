@@ -1,0 +1,148 @@
+"""What detection costs on top of the model's own runs.
+
+    python benchmarks/detection.py [--rounds 9]
+
+Two models and pictures: the dress detector fixture (128x64 window, random weights) on a 512x1024 noise
+frame, objects 128 to 512 pixels (7 scales); and the spot finder fixture (32x32 window, chosen weights) on
+the disks scene tiled 4x4 (1024x1536), objects 32 to 256 pixels (10 scales). Per round, in rotated order
+with an untimed pause before each timed call (sessions do not spin, as in `detect`):
+
+  pyramid      fc2conv_onnx.detect(model, [picture], min_size=..., max_size=...), everything included:
+               reading the picture, the session, resizing, preprocessing, the runs, boxes and suppression
+  passes       the converted model's runs alone, one per scale, on inputs made beforehand (sum)
+  user loop    what a user's own loop does per scale: resize the picture (as detect does), preprocess, run
+  in-graph     the model written with --emit-detections, one run at scale 1 (boxes out)
+  map + numpy  the converted model's run at scale 1 plus detect's numpy steps (candidates, suppression)
+
+Printed: medians, pyramid / passes (target <= 1.2), pyramid / user loop, and in-graph / (map + numpy), each
+taken in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "fixtures"))
+
+import fc2conv_onnx  # noqa: E402
+from fc2conv_onnx import detections, pictures  # noqa: E402
+from fc2conv_onnx.detecting import SCALE_STEP  # noqa: E402
+from fc2conv_onnx.maps import open_map_model  # noqa: E402
+from fc2conv_onnx.validate import Session  # noqa: E402
+
+PAUSE = 0.1  # seconds, untimed, before each timed call
+
+
+def cases(folder: Path) -> List[Dict]:
+    from PIL import Image
+    import make_disks
+
+    frame = folder / "frame.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.uniform(0, 255, (512, 1024, 3))).astype(np.uint8)).save(frame)
+    tiled = folder / "disks_4x4.png"
+    Image.fromarray(np.tile(make_disks.scene(), (4, 4, 1))).save(tiled)
+    return [{"name": "dress detector, 512x1024 frame", "model": "dress_detector", "picture": frame,
+             "sizes": (128, 512), "settings": {}},
+            {"name": "spot finder, 1024x1536 disks", "model": "spot_finder", "picture": tiled,
+             "sizes": (32, 256), "settings": {"regression": "box"}}]
+
+
+def timed(call: Callable[[], object]) -> float:
+    time.sleep(PAUSE)
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def run_case(case: Dict, folder: Path, rounds: int) -> None:
+    stem = case["model"]
+    converted, emitted = folder / f"{stem}_fcn.onnx", folder / f"{stem}_detector.onnx"
+    fc2conv_onnx.convert_file(ROOT / "fixtures" / f"{stem}.onnx", converted)
+    settings = fc2conv_onnx.DetectionSettings(**case["settings"])
+    fc2conv_onnx.convert_file(ROOT / "fixtures" / f"{stem}.onnx", emitted, emit_detections=settings)
+    low, high = case["sizes"]
+
+    def pyramid():
+        return fc2conv_onnx.detect(converted, [case["picture"]], settings, min_size=low, max_size=high)
+    found = pyramid()
+    scales = found.scales[str(case["picture"])]
+    runner = open_map_model(converted)
+    name = runner.placed(None)
+    outputs = [name] + ([settings.regression] if settings.regression else [])
+    geometry = runner.geometries[name]
+    picture = pictures.read_image(case["picture"])
+    prep = pictures.Preprocessing()
+    feeds = [pictures.model_input(picture if s == 1.0 else pictures.resized(picture, s), runner.channels(name),
+                                  geometry.layout, prep) for s in scales]
+    session = Session(runner.model, runner.weights)
+    detector = Session(onnx.load(str(emitted)))
+
+    def passes():
+        for feed in feeds:
+            session.run(outputs, {geometry.input: feed})
+
+    def user_loop():
+        for s in scales:
+            scaled = picture if s == 1.0 else pictures.resized(picture, s)
+            feed = pictures.model_input(scaled, runner.channels(name), geometry.layout, prep)
+            session.run(outputs, {geometry.input: feed})
+
+    def in_graph():
+        return detector.run(["boxes", "scores"], {geometry.input: feeds[0]})
+
+    def map_and_numpy():
+        values = session.run(outputs, {geometry.input: feeds[0]})
+        maps = [v[0] for v in values]
+        size = (picture.size[1], picture.size[0])
+        found = detections.candidates(maps[0], maps[1] if len(maps) > 1 else None, geometry, settings, "p", 1.0,
+                                      (1.0, 1.0), size)
+        return detections.best_first(found, settings.iou)
+
+    # Agree before timing: the in-graph detector and the numpy steps find the same boxes at scale 1.
+    boxes, scores = in_graph()
+    numpy_found = map_and_numpy()
+    assert len(numpy_found) == len(scores) and np.allclose(sorted(scores), sorted(d.score for d in numpy_found))
+    methods = {"pyramid": pyramid, "passes": passes, "user loop": user_loop, "in-graph": in_graph,
+               "map + numpy": map_and_numpy}
+    times: Dict[str, List[float]] = {m: [] for m in methods}
+    order = list(methods)
+    for round_ in range(rounds):
+        for method in order[round_ % len(order):] + order[:round_ % len(order)]:
+            times[method].append(timed(methods[method]))
+    medians = {m: statistics.median(t) * 1000 for m, t in times.items()}
+    print(f"\n**{case['name']}: objects {low}-{high} px, {len(scales)} scales "
+          f"({', '.join(f'{s:.3g}' for s in scales)}), {len(found.records)} detection(s); at scale 1: "
+          f"{len(scores)}**\n")
+    print("| method | median ms |\n|---|---:|")
+    for method, value in medians.items():
+        print(f"| {method} | {value:.1f} |")
+    print(f"\npyramid / passes = {medians['pyramid'] / medians['passes']:.2f} (target <= 1.2); pyramid / user loop "
+          f"= {medians['pyramid'] / medians['user loop']:.2f}; "
+          f"in-graph / (map + numpy) = {medians['in-graph'] / medians['map + numpy']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    import onnxruntime
+    print(f"{platform.machine()}, {platform.processor() or 'cpu'}, onnxruntime {onnxruntime.__version__}, "
+          f"default intra-op threads, no spinning; {args.rounds} rounds; scale step {SCALE_STEP}")
+    with tempfile.TemporaryDirectory() as folder:
+        for case in cases(Path(folder)):
+            run_case(case, Path(folder), args.rounds)
+
+
+if __name__ == "__main__":
+    main()
