@@ -480,7 +480,7 @@ def _run_detect(args: argparse.Namespace):
     drawings = _drawings(args.images, args.draw)
     found = api.detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
                        max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
-                       progress=_progress("pictures"))
+                       progress=_progress("runs"))
     if args.output == STREAM:
         sys.stdout.write(found.text())
         sys.stdout.flush()

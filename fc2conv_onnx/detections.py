@@ -126,7 +126,7 @@ def regressed(boxes: np.ndarray, offsets: np.ndarray, geometry: Geometry) -> np.
     return boxes + offsets.reshape(4, -1).T.astype(np.float32) * span
 
 
-def clipped(boxes: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def clipped(boxes: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Boxes x1, y1, x2, y2 cut to a picture of `size` (height, width)."""
     high = np.asarray([size[1], size[0]] * 2, np.float32)
     return np.minimum(np.maximum(boxes, np.float32(0)), high)
@@ -177,7 +177,7 @@ CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row"
 
 
 def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geometry, settings: DetectionSettings,
-               image: str, scale: float, factor: Tuple[float, float], picture: Tuple[int, int]) -> List[Detection]:
+               image: str, scale: float, factor: Tuple[float, float], picture: Sequence[int]) -> List[Detection]:
     """The cells of one [K, h, w] map (and its [4, h, w] regression) scoring above the threshold, as
     detections in the picture's pixels: the model saw the picture resized by `factor` (height, width)."""
     grid = (scores.shape[1], scores.shape[2])
@@ -191,7 +191,8 @@ def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geom
     found = []
     for row, klass in enumerate(numbers):
         for index in np.flatnonzero(chosen[row] > np.float32(settings.threshold)):
-            found.append(Detection(image, tuple(float(v) for v in boxes[index]), float(chosen[row, index]),
+            x1, y1, x2, y2 = (float(v) for v in boxes[index])
+            found.append(Detection(image, (x1, y1, x2, y2), float(chosen[row, index]),
                                    int(klass), scale, (int(index // grid[1]), int(index % grid[1]))))
     return found
 

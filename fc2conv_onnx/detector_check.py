@@ -24,7 +24,7 @@ Found = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, 
 
 
 def expected(scores: np.ndarray, offsets: Optional[np.ndarray], parts: DetectorParts, settings: DetectionSettings,
-             size: Tuple[int, int]) -> Found:
+             size: Sequence[int]) -> Found:
     """What `detect` finds at scale 1 in a batch of maps ([N, K, h, w], channels first) of inputs of `size`."""
     found = []
     for n in range(scores.shape[0]):
@@ -65,12 +65,18 @@ def _maps(rng: np.random.Generator, shape: Sequence[int], settings: DetectionSet
     return (centre + rng.normal(0.0, 1.0, shape)).astype(np.float32)
 
 
+def _found(values: Sequence[np.ndarray]) -> Found:
+    """The detector's outputs, in DETECTION_OUTPUTS order, as a Found."""
+    boxes, scores, classes, batch = values
+    return boxes, scores, classes, batch
+
+
 def _channels_first(values: np.ndarray, layout: str) -> np.ndarray:
     return np.moveaxis(values, -1, 1) if layout == CHANNELS_LAST else values
 
 
 def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: DetectionSettings,
-                   size: Tuple[int, int], input_shape: Sequence[int], probabilities: bool, weights: Weights,
+                   size: Sequence[int], input_shape: Sequence[int], probabilities: bool, weights: Weights,
                    seed: int = 0) -> List[OutputCheck]:
     """Compare the detector with `detect` at one scale; raise ValidationError on a difference."""
     rng = np.random.default_rng(seed)
@@ -96,11 +102,11 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
                 values = _maps(rng, shape, settings, probabilities) if name == parts.scores else \
                     rng.normal(0.0, 0.2, shape).astype(np.float32)
                 feeds[name] = np.moveaxis(values, 1, -1).copy() if layout_of[name] == CHANNELS_LAST else values
-        got = tuple(alone.run(DETECTION_OUTPUTS, feeds))
+        got = _found(alone.run(DETECTION_OUTPUTS, feeds))
         want = expected(_channels_first(feeds[parts.scores], parts.scores_layout),
                         _channels_first(feeds[parts.regression], parts.regression_layout) if parts.regression else None,
                         parts, settings, maps_size)
-        difference = compare(f"random maps {round_ + 1}", got, want, span)  # type: ignore[arg-type]
+        difference = compare(f"random maps {round_ + 1}", got, want, span)
         if difference:
             raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")
         detail.append(len(want[1]))
@@ -108,11 +114,11 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     whole = validation.open_session(model, weights, "the converted model with its detector")
     picture = rng.uniform(0.0, 1.0, with_spatial([1, *input_shape[1:]], parts.geometry.layout, size))
     names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(DETECTION_OUTPUTS)
-    values = dict(zip(names, whole.run(names, {parts.geometry.input: picture.astype(np.float32)})))
-    want = expected(_channels_first(values[parts.scores], parts.scores_layout),
-                    _channels_first(values[parts.regression], parts.regression_layout) if parts.regression else None,
+    ran = dict(zip(names, whole.run(names, {parts.geometry.input: picture.astype(np.float32)})))
+    want = expected(_channels_first(ran[parts.scores], parts.scores_layout),
+                    _channels_first(ran[parts.regression], parts.regression_layout) if parts.regression else None,
                     parts, settings, size)
-    difference = compare("the model on a random input", tuple(values[n] for n in DETECTION_OUTPUTS), want, span)
+    difference = compare("the model on a random input", _found([ran[n] for n in DETECTION_OUTPUTS]), want, span)
     if difference:
         raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")
     counts = ", ".join(map(str, detail))

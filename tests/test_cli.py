@@ -122,12 +122,14 @@ def test_help_answers_and_usage_errors_exit_2():
 def test_each_commands_help_lists_the_exit_codes_it_can_end_with(fixture_path, capsys):
     """inspect exits 4 on a readable model without a head, and its help says so; heatmap never validates."""
     helps = {}
-    for command in ("convert", "validate", "inspect", "heatmap"):
+    for command in ("convert", "validate", "inspect", "heatmap", "detect"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         helps[command] = capsys.readouterr().out.split("exit codes:")[1]
     assert "0  at least one head would be converted" in helps["inspect"] and "4  no head" in helps["inspect"]
     assert "  5  " not in helps["heatmap"] and "  4  " not in helps["heatmap"]
+    assert "  5  " not in helps["detect"] and "  4  " not in helps["detect"]
+    assert "0  the detections were written" in helps["detect"] and "--emit-detections" in helps["convert"]
     assert "  5  " not in helps["inspect"] and "  5  not equivalent" in helps["validate"]
     assert main(["inspect", str(fixture_path("no_fc_head"))]) == 4
 

@@ -224,3 +224,29 @@ def test_convert_refuses_detection_flags_without_emit_and_unusable_outputs(tmp_p
     code, _, stderr = cli("convert", FIXTURES / "caffe2_alexnet_opset9_inputs.onnx", "-o", tmp_path / "x.onnx",
                           "--emit-detections")
     assert code == 3 and "opset 11" in stderr
+
+
+def test_one_session_serves_every_picture_and_scale_and_progress_counts_the_runs(converted, monkeypatch):
+    from fc2conv_onnx import maps
+    opened = []
+    real = maps.validation.open_session
+    monkeypatch.setattr(maps.validation, "open_session", lambda *a, **k: opened.append(1) or real(*a, **k))
+    calls = []
+    found = fc2conv_onnx.detect(converted[0], [DISKS, FIXTURES / "spots.png"], scales=(1, 0.5, 0.25),
+                                progress=lambda done, total: calls.append((done, total)))
+    assert len(opened) == 1 and calls == [(i, 6) for i in range(1, 7)]
+    assert {r.image for r in found.records} == {str(DISKS)}  # the spots scene has no disk of these sizes
+
+
+def test_the_readme_picture_is_what_the_commands_make(tmp_path):
+    """docs/detect.png comes from the README's two commands (compared pixel by pixel, allowing the labels'
+    text, whose font differs between Pillow versions)."""
+    model = tmp_path / "spot_finder_fcn.onnx"
+    assert cli("convert", FIXTURES / "spot_finder.onnx", "-o", model)[0] == 0
+    out = tmp_path / "detect.png"
+    code, _, stderr = cli("detect", model, DISKS, "-o", tmp_path / "disks.json", "--min-size", "32", "--max-size",
+                          "128", "--scale-step", "2", "--regression", "box", "--draw", out)
+    assert code == 0, stderr
+    made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "detect.png"))
+    assert made.shape == shipped.shape == (512, 768, 3)
+    assert (made == shipped).all(axis=-1).mean() > 0.995

@@ -23,6 +23,7 @@ POOLED = {
     "resnet_like_maxpool": ("relu_67", "globalmaxpool_69", False),
     "mobilenet_like": ("clip_27", "reducemean_29", False),
     "keras_gap_like": ("relu_13", None, True),
+    "spot_finder_pooled": ("features", "globalaveragepool_6", False),
 }
 
 
@@ -72,7 +73,9 @@ def test_none_mode_is_the_head_at_every_location(stem):
     original = load(stem)
     conversion = fc2conv_onnx.convert_with_report(original, pooling="none")
     ops = [n.op_type for n in conversion.model.graph.node]
-    assert not {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "AveragePool"} & set(ops)
+    trunk_pools = [n.op_type for n in original.graph.node].count("AveragePool")  # the spot finder's 4x4 pool
+    assert not {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"} & set(ops)
+    assert ops.count("AveragePool") == trunk_pools  # no window pool in its place
     rank = len(input_shape(original)) - 2
     assert_equivalent(original, conversion.model, source=source, sizes=[larger(original, channels_last)],
                       channels_last=channels_last, window=(1,) * rank)
