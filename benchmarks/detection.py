@@ -2,20 +2,24 @@
 
     python benchmarks/detection.py [--rounds 9]
 
-Two models and pictures: the dress detector fixture (128x64 window, random weights) on a 512x1024 noise
-frame, objects 128 to 512 pixels (7 scales); and the spot finder fixture (32x32 window, chosen weights) on
-the disks scene tiled 4x4 (1024x1536), objects 32 to 256 pixels (10 scales). Per round, in rotated order
-with an untimed pause before each timed call (sessions do not spin, as in `detect`):
+Three models and pictures: the dress detector fixture (128x64 window, random weights) on a 512x1024 noise
+frame, objects 128 to 512 pixels (7 scales); the spot finder fixture (32x32 window, chosen weights) on the
+disks scene tiled 4x4 (1024x1536), objects 32 to 256 pixels (10 scales); and the CaffeNet-shaped classifier
+of benchmarks/models.py (227x227, random weights, 1000 classes, softmax; class 1) on a 640x640 noise picture,
+objects 227 to 640 pixels (5 scales): light models, where preparing the pictures weighs most, and a heavy
+one. Per round, in rotated order with an untimed pause before each timed call (sessions do not spin, as in
+`detect`):
 
   pyramid      fc2conv_onnx.detect(model, [picture], min_size=..., max_size=...), everything included:
                reading the picture, the session, resizing, preprocessing, the runs, boxes and suppression
   passes       the converted model's runs alone, one per scale, on inputs made beforehand (sum)
   user loop    what a user's own loop does per scale: resize the picture (as detect does), preprocess, run
+  singles      detect called once per scale (scales=(s,)), summed: the pyramid's single passes as calls
   in-graph     the model written with --emit-detections, one run at scale 1 (boxes out)
   map + numpy  the converted model's run at scale 1 plus detect's numpy steps (candidates, suppression)
 
-Printed: medians, pyramid / passes (target <= 1.2), pyramid / user loop, and in-graph / (map + numpy), each
-taken in one run.
+Printed: medians, pyramid / passes (target <= 1.2), pyramid / user loop, pyramid / singles, and in-graph /
+(map + numpy), each taken in one run.
 """
 from __future__ import annotations
 
@@ -50,12 +54,24 @@ def cases(folder: Path) -> List[Dict]:
     frame = folder / "frame.png"
     rng = np.random.default_rng(0)
     Image.fromarray((rng.uniform(0, 255, (512, 1024, 3))).astype(np.uint8)).save(frame)
+    square = folder / "square.png"
+    Image.fromarray((rng.uniform(0, 255, (640, 640, 3))).astype(np.uint8)).save(square)
     tiled = folder / "disks_4x4.png"
     Image.fromarray(np.tile(make_disks.scene(), (4, 4, 1))).save(tiled)
     return [{"name": "dress detector, 512x1024 frame", "model": "dress_detector", "picture": frame,
              "sizes": (128, 512), "settings": {}},
             {"name": "spot finder, 1024x1536 disks", "model": "spot_finder", "picture": tiled,
-             "sizes": (32, 256), "settings": {"regression": "box"}}]
+             "sizes": (32, 256), "settings": {"regression": "box"}},
+            {"name": "CaffeNet-shaped, 640x640 picture", "model": _caffenet(folder), "picture": square,
+             "sizes": (227, 640), "settings": {"classes": (1,), "threshold": 0.0}}]
+
+
+def _caffenet(folder: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from models import caffenet
+    path = folder / "caffenet.onnx"
+    onnx.save(caffenet(), str(path))
+    return path
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -66,11 +82,11 @@ def timed(call: Callable[[], object]) -> float:
 
 
 def run_case(case: Dict, folder: Path, rounds: int) -> None:
-    stem = case["model"]
-    converted, emitted = folder / f"{stem}_fcn.onnx", folder / f"{stem}_detector.onnx"
-    fc2conv_onnx.convert_file(ROOT / "fixtures" / f"{stem}.onnx", converted)
+    source = case["model"] if isinstance(case["model"], Path) else ROOT / "fixtures" / f"{case['model']}.onnx"
+    converted, emitted = folder / f"{source.stem}_fcn.onnx", folder / f"{source.stem}_detector.onnx"
+    fc2conv_onnx.convert_file(source, converted)
     settings = fc2conv_onnx.DetectionSettings(**case["settings"])
-    fc2conv_onnx.convert_file(ROOT / "fixtures" / f"{stem}.onnx", emitted, emit_detections=settings)
+    fc2conv_onnx.convert_file(source, emitted, emit_detections=settings)
     low, high = case["sizes"]
 
     def pyramid():
@@ -98,6 +114,10 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
             feed = pictures.model_input(scaled, runner.channels(name), geometry.layout, prep)
             session.run(outputs, {geometry.input: feed})
 
+    def singles():
+        for s in scales:
+            fc2conv_onnx.detect(converted, [case["picture"]], settings, scales=(s,))
+
     def in_graph():
         return detector.run(["boxes", "scores"], {geometry.input: feeds[0]})
 
@@ -113,7 +133,7 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
     boxes, scores = in_graph()
     numpy_found = map_and_numpy()
     assert len(numpy_found) == len(scores) and np.allclose(sorted(scores), sorted(d.score for d in numpy_found))
-    methods = {"pyramid": pyramid, "passes": passes, "user loop": user_loop, "in-graph": in_graph,
+    methods = {"pyramid": pyramid, "passes": passes, "user loop": user_loop, "singles": singles, "in-graph": in_graph,
                "map + numpy": map_and_numpy}
     times: Dict[str, List[float]] = {m: [] for m in methods}
     order = list(methods)
@@ -127,8 +147,9 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
     print("| method | median ms |\n|---|---:|")
     for method, value in medians.items():
         print(f"| {method} | {value:.1f} |")
-    print(f"\npyramid / passes = {medians['pyramid'] / medians['passes']:.2f} (target <= 1.2); pyramid / user loop "
-          f"= {medians['pyramid'] / medians['user loop']:.2f}; "
+    ratio = {other: medians["pyramid"] / medians[other] for other in ("passes", "user loop", "singles")}
+    print(f"\npyramid / passes = {ratio['passes']:.2f} (target <= 1.2); "
+          f"pyramid / user loop = {ratio['user loop']:.2f}; pyramid / singles = {ratio['singles']:.2f}; "
           f"in-graph / (map + numpy) = {medians['in-graph'] / medians['map + numpy']:.2f}")
 
 
