@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
     which.add_argument("--top", type=int, metavar="N", help="draw the N classes whose highest cell is highest, "
                        "one panel each. Default: the class with the highest cell")
-    heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the first "
-                         "with a geometry)")
+    heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the one made "
+                         "by a Softmax or Sigmoid, else the first with a geometry)")
     _picture_flags(heatmap)
     heatmap.add_argument("--alpha", type=float, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
     heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
@@ -451,14 +451,19 @@ def _run_inspect(args: argparse.Namespace) -> Report:
 def _run_heatmap(args: argparse.Namespace):
     if args.output == STREAM:
         raise UsageError(f"heatmap writes a PNG file; give its name, not {STREAM}")
-    if args.scales is not None and any(scale <= 0 for scale in args.scales):
-        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, args.scales))}")
+    _check_scales(args.scales)
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
     return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
                        top=args.top, preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
                        resize=args.resize, scales=args.scales)
+
+
+def _check_scales(scales: Optional[tuple]) -> None:
+    """--scales (heatmap, detect): positive factors."""
+    if scales is not None and min(scales) <= 0:
+        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, scales))}")
 
 
 def _preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -472,8 +477,7 @@ def _run_detect(args: argparse.Namespace):
     sizes = {"--min-size": args.min_size, "--max-size": args.max_size, "--scale-step": args.scale_step}
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
-    if args.scales is not None and min(args.scales) <= 0:
-        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, args.scales))}")
+    _check_scales(args.scales)
     if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):
         raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
     settings = _detection_settings(args)

@@ -127,12 +127,14 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
         raise InputError(f"detect reads pictures; output '{name}' is on a {len(geometry.window)}-D grid")
     outputs = [name] + _regression(runner, settings, geometry)
     found: List[Detection] = []
-    pictures_read = [(image, pictures.read_image(image)) for image in names]
-    plans = {image: _scales(picture, geometry, scales, min_size, max_size, scale_step)
-             for image, picture in pictures_read}
+    # Every picture's header first (a missing or unreadable one is refused before anything runs, and the
+    # progress knows its total); then one picture in memory at a time.
+    plans = {image: _scales(pictures.image_size(image), geometry, scales, min_size, max_size, scale_step)
+             for image in names}
     total, done = sum(len(s) for s in plans.values()), 0
     prep = preprocessing or pictures.Preprocessing()
-    for image, picture in pictures_read:
+    for image in names:
+        picture = pictures.read_image(image)
         width, height = picture.size
         for scale, size, feed in _inputs(runner, name, picture, plans[image], prep, image):
             maps = runner.run(feed, outputs, size, _where(image, scale))
@@ -192,12 +194,13 @@ def _regression(runner: MapModel, settings: DetectionSettings, geometry: Geometr
     return [name]
 
 
-def _scales(picture, geometry: Geometry, scales: Optional[Sequence[float]], min_size: Optional[float],
+def _scales(size: Tuple[int, int], geometry: Geometry, scales: Optional[Sequence[float]], min_size: Optional[float],
             max_size: Optional[float], step: Optional[float]) -> Tuple[float, ...]:
-    """The scales to run `picture` at: those given, or the pyramid for the object sizes."""
+    """The scales to run a picture of `size` (width, height) at: those given, or the pyramid for the object
+    sizes."""
     if scales is not None:
         return tuple(float(s) for s in scales)
     if min_size is None and max_size is None and step is None:
         return (1.0,)  # nothing asked: the picture as it is
     window = (int(geometry.window[0]), int(geometry.window[1]))
-    return pyramid(window, (picture.size[1], picture.size[0]), min_size, max_size, step or SCALE_STEP)
+    return pyramid(window, (size[1], size[0]), min_size, max_size, step or SCALE_STEP)

@@ -66,9 +66,14 @@ class DetectionSettings:
             if not classes or min(classes) < 0 or len(set(classes)) != len(classes):
                 raise InputError(f"classes {self.classes!r} must be distinct class numbers from 0")
             object.__setattr__(self, "classes", classes)  # frozen: normalized once, here
-        if not 0.0 <= float(self.iou) <= 1.0:
+        for name in ("threshold", "iou"):
+            try:
+                object.__setattr__(self, name, float(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise InputError(f"{name} {getattr(self, name)!r} is not a number") from None
+        if not 0.0 <= self.iou <= 1.0:
             raise InputError(f"iou {self.iou} is not between 0 and 1")
-        if not np.isfinite(float(self.threshold)):
+        if not np.isfinite(self.threshold):
             raise InputError(f"threshold {self.threshold} is not a number")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")

@@ -10,7 +10,8 @@ Outputs, besides the maps (kept, so that `heatmap` and `detect` still read the m
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +27,8 @@ from .plan import Plan
 
 #: The outputs the detector adds, in order.
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
+#: The metadata key that records the detector's settings.
+DETECTOR_KEY = "fc2conv_onnx.detector"
 #: Names of the added nodes and tensors start with this.
 PREFIX = "fc2conv_detect/"
 #: The oldest opset whose ops it needs (NonMaxSuppression, Range, GatherND, Equal on floats).
@@ -190,6 +193,10 @@ def with_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detect
     result.graph.node.extend(nodes)
     result.graph.initializer.extend(constants)
     result.graph.output.extend(output_infos())
+    # What the detector does, for people and tools reading the model (Netron shows metadata).
+    result.metadata_props.add(key=DETECTOR_KEY, value=json.dumps(
+        {"outputs": list(DETECTION_OUTPUTS), "scores": parts.scores, "regression": parts.regression,
+         **{f.name: getattr(settings, f.name) for f in fields(settings)}}))
     return result
 
 

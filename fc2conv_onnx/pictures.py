@@ -64,18 +64,26 @@ def _pillow():
     return Image, ImageDraw
 
 
-def read_image(path: Union[str, "os.PathLike[str]"]):
-    """The image at `path` as a Pillow image, or InputError."""
+def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
+    """The image at `path` as a Pillow image, or InputError. `load=False` reads only its header (its size and
+    mode; the pixels are decoded when first used)."""
     Image, _ = _pillow()
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image '{path}' does not exist")
     try:
         image = Image.open(path)
-        image.load()
+        if load:
+            image.load()
     except Exception as error:
         raise InputError(f"image '{path}' is not a readable picture ({error})") from None
     return image
+
+
+def image_size(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
+    """(width, height) of the picture at `path`, from its header; InputError if it is not a picture."""
+    with read_image(path, load=False) as image:
+        return image.size
 
 
 def resized(image, resize: Union[float, Tuple[int, int]]):

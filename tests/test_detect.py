@@ -149,6 +149,8 @@ def test_the_emitted_detector_finds_what_detect_finds(tmp_path, form):
     found = fc2conv_onnx.detect(out, [DISKS], regression="box").records
     assert len(found) == 3 and boxes.shape == (3, 4) and set(classes) == {0} and set(batch) == {0}
     assert np.allclose(boxes, [r.box for r in found]) and np.allclose(scores, [r.score for r in found])
+    recorded = {p.key: p.value for p in onnx.load(str(out)).metadata_props}["fc2conv_onnx.detector"]
+    assert json.loads(recorded)["regression"] == "box" and json.loads(recorded)["threshold"] == 0.5
 
 
 def test_the_detector_check_fails_on_a_detector_that_differs(tmp_path, monkeypatch):
