@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     detect = commands.add_parser(
         "detect", formatter_class=_formatter, help="find objects in pictures with a converted classifier",
-        description="Run the converted MODEL on each IMAGE at the scales of an image pyramid (one session for all), "
+        description="Run the converted MODEL on each IMAGE, as it is or at each scale of an image pyramid (one session "
+                    "for all), "
                     "turn every cell scoring above --threshold into its input window's box in the picture's pixels "
                     "(the stride, window and offset stored in MODEL, and the scale), optionally moved by a "
                     "--regression output, clip it to the picture, and suppress overlapping boxes per class across "

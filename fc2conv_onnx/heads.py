@@ -29,7 +29,7 @@ from .linear import LINEAR_OPS, match_linear
 from .ops import HeadContext, entry
 from .options import AUTO
 from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
-                   LinearLayer, PassThrough, Plan, Skipped, Step)
+                   PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
 from .values import producer
 from .walks import upstream_inputs
@@ -56,25 +56,34 @@ def spatial_source_shape(tensor: gs.Tensor) -> Union[Tuple[int, ...], Decline]:
 
 # ------------------------------------------------------------------------------ flattening vocabulary
 
-def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[PassThrough, ...]]:
-    """The spatial tensor a flattening reads, the order it lists the features in, a note, and the
-    elementwise ops (with scalar constants) between a Transpose and the flattening.
+def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[PassThrough, ...], Tuple[int, ...]]:
+    """The spatial tensor a flattening reads, the order it lists the features in, a note, the elementwise
+    ops (with scalar constants) between a Transpose and the flattening, and that Transpose's perm for an
+    order other than channels first or last.
 
     tf2onnx (and keras2onnx) put a Transpose to channels last before a Keras Flatten, so the features come
     in (*spatial, C) order; the source is then the channels-first tensor before the Transpose, and the
-    first kernel is permuted to match (never the other way round: the trunk stays as it is). Ops between
-    the Transpose and the flattening (a QDQ model's Q/DQ pair) commute with the Transpose: they move to
-    the channels-first source.
+    first kernel is permuted to match (never the other way round: the trunk stays as it is). Any other
+    Transpose that keeps the batch first is read the same way (the Caffe ports of MTCNN flatten in (W, H, C)
+    order). Ops between the Transpose and the flattening (a QDQ model's Q/DQ pair) commute with the
+    Transpose: they move to the channels-first source.
     """
     data = node.inputs[0]
     start, between = _elementwise_chain(data, 0, frozenset())
     transpose = producer(start)
     rank = len(start.shape) if start.shape is not None else 0
-    if transpose is not None and rank >= 3 and is_transpose(transpose, to_channels_last(rank)):
+    if transpose is None or transpose.op != "Transpose" or rank < 3:
+        return data, CHANNELS_FIRST, "", (), ()
+    if is_transpose(transpose, to_channels_last(rank)):
         note = f"reads Transpose '{transpose.name}' to channels last: features in (*spatial, C) order, permuted " \
                "into the kernel"
-        return transpose.inputs[0], CHANNELS_LAST, note, between
-    return data, CHANNELS_FIRST, "", ()
+        return transpose.inputs[0], CHANNELS_LAST, note, between, ()
+    perm = tuple(int(p) for p in transpose.attrs.get("perm", ()))
+    if len(perm) == rank and perm[0] == 0 and sorted(perm) == list(range(rank)) and perm != tuple(range(rank)):
+        note = f"reads Transpose '{transpose.name}' (perm {list(perm)}): features in that order, permuted into the " \
+               "kernel"
+        return transpose.inputs[0], PERMUTED, note, between, perm
+    return data, CHANNELS_FIRST, "", (), ()
 
 
 def _joined(*notes: str) -> str:
@@ -85,7 +94,7 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
     if node.op != "Flatten":
         return None
-    source, order, note, moved = _read_through_transpose(node)
+    source, order, note, moved, perm = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
@@ -96,7 +105,7 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
         return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1: "
                        "it does not keep the batch axis apart")
     return Flattening(node=node.name, op="Flatten", source=source.name, source_shape=shape, order=order, note=note,
-                      prelude=moved)
+                      prelude=moved, perm=perm)
 
 
 def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
@@ -110,7 +119,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     """
     if node.op != "Reshape":
         return None
-    source, order, transpose_note, moved = _read_through_transpose(node)
+    source, order, transpose_note, moved, perm = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
@@ -118,7 +127,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     if isinstance(note, Decline):
         return note
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
-                      note=_joined(transpose_note, note), prelude=moved)
+                      note=_joined(transpose_note, note), prelude=moved, perm=perm)
 
 
 FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (match_flatten, match_reshape)

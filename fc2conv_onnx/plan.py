@@ -135,6 +135,10 @@ class GlobalPool:
         return self.mode.becomes(self.kind, spatial)
 
 
+#: `Flattening.order` of a flattening that reads through a Transpose other than to channels last.
+PERMUTED = "permuted"
+
+
 @dataclass(frozen=True, eq=False)
 class Flattening:
     """Flatten(axis=1) of a spatial tensor, whatever op spelled it, read by a head's first linear layer."""
@@ -145,11 +149,14 @@ class Flattening:
     #: (C, *spatial) at the training size; the batch axis is not part of it.
     source_shape: Tuple[int, ...]
     #: Element order of the flattened vector: CHANNELS_FIRST is (C, *spatial), as Flatten(axis=1) of the
-    #: source lists it; CHANNELS_LAST is (*spatial, C), as after a Transpose to channels last (Keras).
+    #: source lists it; CHANNELS_LAST is (*spatial, C), as after a Transpose to channels last (Keras);
+    #: PERMUTED is the order of the source transposed by `perm` (which keeps the batch first).
     order: str = CHANNELS_FIRST
     note: str = ""
-    #: Elementwise ops between a Transpose to channels last and the flattening; they move onto the source.
+    #: Elementwise ops between the Transpose and the flattening; they move onto the source.
     prelude: Tuple["PassThrough", ...] = ()
+    #: The Transpose's perm, for order PERMUTED.
+    perm: Tuple[int, ...] = ()
 
     @property
     def spatial_shape(self) -> Tuple[int, ...]:
@@ -360,6 +367,7 @@ class HeadPlan:
             "source": self.source,
             "source_shape": list(self.source_shape),
             "flattening": None if flat is None else {"node": flat.node, "op": flat.op, "order": flat.order,
+                                                   "perm": list(flat.perm),
                                                      "note": flat.note},
             "pooling": None if self.pool is None else {"node": self.pool.node, "op": self.pool.op,
                                                        "mode": self.pool.mode.name,
