@@ -252,3 +252,14 @@ def test_the_readme_picture_is_what_the_commands_make(tmp_path):
     made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "detect.png"))
     assert made.shape == shipped.shape == (512, 768, 3)
     assert (made == shipped).all(axis=-1).mean() > 0.995
+
+
+def test_a_model_without_cells_to_place_is_refused_with_the_reason(tmp_path):
+    """A kept global pool gives one prediction per image: there is no window to make a box of."""
+    kept = tmp_path / "kept.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder_pooled.onnx", kept)
+    code, _, stderr = cli("detect", kept, DISKS, "-o", tmp_path / "d.json")
+    assert code == 3 and "one prediction per image" in stderr and not (tmp_path / "d.json").exists()
+    code, _, stderr = cli("convert", FIXTURES / "spot_finder_pooled.onnx", "-o", tmp_path / "x.onnx",
+                          "--emit-detections")
+    assert code == 3 and "one prediction per image" in stderr and not (tmp_path / "x.onnx").exists()
