@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(the summary then goes to stderr)")
     detect.add_argument("--draw", metavar="PNG|DIR",
                         help="also draw the boxes, with class and score, over the picture: a PNG for one IMAGE, or a "
-                             "folder (made if missing) that gets IMAGE's name with .png for each of several")
+                             "folder (made if missing; an existing folder for one IMAGE too) that gets IMAGE's name "
+                             "with .png for each")
     pyramid = detect.add_argument_group("scales (default: the picture as it is, scale 1)")
     pyramid.add_argument("--scales", type=_floats, metavar="S1,S2,...",
                          help="the scales to run at, e.g. 1,0.5,0.25 (each picture resized by each factor)")
@@ -498,10 +499,11 @@ def _run_detect(args: argparse.Namespace):
 
 
 def _drawings(images: List[str], draw: Optional[str]) -> List[tuple]:
-    """(picture, PNG to draw it in) for --draw: the PNG for one picture, else one per picture in the folder."""
+    """(picture, PNG to draw it in) for --draw: the PNG for one picture, else (or when it names a folder) one
+    per picture in the folder, named after the picture."""
     if not draw:
         return []
-    if len(images) == 1:
+    if len(images) == 1 and not os.path.isdir(draw):
         return [(images[0], draw)]
     names = [os.path.splitext(os.path.basename(image))[0] + ".png" for image in images]
     twice = sorted({n for n in names if names.count(n) > 1})

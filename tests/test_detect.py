@@ -185,6 +185,9 @@ def test_the_command_line_writes_json_csv_and_drawings(converted, tmp_path):
     lines = (tmp_path / "d.csv").read_text().splitlines()
     assert lines[0] == ",".join(detections.CSV_COLUMNS) and len(lines) == 7
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["disks.png", "spots.png"]
+    (tmp_path / "one").mkdir()
+    assert cli("detect", converted[0], DISKS, "-o", tmp_path / "e.json", "--draw", tmp_path / "one")[0] == 0
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["disks.png"]
     code, stdout, stderr = cli("detect", converted[0], DISKS, "-o", "-", "--class", "0", "--threshold", "0.9")
     assert code == 0 and json.loads(stdout) and "written: standard output" in stderr
 
