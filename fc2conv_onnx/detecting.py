@@ -15,6 +15,7 @@ from .detections import AUTO, Detection, DetectionSettings, best_first, candidat
 from .errors import InputError, printable
 from .geometry import Geometry
 from .maps import MapModel, made_by_score_op, open_map_model
+from .options import overridden
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called as progress(done, total) after each run of the model (one per picture and scale).
@@ -108,7 +109,7 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
         `.save(path)` / `.draw(image, png)` to write them.
     """
-    settings = _settings(settings, overrides)
+    settings = overridden(settings or DetectionSettings(), overrides, "detection setting")
     if scales is not None and (min_size, max_size, scale_step) != (None, None, None):
         raise InputError("give either scales or object sizes (min size, max size, scale step), not both")
     if scales is not None and (not scales or min(scales) <= 0):
@@ -172,15 +173,6 @@ def _inputs(runner: MapModel, name: str, picture, scales: Sequence[float], prep:
             if following is not None:
                 pending = pool.submit(make, following)
             yield made
-
-
-def _settings(settings: Optional[DetectionSettings], overrides: Dict) -> DetectionSettings:
-    known = {f.name for f in fields(DetectionSettings)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown detection setting(s) {', '.join(unknown)}; they are {', '.join(sorted(known))}")
-    base = settings or DetectionSettings()
-    return DetectionSettings(**{**{k: getattr(base, k) for k in known}, **overrides})
 
 
 def _regression(runner: MapModel, settings: DetectionSettings, geometry: Geometry) -> List[str]:

@@ -4,7 +4,7 @@ the same name and meaning."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from .detections import DetectionSettings
 from .errors import InputError
@@ -34,6 +34,20 @@ def parse_size(value: Size, what: str = "size") -> Tuple[int, ...]:
     if not size or min(size) <= 0:
         raise InputError(f"{what} '{value}' must be positive integers like 512x1024")
     return size
+
+
+R = TypeVar("R")
+
+
+def overridden(record: R, overrides: Optional[Mapping[str, Any]], what: str) -> R:
+    """The dataclass `record` with the API's keyword `overrides` applied (its checks run again); TypeError
+    naming an unknown one."""
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(record)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {what}(s) {', '.join(unknown)}; they are {', '.join(sorted(known))}")
+    return replace(record, **overrides)  # type: ignore[type-var]
 
 
 @dataclass(frozen=True)
@@ -77,12 +91,7 @@ class Options:
     @classmethod
     def of(cls, options: Optional["Options"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Options":
         """`options` (default: the defaults) with `overrides` (keyword arguments of the API) applied, checked."""
-        overrides = dict(overrides or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
-        return replace(options or cls(), **overrides).checked()
+        return overridden(options or cls(), overrides, "option").checked()
 
     def checked(self) -> "Options":
         if self.output_layout not in OUTPUT_LAYOUTS:

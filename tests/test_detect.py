@@ -240,6 +240,11 @@ def test_one_session_serves_every_picture_and_scale_and_progress_counts_the_runs
     found = fc2conv_onnx.detect(converted[0], [DISKS, FIXTURES / "spots.png"], scales=(1, 0.5, 0.25),
                                 progress=lambda done, total: calls.append((done, total)))
     assert len(opened) == 1 and calls == [(i, 6) for i in range(1, 7)]
+    record = json.loads(json.dumps(found.to_dict()))
+    assert record["scales"] == {str(DISKS): [1.0, 0.5, 0.25], str(FIXTURES / "spots.png"): [1.0, 0.5, 0.25]}
+    assert len(record["detections"]) == 6 and record["settings"]["output_name"] == "score"
+    with pytest.raises(TypeError, match="unknown detection setting"):
+        fc2conv_onnx.detect(converted[0], [DISKS], thresold=0.3)
     assert {r.image for r in found.records} == {str(DISKS)}  # the spots scene has no disk of these sizes
 
 
