@@ -7,10 +7,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from . import validate as validation
 from .detections import SIGMOID, DetectionSettings, best_first, candidates
-from .detector_graph import DETECTION_OUTPUTS, DetectorParts, standalone
+from .detector_graph import DetectorParts, standalone
 from .errors import ValidationError
 from .layout import CHANNELS_LAST, with_spatial
 from .validate import OutputCheck
@@ -66,7 +67,7 @@ def _maps(rng: np.random.Generator, shape: Sequence[int], settings: DetectionSet
 
 
 def _found(values: Sequence[np.ndarray]) -> Found:
-    """The detector's outputs, in DETECTION_OUTPUTS order, as a Found."""
+    """The detector's outputs (boxes, scores, classes, batch index) as a Found."""
     boxes, scores, classes, batch = values
     return boxes, scores, classes, batch
 
@@ -90,19 +91,23 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     types = {o.name: o.type for o in model.graph.output}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     batch_shape = with_spatial([BATCH, *input_shape[1:]], geometry.layout, maps_size)
-    alone = validation.open_session(standalone(parts, settings, opset, batch_shape, types[parts.scores],
+    image_type = {i.name: i for i in model.graph.input}[geometry.input].type.tensor_type.elem_type
+    image_dtype = helper.tensor_dtype_to_np_dtype(image_type)
+    map_dtypes = {parts.scores: helper.tensor_dtype_to_np_dtype(parts.scores_type),
+                  parts.regression: helper.tensor_dtype_to_np_dtype(parts.regression_type)}
+    alone = validation.open_session(standalone(parts, settings, opset, batch_shape, image_type, types[parts.scores],
                                                types.get(parts.regression or "")), None, "the detector")
     span = float(max(parts.geometry.window))
     detail = []
     for round_ in range(ROUNDS):
-        feeds: Dict[str, np.ndarray] = {parts.geometry.input: np.zeros(batch_shape, np.float32)}
+        feeds: Dict[str, np.ndarray] = {parts.geometry.input: np.zeros(batch_shape, image_dtype)}
         for name, channels in ((parts.scores, parts.classes), (parts.regression, 4)):
             if name:
                 shape = [BATCH, channels, *grid]
-                values = _maps(rng, shape, settings, probabilities) if name == parts.scores else \
-                    rng.normal(0.0, 0.2, shape).astype(np.float32)
+                values = (_maps(rng, shape, settings, probabilities) if name == parts.scores else
+                          rng.normal(0.0, 0.2, shape)).astype(map_dtypes[name])
                 feeds[name] = np.moveaxis(values, 1, -1).copy() if layout_of[name] == CHANNELS_LAST else values
-        got = _found(alone.run(DETECTION_OUTPUTS, feeds))
+        got = _found(alone.run(parts.outputs, feeds))
         want = expected(_channels_first(feeds[parts.scores], parts.scores_layout),
                         _channels_first(feeds[parts.regression], parts.regression_layout) if parts.regression else None,
                         parts, settings, maps_size)
@@ -113,16 +118,16 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     # The whole model on a random picture: its own maps against its own detections.
     whole = validation.open_session(model, weights, "the converted model with its detector")
     picture = rng.uniform(0.0, 1.0, with_spatial([1, *input_shape[1:]], parts.geometry.layout, size))
-    names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(DETECTION_OUTPUTS)
-    ran = dict(zip(names, whole.run(names, {parts.geometry.input: picture.astype(np.float32)})))
+    names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(parts.outputs)
+    ran = dict(zip(names, whole.run(names, {parts.geometry.input: picture.astype(image_dtype)})))
     want = expected(_channels_first(ran[parts.scores], parts.scores_layout),
                     _channels_first(ran[parts.regression], parts.regression_layout) if parts.regression else None,
                     parts, settings, size)
-    difference = compare("the model on a random input", _found([ran[n] for n in DETECTION_OUTPUTS]), want, span)
+    difference = compare("the model on a random input", _found([ran[n] for n in parts.outputs]), want, span)
     if difference:
         raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")
     counts = ", ".join(map(str, detail))
     shown = "x".join(map(str, grid))
-    return [OutputCheck(", ".join(DETECTION_OUTPUTS), "detections", tuple(picture.shape), int(np.prod(grid)), 0.0,
+    return [OutputCheck(", ".join(parts.outputs), "detections", tuple(picture.shape), int(np.prod(grid)), 0.0,
                         0.0, 0.0, True, f"the same as detect at scale 1: {counts} detection(s) kept on {ROUNDS} random "
                                         f"{BATCH}x{shown} maps, {len(want[1])} on this random input")]

@@ -25,8 +25,10 @@ from .layout import CHANNELS_LAST
 from .maps import score_output
 from .plan import Plan
 
-#: The outputs the detector adds, in order.
+#: The outputs the detector adds, in order; PREFIXED when one of these names is taken in the model (PyTorch
+#: classifiers often name their output "scores").
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "batch_index")
+PREFIXED = tuple(f"detection_{name}" for name in DETECTION_OUTPUTS)
 #: The metadata key that records the detector's settings.
 DETECTOR_KEY = "fc2conv_onnx.detector"
 #: Names of the added nodes and tensors start with this.
@@ -63,16 +65,18 @@ class _Nodes:
             return self.op("ReduceMax", [x, self.const([axis], np.int64)], keepdims=1)
         return self.op("ReduceMax", [x], axes=[axis], keepdims=1)
 
-    def channels_first_flat(self, x: str, layout: str) -> str:
-        """A [N, K, h, w] (or [N, h, w, K]) map as [N, K, h*w]."""
+    def channels_first_flat(self, x: str, layout: str, dtype: int) -> str:
+        """A [N, K, h, w] (or [N, h, w, K]) map as [N, K, h*w] float32 (NonMaxSuppression takes no other)."""
         if layout == CHANNELS_LAST:
             x = self.op("Transpose", [x], perm=[0, 3, 1, 2])
-        return self.op("Reshape", [x, self.const([0, 0, -1], np.int64)])
+        flat = self.op("Reshape", [x, self.const([0, 0, -1], np.int64)])
+        return flat if dtype == TensorProto.FLOAT else self.op("Cast", [flat], to=TensorProto.FLOAT)
 
 
 @dataclass(frozen=True)
 class DetectorParts:
-    """What the detector reads: the score map, its regression map (or none) and the image input."""
+    """What the detector reads: the score map, its regression map (or none) and the image input; the names
+    of its outputs."""
 
     scores: str
     scores_layout: str
@@ -80,18 +84,22 @@ class DetectorParts:
     geometry: Geometry
     regression: Optional[str] = None
     regression_layout: str = ""
+    outputs: Tuple[str, ...] = DETECTION_OUTPUTS
+    #: The maps' element types (onnx TensorProto values).
+    scores_type: int = TensorProto.FLOAT
+    regression_type: int = TensorProto.FLOAT
 
 
 def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
                    opset: int) -> Tuple[List[onnx.NodeProto], List[onnx.TensorProto]]:
-    """The nodes (and their constants) from the maps to DETECTION_OUTPUTS."""
+    """The nodes (and their constants) from the maps to the outputs `parts.outputs`."""
     if opset < MIN_OPSET:
         raise InputError(f"--emit-detections needs opset {MIN_OPSET} or later (NonMaxSuppression, Range, GatherND); "
                          f"the model has opset {opset}: upgrade it first (onnx.version_converter)")
     g = _Nodes(opset)
     geometry = parts.geometry
     window_h, window_w = geometry.window
-    scores = g.channels_first_flat(parts.scores, parts.scores_layout)  # [N, K, hw]
+    scores = g.channels_first_flat(parts.scores, parts.scores_layout, parts.scores_type)  # [N, K, hw]
     if settings.activation == SIGMOID:
         scores = g.op("Sigmoid", [scores])
     elif settings.activation == SOFTMAX:  # over K as the last axis: the same in every opset's Softmax
@@ -125,8 +133,8 @@ def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
                g.op("Add", [y1, g.const(float(window_h), np.float32)])]
     boxes = g.op("Reshape", [g.op("Concat", corners, axis=1), g.const([1, -1, 4], np.int64)])  # [1, hw, 4]
     if parts.regression:
-        offsets = g.op("Transpose", [g.channels_first_flat(parts.regression, parts.regression_layout)],
-                       perm=[0, 2, 1])  # [N, hw, 4]
+        offsets = g.op("Transpose", [g.channels_first_flat(parts.regression, parts.regression_layout,
+                                                           parts.regression_type)], perm=[0, 2, 1])  # [N, hw, 4]
         span = g.const([window_w, window_h, window_w, window_h], np.float32)
         boxes = g.op("Add", [boxes, g.op("Mul", [offsets, span])])
     else:
@@ -152,7 +160,7 @@ def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
     ordered, order = g.name("scores"), g.name("order")
     g.nodes.append(helper.make_node("TopK", [picked_scores, count], [ordered, order], name=g.name("TopK"), axis=0,
                                     largest=1, sorted=1))
-    out_boxes, out_scores, out_classes, out_batch = DETECTION_OUTPUTS
+    out_boxes, out_scores, out_classes, out_batch = parts.outputs
     g.op("Gather", [picked_boxes, order], out_boxes, axis=0)
     g.op("Identity", [ordered], out_scores)
     g.op("Gather", [class_index, order], out_classes, axis=0)
@@ -168,48 +176,56 @@ def describe(parts: DetectorParts, settings: DetectionSettings, probabilities: b
     logits = "" if probabilities or settings.activation != AUTO else \
         " (its values as they are: logits, not made by a Softmax or Sigmoid)"
     activation = f" through a {settings.activation}" if settings.activation in (SIGMOID, SOFTMAX) else ""
-    return (f"{', '.join(DETECTION_OUTPUTS)} from '{parts.scores}'{activation}{logits}, {which}, score above "
+    return (f"{', '.join(parts.outputs)} from '{parts.scores}'{activation}{logits}, {which}, score above "
             f"{settings.threshold:g}, overlap (IoU) up to {settings.iou:g}{regression}, best first")
 
 
-def output_infos() -> List[onnx.ValueInfoProto]:
-    """The declared detection outputs: M detections."""
-    return [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["M", 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["M"]),
-            helper.make_tensor_value_info("classes", TensorProto.INT64, ["M"]),
-            helper.make_tensor_value_info("batch_index", TensorProto.INT64, ["M"])]
+def output_infos(names: Sequence[str]) -> List[onnx.ValueInfoProto]:
+    """The declared detection outputs (boxes, scores, classes, batch index): M detections."""
+    boxes, scores, classes, batch = names
+    return [helper.make_tensor_value_info(boxes, TensorProto.FLOAT, ["M", 4]),
+            helper.make_tensor_value_info(scores, TensorProto.FLOAT, ["M"]),
+            helper.make_tensor_value_info(classes, TensorProto.INT64, ["M"]),
+            helper.make_tensor_value_info(batch, TensorProto.INT64, ["M"])]
+
+
+def free_output_names(model: onnx.ModelProto) -> Tuple[str, ...]:
+    """DETECTION_OUTPUTS, or PREFIXED when one of them is a tensor of `model` already."""
+    taken = {name for node in model.graph.node for name in node.output} | \
+        {v.name for v in model.graph.input} | {t.name for t in model.graph.initializer}
+    for names in (DETECTION_OUTPUTS, PREFIXED):
+        if not taken & set(names):
+            return names
+    raise InputError(f"--emit-detections adds outputs named {', '.join(DETECTION_OUTPUTS)} (or "
+                     f"{', '.join(PREFIXED)}), and the model has tensors of those names")
 
 
 def with_detector(model: onnx.ModelProto, parts: DetectorParts, settings: DetectionSettings) -> onnx.ModelProto:
     """A copy of the converted `model` with the detector appended and its outputs added."""
-    taken = {name for node in model.graph.node for name in node.output} | {v.name for v in model.graph.input}
-    clash = [name for name in DETECTION_OUTPUTS if name in taken]
-    if clash:
-        raise InputError(f"--emit-detections adds an output '{clash[0]}', and the model has a tensor of that name")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     nodes, constants = detector_nodes(parts, settings, opset)
     result = onnx.ModelProto()
     result.CopyFrom(model)
     result.graph.node.extend(nodes)
     result.graph.initializer.extend(constants)
-    result.graph.output.extend(output_infos())
+    result.graph.output.extend(output_infos(parts.outputs))
     # What the detector does, for people and tools reading the model (Netron shows metadata).
     result.metadata_props.add(key=DETECTOR_KEY, value=json.dumps(
-        {"outputs": list(DETECTION_OUTPUTS), "scores": parts.scores, "regression": parts.regression,
+        {"outputs": list(parts.outputs), "scores": parts.scores, "regression": parts.regression,
          **{f.name: getattr(settings, f.name) for f in fields(settings)}}))
     return result
 
 
 def standalone(parts: DetectorParts, settings: DetectionSettings, opset: int,
-               input_shape: Sequence, score_type: onnx.TypeProto,
+               input_shape: Sequence, image_type: int, score_type: onnx.TypeProto,
                regression_type: Optional[onnx.TypeProto]) -> onnx.ModelProto:
     """The detector alone, its maps and the image as inputs: validation feeds it random maps."""
     nodes, constants = detector_nodes(parts, settings, opset)
-    inputs = [helper.make_tensor_value_info(parts.geometry.input, TensorProto.FLOAT, list(input_shape)),
+    inputs = [helper.make_tensor_value_info(parts.geometry.input, image_type, list(input_shape)),
               helper.make_value_info(parts.scores, score_type)]
     if parts.regression and regression_type is not None:
         inputs.append(helper.make_value_info(parts.regression, regression_type))
-    graph = helper.make_graph(nodes, "detector", inputs, output_infos(), constants)
+    graph = helper.make_graph(nodes, "detector", inputs, output_infos(parts.outputs), constants)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=max(helper.find_min_ir_version_for([helper.make_opsetid("", opset)]), 4))
 
@@ -238,15 +254,18 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
         channel = dims[-1 if layout == CHANNELS_LAST else 1]
         if len(dims) != 4 or not channel.HasField("dim_value"):
             raise InputError(f"--emit-detections: output '{wanted}' is not a [N, K, h, w] map with a fixed K")
-        parts[role] = (wanted, layout, channel.dim_value, where)
-    scores, layout, classes, geometry = parts["scores"]
+        elem = {o.name: o for o in model.graph.output}[wanted].type.tensor_type.elem_type
+        parts[role] = (wanted, layout, channel.dim_value, where, elem)
+    scores, layout, classes, geometry, scores_type = parts["scores"]
+    outputs = free_output_names(model)
     if "regression" not in parts:
-        return DetectorParts(scores, layout, classes, geometry)
-    regression, regression_layout, channels, where = parts["regression"]
+        return DetectorParts(scores, layout, classes, geometry, outputs=outputs, scores_type=scores_type)
+    regression, regression_layout, channels, where, regression_type = parts["regression"]
     if where != geometry:
         raise InputError(f"--emit-detections: the regression output '{regression}' is not on the grid of "
                          f"'{scores}' (their geometries differ)")
     if channels != 4:
         raise InputError(f"--emit-detections: the regression output '{regression}' has {channels} channels; it "
                          "needs 4 (x1, y1, x2, y2)")
-    return DetectorParts(scores, layout, classes, geometry, regression, regression_layout)
+    return DetectorParts(scores, layout, classes, geometry, regression, regression_layout, outputs, scores_type,
+                         regression_type)
