@@ -87,7 +87,9 @@ def image_size(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
 
 
 def resized(image, resize: Union[float, Tuple[int, int]]):
-    """`image` resized by a factor, or to (height, width) pixels (bilinear)."""
+    """`image` resized by a factor, or to (height, width) pixels: by area averaging (Pillow's box filter) when
+    it shrinks, as image pyramids are made (OpenCV's INTER_AREA, torch's "area"), else bilinear. An image
+    that is neither RGB nor gray is made RGB first."""
     Image, _ = _pillow()
     width, height = image.size
     if isinstance(resize, (tuple, list)):
@@ -96,21 +98,35 @@ def resized(image, resize: Union[float, Tuple[int, int]]):
         size = (round(width * float(resize)), round(height * float(resize)))
     if min(size) < 1:
         raise InputError(f"resizing the {width}x{height} image (width x height) by {resize} leaves no pixel")
-    return image.convert("RGB").resize(size, Image.BILINEAR)
+    shrinks = size[0] <= width and size[1] <= height
+    source = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    return source.resize(size, Image.BOX if shrinks else Image.BILINEAR)
+
+
+def model_mode(channels: int, prep: Preprocessing) -> str:
+    """The Pillow mode the model's input is read from: "L" (one channel) or "RGB"."""
+    if prep.channels == "gray" or channels == 1:
+        if channels != 1:
+            raise InputError(f"--channels gray gives 1 channel; the model takes {channels}")
+        return "L"
+    if channels != 3:
+        raise InputError(f"the model takes {channels} channels; pictures are read as RGB or grayscale")
+    return "RGB"
+
+
+def in_mode(image, mode: str):
+    """`image` in Pillow mode `mode` (itself, not a copy, when it already is)."""
+    return image if image.mode == mode else image.convert(mode)
 
 
 def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.ndarray:
     """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed."""
-    if prep.channels == "gray" or channels == 1:
-        if channels != 1:
-            raise InputError(f"--channels gray gives 1 channel; the model takes {channels}")
-        values = np.asarray(image.convert("L"), dtype=np.float32)[..., None]
-    else:
-        if channels != 3:
-            raise InputError(f"the model takes {channels} channels; heatmap reads RGB or grayscale pictures")
-        values = np.asarray(image.convert("RGB"), dtype=np.float32)
-        if prep.channels == "bgr":
-            values = values[..., ::-1]
+    mode = model_mode(channels, prep)
+    values = np.asarray(in_mode(image, mode), dtype=np.float32)
+    if mode == "L":
+        values = values[..., None]
+    elif prep.channels == "bgr":
+        values = values[..., ::-1]
     values = values / np.float32(prep.scale)
     mean, std = np.atleast_1d(np.asarray(prep.mean, np.float32)), np.atleast_1d(np.asarray(prep.std, np.float32))
     for name, given in (("mean", mean), ("std", std)):
