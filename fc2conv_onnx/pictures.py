@@ -77,6 +77,9 @@ def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
             image.load()
     except Exception as error:
         raise InputError(f"image '{path}' is not a readable picture ({error})") from None
+    if image.mode.startswith(("I", "F")):  # Pillow would clip them to 8 bits: a wrong picture, not an error
+        raise InputError(f"image '{path}' has {image.mode} pixels (16 or 32 bits); give an 8-bit picture (RGB or "
+                         "gray), scaled as the model was trained")
     return image
 
 

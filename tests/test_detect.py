@@ -192,6 +192,17 @@ def test_the_command_line_writes_json_csv_and_drawings(converted, tmp_path):
     assert code == 0 and json.loads(stdout) and "written: standard output" in stderr
 
 
+def test_pictures_of_any_8_bit_mode_give_the_same_answer_and_16_bit_ones_are_refused(converted, tmp_path):
+    gray = np.asarray(Image.open(DISKS).convert("L"))
+    for mode in ("L", "RGBA", "P"):
+        Image.fromarray(gray).convert(mode).save(tmp_path / f"{mode}.png")
+        found = fc2conv_onnx.detect(converted[0], [tmp_path / f"{mode}.png"], scales=(1, 0.5, 0.25))
+        assert len(found.records) == 6 and not matches(found.records)[1], mode
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # Pillow would clip it to white
+    with pytest.raises(InputError, match="16 or 32 bits"):
+        fc2conv_onnx.detect(converted[0], [tmp_path / "deep.png"])
+
+
 def test_logits_are_said_and_softmax_of_one_class_refused(tmp_path):
     out = tmp_path / "spot.onnx"
     fc2conv_onnx.convert_file(FIXTURES / "bright_spot_detector.onnx", out)
