@@ -66,6 +66,14 @@ def _maps(rng: np.random.Generator, shape: Sequence[int], settings: DetectionSet
     return (centre + rng.normal(0.0, 1.0, shape)).astype(np.float32)
 
 
+def _ran(session: validation.Session, names: Sequence[str], feeds: Dict[str, np.ndarray], what: str) -> List:
+    """`session`'s outputs `names`, or the one-line error of `validate.failure` (the conversion's fault)."""
+    try:
+        return session.run(names, feeds)
+    except Exception as error:
+        raise validation.failure(error, what, original=False) from None
+
+
 def _found(values: Sequence[np.ndarray]) -> Found:
     """The detector's outputs (boxes, scores, classes, batch index) as a Found."""
     boxes, scores, classes, batch = values
@@ -107,7 +115,7 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
                 values = (_maps(rng, shape, settings, probabilities) if name == parts.scores else
                           rng.normal(0.0, 0.2, shape)).astype(map_dtypes[name])
                 feeds[name] = np.moveaxis(values, 1, -1).copy() if layout_of[name] == CHANNELS_LAST else values
-        got = _found(alone.run(parts.outputs, feeds))
+        got = _found(_ran(alone, parts.outputs, feeds, "the detector"))
         want = expected(_channels_first(feeds[parts.scores], parts.scores_layout),
                         _channels_first(feeds[parts.regression], parts.regression_layout) if parts.regression else None,
                         parts, settings, maps_size)
@@ -119,7 +127,8 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     whole = validation.open_session(model, weights, "the converted model with its detector")
     picture = rng.uniform(0.0, 1.0, with_spatial([1, *input_shape[1:]], parts.geometry.layout, size))
     names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(parts.outputs)
-    ran = dict(zip(names, whole.run(names, {parts.geometry.input: picture.astype(image_dtype)})))
+    ran = dict(zip(names, _ran(whole, names, {parts.geometry.input: picture.astype(image_dtype)},
+                               "the converted model with its detector")))
     want = expected(_channels_first(ran[parts.scores], parts.scores_layout),
                     _channels_first(ran[parts.regression], parts.regression_layout) if parts.regression else None,
                     parts, settings, size)

@@ -22,17 +22,16 @@ def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray
 
     Flatten(axis=1) of [N, C, *spatial] lists elements in row-major (C, *spatial) order, which is exactly
     the order of a row of W, so a row-major reshape lays each row out as a kernel. A channels-last
-    flattening lists them in (*spatial, C) order: reshape to [K, *spatial, C], then move C to axis 1; any
-    other permuted order likewise, by the inverse of its perm.
+    flattening lists them in (*spatial, C) order, and a flattening after another Transpose in that one's
+    order: reshape to the transposed shape, then transpose back by the inverse perm.
     """
-    k, channels, spatial = weight.shape[0], flattening.source_shape[0], flattening.spatial_shape
+    k, shape = weight.shape[0], flattening.source_shape
     if flattening.order == CHANNELS_FIRST:
-        return weight.reshape((k, channels) + spatial)
-    if flattening.order == CHANNELS_LAST:
-        return np.moveaxis(weight.reshape((k,) + spatial + (channels,)), -1, 1)
-    if flattening.order == PERMUTED:  # the row lists the source transposed by perm: undo it on the kernel
-        perm = flattening.perm
-        listed = weight.reshape((k,) + tuple(flattening.source_shape[p - 1] for p in perm[1:]))
+        return weight.reshape((k,) + shape)
+    perms = {CHANNELS_LAST: to_channels_last(len(shape) + 1), PERMUTED: flattening.perm}
+    if flattening.order in perms:  # the row lists the source transposed by perm: undo it on the kernel
+        perm = perms[flattening.order]
+        listed = weight.reshape((k,) + tuple(shape[p - 1] for p in perm[1:]))
         return np.transpose(listed, (0,) + tuple(perm.index(axis) for axis in range(1, len(perm))))
     raise ValueError(f"unknown flattening order {flattening.order!r}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import CHANNELS_LAST_INPUTS, FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS
+from builders import CHANNELS_LAST_INPUTS, FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS, transposed_flatten
 from equivalence import assert_equivalent, cut, input_shape, random_input, run
 
 import fc2conv_onnx
@@ -83,3 +83,13 @@ def test_trunk_feature_map_cut_helper_is_not_vacuous(fixture_path):
     original = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(onnx.load(str(fixture_path("trunk_1d")))))
     trunk = cut(original.model, ["signal"], ["features"], free_sizes=True)
     assert run(trunk, random_input(trunk, (1, 2, 128)))["features"].shape == (1, 8, 32)
+
+
+@pytest.mark.parametrize("perm", [(0, 3, 1, 2), (0, 2, 1, 3), (0, 1, 3, 2), (0, 3, 2, 1)])
+def test_a_flattening_after_any_transpose_keeping_the_batch_is_permuted_into_the_kernel(perm):
+    """(0, 3, 1, 2) is not its own inverse: a kernel laid out by the perm instead of its inverse fails here.
+    The [8, 4, 3] map has three distinct sizes, so every wrong order is caught."""
+    original = transposed_flatten(perm)
+    converted = fc2conv_onnx.convert(original, validate=False)  # checked here independently
+    assert "Transpose" not in {n.op_type for n in converted.graph.node}
+    assert_equivalent(original, converted, sizes=larger_sizes(input_shape(original)))
