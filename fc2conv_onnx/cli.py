@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=exit_codes("heatmap"))
     heatmap.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
     heatmap.add_argument("image", metavar="IMAGE", help="the picture (at least the training size)")
-    heatmap.add_argument("-o", "--output", metavar="OUT", required=True, help="where to write the PNG")
+    heatmap.add_argument("-o", "--output", metavar="OUT", required=True,
+                         help=f"where to write the PNG; {STREAM} for standard output (the summary then goes to stderr)")
     which = heatmap.add_mutually_exclusive_group()
     which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
     which.add_argument("--top", type=int, metavar="N", help="draw the N classes whose highest cell is highest, "
@@ -410,7 +411,7 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError(str(error)) from None
 
 
-#: The name that means standard input (for a model) or standard output (for convert's OUT).
+#: The name that means standard input (for a model) or standard output (convert's, heatmap's, detect's OUT).
 STREAM = "-"
 
 
@@ -451,15 +452,20 @@ def _run_inspect(args: argparse.Namespace) -> Report:
 
 
 def _run_heatmap(args: argparse.Namespace):
-    if args.output == STREAM:
-        raise UsageError(f"heatmap writes a PNG file; give its name, not {STREAM}")
+    if args.output == STREAM and sys.stdout.isatty():
+        raise UsageError(f"-o {STREAM} writes the PNG to standard output, which is a terminal here; pipe it to a "
+                         "program or give a file name")
     _check_scales(args.scales)
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
-    return api.heatmap(args.model, args.image, args.output, output_name=args.output_name, klass=args.klass,
-                       top=args.top, preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
-                       resize=args.resize, scales=args.scales)
+    drawn = api.heatmap(args.model, args.image, sys.stdout.buffer if args.output == STREAM else args.output,
+                        output_name=args.output_name, klass=args.klass, top=args.top,
+                        preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
+                        resize=args.resize, scales=args.scales)
+    if args.output == STREAM:
+        drawn.output = "standard output"
+    return drawn
 
 
 def _check_scales(scales: Optional[tuple]) -> None:

@@ -113,22 +113,26 @@ def class_scores(scores: np.ndarray, classes: Optional[Sequence[int]]) -> Tuple[
     return np.where(best, flat, np.float32(-np.inf)), np.arange(count, dtype=np.int64)
 
 
-def cell_boxes(geometry: Geometry, grid: Tuple[int, int]) -> np.ndarray:
-    """[h*w, 4] float32: cell (i, j)'s window as x1, y1, x2, y2 in the model input's pixels, row by row."""
-    rows = (geometry.offset[0] + np.arange(grid[0]) * geometry.stride[0]).astype(np.float32)
-    columns = (geometry.offset[1] + np.arange(grid[1]) * geometry.stride[1]).astype(np.float32)
-    y1, x1 = np.meshgrid(rows, columns, indexing="ij")
-    starts = np.stack([x1.ravel(), y1.ravel()], axis=1)
+def cell_boxes(geometry: Geometry, grid: Tuple[int, int], cells: Optional[np.ndarray] = None) -> np.ndarray:
+    """[n, 4] float32: the windows of `cells` (flat indices into the [h, w] grid, row by row; default: every
+    cell) as x1, y1, x2, y2 in the model input's pixels."""
+    cells = np.arange(grid[0] * grid[1]) if cells is None else np.asarray(cells)
+    y1 = (geometry.offset[0] + (cells // grid[1]) * geometry.stride[0]).astype(np.float32)
+    x1 = (geometry.offset[1] + (cells % grid[1]) * geometry.stride[1]).astype(np.float32)
+    starts = np.stack([x1, y1], axis=1)
     size = np.asarray([geometry.window[1], geometry.window[0]], np.float32)
     return np.concatenate([starts, starts + size], axis=1)
 
 
-def regressed(boxes: np.ndarray, offsets: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """`boxes` [h*w, 4] moved by a [4, h, w] regression map: corners + offsets * the window's width, height."""
+def regressed(boxes: np.ndarray, offsets: np.ndarray, geometry: Geometry,
+              cells: Optional[np.ndarray] = None) -> np.ndarray:
+    """`boxes` [n, 4] of `cells` (default: every cell) moved by a [4, h, w] regression map: corners + offsets *
+    the window's width, height."""
     if offsets.shape[0] != 4:
         raise InputError(f"the regression output has {offsets.shape[0]} channels; it needs 4 (x1, y1, x2, y2)")
     span = np.asarray([geometry.window[1], geometry.window[0]] * 2, np.float32)
-    return boxes + offsets.reshape(4, -1).T.astype(np.float32) * span
+    moves = offsets.reshape(4, -1) if cells is None else offsets.reshape(4, -1)[:, cells]
+    return boxes + moves.T.astype(np.float32) * span
 
 
 def clipped(boxes: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -187,19 +191,16 @@ def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geom
     detections in the picture's pixels: the model saw the picture resized by `factor` (height, width)."""
     grid = (scores.shape[1], scores.shape[2])
     chosen, numbers = class_scores(activated(scores, settings.activation), settings.classes)
-    boxes = cell_boxes(geometry, grid)
+    rows, cells = np.nonzero(chosen > np.float32(settings.threshold))  # by class, then cell: boxes of these only
+    boxes = cell_boxes(geometry, grid, cells)
     if offsets is not None:
-        boxes = regressed(boxes, offsets, geometry)
+        boxes = regressed(boxes, offsets, geometry, cells)
     if factor != (1.0, 1.0):
         boxes = boxes / np.asarray([factor[1], factor[0]] * 2, np.float32)
     boxes = clipped(boxes, picture)
-    found = []
-    for row, klass in enumerate(numbers):
-        for index in np.flatnonzero(chosen[row] > np.float32(settings.threshold)):
-            x1, y1, x2, y2 = (float(v) for v in boxes[index])
-            found.append(Detection(image, (x1, y1, x2, y2), float(chosen[row, index]),
-                                   int(klass), scale, (int(index // grid[1]), int(index % grid[1]))))
-    return found
+    return [Detection(image, tuple(box), score, klass, scale, divmod(cell, grid[1]))
+            for box, score, klass, cell in zip(boxes.tolist(), chosen[rows, cells].tolist(), numbers[rows].tolist(),
+                                                cells.tolist())]
 
 
 def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detection]:

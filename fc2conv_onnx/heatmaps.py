@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -54,8 +54,8 @@ class Heatmap:
                 "geometry": self.geometry.to_dict()}
 
 
-def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_name: Optional[str] = None,
-            klass: Optional[int] = None, top: Optional[int] = None,
+def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, BinaryIO], *,
+            output_name: Optional[str] = None, klass: Optional[int] = None, top: Optional[int] = None,
             preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
             value_range: Optional[Tuple[float, float]] = None,
             resize: Optional[Union[float, Tuple[int, int]]] = None,
@@ -70,7 +70,8 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     ends (default: the maps' min and max). `resize` (a factor, or (height, width)) resizes the image before
     the model sees it: objects should be about the model's window in size. `scales` runs the model on the
     image at each scale (1, 0.5, ...: an image pyramid, for objects of several sizes) and draws one map, per
-    pixel the highest value among the scales.
+    pixel the highest value among the scales. `output` is a file name (written atomically) or a binary file
+    object (sys.stdout.buffer, ...), which gets the PNG's bytes.
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
@@ -96,6 +97,18 @@ def heatmap(model: io.ModelSource, image: PathLike, output: PathLike, *, output_
     drawn = pictures.render(picture, maps, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
-    writes.save_bytes(buffer.getvalue(), output)
-    return Heatmap(str(output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends, geometry, data,
-                   pictures.enlargement(picture), tuple(scales or (1.0,)))
+    return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
+                   geometry, data, pictures.enlargement(picture), tuple(scales or (1.0,)))
+
+
+def _write(png: bytes, output: Union[PathLike, BinaryIO]) -> str:
+    """Write `png` to a file name (atomically) or a binary file object; what to call where it went."""
+    if isinstance(output, (str, os.PathLike)):
+        writes.save_bytes(png, output)
+        return str(output)
+    if not hasattr(output, "write"):
+        raise InputError(f"the heatmap's output must be a file name or a binary file object, not "
+                         f"{type(output).__name__}")
+    output.write(png)
+    output.flush()
+    return str(getattr(output, "name", "a file object"))

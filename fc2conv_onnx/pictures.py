@@ -125,19 +125,27 @@ def in_mode(image, mode: str):
 def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.ndarray:
     """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed."""
     mode = model_mode(channels, prep)
-    values = np.asarray(in_mode(image, mode), dtype=np.float32)
+    pixels = np.asarray(in_mode(image, mode))  # 8 bits: 256 values a channel
     if mode == "L":
-        values = values[..., None]
+        pixels = pixels[..., None]
     elif prep.channels == "bgr":
-        values = values[..., ::-1]
-    values = values / np.float32(prep.scale)
+        pixels = pixels[..., ::-1]
+    table = value_table(prep, pixels.shape[-1])
+    planes = np.empty((pixels.shape[-1],) + pixels.shape[:2], np.float32)
+    for channel, plane in enumerate(planes):  # 'clip': the indices are known to be in range, and it is 3x faster
+        np.take(table[channel], pixels[..., channel], out=plane, mode="clip")
+    return planes[None] if layout != CHANNELS_LAST else np.ascontiguousarray(planes.transpose(1, 2, 0))[None]
+
+
+def value_table(prep: Preprocessing, channels: int) -> np.ndarray:
+    """[C, 256] float32: each 8-bit value of each channel preprocessed, (value / scale - mean) / std, in
+    float32 as an image's values would be one by one; looking pixels up in it is 4x faster than computing."""
     mean, std = np.atleast_1d(np.asarray(prep.mean, np.float32)), np.atleast_1d(np.asarray(prep.std, np.float32))
     for name, given in (("mean", mean), ("std", std)):
-        if given.size not in (1, values.shape[-1]):
-            raise InputError(f"--{name} has {given.size} values; give 1 or {values.shape[-1]}")
-    values = (values - mean) / std
-    batch = values[None]
-    return np.ascontiguousarray(batch if layout == CHANNELS_LAST else batch.transpose(0, 3, 1, 2))
+        if given.size not in (1, channels):
+            raise InputError(f"--{name} has {given.size} values; give 1 or {channels}")
+    values = np.arange(256, dtype=np.float32)[:, None] / np.float32(prep.scale)
+    return np.ascontiguousarray(np.broadcast_to((values - mean) / std, (256, channels)).T)
 
 
 def spread(cells: np.ndarray, geometry: Geometry, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:

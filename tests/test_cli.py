@@ -228,8 +228,3 @@ def test_onnxruntime_logs_nothing_during_a_successful_conversion(fixture_path, t
     """onnxruntime's own log lines (coloured, on stderr) once appeared while converting these."""
     code, stdout, stderr = cli("convert", fixture_path(f"exported/{stem}"), "-o", tmp_path / "out.onnx")
     assert (code, stderr) == (0, ""), stderr
-
-
-def test_heatmap_does_not_take_standard_output(fixture_path, tmp_path):
-    code, _, stderr = cli("heatmap", fixture_path("dress_detector"), tmp_path / "x.png", "-o", "-")
-    assert code == 2 and "PNG file" in stderr and not (tmp_path / "-").exists()

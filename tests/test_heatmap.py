@@ -1,6 +1,10 @@
 """The heatmap command: a PNG of the class map over the image, the hottest region where the pattern is."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from io import BytesIO
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,7 +12,9 @@ from PIL import Image
 import fc2conv_onnx
 from conftest import FIXTURES
 from fc2conv_onnx import pictures
-from test_cli import cli
+from fc2conv_onnx.cli import main
+from fc2conv_onnx.layout import CHANNELS_LAST
+from test_cli import ENV, cli
 
 
 def spot_scene(path, height=96, width=128, centre=(60, 84), radius=4):
@@ -74,6 +80,31 @@ def test_the_default_output_is_the_one_with_class_scores_and_preprocessing_takes
     assert 0.0 <= drawn.data_range[0] <= drawn.data_range[1] <= 1.0 and drawn.value_range == drawn.data_range
     with pytest.raises(fc2conv_onnx.InputError, match="not a number"):
         pictures.Preprocessing(mean="grey")
+
+
+@pytest.mark.parametrize("prep", [pictures.Preprocessing(), pictures.Preprocessing(scale=1.0, mean=127.5, std=128.0),
+                                  pictures.Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+                                  pictures.Preprocessing(mean=(1.0, 2.0, 3.0), std=0.5, channels="bgr"),
+                                  pictures.Preprocessing(mean=0.5, std=0.25, channels="gray")],
+                         ids=["default", "scalars", "imagenet", "bgr", "gray"])
+@pytest.mark.parametrize("layout", ["NCHW", CHANNELS_LAST])
+def test_model_input_is_the_preprocessing_formula_pixel_by_pixel(prep, layout):
+    """The input is made by looking pixels up in a table of the 256 values per channel: it must equal
+    (value / scale - mean) / std computed on the picture in float32, in channel order and layout."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    channels = 1 if prep.channels == "gray" else 3
+    pixels = np.asarray(image.convert("L"))[..., None] if channels == 1 else rgb
+    pixels = pixels[..., ::-1] if prep.channels == "bgr" else pixels
+    expected = (pixels.astype(np.float32) / np.float32(prep.scale) - np.asarray(prep.mean, np.float32)) / \
+        np.asarray(prep.std, np.float32)
+    expected = expected[None] if layout == CHANNELS_LAST else expected.transpose(2, 0, 1)[None]
+    made = pictures.model_input(image, channels, layout, prep)
+    assert made.dtype == np.float32 and made.flags.c_contiguous and made.shape == expected.shape
+    np.testing.assert_array_equal(made, expected)
+    with pytest.raises(fc2conv_onnx.InputError, match="--mean has 2 values; give 1 or 3"):
+        pictures.model_input(image, 3, layout, pictures.Preprocessing(mean=(1.0, 2.0)))
 
 
 def test_the_colour_bar_labels_fit(spot_model, tmp_path):
@@ -171,3 +202,23 @@ def test_scales_find_a_spot_twice_the_window_size_where_it_is(spot_model, tmp_pa
     assert cli("heatmap", spot_model, image, "-o", out, "--scales", "1,0")[0] == 2
     code, _, stderr = cli("heatmap", spot_model, image, "-o", out, "--scales", "0.25")
     assert code == 3 and "at scale 0.25 is smaller than the model's" in stderr
+
+
+def test_heatmap_writes_its_png_to_standard_output_and_refuses_a_terminal(spot_model, tmp_path, monkeypatch, capsys):
+    """-o - : the same PNG bytes as -o FILE on stdout, the summary on stderr, no file named '-'; when stdout
+    is a terminal, a usage error rather than binary on the screen."""
+    scene = spot_scene(tmp_path / "scene.png")
+    assert cli("heatmap", spot_model, scene, "-o", tmp_path / "file.png")[0] == 0
+    done = subprocess.run([sys.executable, "-m", "fc2conv_onnx", "heatmap", str(spot_model), str(scene), "-o", "-"],
+                          capture_output=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and done.stdout == (tmp_path / "file.png").read_bytes()
+    assert b"written: standard output" in done.stderr and not (tmp_path / "-").exists()
+    assert Image.open(BytesIO(done.stdout)).size == Image.open(tmp_path / "file.png").size
+    buffer = BytesIO()  # the API takes a binary file object too
+    assert fc2conv_onnx.heatmap(spot_model, scene, buffer).output == "a file object"
+    assert buffer.getvalue() == done.stdout
+    with pytest.raises(fc2conv_onnx.InputError, match="file name or a binary file object, not int"):
+        fc2conv_onnx.heatmap(spot_model, scene, 3)  # type: ignore[arg-type]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["heatmap", str(spot_model), str(scene), "-o", "-"]) == 2
+    assert "standard output, which is a terminal" in capsys.readouterr().err
