@@ -90,7 +90,8 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
-            {name: plan.input_layout(name) for name in plan.trunk_inputs}))
+            {name: plan.input_layout(name) for name in plan.trunk_inputs},
+            lambda probe, names: validation.observed_shapes(probe, names, weights)))
     image = plan.trunk_inputs[0] if plan.trunk_inputs else None
     plan = replace(plan, normalized=notes, probe_size=tuple(
         spatial_dims(graph.tensors()[image].shape, plan.input_layout(image))) if probe and image else ())

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from .errors import InputError
 from .geometry import Geometry, HeadGeometry, window_layer
 from .walks import trunk_nodes
-from .ops import (JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
+from .ops import (CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
                   trunk_kind)
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints
@@ -148,11 +148,12 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
     ones = (1,) * rank
     for node in trunk:
         kind = trunk_kind(node)
-        read = node.inputs[:1] if kind == REGROUP else node.inputs  # a Reshape's shape input is not a map
+        # A Reshape's shape input and a channel Slice's bounds are not maps (their bounds may be computed)
+        read = node.inputs[:1] if kind in (REGROUP, CHANNEL_SLICE) else node.inputs
         incoming = {density[t.name] for t in read if t.name in density}
         if kind == SHAPE_OF or (kind != WINDOW and incoming <= {ones}):  # nothing denser reaches it: unchanged
             out = ones
-        elif kind in (LOCAL, JOIN, LAST_AXIS, MOVE_CHANNELS, REGROUP):
+        elif kind in (LOCAL, CHANNEL_SLICE, JOIN, LAST_AXIS, MOVE_CHANNELS, REGROUP):
             if not has_parameters(node) and len(incoming) > 1:
                 raise InputError(f"{node.op} '{node.name}' joins branches of different densities; --stride "
                                  "cannot be exact")

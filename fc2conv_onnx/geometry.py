@@ -30,8 +30,8 @@ from .errors import InputError
 from .walks import upstream_inputs
 from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
 from .normalize import in_default_domain
-from .ops import (GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
-                  trunk_kind, varies_over_space)
+from .ops import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW,
+                  has_parameters, sliced_axes, trunk_kind, varies_over_space)
 from .plan import MAP, MAP_LAST
 from .plan import HeadPlan, Plan
 
@@ -381,8 +381,11 @@ def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
     before, after = node.inputs[0].shape, node.outputs[0].shape
     if before is None or after is None or not before or not after:
         return False
-    if not isinstance(before[0], int) and not isinstance(after[0], int):  # the same symbolic batch (or -1)
-        before, after = [1] + list(before[1:]), [1] + list(after[1:])
+    if not isinstance(before[0], int) or not isinstance(after[0], int):
+        # One batch on both sides: symbolic on both (or -1), or lost by shape inference on one side (behind a
+        # Slice with computed bounds) where the Reshape reads it from its input (see trunk_sizes).
+        batch = after[0] if isinstance(after[0], int) else before[0] if isinstance(before[0], int) else 1
+        before, after = [batch] + list(before[1:]), [batch] + list(after[1:])
     if not all(isinstance(d, int) for d in list(before) + list(after)):
         return False
     return len(before) > rank and len(after) > rank and list(before[-rank:]) == list(after[-rank:]) and \
@@ -436,6 +439,13 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
             span = spans[node.inputs[0].name]
             if span.channels_last or not _keeps_spatial_axes(node, rank):
                 raise _NotLocal(f"{node.op} '{node.name}' on the path to the head moves or reshapes the spatial axes")
+        elif kind == CHANNEL_SLICE:
+            if node.inputs[0].name not in spans:
+                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its bounds")
+            span = spans[node.inputs[0].name]
+            channels = len(node.inputs[0].shape) - 1 if span.channels_last else 1
+            if sliced_axes(node) != {channels}:
+                raise _NotLocal(f"{node.op} '{node.name}' on the path to the head cuts a spatial axis")
         elif kind == LAST_AXIS:
             span = _merge(inputs, node)
             if not span.channels_last:

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from .flattenings import reshape_flattens
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .linear import LINEAR_OPS, match_linear
-from .ops import HeadContext, entry
+from .ops import CHANNEL_SLICE, LOCAL, HeadContext, entry, trunk_kind
 from .options import AUTO
 from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
                    PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
@@ -86,6 +86,27 @@ def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[P
     return data, CHANNELS_FIRST, "", (), ()
 
 
+def _channels_last_origin(tensor: gs.Tensor) -> Optional[gs.Node]:
+    """The Transpose to channels last that `tensor` comes from through per-location ops (a Slice of the
+    channels, activations), if any: then `tensor` is itself a channels-last map, which a flattening would
+    be misread as channels first. (Any window op in between needs channels first again.)"""
+    rank = len(tensor.shape) if tensor.shape is not None else 0
+    node = producer(tensor)
+    while node is not None and node.inputs and trunk_kind(node) in (LOCAL, CHANNEL_SLICE):
+        node = producer(node.inputs[0])
+    return node if node is not None and rank >= 3 and is_transpose(node, to_channels_last(rank)) else None
+
+
+def _refuse_hidden_channels_last(node: gs.Node, source: gs.Tensor, order: str) -> Optional[Decline]:
+    origin = _channels_last_origin(source) if order == CHANNELS_FIRST else None
+    last = producer(source)
+    if origin is None or last is None:
+        return None
+    return Decline(f"{node.op} '{node.name}' flattens a channels-last map (made by Transpose '{origin.name}', then "
+                   f"{last.op} '{last.name}'), which is read in (*spatial, C) order only when the Transpose comes "
+                   "right before the flattening or elementwise ops alone are between")
+
+
 def _joined(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
@@ -98,6 +119,9 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
+    hidden = _refuse_hidden_channels_last(node, source, order)
+    if hidden is not None:
+        return hidden
     axis = node.attrs.get("axis", 1)
     if axis < 0:
         axis += len(shape) + 1
@@ -123,6 +147,9 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
         return shape
+    hidden = _refuse_hidden_channels_last(node, source, order)
+    if hidden is not None:
+        return hidden
     note = reshape_flattens(node, prod(shape), f"[N, {', '.join(map(str, shape))}]")
     if isinstance(note, Decline):
         return note

@@ -15,7 +15,7 @@ read the same entry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Union
+from typing import Callable, Dict, FrozenSet, Mapping, Optional, Set, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -63,6 +63,7 @@ LAST_AXIS = "last_axis"  # acts along the last axis alone: per location on a cha
 MOVE_CHANNELS = "move_channels"  # a Transpose of the channels last, or back: per location
 REGROUP = "regroup"  # a Reshape or Transpose that may only regroup the leading (batch, channel) dims
 SHAPE_OF = "shape_of"  # reads only the shape of a map (Shape, Size): its output is not a feature map
+CHANNEL_SLICE = "channel_slice"  # a Slice or Split along constant axes: per location on the channels alone
 
 
 @dataclass(frozen=True)
@@ -391,13 +392,24 @@ def _normalization_kind(node: gs.Node) -> Optional[str]:
 
 
 def _slice_kind(node: gs.Node) -> Optional[str]:
-    """A Slice of the channels alone, by constants (GhostNet's `x[:, :C]`), is per location."""
+    """A Slice or Split along constant axes: per location if they are the channel axis alone (GhostNet's
+    `x[:, :C]`; ShuffleNet's `x.chunk(2, dim=1)`, a Split, or a Slice whose bounds TorchScript computes from
+    the shape), which depends on the map's layout (see `sliced_axes`)."""
+    return CHANNEL_SLICE if sliced_axes(node) is not None else None
+
+
+def sliced_axes(node: gs.Node) -> Optional[Set[int]]:
+    """The axes a Slice or Split cuts (from 0), when they are constants and its input's rank is known."""
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
-    if len(node.inputs) < 4 or not isinstance(node.inputs[3], gs.Constant) or \
-            not all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+    if node.op == "Split":
+        axes = [node.attrs.get("axis", 0)]
+    elif len(node.inputs) >= 4 and isinstance(node.inputs[3], gs.Constant):
+        axes = np.asarray(node.inputs[3].values).reshape(-1).tolist()
+    elif len(node.inputs) == 1 and "axes" in node.attrs:  # before opset 10, bounds and axes were attributes
+        axes = list(node.attrs["axes"])
+    else:  # no axes: the first len(starts) axes, which a computed `starts` hides
         return None
-    axes = {int(a) % rank for a in np.asarray(node.inputs[3].values).reshape(-1)} if rank else set()
-    return LOCAL if axes == {1} else None
+    return {int(a) % rank for a in axes} if rank else None
 
 
 def _concat_kind(node: gs.Node) -> Optional[str]:
@@ -429,7 +441,7 @@ register("Conv", head=pointwise_conv, trunk=WINDOW)
 register("MaxPool", "AveragePool", "LpPool", trunk=WINDOW)
 register("Pad", trunk=PAD)
 register("Shape", "Size", trunk=SHAPE_OF)
-register("Slice", trunk=_slice_kind)
+register("Slice", "Split", trunk=_slice_kind)
 register("Concat", trunk=_concat_kind)
 register("Transpose", head=transpose, trunk=_transpose_kind)
 register("Flatten", "Squeeze", head=flattening)

@@ -10,11 +10,16 @@ A Reshape that keeps the batch and a trailing block of the input's dims (the spa
 only regroups the dims in between (static, the channels) is exact at every size when the kept dims are read
 from the input's shape: its target becomes Concat(Shape(x)[:1], middle, Shape(x)[-k:]). Any other node that
 bakes the size (a Resize to fixed `sizes`, an Expand, a Slice at literal ends, ...) is refused with its name.
+
+Shape inference cannot follow every trunk: TorchScript exports ShuffleNet's `x.chunk(2, dim=1)` as a Slice
+whose ends are computed (Shape -> Gather -> Add -> Div -> Mul), and every dim after it is unknown, the
+channels too. When such unknown dims keep a Reshape from being rewritten, the trunk up to the Reshape is
+run at the training size and at twice it, and the dims that did not change are taken as static.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -115,10 +120,12 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
             f"now reads the batch and its last {k} dims from its input, so the trunk runs at any size")
 
 
-def _baked(graph: gs.Graph, trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]]) -> Optional[gs.Node]:
-    """The first trunk node whose output follows the image size in fewer dims than its input."""
+def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
+           rewritten: Set[str]) -> Optional[gs.Node]:
+    """The first trunk node whose output follows the image size in fewer dims than its input (besides those
+    `rewritten` to follow it, which shape inference may still not see through)."""
     for node in trunk:
-        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs:
+        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs or node.name in rewritten:
             continue
         data = dependence.get(node.inputs[0].name)
         out = dependence.get(node.outputs[0].name)
@@ -129,26 +136,79 @@ def _baked(graph: gs.Graph, trunk: Sequence[gs.Node], dependence: Mapping[str, T
     return None
 
 
+#: Runs a model once at the size its inputs declare: the shapes the named tensors take ({} if it fails).
+ShapesRun = Callable[[onnx.ModelProto, Sequence[str]], Dict[str, Tuple[int, ...]]]
+
+
+def observed_dependence(model: onnx.ModelProto, layouts: Mapping[str, str], name: str,
+                        run: ShapesRun) -> Optional[Tuple[bool, ...]]:
+    """For each dim of tensor `name`, whether it changed between runs of `model` at the training size and at
+    twice it (the image inputs' spatial dims doubled); None when either run fails."""
+    shapes = []
+    for factor in (1, 2):
+        probe = _cut_at(model, name)
+        for value in probe.graph.input:
+            if value.name in layouts:
+                dims = value.type.tensor_type.shape.dim
+                for axis in spatial_axes(len(dims), layouts[value.name]):
+                    dims[axis].dim_value *= factor
+        shapes.append(run(probe, [name]).get(name))
+    at_one, at_two = shapes
+    if at_one is None or at_two is None or len(at_one) != len(at_two):
+        return None
+    return tuple(a != b for a, b in zip(at_one, at_two))
+
+
+def _cut_at(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` that computes only tensor `name` (its one output): the nodes after it, which may
+    not run at another size, are left out, and so are the training-size shapes a run would contradict."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    needed, kept = {name}, []
+    for node in reversed(probe.graph.node):  # a model's nodes are in topological order
+        if needed.intersection(node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del probe.graph.node[:]
+    probe.graph.node.extend(reversed(kept))
+    del probe.graph.value_info[:]
+    del probe.graph.output[:]
+    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return probe
+
+
 def follow_input_size(graph: gs.Graph, export: Callable[[], onnx.ModelProto], sources: Sequence[str],
-                      layouts: Mapping[str, str]) -> List[str]:
+                      layouts: Mapping[str, str], run: Optional[ShapesRun] = None) -> List[str]:
     """Make every trunk node that bakes the training size follow the input's size, or raise InputError
     naming the first that cannot. `export()` gives the graph as a (weightless) ModelProto; `sources` are the
-    heads' source tensors; `layouts` the image inputs and their layouts. Returns a note per rewrite."""
+    heads' source tensors; `layouts` the image inputs and their layouts; `run` observes shapes where shape
+    inference cannot follow them (see the module docstring). Returns a note per rewrite."""
     notes: List[str] = []
+    rewritten: Set[str] = set()
     opset = int(graph.opset or 1)
     for _ in range(MAX_ROUNDS):
-        dependence = size_dependence(export(), layouts)
+        model = export()
+        dependence = size_dependence(model, layouts)
         trunk = trunk_nodes(graph, sources)
-        node = _baked(graph, trunk, dependence)
+        node = _baked(trunk, dependence, rewritten)
         if node is None:
             return notes
-        note = _follow_reshape(graph, node, dependence.get(node.inputs[0].name, ()), opset)
+        follows = dependence.get(node.inputs[0].name, ())
+        note = _follow_reshape(graph, node, follows, opset)
+        if note is None and run is not None and node.op == "Reshape" and any(follows):
+            # Unknown dims count as following the image; a run tells which of them do.
+            seen = observed_dependence(model, layouts, node.inputs[0].name, run)
+            if seen is not None and seen != follows:
+                logger.debug("dims of '%s' follow the image: %s by shape inference, %s by running",
+                             node.inputs[0].name, follows, seen)
+                note = _follow_reshape(graph, node, seen, opset)
         if note is None:
             shape = list(node.outputs[0].shape or [])
             raise InputError(f"{node.op} '{node.name}' in the trunk fixes the size of its output to {shape} (the "
                              "training size), so the converted model could not run at other sizes; re-export the model "
                              "so that this op follows its input's size")
         notes.append(note)
+        rewritten.add(node.name)
         graph.toposort()
     raise InputError(f"more than {MAX_ROUNDS} trunk nodes bake the training size")
 

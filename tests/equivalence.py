@@ -93,7 +93,8 @@ def cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str], f
 def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str = "features",
                       sizes: Iterable[Sequence[int]] = (), rtol: float = RTOL, atol: float = ATOL,
                       outputs: Optional[Sequence[str]] = None, channels_last: bool = False,
-                      window: Optional[Sequence[int]] = None, dilation: Optional[Sequence[int]] = None) -> None:
+                      window: Optional[Sequence[int]] = None, dilation: Optional[Sequence[int]] = None,
+                      trunk: Optional[onnx.ModelProto] = None) -> None:
     """Training size always; each of `sizes` (full input shapes) by crop-and-forward at every location.
     `channels_last`: the input is [N, *spatial, C] and the converted outputs [N, *spatial, K] (tf2onnx);
     the source feature map is channels first either way. `window`: the feature window one output cell
@@ -101,11 +102,14 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
     then run on crops of that size, and the training-size outputs, being maps, are compared the same way.
     `dilation`: a finer output stride (`--stride`): the converted trunk is that many times denser; every
     dilation-th cell of it must be the original feature map, and each cell the original head on a window of
-    it taken every dilation-th cell (at the training size, the first cell is the original output)."""
+    it taken every dilation-th cell (at the training size, the first cell is the original output).
+    `trunk`: a model whose output `source` is the feature map at `sizes`, when the original's trunk cannot
+    run there (it bakes the training size); default: the original cut at `source`."""
     outputs = list(outputs or [o.name for o in original.graph.output])
     inferred = onnx.shape_inference.infer_shapes(original)
     step = tuple(dilation or ())
-    trunk = cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
+    own_trunk = cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
+    trunk = trunk or own_trunk
     if window is None:
         feeds = random_input(original, input_shape(original))
         expected, actual = run(original, feeds), run(converted, feeds)
@@ -118,7 +122,7 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
                                        atol=atol, err_msg=f"output {name} at the training size")
         # The window is the training-size feature map, as a run of the original trunk gives it (shape
         # inference may not follow an exporter's shape arithmetic there).
-        window = tuple(run(trunk, feeds)[source].shape[2:])
+        window = tuple(run(own_trunk, feeds)[source].shape[2:])
         head = session(cut(inferred, [source], outputs, free_sizes=False))
     else:
         sizes = [input_shape(original)] + list(sizes)
@@ -128,7 +132,7 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
     step = step or (1,) * len(window)
     for size in sizes:
         feeds = random_input(original, size, seed=1)
-        features = run(trunk, feeds)[source]
+        features = run(own_trunk if tuple(size) == tuple(input_shape(original)) else trunk, feeds)[source]
         if dense_trunk is not None:
             dense = run(dense_trunk, feeds)[source]
             sampled = dense[(slice(None), slice(None)) + tuple(slice(0, f * d, d)
@@ -151,14 +155,15 @@ def assert_equivalent(original: onnx.ModelProto, converted: onnx.ModelProto, *, 
 
 def assert_one_prediction(original: onnx.ModelProto, converted: onnx.ModelProto, *, source: str,
                           size: Sequence[int], channels_last: bool = False, rtol: float = RTOL,
-                          atol: float = 1e-6) -> None:
+                          atol: float = 1e-6, trunk: Optional[onnx.ModelProto] = None) -> None:
     """A kept global pool: at a larger input `size` (a full shape), every output has one cell, and it equals
-    the original head run on the whole larger feature map of the original trunk."""
+    the original head run on the whole larger feature map of the original trunk (or of `trunk`, as in
+    `assert_equivalent`)."""
     inferred = onnx.shape_inference.infer_shapes(original)
     feeds = random_input(original, size, seed=3)
     actual = run(converted, feeds)
-    features = run(cut(inferred, inputs_of(original), [source], free_sizes=True,
-                       channels_last=channels_last), feeds)[source]
+    trunk = trunk or cut(inferred, inputs_of(original), [source], free_sizes=True, channels_last=channels_last)
+    features = run(trunk, feeds)[source]
     outputs = [o.name for o in original.graph.output]
     expected = run(cut(inferred, [source], outputs, free_sizes=True), {source: features})
     for name in outputs:

@@ -178,3 +178,31 @@ def test_inputs_smaller_than_the_window_give_a_cell_down_to_the_smallest_size_an
     # Below it the converted model is not run here: onnxruntime fails, or on some trunks crashes the process.
     with pytest.raises(InputError, match="gives no output cell: the smallest input the model takes is"):
         geometry.grid(tuple(s - 1 for s in smallest))
+
+
+def nhwc_slice_classifier(axis: int) -> onnx.ModelProto:
+    """A trunk that runs a step on a channels-last map (Transpose to NHWC and back, as converted Keras
+    layers do): a Slice of it along `axis` (3: the channels; 1: the rows), then a Conv, Flatten -> Gemm."""
+    from builders import ModelBuilder
+    b = ModelBuilder(opset=13, seed=7)
+    x = b.node("Relu", [b.conv(b.input("image", [1, 3, 16, 16]), 3, 8, 2, stride=2)])  # [1, 8, 8, 8]
+    ints = lambda name, values: b.const(b.fresh(name), np.array(values, np.int64))  # noqa: E731
+    x = b.node("Slice", [b.node("Transpose", [x], perm=[0, 2, 3, 1]), ints("start", [0]), ints("end", [4]),
+                         ints("axis", [axis])])
+    x = b.node("Relu", [b.conv(b.node("Transpose", [x], perm=[0, 3, 1, 2]), 4 if axis == 3 else 8, 4, 2)])
+    features = 4 * 8 * 8 if axis == 3 else 4 * 4 * 8
+    b.gemm(b.node("Flatten", [x]), features, 3, output=b.output("logits", [1, 3]), bias_shape=(3,))
+    return b.build(f"nhwc_slice_{axis}")
+
+
+def test_a_slice_is_per_location_on_the_channel_axis_of_the_maps_layout_alone():
+    """Axis 1 is the channels of a channels-first map but the rows of a channels-last one: a Slice there
+    cuts the image, so the geometry is unknown, with the reason; along the last axis of a channels-last map
+    it is per location, and the geometry holds (the validator checks the grid it predicts)."""
+    channels = fc2conv_onnx.convert_with_report(nhwc_slice_classifier(3)).report
+    geometry, = channels.geometry
+    assert isinstance(geometry, Geometry) and geometry.window == (16, 16) and geometry.stride == (2, 2)
+    assert any(c.check == "geometry" and c.passed for c in channels.checks)
+    rows = fc2conv_onnx.convert_with_report(nhwc_slice_classifier(1)).report
+    unknown, = rows.geometry
+    assert isinstance(unknown, Unknown) and "cuts a spatial axis" in unknown.reason, unknown

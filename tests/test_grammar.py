@@ -75,8 +75,9 @@ KERAS_EXPORTED = ("tf_keras_mobilenetv3_top", "tf_keras_convnext_head")
 
 
 def test_every_grammar_fixture_is_tested_here():
-    assert set(GRAMMAR) == set(POOLED) | set(KERAS_EXPORTED) | {"torch_dynamic_hw", "torch_shuffle_dynamo",
-                                                                  "tf_keras_same_padding_branches"}
+    assert set(GRAMMAR) == set(POOLED) | set(KERAS_EXPORTED) | {
+        "torch_dynamic_hw", "torch_shuffle_dynamo", "tf_keras_same_padding_branches", "torch_shuffle_units_ts",
+        "torch_shuffle_units_dynamo"}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -267,6 +268,51 @@ def test_a_channel_shuffle_that_bakes_the_size_is_made_to_follow_it():
     assert_equivalent(original, conversion.model, source=source)  # the training size
 
 
+def with_map_size(model: onnx.ModelProto, training: tuple, larger_map: tuple) -> onnx.ModelProto:
+    """`model` with every int64 constant (initializer or Constant node) that ends in the training feature
+    map's size ending in `larger_map` instead: the channel shuffles' Reshapes written by hand for a larger
+    input. Its trunk, cut at the source, is the reference there."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    tensors = list(fixed.graph.initializer) + [a.t for n in fixed.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    for tensor in tensors:
+        values = onnx.numpy_helper.to_array(tensor)
+        if tensor.data_type == onnx.TensorProto.INT64 and values.ndim == 1 and tuple(values[-2:]) == training:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(list(values[:-2]) + list(larger_map)), tensor.name))
+    return fixed
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("stem", ["torch_shuffle_units_ts", "torch_shuffle_units_dynamo"])
+def test_shufflenet_units_follow_the_input_size_and_keep_their_geometry(stem, mode):
+    """torchvision's ShuffleNetV2 units. TorchScript writes x.chunk(2, dim=1) as Slices with bounds computed
+    from the shape: shape inference then loses every dim after it, the channels too, and the shuffles'
+    Reshapes were refused as baking the size for good; the dynamo exporter writes a Split, which the
+    geometry did not know. Both cut the channels alone, so every mode converts with a known geometry, and
+    each cell equals the original head on a window of the trunk written by hand for the larger size."""
+    original = exported(stem)
+    conversion = fc2conv_onnx.convert_with_report(original, pooling=mode)
+    plan = conversion.report.plan
+    assert sum("now reads the batch and its last 2 dims" in note for note in plan.normalized) == 4
+    head, = plan.heads
+    size = (1, 3, 72, 104)  # the map: 18x26 where the training size gives 8x8
+    reference = cut(onnx.shape_inference.infer_shapes(with_map_size(original, (8, 8), (18, 26))), ["image"],
+                    [head.source], free_sizes=True)
+    if mode == "keep":
+        assert_equivalent(original, conversion.model, source=head.source)
+        assert_one_prediction(original, conversion.model, source=head.source, size=size, trunk=reference)
+        return
+    geometry, = fc2conv_onnx.read_geometry(conversion.model).values()
+    assert (geometry.stride, geometry.window) == ((4, 4), (32, 32) if mode == "window" else (4, 4))
+    assert_equivalent(original, conversion.model, source=head.source, sizes=[size], trunk=reference,
+                      window=None if mode == "window" else (1, 1))
+    if mode == "none":  # --stride: the Slice's computed bounds are not a map of another density
+        denser = fc2conv_onnx.convert(original, pooling=mode, stride=2)
+        assert_equivalent(original, denser, source=head.source, sizes=[size], trunk=reference, window=(1, 1),
+                          dilation=(2, 2))
+
+
 def test_a_trunk_that_bakes_the_size_otherwise_is_refused_before_anything_runs(monkeypatch):
     from fc2conv_onnx import validate
 
@@ -351,3 +397,29 @@ def test_a_layer_norm_spelled_out_over_the_last_axis_reduces_over_the_channels_o
     head, = conversion.report.plan.heads
     assert [s.becomes for s in head.steps if s.op == "ReduceMean"] == ["ReduceMean over axis 1"] * 2
     prove(model, conversion.model, head.source, mode)
+
+
+def test_a_flattening_of_a_channels_last_map_behind_a_slice_is_refused_before_anything_runs(monkeypatch):
+    """A Slice of the channels between the Transpose to channels last and the Flatten: the flattening used to
+    be read as channels first, and validation then failed in onnxruntime at the larger size. Now it is
+    refused up front with the ops named; with only elementwise ops between, it converts."""
+    from builders import ModelBuilder
+    from fc2conv_onnx import validate
+
+    def model(between: str) -> onnx.ModelProto:
+        b = ModelBuilder(opset=13, seed=7)
+        x = b.node("Transpose", [b.input("image", [1, 16, 16, 3])], perm=[0, 3, 1, 2])
+        x = b.node("Transpose", [b.node("Relu", [b.conv(x, 3, 8, 2, stride=2)])], perm=[0, 2, 3, 1])
+        ints = lambda name, values: b.const(b.fresh(name), np.array(values, np.int64))  # noqa: E731
+        x = b.node("Slice", [x, ints("start", [0]), ints("end", [4]), ints("axis", [3])]) if between == "Slice" \
+            else b.node(between, [x])
+        features = 8 * 8 * (4 if between == "Slice" else 8)
+        b.gemm(b.node("Flatten", [x]), features, 3, output=b.output("logits", [1, 3]), bias_shape=(3,))
+        return b.build(f"nhwc_{between}_flatten")
+
+    converted = fc2conv_onnx.convert(model("Relu"))
+    assert_equivalent(model("Relu"), converted, source="conv_5", sizes=[(1, 21, 23, 3)], channels_last=True)
+    monkeypatch.setattr(validate.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
+    with pytest.raises(NothingToConvertError, match=r"Flatten 'Flatten_\d+' flattens a channels-last map \(made by "
+                                                    r"Transpose 'Transpose_\d+', then Slice 'Slice_\d+'\)"):
+        fc2conv_onnx.convert(model("Slice"))
