@@ -90,14 +90,14 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
-            {name: plan.input_layout(name) for name in plan.trunk_inputs},
-            lambda probe, names: validation.observed_shapes(probe, names, weights)))
+            {name: plan.input_layout(name) for name in plan.trunk_inputs}, _shapes_run(weights)))
     image = plan.trunk_inputs[0] if plan.trunk_inputs else None
     plan = replace(plan, normalized=notes, probe_size=tuple(
         spatial_dims(graph.tensors()[image].shape, plan.input_layout(image))) if probe and image else ())
     reference = inferred
-    if notes:
-        reference = onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True)
+    if notes:  # the trunk as rewritten; its tensors have the types and training-size shapes they had
+        reference = shapes.with_known_value_info(
+            onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True), inferred)
     geometry = plan_geometry(graph, plan)
     _refuse_dropped_modes(plan, geometry, options)
     if options.stride is not None and plan.heads:
@@ -202,6 +202,27 @@ def convert_with_report(model: io.ModelSource, options: Optional[Options] = None
     return Conversion(model=weights.embedded(converted), report=report)
 
 
+def _shapes_run(weights: Weights) -> trunk_sizes.ShapesRun:
+    """One run of a skeleton whose weights `weights` holds: the shapes the named tensors take."""
+    return lambda model, names: validation.observed_shapes(model, names, weights)
+
+
+def _observer(sized: onnx.ModelProto, plan: Plan, weights: Weights) -> shapes.ShapesObserver:
+    """Runs of a converted skeleton at the training size its image inputs have in `sized` (the model as
+    planned) and at twice it."""
+    training = {value.name: value for value in sized.graph.input}
+    layouts = {name: plan.input_layout(name) for name in plan.trunk_inputs}
+
+    def observe(model: onnx.ModelProto, names: Sequence[str]):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for value in probe.graph.input:
+            if value.name in layouts and value.name in training:
+                value.type.CopyFrom(training[value.name].type)
+        return trunk_sizes.observed_at_two_sizes(probe, layouts, names, _shapes_run(weights))
+    return observe
+
+
 def _convert(model: io.ModelSource, options: Options,
              progress: Optional[validation.Progress]) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
@@ -212,7 +233,8 @@ def _convert(model: io.ModelSource, options: Options,
         raise nothing_to_convert(plan, _label(model))
     rewrite(planned.graph, plan)
     loaded.weights.hold(planned.graph)
-    converted = shapes.finish(planned.graph, loaded.model, plan, geometry)
+    converted = shapes.finish(planned.graph, loaded.model, plan, geometry,
+                              _observer(planned.inferred, plan, loaded.weights))
     checks = validation.validate(planned.inferred, converted, plan, geometry, seed=options.seed,
                                  size=options.window_size, windows=options.windows, progress=progress,
                                  window_reference=planned.reference,

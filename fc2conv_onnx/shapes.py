@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -194,20 +194,85 @@ def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
     return found
 
 
-def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan,
-           geometry: Sequence[HeadGeometry]) -> onnx.ModelProto:
-    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker."""
+#: Observes the shapes of the named tensors of a model at its training size and at twice it (None if a run
+#: fails): see `trunk_sizes.observed_at_two_sizes`.
+ShapesObserver = Callable[[onnx.ModelProto, Sequence[str]],
+                          Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]]
+
+
+def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Sequence[HeadGeometry],
+           observe: Optional[ShapesObserver] = None) -> onnx.ModelProto:
+    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker.
+    `observe` gives the outputs whose shapes shape inference loses theirs (see `_observe_lost_outputs`)."""
     free_input_dims(graph, plan.trunk_inputs, layouts=plan.input_layouts)
+    ranks = {name: len(tensor.shape) for name, tensor in graph.tensors().items()
+             if isinstance(tensor, gs.Variable) and tensor.shape is not None}
     clear_inferred_shapes(graph)
     model = export_like(graph, original)
     model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        _give_lost_shapes_their_rank(model, ranks)
+        if observe is not None:
+            _observe_lost_outputs(model, observe)
         name_output_dims(model, plan)
         check_model(model, full_check=True)
     except Exception as error:
         raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line(error)}") from None
     return model
+
+
+def with_known_value_info(model: onnx.ModelProto, known: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the value_info of `known` for the tensors whose type or shape shape inference did not give
+    (before opset 13 it does not follow the shape arithmetic of a trunk made to follow the input's size;
+    the rewrite leaves each tensor's type and training-size shape as they were)."""
+    have = {v.name for v in model.graph.value_info if v.type.HasField("tensor_type")
+            and v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type}
+    produced = {name for node in model.graph.node for name in node.output}
+    add = [v for v in known.graph.value_info if v.name not in have and v.name in produced]
+    if not add:
+        return model
+    kept = [v for v in model.graph.value_info if v.name in have]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept + add)
+    return model
+
+
+def _observe_lost_outputs(model: onnx.ModelProto, observe: ShapesObserver) -> None:
+    """Give each output whose shape shape inference lost (before opset 13 it does not follow a Reshape whose
+    target is computed, as a trunk made to follow the input's size has) the shape runs show: the dims
+    that are the same at the training size and at twice it are static, the others (and the batch) symbolic,
+    named by `name_output_dims`. Left as they are when a run fails (the checker then refuses the model)."""
+    lost = {v.name: v for v in model.graph.output if v.type.HasField("tensor_type")
+            and not v.type.tensor_type.HasField("shape")}
+    seen = observe(model, list(lost)) if lost else None
+    if seen is None:
+        return
+    for name, value in lost.items():
+        at_one, at_two = seen[0][name], seen[1][name]
+        shape = value.type.tensor_type.shape
+        for axis, (one, two) in enumerate(zip(at_one, at_two)):
+            dim = shape.dim.add()
+            if axis > 0 and one == two:
+                dim.dim_value = one
+
+
+def _give_lost_shapes_their_rank(model: onnx.ModelProto, ranks: Mapping[str, int]) -> None:
+    """Give the value_info entries that shape inference left without a shape (before opset 13 it does not
+    follow the shape arithmetic of a trunk made to follow the input's size) their rank, every dim unknown
+    (the checker wants a shape; tools that cut the model want the type); drop those of unknown rank."""
+    kept = []
+    for value in model.graph.value_info:
+        tensor = value.type.tensor_type if value.type.HasField("tensor_type") else None
+        if tensor is not None and not tensor.HasField("shape"):
+            if value.name not in ranks:
+                continue
+            tensor.shape.SetInParent()  # a scalar's shape has no dim, but it is there
+            for _ in range(ranks[value.name]):
+                tensor.shape.dim.add()
+        kept.append(value)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 #: The suffix of an output's spatial dim names: an input's `H` becomes `H_out` on the outputs' grid

@@ -81,26 +81,24 @@ def _kept_suffix(data: Sequence, target: Sequence, follows: Sequence[bool]) -> O
     return k
 
 
-def _dims(graph: gs.Graph, shape: gs.Tensor, start: int, end: int, base: str, opset: int) -> gs.Variable:
-    """shape[start:end] of a Shape output, as a new int64 tensor."""
+def _dims(graph: gs.Graph, shape: gs.Tensor, start: int, end: int, base: str) -> gs.Variable:
+    """shape[start:end] of a Shape output, as a new int64 tensor: a Gather of those positions, which every
+    opset has and onnx's shape inference follows (it does not follow the attribute form of Slice, before
+    opset 10: the shapes after it were lost, and the next baked Reshape with them)."""
     part = gs.Variable(f"{base}/dims_{start}_{end}_value", dtype=np.int64)
-    if opset >= 10:
-        bounds = [gs.Constant(f"{base}/{name}_{start}_{end}", np.array([value], dtype=np.int64))
-                  for name, value in (("starts", start), ("ends", end))]
-        graph.nodes.append(gs.Node("Slice", f"{base}/slice_{start}_{end}", inputs=[shape] + bounds, outputs=[part]))
-    else:  # Slice took its bounds as attributes before opset 10
-        graph.nodes.append(gs.Node("Slice", f"{base}/slice_{start}_{end}", attrs={"starts": [start], "ends": [end]},
-                                   inputs=[shape], outputs=[part]))
+    positions = gs.Constant(f"{base}/positions_{start}_{end}", np.arange(start, end, dtype=np.int64))
+    graph.nodes.append(gs.Node("Gather", f"{base}/gather_{start}_{end}", attrs={"axis": 0},
+                               inputs=[shape, positions], outputs=[part]))
     return part
 
 
-def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], opset: int) -> Optional[str]:
+def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool]) -> Optional[str]:
     """Give a baked Reshape a target read from its input's shape, if the rule in the module docstring
     applies; a note on what was done, or None."""
     data, result = node.inputs[0], node.outputs[0]
     before, after = data.shape, result.shape
-    if node.op != "Reshape" or before is None or after is None or len(follows) != len(before):
-        return None
+    if node.op != "Reshape" or len(node.inputs) < 2 or before is None or after is None or len(follows) != len(before):
+        return None  # (before opset 5, a Reshape's shape was an attribute)
     k = _kept_suffix(before, after, follows)
     if k is None:
         return None
@@ -108,31 +106,37 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool], ops
     shape = gs.Variable(f"{base}/shape_value", dtype=np.int64)
     graph.nodes.append(gs.Node("Shape", f"{base}/shape", inputs=[data], outputs=[shape]))
     middle = list(after[1:len(after) - k])
-    parts = [_dims(graph, shape, 0, 1, base, opset)] + \
+    parts = [_dims(graph, shape, 0, 1, base)] + \
         ([gs.Constant(f"{base}/middle", np.array(middle, dtype=np.int64))] if middle else []) + \
-        [_dims(graph, shape, len(before) - k, len(before), base, opset)]
+        [_dims(graph, shape, len(before) - k, len(before), base)]
     target = gs.Variable(f"{base}/target_value", dtype=np.int64)
     graph.nodes.append(gs.Node("Concat", f"{base}/concat", attrs={"axis": 0}, inputs=parts, outputs=[target]))
     literal = node.inputs[1].values.tolist() if isinstance(node.inputs[1], gs.Constant) else None
     node.inputs[1] = target
-    node.attrs["allowzero"] = 0
+    node.attrs.pop("allowzero", None)  # 0, the default, where it exists (opset 14 on): the target has no zero
     return (f"Reshape '{node.name}' in the trunk had the training size in its shape {literal or list(after)}; it "
             f"now reads the batch and its last {k} dims from its input, so the trunk runs at any size")
 
 
 def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
-           rewritten: Set[str]) -> Optional[gs.Node]:
-    """The first trunk node whose output follows the image size in fewer dims than its input (besides those
-    `rewritten` to follow it, which shape inference may still not see through)."""
+           passed: Set[str]) -> Optional[Tuple[gs.Node, Optional[Tuple[bool, ...]]]]:
+    """The first trunk node that bakes the training size, or may, besides those `passed` (rewritten, or run
+    and seen not to): the node and which dims of its input follow the image by shape inference, or None
+    for a Reshape whose input shape inference lost (before opset 13 it does not follow shape arithmetic:
+    not even the Reshapes this module rewrites) while its output has fixed dims."""
     for node in trunk:
-        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs or node.name in rewritten:
+        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs or node.name in passed:
             continue
         data = dependence.get(node.inputs[0].name)
         out = dependence.get(node.outputs[0].name)
+        if out is None or len(out) < 2:
+            continue
         # Fewer dims follow the image after the node than before: it wrote sizes of the training input in
         # (a -1 that absorbs the rest does not follow the spatial dims, it mixes them).
-        if data and out is not None and sum(out) < sum(data) and len(out) >= 2:
-            return node
+        if data and sum(out) < sum(data):
+            return node, data
+        if not data and node.op == "Reshape" and not all(out):
+            return node, None
     return None
 
 
@@ -140,31 +144,41 @@ def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
 ShapesRun = Callable[[onnx.ModelProto, Sequence[str]], Dict[str, Tuple[int, ...]]]
 
 
-def observed_dependence(model: onnx.ModelProto, layouts: Mapping[str, str], name: str,
-                        run: ShapesRun) -> Optional[Tuple[bool, ...]]:
-    """For each dim of tensor `name`, whether it changed between runs of `model` at the training size and at
-    twice it (the image inputs' spatial dims doubled); None when either run fails."""
-    shapes = []
+def observed_at_two_sizes(model: onnx.ModelProto, layouts: Mapping[str, str], names: Sequence[str],
+                          run: ShapesRun) -> Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]:
+    """The shapes of tensors `names` when `model`, cut to compute just them, runs at the size its image
+    inputs (named in `layouts`) declare and at twice it; None when either run fails."""
+    seen = []
     for factor in (1, 2):
-        probe = _cut_at(model, name)
+        probe = _cut_at(model, names)
         for value in probe.graph.input:
             if value.name in layouts:
                 dims = value.type.tensor_type.shape.dim
                 for axis in spatial_axes(len(dims), layouts[value.name]):
                     dims[axis].dim_value *= factor
-        shapes.append(run(probe, [name]).get(name))
-    at_one, at_two = shapes
-    if at_one is None or at_two is None or len(at_one) != len(at_two):
+        shapes = run(probe, names)
+        if any(name not in shapes for name in names):
+            return None
+        seen.append(shapes)
+    return seen[0], seen[1]
+
+
+def observed_dependence(model: onnx.ModelProto, layouts: Mapping[str, str], name: str,
+                        run: ShapesRun) -> Optional[Tuple[bool, ...]]:
+    """For each dim of tensor `name`, whether it changed between runs of `model` at the training size and at
+    twice it (the image inputs' spatial dims doubled); None when either run fails."""
+    seen = observed_at_two_sizes(model, layouts, [name], run)
+    if seen is None or len(seen[0][name]) != len(seen[1][name]):
         return None
-    return tuple(a != b for a, b in zip(at_one, at_two))
+    return tuple(a != b for a, b in zip(seen[0][name], seen[1][name]))
 
 
-def _cut_at(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
-    """A copy of `model` that computes only tensor `name` (its one output): the nodes after it, which may
-    not run at another size, are left out, and so are the training-size shapes a run would contradict."""
+def _cut_at(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` that computes only the tensors `names` (its outputs): the nodes after them, which
+    may not run at another size, are left out, and so are the training-size shapes a run would contradict."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    needed, kept = {name}, []
+    needed, kept = set(names), []
     for node in reversed(probe.graph.node):  # a model's nodes are in topological order
         if needed.intersection(node.output):
             kept.append(node)
@@ -173,7 +187,7 @@ def _cut_at(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
     probe.graph.node.extend(reversed(kept))
     del probe.graph.value_info[:]
     del probe.graph.output[:]
-    probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     return probe
 
 
@@ -184,31 +198,32 @@ def follow_input_size(graph: gs.Graph, export: Callable[[], onnx.ModelProto], so
     heads' source tensors; `layouts` the image inputs and their layouts; `run` observes shapes where shape
     inference cannot follow them (see the module docstring). Returns a note per rewrite."""
     notes: List[str] = []
-    rewritten: Set[str] = set()
-    opset = int(graph.opset or 1)
+    passed: Set[str] = set()
     for _ in range(MAX_ROUNDS):
         model = export()
         dependence = size_dependence(model, layouts)
-        trunk = trunk_nodes(graph, sources)
-        node = _baked(trunk, dependence, rewritten)
-        if node is None:
+        found = _baked(trunk_nodes(graph, sources), dependence, passed)
+        if found is None:
             return notes
-        follows = dependence.get(node.inputs[0].name, ())
-        note = _follow_reshape(graph, node, follows, opset)
-        if note is None and run is not None and node.op == "Reshape" and any(follows):
-            # Unknown dims count as following the image; a run tells which of them do.
+        node, follows = found
+        note = _follow_reshape(graph, node, follows) if follows is not None else None
+        if note is None and run is not None and node.op == "Reshape" and (follows is None or any(follows)):
+            # Unknown dims count as following the image, and a lost shape may; a run tells which do.
             seen = observed_dependence(model, layouts, node.inputs[0].name, run)
+            logger.debug("dims of '%s' that follow the image: %s by shape inference, %s by running",
+                         node.inputs[0].name, follows, seen)
+            if seen is not None and follows is None and sum(seen) <= sum(dependence[node.outputs[0].name]):
+                passed.add(node.name)  # it keeps every dim that follows the image: nothing baked
+                continue
             if seen is not None and seen != follows:
-                logger.debug("dims of '%s' follow the image: %s by shape inference, %s by running",
-                             node.inputs[0].name, follows, seen)
-                note = _follow_reshape(graph, node, seen, opset)
+                note = _follow_reshape(graph, node, seen)
         if note is None:
             shape = list(node.outputs[0].shape or [])
             raise InputError(f"{node.op} '{node.name}' in the trunk fixes the size of its output to {shape} (the "
                              "training size), so the converted model could not run at other sizes; re-export the model "
                              "so that this op follows its input's size")
         notes.append(note)
-        rewritten.add(node.name)
+        passed.add(node.name)
         graph.toposort()
     raise InputError(f"more than {MAX_ROUNDS} trunk nodes bake the training size")
 
