@@ -165,11 +165,11 @@ FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] =
 class _Decline(Exception):
     """Internal: a head cannot be converted, for `reason`. `joins_trunk`: the walk met an op that combines
     the head with a computed tensor from outside it (a squeeze-and-excitation gate): the pool is part of
-    the trunk, not the start of a head."""
+    the trunk, not the start of a head. `pool_only`: a kept pool that feeds outputs with no layer after it."""
 
-    def __init__(self, reason: str, joins_trunk: bool = False) -> None:
+    def __init__(self, reason: str, joins_trunk: bool = False, pool_only: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.joins_trunk = reason, joins_trunk
+        self.reason, self.joins_trunk, self.pool_only = reason, joins_trunk, pool_only
 
 
 def _elementwise_chain(data: gs.Tensor, opset: int,
@@ -260,10 +260,14 @@ def _pooled_head(graph: gs.Graph, pool: GlobalPool, base: HeadContext) -> Tuple[
         raise _Decline(shape.reason)
     context = replace(base, spatial_rank=len(shape) - 1)
     steps, forms = _follow(graph, {pool.output: (shape[0], pool.form)}, {pool.node}, context)
-    if not any(isinstance(s, LinearLayer) or (isinstance(s, PassThrough) and s.out_features) for s in steps):
-        # A pool that only feeds outputs (a feature extractor) is not a classifier head; like a pool inside
-        # the trunk, it is left alone without a reason for later layers to inherit.
-        raise _Decline(f"no linear layer or 1x1 Conv follows {pool.op} '{pool.node}'", joins_trunk=True)
+    if pool.mode.name == KEEP_POOL and \
+            not any(isinstance(s, LinearLayer) or (isinstance(s, PassThrough) and s.out_features) for s in steps):
+        # A pool that only feeds outputs (SqueezeNet's classifier: a 1x1 Conv, then the pool; a feature
+        # extractor) has nothing to keep: the model takes any size already. It is a head only when a map is
+        # asked for (--pooling window or none); like a pool inside the trunk, it is left alone without a
+        # reason for later layers to inherit.
+        raise _Decline(f"no linear layer or 1x1 Conv follows {pool.op} '{pool.node}'", joins_trunk=True,
+                       pool_only=True)
     return shape, steps, forms
 
 
@@ -331,6 +335,8 @@ class _Search:
         self.attended = _after_attention(graph)
         #: Global pools whose head could not be read, and why; the linear layers after them, and that reason.
         self.pool_declines: Dict[str, str] = {}
+        #: Kept global pools that feed outputs with no layer after them (see `_pooled_head`).
+        self.output_pools: List[str] = []
         self.after_declined_pool: Dict[str, str] = {}
         #: Tensors computed from such a pool's output -> the pool (a head reading one has no map of its own).
         self.collapsed_by: Dict[str, str] = {}
@@ -358,6 +364,8 @@ class _Search:
         try:
             shape, steps, forms = _pooled_head(self.graph, pool, self.base)
         except _Decline as declined:
+            if declined.pool_only:
+                self.output_pools.append(f"{node.op} '{node.name}'")
             if not declined.joins_trunk:
                 # Not claimed: the linear layers after it may still make a flattening head (the pool then
                 # stays in the trunk), but where they do not, this is the reason to give.
@@ -425,6 +433,7 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_P
     trunk_inputs = upstream_inputs(graph, sources)
     plan = Plan(heads=tuple(search.heads), skipped=skipped, trunk_inputs=trunk_inputs,
                 opset=search.base.opset, input_layouts={name: input_layout(tensors[name]) for name in trunk_inputs},
-                pool_declines=dict(search.pool_declines), parameter_inputs=upstream_inputs(graph, sources, True))
+                pool_declines=dict(search.pool_declines), output_pools=tuple(search.output_pools),
+                parameter_inputs=upstream_inputs(graph, sources, True))
     logger.debug("plan: %d heads, %d skipped", len(plan.heads), len(plan.skipped))
     return plan

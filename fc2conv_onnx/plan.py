@@ -457,6 +457,9 @@ class Plan:
     densify: Optional[Densify] = None
     #: Global pools that do not start a head, though linear layers follow them, and why.
     pool_declines: Mapping[str, str] = field(default_factory=dict)
+    #: Global pools (op 'name') that feed the outputs with no layer after them: kept, they leave nothing to
+    #: convert (the model takes any size already); --pooling window or none makes their outputs maps.
+    output_pools: Tuple[str, ...] = ()
     #: The size a dynamic-size model was read and validated at when no training size was given (its heads
     #: keep their global pools, which need none).
     probe_size: Tuple[int, ...] = ()

@@ -429,3 +429,20 @@ def test_a_flattening_of_a_channels_last_map_behind_a_slice_is_refused_before_an
     with pytest.raises(NothingToConvertError, match=r"Flatten 'Flatten_\d+' flattens a channels-last map \(made by "
                                                     r"Transpose 'Transpose_\d+', then Slice 'Slice_\d+'\)"):
         fc2conv_onnx.convert(model("Slice"))
+
+
+@pytest.mark.parametrize("mode", ["window", "none"])
+def test_a_pool_that_feeds_the_outputs_alone_becomes_a_map_when_one_is_asked_for(mode):
+    """SqueezeNet's classifier: a 1x1 Conv gives the class scores per location, then a global pool and
+    Flatten. There is no layer to convert, and kept it leaves nothing to do (exit 4, saying so and naming
+    the modes that make a map); with --pooling window or none the pool becomes the map asked for."""
+    original = builders.no_fc_head()
+    with pytest.raises(NothingToConvertError, match=r"GlobalAveragePool '\w+' pools the last feature map into the "
+                                                    r"outputs with no layer after it.*--pooling window"):
+        fc2conv_onnx.convert(original)
+    conversion = fc2conv_onnx.convert_with_report(original, pooling=mode)
+    head, = conversion.report.plan.heads
+    assert head.pool is not None and head.pool.mode.name == mode and head.first is None
+    prove(original, conversion.model, head.source, mode)
+    value = next(iter(run(conversion.model, random_input(original, larger(input_shape(original)))).values()))
+    assert value.shape[2] > 1 and value.shape[3] > 1, value.shape
