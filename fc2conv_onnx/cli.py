@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "window / PX (default: the window, scale 1)")
     pyramid.add_argument("--max-size", type=float, metavar="PX",
                          help="the largest objects to find (default: the whole picture): the scales go down to window "
-                              "/ PX, while the picture still holds a window")
+                              "/ PX, while the picture still holds a window (and is a size the model takes)")
     pyramid.add_argument("--scale-step", type=float, metavar="F",
                          help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
     _detection_flags(detect, "")

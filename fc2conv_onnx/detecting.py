@@ -13,7 +13,7 @@ from . import io, pictures, writes
 from .detections import AUTO, Detection, DetectionSettings, best_first, candidates, pyramid, records_text
 from .errors import InputError, printable
 from .geometry import Geometry
-from .maps import MapModel, made_by_score_op, open_map_model
+from .maps import MapModel, check_picture_size, made_by_score_op, open_map_model
 from .options import overridden
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -100,7 +100,8 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
         min_size, max_size, scale_step: the sizes of the objects to find, in pixels on the window's long side
             (any of them makes a pyramid; min_size defaults to the window, max_size to the whole picture): the
             scales run from window / min_size down, each `scale_step` (default 1.25) times smaller, while the
-            picture holds a window.
+            picture holds a window and is a size the model takes. Every picture at every scale is checked
+            before the first run.
         preprocessing: how pixels become the model's input (as for `heatmap`).
         progress: called as progress(done, total) after each run.
 
@@ -129,8 +130,11 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
     found: List[Detection] = []
     # Every picture's header first (a missing or unreadable one is refused before anything runs, and the
     # progress knows its total); then one picture in memory at a time.
-    plans = {image: _scales(pictures.image_size(image), geometry, scales, min_size, max_size, scale_step)
-             for image in names}
+    sizes = {image: pictures.image_size(image) for image in names}
+    plans = {image: _scales(sizes[image], geometry, scales, min_size, max_size, scale_step) for image in names}
+    for image, planned in plans.items():  # every picture at every scale, before anything runs
+        for scale in planned:
+            check_picture_size(pictures.scaled_size(sizes[image], scale), geometry, _where(image, scale))
     total, done = sum(len(s) for s in plans.values()), 0
     prep = preprocessing or pictures.Preprocessing()
     mode = pictures.model_mode(runner.channels(name), prep)
@@ -187,4 +191,5 @@ def _scales(size: Tuple[int, int], geometry: Geometry, scales: Optional[Sequence
     if min_size is None and max_size is None and step is None:
         return (1.0,)  # nothing asked: the picture as it is
     window = (int(geometry.window[0]), int(geometry.window[1]))
-    return pyramid(window, (size[1], size[0]), min_size, max_size, step or SCALE_STEP)
+    return pyramid(window, (size[1], size[0]), min_size, max_size, step or SCALE_STEP,
+                   smallest=tuple(geometry.smallest_taken()))

@@ -217,10 +217,12 @@ def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detecti
 
 
 def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optional[float] = None,
-            max_size: Optional[float] = None, step: float = 1.25) -> Tuple[float, ...]:
+            max_size: Optional[float] = None, step: float = 1.25,
+            smallest: Optional[Tuple[int, ...]] = None) -> Tuple[float, ...]:
     """The scales at which objects from `min_size` to `max_size` pixels (on the window's long side) become
     window-sized, from the largest scale down, each `step` times smaller than the last, while the picture
-    (height, width) still holds a window. Default sizes: from the window itself to the whole picture."""
+    (height, width) still holds a window (or `smallest`, the smallest input the model takes, when larger).
+    Default sizes: from the window itself to the whole picture."""
     if step <= 1.0:
         raise InputError(f"scale step {step} must be above 1 (each scale is that many times smaller)")
     for name, value in (("min size", min_size), ("max size", max_size)):
@@ -228,7 +230,8 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
             raise InputError(f"{name} {value} must be a positive number of pixels")
     long_side = max(window)
     top = long_side / min_size if min_size else 1.0
-    fits = max(w / p for w, p in zip(window, picture))  # the smallest scale at which a window fits
+    least = smallest or window
+    fits = max(w / p for w, p in zip(least, picture))  # the smallest scale at which the model takes the picture
     bottom = max(long_side / max_size if max_size else fits, fits)
     if min_size and max_size and min_size > max_size:
         raise InputError(f"min size {min_size:g} is larger than max size {max_size:g}")

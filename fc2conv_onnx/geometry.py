@@ -116,6 +116,12 @@ class Geometry:
         """Whether the trunk takes an input of this spatial size (not smaller than the training size)."""
         return all(s >= t and (s - t) % p == 0 for s, t, p in zip(size, self.training, self.size_step))
 
+    def smallest_taken(self) -> Tuple[int, ...]:
+        """Per axis, the smallest input that gives a cell and that the trunk is known to take (not below the
+        training size when the sizes it takes were worked out: see `accepts`)."""
+        window = tuple(int(w) for w in self.window)
+        return tuple(max(w, t) for w, t in zip(window, self.training)) if self.size_step else window
+
     def sizes_taken(self) -> str:
         """'any size', or the sizes per axis the trunk takes."""
         if all(p == 1 for p in self.size_step):

@@ -11,7 +11,7 @@ import numpy as np
 from . import io, pictures, writes
 from .errors import InputError, printable
 from .geometry import Geometry
-from .maps import open_map_model
+from .maps import check_picture_size, open_map_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -81,11 +81,12 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
     picture = pictures.read_image(image)
     if resize is not None:
         picture = pictures.resized(picture, resize)
+    for scale in scales or (1.0,):  # every scale before anything runs
+        check_picture_size(pictures.scaled_size(picture.size, scale), geometry, _at(scale))
     runs = []  # (the picture at one scale, its [K, h, w] map)
     for scale in scales or (1.0,):
         scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
-        where = "" if scale == 1.0 else f" at scale {scale:g}"
-        runs.append((scaled, runner.maps(scaled, [name], preprocessing or pictures.Preprocessing(), where)[name]))
+        runs.append((scaled, runner.maps(scaled, [name], preprocessing or pictures.Preprocessing(), _at(scale))[name]))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = pictures.choose(peaks[:, None, :], klass, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
@@ -99,6 +100,10 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
     drawn.save(buffer, format="PNG")
     return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
                    geometry, data, pictures.enlargement(picture), tuple(scales or (1.0,)))
+
+
+def _at(scale: float) -> str:
+    return "" if scale == 1.0 else f" at scale {scale:g}"
 
 
 def _write(png: bytes, output: Union[PathLike, BinaryIO]) -> str:

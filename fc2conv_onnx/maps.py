@@ -77,7 +77,7 @@ class MapModel:
         """`picture` as the input of output `name`: a batch of one, preprocessed; InputError for a picture the
         model takes no cell of, or whose size its trunk does not take."""
         geometry = self.geometries[name]
-        check_picture_size(picture, geometry, where)
+        check_picture_size(picture.size, geometry, where)
         return pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing)
 
     def run(self, feed: np.ndarray, names: Sequence[str], size: Tuple[int, int],
@@ -107,9 +107,10 @@ def open_map_model(model: io.ModelSource, what: str = "the picture") -> MapModel
                     shapes.output_layouts_from_marker(marker), loaded.weights)
 
 
-def check_picture_size(picture, geometry: Geometry, where: str = "") -> None:
-    """Refuse a picture the model gives no cell for, or one its trunk does not take."""
-    width, height = picture.size
+def check_picture_size(size: Tuple[int, int], geometry: Geometry, where: str = "") -> None:
+    """Refuse a picture of `size` (width, height) that the model gives no cell for, or that its trunk does
+    not take."""
+    width, height = size
     if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
         raise InputError(f"image {width}x{height} (width x height){where} is smaller than the model's "
                          f"{'x'.join(map(str, geometry.window))} window (height x width), or the model is not 2-D")

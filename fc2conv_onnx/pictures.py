@@ -95,15 +95,17 @@ def resized(image, resize: Union[float, Tuple[int, int]]):
     that is neither RGB nor gray is made RGB first."""
     Image, _ = _pillow()
     width, height = image.size
-    if isinstance(resize, (tuple, list)):
-        size = (int(resize[1]), int(resize[0]))
-    else:
-        size = (round(width * float(resize)), round(height * float(resize)))
+    size = (int(resize[1]), int(resize[0])) if isinstance(resize, (tuple, list)) else scaled_size(image.size, resize)
     if min(size) < 1:
         raise InputError(f"resizing the {width}x{height} image (width x height) by {resize} leaves no pixel")
     shrinks = size[0] <= width and size[1] <= height
     source = image if image.mode in ("RGB", "L") else image.convert("RGB")
     return source.resize(size, Image.BOX if shrinks else Image.BILINEAR)
+
+
+def scaled_size(size: Tuple[int, int], scale: float) -> Tuple[int, int]:
+    """A picture's (width, height) resized by `scale`, as `resized` makes it."""
+    return round(size[0] * float(scale)), round(size[1] * float(scale))
 
 
 def model_mode(channels: int, prep: Preprocessing) -> str:

@@ -94,6 +94,22 @@ def test_object_sizes_make_the_pyramid(converted):
     assert np.allclose(np.array(default[:-1]) / np.array(default[1:]), 1.25)
     # Objects of 16 to 64 pixels: from scale 2 down to 0.5 (the next, 0.42, is below it).
     assert np.allclose(detections.pyramid((32, 32), (256, 384), min_size=16, max_size=64), 2 / 1.25 ** np.arange(7))
+    # A model whose trunk takes nothing below 64x64 (its training size, larger than a --pooling none window):
+    # the pyramid stops where the picture is still that large, not where it still holds a window.
+    taken = detections.pyramid((32, 32), (256, 384), smallest=(64, 64))
+    assert taken[-1] >= 64 / 256 and taken[-1] / 1.25 < 64 / 256 and taken == default[:len(taken)]
+
+
+def test_every_scale_is_checked_before_anything_runs(converted, monkeypatch, tmp_path):
+    """A scale at which the picture is smaller than the window is refused before the first run, naming the
+    picture and the scale, for detect and for heatmap's --scales alike."""
+    from fc2conv_onnx.maps import MapModel
+    monkeypatch.setattr(MapModel, "run", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(fc2conv_onnx.InputError, match=r"image 38x26 \(width x height\) \(.*disks.png\) at scale 0.1 "
+                                                      r"is smaller than the model's 32x32 window"):
+        fc2conv_onnx.detect(converted[0], [DISKS], scales=(1.0, 0.5, 0.1))
+    with pytest.raises(fc2conv_onnx.InputError, match=r"at scale 0.1 is smaller than the model's 32x32 window"):
+        fc2conv_onnx.heatmap(converted[0], DISKS, tmp_path / "h.png", scales=(1.0, 0.1))
 
 
 def test_boxes_are_windows_mapped_back_through_the_scale_and_clipped():
