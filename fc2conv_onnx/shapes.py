@@ -203,7 +203,8 @@ ShapesObserver = Callable[[onnx.ModelProto, Sequence[str]],
 def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Sequence[HeadGeometry],
            observe: Optional[ShapesObserver] = None) -> onnx.ModelProto:
     """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker.
-    `observe` gives the outputs whose shapes shape inference loses theirs (see `_observe_lost_outputs`)."""
+    `observe` runs the model to give a shape to each output whose shape shape inference loses (see
+    `_observe_lost_outputs`)."""
     free_input_dims(graph, plan.trunk_inputs, layouts=plan.input_layouts)
     ranks = {name: len(tensor.shape) for name, tensor in graph.tensors().items()
              if isinstance(tensor, gs.Variable) and tensor.shape is not None}
