@@ -442,6 +442,10 @@ class Skipped:
         return f"{self.op} '{self.node}': {self.reason}"
 
 
+#: Rewrites of the trunk listed one by one in the text report; more are counted (the JSON lists them all).
+MAX_NOTES_SHOWN = 4
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     heads: Tuple[HeadPlan, ...]
@@ -471,7 +475,10 @@ class Plan:
         return self.input_layouts.get(name, CHANNELS_FIRST)
 
     def describe(self) -> str:
-        lines = [f"normalized: {note}" for note in self.normalized]
+        shown = self.normalized if len(self.normalized) <= MAX_NOTES_SHOWN + 1 else self.normalized[:MAX_NOTES_SHOWN]
+        lines = [f"normalized: {note}" for note in shown]
+        if len(shown) < len(self.normalized):  # ShuffleNetV2 has 32: the report would be mostly these
+            lines.append(f"normalized: {len(self.normalized) - len(shown)} more like these (--json lists every one)")
         if self.probe_size:
             lines.append(f"no --input-size: the model takes inputs of any size, and its heads keep their global "
                          f"pools, which need none; read and validated at {'x'.join(map(str, self.probe_size))}")

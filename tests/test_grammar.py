@@ -446,3 +446,16 @@ def test_a_pool_that_feeds_the_outputs_alone_becomes_a_map_when_one_is_asked_for
     prove(original, conversion.model, head.source, mode)
     value = next(iter(run(conversion.model, random_input(original, larger(input_shape(original)))).values()))
     assert value.shape[2] > 1 and value.shape[3] > 1, value.shape
+
+
+def test_many_trunk_rewrites_are_counted_in_the_text_report_and_listed_in_json():
+    """ShuffleNetV2 has 32 rewritten Reshapes: the text shows the first 4 and counts the rest; 5 are shown."""
+    from dataclasses import replace
+    report = fc2conv_onnx.inspect(EXPORTED / "torch_shuffle_units_ts.onnx")
+    notes = tuple(f"Reshape 'r{i}' ..." for i in range(32))
+    text = replace(report.plan, normalized=notes).describe()
+    assert [line for line in text.splitlines() if line.startswith("normalized:")] == \
+        [f"normalized: {n}" for n in notes[:4]] + ["normalized: 28 more like these (--json lists every one)"]
+    five = replace(report.plan, normalized=notes[:5]).describe()
+    assert sum(line.startswith("normalized: Reshape") for line in five.splitlines()) == 5
+    assert replace(report, plan=replace(report.plan, normalized=notes)).to_dict()["normalized"] == list(notes)
