@@ -32,7 +32,6 @@ def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, featur
 PROBE_BATCHES = (2, 3)
 
 
-
 def reshape_flattens(node: gs.Node, features: int, described: str) -> Union[str, Decline]:
     """Whether Reshape `node` gives [batch, features] from its input: a note on how, or why not."""
     data = node.inputs[0]

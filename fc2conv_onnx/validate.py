@@ -345,7 +345,6 @@ def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Seque
     return shapes
 
 
-
 def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
     """Flat indices of the grid cells to compare: all of them, or a seeded sample plus every corner."""
     total = prod(grid)

@@ -45,7 +45,6 @@ def per_location_constant(values: np.ndarray, features: int, spatial_rank: int) 
     return None if vector is None else vector.reshape((features,) + (1,) * spatial_rank)
 
 
-
 def axes_of(node: gs.Node) -> Optional[FrozenSet[int]]:
     """The axes a Reduce or Squeeze acts on, counted from 0 on its input (an attribute before opset 13/18,
     a constant input after); None when not given or not constant."""
