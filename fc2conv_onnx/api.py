@@ -268,14 +268,13 @@ def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Optio
     except Exception as error:
         raise ValidationError(f"the model with its detector does not pass the ONNX checker: {first_line(error)}") \
             from None
-    line = "detector appended: " + detector_graph.describe(parts, settings, made_by_score_op(result, parts.scores))
+    probabilities = made_by_score_op(result, parts.scores)
+    line = "detector appended: " + detector_graph.describe(parts, settings, probabilities)
     if not options.validate:
         return result, [], line
-    image = parts.geometry.input
-    shape = validation.training_shapes(planned.inferred)[image]
+    shape = validation.training_shapes(planned.inferred)[parts.geometry.input]
     training = spatial_dims(shape, parts.geometry.layout)
     size = options.window_size or default_validation_size(parts.geometry, training)
-    probabilities = made_by_score_op(result, parts.scores)
     return result, detector_check.check_detector(result, parts, settings, tuple(size), shape, probabilities, weights,
                                                  seed=options.seed), line
 

@@ -84,6 +84,13 @@ def _channels_first(values: np.ndarray, layout: str) -> np.ndarray:
     return np.moveaxis(values, -1, 1) if layout == CHANNELS_LAST else values
 
 
+def _detected(maps: Dict[str, np.ndarray], parts: DetectorParts, settings: DetectionSettings,
+              size: Sequence[int]) -> Found:
+    """`expected` for the detector's maps as the model gives them (in their layouts), by name."""
+    offsets = _channels_first(maps[parts.regression], parts.regression_layout) if parts.regression else None
+    return expected(_channels_first(maps[parts.scores], parts.scores_layout), offsets, parts, settings, size)
+
+
 def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: DetectionSettings,
                    size: Sequence[int], input_shape: Sequence[int], probabilities: bool, weights: Weights,
                    seed: int = 0) -> List[OutputCheck]:
@@ -116,9 +123,7 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
                           rng.normal(0.0, 0.2, shape)).astype(map_dtypes[name])
                 feeds[name] = np.moveaxis(values, 1, -1).copy() if layout_of[name] == CHANNELS_LAST else values
         got = _found(_ran(alone, parts.outputs, feeds, "the detector"))
-        want = expected(_channels_first(feeds[parts.scores], parts.scores_layout),
-                        _channels_first(feeds[parts.regression], parts.regression_layout) if parts.regression else None,
-                        parts, settings, maps_size)
+        want = _detected(feeds, parts, settings, maps_size)
         difference = compare(f"random maps {round_ + 1}", got, want, span)
         if difference:
             raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")
@@ -129,9 +134,7 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(parts.outputs)
     ran = dict(zip(names, _ran(whole, names, {parts.geometry.input: picture.astype(image_dtype)},
                                "the converted model with its detector")))
-    want = expected(_channels_first(ran[parts.scores], parts.scores_layout),
-                    _channels_first(ran[parts.regression], parts.regression_layout) if parts.regression else None,
-                    parts, settings, size)
+    want = _detected(ran, parts, settings, size)
     difference = compare("the model on a random input", _found([ran[n] for n in parts.outputs]), want, span)
     if difference:
         raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")

@@ -238,6 +238,7 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
     placed = {name: (head, where) for head, where in zip(plan.heads, geometries) for name in head.outputs}
     name = settings.output_name or score_output(model, [n for n in placed if isinstance(placed[n][1], Geometry)]
                                                 or list(placed))
+    outputs = {o.name: o for o in model.graph.output}
     parts = {}
     for role, wanted in (("scores", name), ("regression", settings.regression)):
         if not wanted:
@@ -249,17 +250,16 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
         if not isinstance(where, Geometry) or len(where.window) != 2:
             why = where.describe() if not isinstance(where, Geometry) else f"its grid is {len(where.window)}-D"
             raise InputError(f"--emit-detections: the cells of '{wanted}' cannot be placed on the input: {why}")
-        dims = {o.name: o for o in model.graph.output}[wanted].type.tensor_type.shape.dim
+        dims = outputs[wanted].type.tensor_type.shape.dim
         layout = head.output_layouts.get(wanted, head.output_layout)
         channel = dims[-1 if layout == CHANNELS_LAST else 1]
         if len(dims) != 4 or not channel.HasField("dim_value"):
             raise InputError(f"--emit-detections: output '{wanted}' is not a [N, K, h, w] map with a fixed K")
-        elem = {o.name: o for o in model.graph.output}[wanted].type.tensor_type.elem_type
-        parts[role] = (wanted, layout, channel.dim_value, where, elem)
+        parts[role] = (wanted, layout, channel.dim_value, where, outputs[wanted].type.tensor_type.elem_type)
     scores, layout, classes, geometry, scores_type = parts["scores"]
-    outputs = free_output_names(model)
+    names = free_output_names(model)
     if "regression" not in parts:
-        return DetectorParts(scores, layout, classes, geometry, outputs=outputs, scores_type=scores_type)
+        return DetectorParts(scores, layout, classes, geometry, outputs=names, scores_type=scores_type)
     regression, regression_layout, channels, where, regression_type = parts["regression"]
     if where != geometry:
         raise InputError(f"--emit-detections: the regression output '{regression}' is not on the grid of "
@@ -267,5 +267,5 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
     if channels != 4:
         raise InputError(f"--emit-detections: the regression output '{regression}' has {channels} channels; it "
                          "needs 4 (x1, y1, x2, y2)")
-    return DetectorParts(scores, layout, classes, geometry, regression, regression_layout, outputs, scores_type,
+    return DetectorParts(scores, layout, classes, geometry, regression, regression_layout, names, scores_type,
                          regression_type)
