@@ -6,7 +6,7 @@ import stat
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Union
+from typing import Any, BinaryIO, List, Optional, Union
 
 import onnx
 from google.protobuf.message import Message
@@ -63,6 +63,7 @@ def read_model(source: ModelSource) -> Loaded:
     if not model.graph.node and not model.graph.output:
         raise InputError(f"input {label} is not an ONNX model (it holds no graph)")
     check_supported(model, label)
+    model = with_negative_dims_symbolic(model, owned=weights.source is not None)
     try:
         check_model(model)
     except Exception as error:
@@ -172,15 +173,43 @@ def check_supported(model: onnx.ModelProto, label: str = "the model") -> None:
 MAX_INPUT_BYTES = 1 << 30
 
 
-def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
+def _image_inputs(model: onnx.ModelProto) -> List[onnx.ValueInfoProto]:
     initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name in initializers or not value.type.HasField("tensor_type"):
-            continue
+    return [value for value in model.graph.input
+            if value.name not in initializers and value.type.HasField("tensor_type")]
+
+
+def with_negative_dims_symbolic(model: onnx.ModelProto, owned: bool) -> onnx.ModelProto:
+    """`model` whose graph inputs name their negative dims symbolically: changed in place when it is
+    `owned` (read from a file here), else a copy (the caller's model is never modified).
+
+    paddle2onnx (and older exporters) write a dynamic dim as `dim_value: -1`, which onnxruntime runs as a
+    free dim; the rest of the pipeline reads free dims as `dim_param`s. (A dim of 0 onnxruntime holds to 0.)
+    """
+    negative = [(value.name, axis) for value in _image_inputs(model)
+                for axis, dim in enumerate(value.type.tensor_type.shape.dim)
+                if dim.HasField("dim_value") and dim.dim_value < 0]
+    if not negative:
+        return model
+    copy = model
+    if not owned:
+        copy = model.__class__()
+        copy.CopyFrom(model)
+    values = {value.name: value for value in copy.graph.input}
+    for name, axis in negative:
+        dim = values[name].type.tensor_type.shape.dim[axis]
+        dim.Clear()
+        dim.dim_param = f"{name}_dynamic_{axis}"
+    return copy
+
+
+def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
+    for value in _image_inputs(model):
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
-        if any(d <= 0 for d in dims):
-            raise InputError(f"input {label}: graph input '{value.name}' has shape {dims}; a dim that is 0 or "
-                             "negative leaves nothing to convert or check")
+        if 0 in dims:
+            raise InputError(f"input {label}: graph input '{value.name}' has shape {dims}; onnxruntime runs a dim "
+                             "of 0 with nothing in it, which leaves nothing to convert or check")
+        dims = [max(d, 1) for d in dims]  # -1: a free dim (paddle2onnx), as onnxruntime reads it
         itemsize = nbytes_per_element(value.type.tensor_type.elem_type) or 1
         size = prod(max(d, 1) for d in dims) * itemsize
         if size > MAX_INPUT_BYTES:

@@ -48,9 +48,10 @@ def is_transpose(node: gs.Node, perm: Sequence[int]) -> bool:
 
 
 #: Ops a Keras model puts on its NHWC image before tf2onnx's Transpose to NCHW (its Rescaling and
-#: Normalization layers: Mul, Add, Sub, Div by per-channel constants; casts). They act on each element, so
-#: the layout is decided by the Transpose after them.
-ELEMENTWISE_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity")
+#: Normalization layers: Mul, Add, Sub, Div by per-channel constants; casts; a full-int8 TFLite file's
+#: QuantizeLinear and DequantizeLinear). They act on each element (or channel), so the layout is decided by
+#: the Transpose after them.
+ELEMENTWISE_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity", "QuantizeLinear", "DequantizeLinear")
 
 
 def is_parameter_shape(shape: Optional[Sequence]) -> bool:
@@ -71,6 +72,15 @@ def _per_channel_operand(tensor: gs.Tensor) -> bool:
     """A constant, or a parameter graph input, that broadcasts along the last (channel) axis alone."""
     static = isinstance(tensor, gs.Constant) or (not tensor.inputs and is_parameter_shape(tensor.shape))
     return static and tensor.shape is not None and all(d == 1 for d in tensor.shape[:-1])
+
+
+def _quantizes_per_channel(node: gs.Node, rank: int) -> bool:
+    """A (De)QuantizeLinear of the NHWC image with one scale, or one per channel along the last axis (its
+    `axis` defaults to 1, which is a spatial axis there); any other op: True."""
+    if node.op not in ("QuantizeLinear", "DequantizeLinear"):
+        return True
+    scale = node.inputs[1].shape if len(node.inputs) > 1 else None
+    return scale is not None and (all(d == 1 for d in scale) or int(node.attrs.get("axis", 1)) in (-1, rank - 1))
 
 
 def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
@@ -94,9 +104,9 @@ def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
             if is_transpose(node, perm):
                 views.append(node.outputs[0])
                 continue
-            others = [t for t in node.inputs if t is not current]
+            others = [t for t in node.inputs if t is not current and t.name]
             if node.op not in ELEMENTWISE_PREPROCESSING or node.domain not in (None, "", "ai.onnx") or \
-                    not all(_per_channel_operand(t) for t in others):
+                    not all(_per_channel_operand(t) for t in others) or not _quantizes_per_channel(node, len(shape)):
                 return None
             frontier.extend(node.outputs)
     return views

@@ -172,6 +172,86 @@ def identity_gathers_removed(graph: gs.Graph) -> List[str]:
     return notes
 
 
+def _through_casts(tensor: gs.Tensor) -> gs.Tensor:
+    """The tensor before any Cast / Identity (shape arithmetic changes int32 and int64 back and forth)."""
+    while tensor.inputs and tensor.inputs[0].op in ("Cast", "Identity") and in_default_domain(tensor.inputs[0]):
+        tensor = tensor.inputs[0].inputs[0]
+    return tensor
+
+
+def _ints(tensor: gs.Tensor) -> Optional[List[int]]:
+    return [int(v) for v in np.asarray(tensor.values).reshape(-1)] if isinstance(tensor, gs.Constant) else None
+
+
+def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
+    """If the one-element `piece` is dim 0 of `data`, read off Shape(data) by Slice [0:1] or Gather 0, maybe
+    behind ops that only change the rank or type of one value (Squeeze, Unsqueeze, Cast): the ops that read
+    it, from Shape on; else None.
+
+        data ──▶ Shape ──▶ Slice(starts [0], ends [1]) ───────────────────┬──▶ Concat
+                      └──▶ Gather(0) ──▶ (Squeeze) ──▶ Unsqueeze ──▶ (Cast) ┘
+    """
+    if piece.shape is None or list(piece.shape) != [1]:
+        return None
+    ops: List[str] = []
+    node = piece.inputs[0] if piece.inputs else None
+    while node is not None and node.op in _ONE_VALUE_OPS and in_default_domain(node):
+        ops.append(node.op)
+        node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
+    if node is None or not in_default_domain(node) or int(node.attrs.get("axis", 0)) != 0:
+        return None
+    if node.op == "Gather":
+        if _ints(node.inputs[1]) != [0]:
+            return None
+    elif node.op == "Slice":
+        bounds = [_ints(t) for t in node.inputs[1:]] if len(node.inputs) > 1 else \
+            [node.attrs.get("starts"), node.attrs.get("ends"), node.attrs.get("axes", [0])]
+        if len(bounds) < 2 or bounds[0] != [0] or bounds[1] != [1] or any(b not in ([0], [1]) for b in bounds[2:]):
+            return None
+    else:
+        return None
+    shape = _through_casts(node.inputs[0]).inputs  # paddle2onnx casts the shape to int32 and back
+    if not shape or shape[0].op != "Shape" or shape[0].inputs[0] is not data or int(shape[0].attrs.get("start", 0)):
+        return None
+    return ["Shape", node.op] + list(reversed(ops)) + ["Concat"]
+
+
+#: Ops that, on a single value, change only its rank or type.
+_ONE_VALUE_OPS = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape")
+
+
+def batch_read_off_own_shape(graph: gs.Graph) -> List[str]:
+    """Give a Reshape whose target copies its input's batch from that input's own shape the constant target
+    that says the same: 0 (copy the dim) in place of the computed batch.
+
+    paddle2onnx flattens as Reshape(x, Concat(Slice(Shape(x), [0:1]), [-1])) on a dynamic batch, TorchScript
+    as `x.view(x.size(0), -1)`, jax2onnx as `x.reshape(x.shape[0], -1)`. With allowzero 0 a 0 copies the
+    input's dim at that index, so the target [0, -1] equals the computed one for every input; it is then a
+    constant that the head grammar reads and that keeps meaning the same when the pooled map before it becomes
+    a map. Returns a note per Reshape.
+    """
+    notes = []
+    for node in graph.nodes:
+        if node.op != "Reshape" or not in_default_domain(node) or len(node.inputs) < 2 or \
+                isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0):
+            continue
+        concat = _through_casts(node.inputs[1]).inputs
+        if not concat or concat[0].op != "Concat" or not in_default_domain(concat[0]) or len(concat[0].inputs) < 2:
+            continue
+        first, *rest = (_through_casts(t) for t in concat[0].inputs)
+        tail = [_ints(t) for t in rest]
+        read = _own_batch(first, node.inputs[0])
+        if read is None or any(values is None for values in tail):
+            continue
+        target = [0] + [v for values in tail for v in values]  # type: ignore[union-attr]
+        node.inputs[1] = gs.Constant(f"{node.name}/target", np.array(target, dtype=np.int64))
+        notes.append(f"Reshape '{node.name}' reads its batch off its input's shape ({' -> '.join(read)}): its target is "
+                     f"now the constant {target}, which says the same for every input")
+    if notes:
+        graph.cleanup()
+    return notes
+
+
 def make_node_names_unique(graph: gs.Graph) -> None:
     """Give every node a unique name: the plan refers to nodes by name, and ONNX allows empty or
     repeated ones."""
@@ -194,6 +274,7 @@ def normalize(graph: gs.Graph) -> Tuple[str, ...]:
     (folding constants is not one): the window check must then cut the normalized model, since the
     original trunk may not run at other sizes."""
     fold_constant_nodes(graph)
-    notes = unit_channel_reshapes_to_transposes(graph) + identity_gathers_removed(graph)
+    notes = batch_read_off_own_shape(graph) + unit_channel_reshapes_to_transposes(graph) + \
+        identity_gathers_removed(graph)
     make_node_names_unique(graph)
     return tuple(notes)

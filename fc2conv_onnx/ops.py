@@ -339,6 +339,22 @@ def transpose(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough,
                    "the channels of the head's map last or back")
 
 
+def _reshape_keeps_map(node: gs.Node, index: int, ctx: HeadContext) -> Optional[PassThrough]:
+    """A Reshape of a pooled map to [N, K, 1, ...] (any batch): tf2onnx's spelling of the move of a pooled
+    [N, 1, ..., K] map to channels first (Keras MobileNet's top), or of nothing at all on [N, K, 1, ...].
+    On a larger map it is that Transpose, or goes."""
+    target = constant_values(node.inputs[1]) if len(node.inputs) > 1 else None
+    if target is None or node.attrs.get("allowzero", 0):
+        return None
+    dims = [int(v) for v in target.reshape(-1)]
+    if len(dims) != ctx.rank or dims[0] not in (-1, 0) or dims[1:] != [ctx.features] + [1] * ctx.spatial_rank:
+        return None
+    if ctx.form == MAP_LAST:
+        return _pass(node, index, TO_CHANNELS_FIRST, "Transpose to [N, K, *spatial] (a Reshape that moves the pooled "
+                     "map's unit axes)", ctx, form=MAP)
+    return _pass(node, index, REMOVE, "removed (a Reshape of the pooled map to its own shape)", ctx)
+
+
 def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
     """Flatten / Squeeze / Reshape of a pooled map [N, K, 1, ...] (or [N, 1, ..., K]) to [N, K]: on a larger
     map it goes (the map stays a map), or becomes a Transpose to channels first."""
@@ -350,6 +366,9 @@ def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough
     if node.op == "Squeeze" and axes_of(node) != spatial:
         return Decline(f"Squeeze '{node.name}' does not squeeze exactly the pooled axes {sorted(spatial)}")
     if node.op == "Reshape":
+        kept = _reshape_keeps_map(node, index, ctx)
+        if kept is not None:
+            return kept
         shape = list(node.inputs[0].shape or [])
         note = reshape_flattens(node, ctx.features, f"the pooled {shape}")
         if isinstance(note, Decline):

@@ -5,7 +5,8 @@ from typing import List, Optional, Tuple
 
 import onnx_graphsurgeon as gs
 
-from .layout import is_transpose, to_channels_last
+from .layout import CHANNELS_LAST, is_transpose, to_channels_first, to_channels_last
+from .map_layouts import map_layouts
 from .normalize import in_default_domain
 from .ops import LOCAL, entry, trunk_kind, varies_over_space
 from .plan import FLAT, MAP, MAP_LAST, MODES, KEEP_POOL, GlobalPool, PoolMode
@@ -81,3 +82,41 @@ def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> O
     # A lone Transpose is bypassed by the rewrite (it reads `source`); ops after it stay and are the head's.
     return GlobalPool(node.name, node.op, kind, source.name, output.name, MAP_LAST if keeps else FLAT, mode,
                       data.name, input_last=True, between=() if len(between) == 1 else tuple(n.name for n in between))
+
+
+def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
+    """Give a pool of a channels-last map that `global_pool` cannot trace to one Transpose (a residual net
+    done in NHWC by jax2onnx or Keras 3: the map is an Add of NHWC maps) a channels-first view to start at:
+
+        map (NHWC) ──▶ ReduceMean(axes [1, 2])    becomes    map ──▶ Transpose to NCHW ──▶ Transpose back ──▶ ReduceMean
+
+    The pair is the identity; the head then starts at the NCHW tensor, where the trunk can be cut, cropped
+    and slid like any other. Returns a note per pool.
+    """
+    notes: List[str] = []
+    layouts = None
+    for node in list(graph.nodes):
+        if node.op not in GLOBAL_POOLS or node.op.startswith("Global") or not in_default_domain(node) or \
+                not node.inputs or node.inputs[0].shape is None:
+            continue
+        data = node.inputs[0]
+        rank = len(data.shape)
+        if rank < 3 or axes_of(node) != frozenset(range(1, rank - 1)) or _channels_last_region(data, node) is not None:
+            continue
+        layouts = layouts if layouts is not None else map_layouts(graph)
+        if layouts.get(data.name) != CHANNELS_LAST:
+            continue
+        shape = list(data.shape)
+        first = gs.Variable(f"{data.name}/channels_first", dtype=data.dtype, shape=[shape[0], shape[-1]] + shape[1:-1])
+        last = gs.Variable(f"{data.name}/channels_last", dtype=data.dtype, shape=shape)
+        graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_first", {"perm": list(to_channels_first(rank))},
+                                   [data], [first]))
+        graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_last", {"perm": list(to_channels_last(rank))},
+                                   [first], [last]))
+        node.inputs[0] = last
+        notes.append(f"{node.op} '{node.name}' pools the channels-last map '{data.name}' (a join of channels-last "
+                     "maps); it now reads it through a Transpose to channels first and back, the identity, so the "
+                     "head starts at a channels-first map")
+    if notes:
+        graph.toposort()
+    return notes

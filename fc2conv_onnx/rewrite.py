@@ -174,8 +174,12 @@ def _rewrite_pool(editor: _Editor, head: HeadPlan, pool: GlobalPool, dilation: O
         pooled = result
     if pool.form == MAP_LAST:
         pooled = _transposed(editor, pooled, to_channels_last(rank), f"{pool.node}/channels_last")
-    _redirect(editor, editor.tensors[pool.output], pooled)
+    output = editor.tensors[pool.output]
     editor.nodes[pool.node].outputs.clear()
+    if output in editor.graph.outputs:  # a graph output keeps its name (jax2onnx ends a model with the pool)
+        editor.add_node("Identity", f"{pool.node}/output", [pooled], [output])
+    else:
+        _redirect(editor, output, pooled)
 
 
 def _transposed(editor: _Editor, tensor: gs.Tensor, perm: Tuple[int, ...], base: str) -> gs.Tensor:

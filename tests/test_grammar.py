@@ -18,6 +18,7 @@ from equivalence import (assert_equivalent, assert_one_prediction, cut, identity
                          random_input, run)
 from fc2conv_onnx import InputError, NothingToConvertError
 from test_cli import cli
+from test_frameworks import FRAMEWORKS
 
 EXPORTED = FIXTURES / "exported"
 GRAMMAR = sorted(name[:-5] for name, entry in json.loads((EXPORTED / "MANIFEST.json").read_text()).items()
@@ -74,8 +75,8 @@ def prove(original: onnx.ModelProto, converted: onnx.ModelProto, source: str, mo
 KERAS_EXPORTED = ("tf_keras_mobilenetv3_top", "tf_keras_convnext_head")
 
 
-def test_every_grammar_fixture_is_tested_here():
-    assert set(GRAMMAR) == set(POOLED) | set(KERAS_EXPORTED) | {
+def test_every_grammar_fixture_is_tested_here_or_in_test_frameworks():
+    assert set(GRAMMAR) == set(POOLED) | set(KERAS_EXPORTED) | set(FRAMEWORKS) | {
         "torch_dynamic_hw", "torch_shuffle_dynamo", "tf_keras_same_padding_branches", *SHUFFLE_UNITS}
 
 

@@ -1,0 +1,135 @@
+"""Models from the exporters beyond PyTorch and tf2onnx-from-Keras (fixtures/exported/, made by
+fixtures/export_paddle.py, export_jax.py and export_keras.py): paddle2onnx, jax2onnx, Keras 3's own export and
+TFLite files through tf2onnx (float32 and full int8), and PaddleOCR's trained text-direction classifier.
+
+Each converts in every --pooling mode that applies to its head and is proven again by tests/equivalence.py,
+which shares no code with the package; the modes that cannot apply are refused with the reason.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import onnx
+import pytest
+from onnx import helper
+
+import fc2conv_onnx
+from conftest import FIXTURES
+from equivalence import assert_equivalent, assert_one_prediction, input_shape
+from fc2conv_onnx import NothingToConvertError
+
+EXPORTED = FIXTURES / "exported"
+MODES = ("keep", "window", "none")
+POOLED, FLATTENED = MODES, ("keep", "window")
+
+#: stem -> (the modes it converts in, its training size if the export leaves it dynamic, channels last).
+FRAMEWORKS = {
+    "paddle_pooled_dynamic_batch": (POOLED, None, False),
+    "paddle_pooled_fixed_batch": (POOLED, None, False),
+    "paddle_flatten_dynamic_batch": (FLATTENED, None, False),
+    "paddleocr_ch_ppocr_mobile_v2_cls": (POOLED, (48, 192), False),
+    "jax_nhwc_residual": (POOLED, None, True),
+    "jax_conv1x1_head": (("window", "none"), None, True),
+    "jax_nhwc_flatten": (FLATTENED, None, True),
+    "keras3_mobilenet_top": (POOLED, None, True),
+    "tflite_mobilenet_top_f32": (POOLED, None, True),
+    "tflite_mobilenet_top_int8": (POOLED, None, True),
+}
+CASES = [(stem, mode) for stem, (modes, _, _) in FRAMEWORKS.items() for mode in modes]
+REFUSED = [(stem, mode) for stem, (modes, _, _) in FRAMEWORKS.items() for mode in MODES if mode not in modes]
+
+
+def load(stem: str) -> onnx.ModelProto:
+    return onnx.load(str(EXPORTED / f"{stem}.onnx"))
+
+
+def at_training_size(model: onnx.ModelProto, size: Optional[Sequence[int]]) -> onnx.ModelProto:
+    """The reference with its free spatial dims set to the training size and a symbolic batch (by hand, not by
+    the package)."""
+    if size is None:
+        return model
+    fixed = onnx.ModelProto.FromString(model.SerializeToString())
+    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    dims[0].Clear()
+    dims[0].dim_param = "N"  # onnxruntime runs paddle2onnx's -1 as a free dim
+    for dim, value in zip(dims[2:], size):
+        dim.Clear()
+        dim.dim_value = value
+    return fixed
+
+
+def with_channels_first_view(model: onnx.ModelProto, pool: str) -> onnx.ModelProto:
+    """The reference for a pool of a channels-last map that is not a Transpose's output (a residual net done
+    in NHWC): the pool reads the map through a Transpose to NCHW and back, the identity, so the reference has
+    a channels-first tensor ('reference_nchw') to cut at."""
+    reference = onnx.ModelProto.FromString(model.SerializeToString())
+    node = next(n for n in reference.graph.node if n.name == pool)
+    data = node.input[0]
+    node.input[0] = "reference_nhwc"
+    position = list(reference.graph.node).index(node)
+    for offset, (source, target, perm) in enumerate(((data, "reference_nchw", [0, 3, 1, 2]),
+                                                     ("reference_nchw", "reference_nhwc", [0, 2, 3, 1]))):
+        reference.graph.node.insert(position + offset, helper.make_node("Transpose", [source], [target], perm=perm))
+    return reference
+
+
+def larger(shape: Sequence[int], channels_last: bool) -> tuple:
+    grown = list(shape)
+    for extra, axis in zip((13, 21), range(1, len(shape) - 1) if channels_last else range(2, len(shape))):
+        grown[axis] += extra
+    return tuple(grown)
+
+
+def reference_and_source(stem: str, conversion) -> tuple:
+    """The original to compare with, and the tensor of it that the head starts from."""
+    original = at_training_size(load(stem), FRAMEWORKS[stem][1])
+    head, = conversion.report.plan.heads
+    names = {name for node in original.graph.node for name in node.output}
+    if head.source in names:
+        return original, head.source
+    assert head.pool is not None, "only a pool of a join of NHWC maps starts at a tensor the tool adds"
+    return with_channels_first_view(original, head.pool.node), "reference_nchw"
+
+
+@pytest.mark.parametrize("stem, mode", CASES)
+def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
+    _, size, channels_last = FRAMEWORKS[stem]
+    conversion = fc2conv_onnx.convert_with_report(EXPORTED / f"{stem}.onnx", pooling=mode,
+                                                  input_size=None if size is None else "x".join(map(str, size)))
+    reference, source = reference_and_source(stem, conversion)
+    training = input_shape(reference)
+    pool = conversion.report.plan.heads[0].pool
+    if pool is not None and mode == "keep":
+        assert_equivalent(reference, conversion.model, source=source, channels_last=channels_last)
+        assert_one_prediction(reference, conversion.model, source=source, size=larger(training, channels_last),
+                              channels_last=channels_last)
+    else:
+        window = (1, 1) if mode == "none" else None
+        assert_equivalent(reference, conversion.model, source=source, channels_last=channels_last, window=window,
+                          sizes=[larger(training, channels_last)])
+    ops = {node.op_type for node in conversion.model.graph.node}
+    assert not ops & {"Gemm", "MatMul", "Flatten"}, ops
+
+
+@pytest.mark.parametrize("stem, mode", REFUSED)
+def test_a_mode_that_does_not_apply_is_refused_with_the_reason(stem, mode):
+    with pytest.raises(NothingToConvertError, match="no global pool to remove|no layer after it"):
+        fc2conv_onnx.convert(EXPORTED / f"{stem}.onnx", pooling=mode)
+
+
+def test_the_paddle_batch_read_off_the_pooled_map_becomes_a_constant_that_keeps_the_map():
+    """paddle2onnx's Reshape(x, Concat(Slice(Shape(x)), [-1])) is read as [0, -1]: on a larger map the head's
+    flattening goes, and the output is a map, not the map flattened into one long vector."""
+    plan = fc2conv_onnx.inspect(EXPORTED / "paddle_pooled_dynamic_batch.onnx", pooling="window").plan
+    head, = plan.heads
+    assert (head.steps[0].op, head.steps[0].action) == ("Reshape", "remove"), head.steps[0]
+
+
+def test_a_negative_input_dim_is_read_as_a_free_one_and_the_caller_model_is_untouched():
+    original = load("paddleocr_ch_ppocr_mobile_v2_cls")
+    before = original.SerializeToString()
+    assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1
+    converted = fc2conv_onnx.convert(original, input_size="48x192", pooling="window")
+    assert original.SerializeToString() == before
+    batch = converted.graph.input[0].type.tensor_type.shape.dim[0]
+    assert not batch.HasField("dim_value") and batch.dim_param
