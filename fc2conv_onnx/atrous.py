@@ -26,10 +26,7 @@ from .ops import (CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REG
                   trunk_kind)
 from .plan import Densify, LayerChange, Plan, window_op
 from .options import split_ints
-
-#: The first opset whose pool of each kind takes `dilations`.
-POOL_DILATIONS_SINCE = {"MaxPool": 10, "AveragePool": 19, "LpPool": 18}
-
+from .registry import REGISTRY, fact, is_op
 
 def parse_stride(value: Union[int, str, Sequence[int]], rank: int) -> Tuple[int, ...]:
     """16, "16" or "16x8" (one number: every axis) -> a stride per spatial axis."""
@@ -66,9 +63,10 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
                              "per image, which has no stride")
         if pool is not None and pool.mode.replacement(pool.kind, head.spatial_shape, None) is not None:
             op = window_op(pool.kind)
-            if plan.opset < POOL_DILATIONS_SINCE[op]:
+            since = REGISTRY[op].dilations_since or 1
+            if plan.opset < since:
                 raise InputError(f"--stride with --pooling window needs a dilated {op}, which ONNX has from opset "
-                                 f"{POOL_DILATIONS_SINCE[op]} (the model has {plan.opset}); use --pooling none")
+                                 f"{since} (the model has {plan.opset}); use --pooling none")
         if not isinstance(where, Geometry):
             raise InputError(f"--stride needs the trunk's geometry, which is unknown for "
                              f"{', '.join(head.outputs)}: {where.reason}")
@@ -167,11 +165,12 @@ def _changes(trunk: Sequence[gs.Node], lowered: Dict[str, List[int]], rank: int,
                 if layer.auto_pad != "NOTSET" or layer.ceil_mode:
                     raise InputError(f"{node.op} '{node.name}' uses auto_pad or ceil_mode, whose padding depends on "
                                      "the stride; --stride cannot be exact there")
-                if r != ones and node.op in POOL_DILATIONS_SINCE and opset < POOL_DILATIONS_SINCE[node.op]:
+                since = fact(node, "dilations_since")
+                if r != ones and since and opset < since:
                     raise InputError(f"{node.op} '{node.name}' would need dilations, which {node.op} takes from "
-                                     f"opset {POOL_DILATIONS_SINCE[node.op]} (the model has {opset})")
+                                     f"opset {since} (the model has {opset})")
                 pads = tuple(p * f for p, f in zip(layer.pads_begin + layer.pads_end, r + r))
-                if node.op != "Conv" and any(p >= k for p, k in zip(pads, layer.kernel * 2)):
+                if not is_op(node, "Conv") and any(p >= k for p, k in zip(pads, layer.kernel * 2)):
                     raise InputError(f"{node.op} '{node.name}' would need pads {list(pads)} as large as its kernel "
                                      f"{list(layer.kernel)} after a lowered stride, which pools may not have; --stride "
                                      "cannot lower the strides before it")

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 from .errors import InputError
 from .walks import upstream_inputs
 from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
-from .normalize import in_default_domain
+from .registry import in_default_domain, is_op
 from .ops import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW,
                   has_parameters, sliced_axes, trunk_kind, varies_over_space)
 from .plan import MAP, MAP_LAST
@@ -281,7 +281,7 @@ def _ints(value, rank: int, default: int) -> Tuple[int, ...]:
 
 def window_layer(node: gs.Node, rank: int) -> Layer:
     attrs = node.attrs
-    if node.op == "Conv" and "kernel_shape" not in attrs:
+    if is_op(node, "Conv") and "kernel_shape" not in attrs:
         weight_shape = node.inputs[1].shape
         if weight_shape is None or not all(isinstance(d, int) for d in weight_shape[2:]):
             raise _NotLocal(f"Conv '{node.name}' has no static kernel shape")
@@ -381,7 +381,7 @@ def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
     """Whether a Transpose or Reshape leaves the last `rank` (spatial) axes where they are and only regroups
     the ones before (ShuffleNet's channel shuffle). For a Reshape, row-major order makes that so exactly
     when the trailing `rank` dims and the product of the leading ones are the same on both sides."""
-    if node.op == "Transpose":
+    if is_op(node, "Transpose"):
         perm = list(node.attrs.get("perm", []))
         return bool(perm) and perm[len(perm) - rank:] == list(range(len(perm) - rank, len(perm)))
     before, after = node.inputs[0].shape, node.outputs[0].shape

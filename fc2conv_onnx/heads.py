@@ -25,12 +25,13 @@ import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
-from .linear import LINEAR_OPS, match_linear
+from .linear import match_linear
 from .ops import CHANNEL_SLICE, LOCAL, HeadContext, entry, trunk_kind
 from .options import AUTO
 from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
                    PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
+from .registry import attach, fact, is_op
 from .values import producer
 from .walks import upstream_inputs
 
@@ -72,7 +73,7 @@ def _read_through_transpose(node: gs.Node) -> Tuple[gs.Tensor, str, str, Tuple[P
     start, between = _elementwise_chain(data, 0, frozenset())
     transpose = producer(start)
     rank = len(start.shape) if start.shape is not None else 0
-    if transpose is None or transpose.op != "Transpose" or rank < 3:
+    if transpose is None or not is_op(transpose, "Transpose") or rank < 3:
         return data, CHANNELS_FIRST, "", (), ()
     if is_transpose(transpose, to_channels_last(rank)):
         note = f"reads Transpose '{transpose.name}' to channels last: features in (*spatial, C) order, permuted " \
@@ -113,8 +114,6 @@ def _joined(*notes: str) -> str:
 
 def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
-    if node.op != "Flatten":
-        return None
     source, order, note, moved, perm = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
@@ -141,8 +140,6 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     A literal batch size (e.g. `view(1, -1)`) is accepted when it equals the training batch; the
     converted model then takes any batch, and the plan says so.
     """
-    if node.op != "Reshape":
-        return None
     source, order, transpose_note, moved, perm = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
@@ -157,7 +154,8 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
                       note=_joined(transpose_note, note), prelude=moved, perm=perm)
 
 
-FLATTENINGS: Tuple[Callable[[gs.Node], Union[Flattening, Decline, None]], ...] = (match_flatten, match_reshape)
+attach("flattening", "Flatten", value=match_flatten)
+attach("flattening", "Reshape", value=match_reshape)
 
 
 # --------------------------------------------------------------------------------------- head search
@@ -183,7 +181,7 @@ def _elementwise_chain(data: gs.Tensor, opset: int,
         node = producer(data)
         found = entry(node) if node is not None else None
         if node is None or found is None or found.head is None or len(data.outputs) != 1 or data.name in graph_outputs \
-                or len(node.inputs) == 0 or node.inputs[0].name == "" or node.op in LINEAR_OPS:
+                or len(node.inputs) == 0 or node.inputs[0].name == "" or fact(node, "linear"):
             break
         step = found.head(node, 0, context)
         if not isinstance(step, PassThrough) or step.constants or step.attrs or step.action == AXIS_LAST \
@@ -201,11 +199,8 @@ def _first_layer(node: gs.Node, opset: int,
     source = producer(flat)
     if source is None:
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
-    flattening = None
-    for matcher in FLATTENINGS:
-        flattening = matcher(source)
-        if flattening is not None:
-            break
+    matcher = fact(source, "flattening")
+    flattening = matcher(source) if matcher is not None else None
     if flattening is None:
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor "
                        f"(it comes from {source.op} '{source.name}')")
@@ -291,7 +286,7 @@ def _downstream_linears(tensor: gs.Tensor) -> List[str]:
             if id(node) in seen:
                 continue
             seen.add(id(node))
-            if node.op in LINEAR_OPS:
+            if fact(node, "linear"):
                 found.append(node.name)
             stack.extend(node.outputs)
     return found
@@ -313,7 +308,7 @@ def _after_attention(graph: gs.Graph) -> Dict[str, str]:
     found: Dict[str, str] = {}
     for node in graph.nodes:
         reached = next((found[t.name] for t in node.inputs if t.name in found), None)
-        if reached is None and node.op == "MatMul" and len(node.inputs) == 2 and \
+        if reached is None and is_op(node, "MatMul") and len(node.inputs) == 2 and \
                 not any(isinstance(t, gs.Constant) or not t.inputs for t in node.inputs):
             reached = f"MatMul '{node.name}'"
         if reached is not None:
@@ -419,12 +414,12 @@ def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_P
         if node.name not in search.claimed:
             search.pooled(node)
     for node in list(graph.nodes):
-        if node.op in LINEAR_OPS and node.name not in search.claimed:
+        if fact(node, "linear") and node.name not in search.claimed:
             search.flattened(node)
     # Later layers of a declined head are reported with that head's reason, not their own.
     for node in graph.nodes:
         reason = search.claimed.get(node.name)
-        if node.op in LINEAR_OPS and reason:
+        if fact(node, "linear") and reason:
             search.skipped.append(Skipped(node.name, node.op, reason))
     order = {node.name: index for index, node in enumerate(graph.nodes)}
     skipped = tuple(sorted(search.skipped, key=lambda s: order.get(s.node, -1)))

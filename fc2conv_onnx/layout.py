@@ -10,6 +10,8 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 import onnx_graphsurgeon as gs
 
+from .registry import fact, is_op
+
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 LAYOUTS = (CHANNELS_FIRST, CHANNELS_LAST)
@@ -43,15 +45,7 @@ def with_spatial(shape: Sequence, layout: str, spatial: Sequence) -> Tuple:
 
 
 def is_transpose(node: gs.Node, perm: Sequence[int]) -> bool:
-    return node.op == "Transpose" and node.domain in (None, "", "ai.onnx") and \
-        tuple(node.attrs.get("perm", ())) == tuple(perm)
-
-
-#: Ops a Keras model puts on its NHWC image before tf2onnx's Transpose to NCHW (its Rescaling and
-#: Normalization layers: Mul, Add, Sub, Div by per-channel constants; casts; a full-int8 TFLite file's
-#: QuantizeLinear and DequantizeLinear). They act on each element (or channel), so the layout is decided by
-#: the Transpose after them.
-ELEMENTWISE_PREPROCESSING = ("Mul", "Add", "Sub", "Div", "Cast", "Identity", "QuantizeLinear", "DequantizeLinear")
+    return is_op(node, "Transpose") and tuple(node.attrs.get("perm", ())) == tuple(perm)
 
 
 def is_parameter_shape(shape: Optional[Sequence]) -> bool:
@@ -77,7 +71,7 @@ def _per_channel_operand(tensor: gs.Tensor) -> bool:
 def _quantizes_per_channel(node: gs.Node, rank: int) -> bool:
     """A (De)QuantizeLinear of the NHWC image with one scale, or one per channel along the last axis (its
     `axis` defaults to 1, which is a spatial axis there); any other op: True."""
-    if node.op not in ("QuantizeLinear", "DequantizeLinear"):
+    if not fact(node, "quantization"):
         return True
     scale = node.inputs[1].shape if len(node.inputs) > 1 else None
     return scale is not None and (all(d == 1 for d in scale) or int(node.attrs.get("axis", 1)) in (-1, rank - 1))
@@ -105,8 +99,10 @@ def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
                 views.append(node.outputs[0])
                 continue
             others = [t for t in node.inputs if t is not current and t.name]
-            if node.op not in ELEMENTWISE_PREPROCESSING or node.domain not in (None, "", "ai.onnx") or \
-                    not all(_per_channel_operand(t) for t in others) or not _quantizes_per_channel(node, len(shape)):
+            # A Keras model's Rescaling and Normalization layers (Mul, Add, Sub, Div by per-channel constants),
+            # casts, a full-int8 TFLite file's Q/DQ: they act per element or channel, so the Transpose after
+            # them decides the layout (the registry's `preprocessing` ops).
+            if not fact(node, "preprocessing") or not all(_per_channel_operand(t) for t in others) or not _quantizes_per_channel(node, len(shape)):
                 return None
             frontier.extend(node.outputs)
     return views

@@ -8,9 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .plan import Decline, LinearLayer, Quantized
+from .registry import is_op
 from .values import constant_float_values, constant_or_dequantized, per_feature_vector
-
-LINEAR_OPS = ("Gemm", "MatMul")
 
 
 def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Optional[Quantized]], Decline]:
@@ -48,7 +47,7 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
     unidirectional broadcastable to (M, N)" (here (batch, K)). transA=1 would mix the batch into the
     product, so it is declined. B and C may come through DequantizeLinear (QDQ models); they stay quantized.
     """
-    if node.op != "Gemm":
+    if not is_op(node, "Gemm"):
         return None
     if node.inputs[0] is not data:
         return Decline(f"Gemm '{node.name}' reads the features as its weight B, not as A")
@@ -98,7 +97,7 @@ def match_gemm(node: gs.Node, data: gs.Tensor) -> Union[LinearLayer, Decline, No
 def _bias_add(matmul: gs.Node, features: int, graph_outputs: FrozenSet[str]) -> Optional[Tuple[gs.Node, np.ndarray]]:
     """The Add right after a MatMul that adds a constant per-feature bias, if there is one."""
     out = matmul.outputs[0]
-    if out.name in graph_outputs or len(out.outputs) != 1 or out.outputs[0].op != "Add":
+    if out.name in graph_outputs or len(out.outputs) != 1 or not is_op(out.outputs[0], "Add"):
         return None
     add = out.outputs[0]
     other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
@@ -109,7 +108,7 @@ def _bias_add(matmul: gs.Node, features: int, graph_outputs: FrozenSet[str]) -> 
 
 def match_matmul(node: gs.Node, data: gs.Tensor, graph_outputs: FrozenSet[str]) -> Union[LinearLayer, Decline, None]:
     """MatMul (+ Add of a constant bias): PyTorch dynamo, tf2onnx Dense, Paddle."""
-    if node.op != "MatMul":
+    if not is_op(node, "MatMul"):
         return None
     if node.inputs[0] is not data:
         return Decline(f"MatMul '{node.name}' has the features as its right operand")

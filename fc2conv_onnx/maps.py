@@ -15,11 +15,8 @@ from . import validate as validation
 from .errors import InputError
 from .geometry import Geometry
 from .layout import CHANNELS_LAST
+from .registry import fact
 from .weights import Weights
-
-#: Ops whose output reads as class scores (probabilities) when they normalize over the classes.
-SCORE_OPS = ("Softmax", "Sigmoid")
-
 
 def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
     """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
@@ -30,7 +27,7 @@ def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
 
 def made_by_score_op(model: onnx.ModelProto, name: str) -> bool:
     """True when output `name` is made by a Softmax or Sigmoid: its values are probabilities, not logits."""
-    return any(name in node.output and node.op_type in SCORE_OPS for node in model.graph.node)
+    return any(name in node.output and fact(node, "score") for node in model.graph.node)
 
 
 @dataclass

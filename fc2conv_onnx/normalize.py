@@ -16,13 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import to_channels_first
+from .registry import fact, in_default_domain, is_op
 
 logger = logging.getLogger(__name__)
-
-def in_default_domain(node: gs.Node) -> bool:
-    """True for standard ONNX ops (graphsurgeon reports the default domain as None)."""
-    return node.domain in (None, "", "ai.onnx")
-
 
 def constant_node_value(node: gs.Node) -> Optional[np.ndarray]:
     """The tensor a Constant node produces, or None for forms we do not read (sparse, strings)."""
@@ -38,12 +34,6 @@ def constant_node_value(node: gs.Node) -> Optional[np.ndarray]:
     if "value_ints" in attrs:
         return np.array(attrs["value_ints"], dtype=np.int64)
     return None
-
-
-#: Never folded: ops whose result is not a function of their inputs, and the quantization ops of a QDQ
-#: model, whose quantized weights the rewrite keeps quantized.
-NOT_FOLDED = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Bernoulli", "QuantizeLinear", "DequantizeLinear"))
 
 
 def _evaluate(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
@@ -71,9 +61,11 @@ def produced_constant(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
     result of any standard op whose inputs are all constants (weights computed by Reshape, Transpose, Cast,
     Identity, ConstantOfShape ... of initializers, as Caffe2-era and TorchScript exports do). None for
     anything else."""
-    if not in_default_domain(node) or node.op in NOT_FOLDED or not node.outputs:
+    # Never folded (the registry's `folds`): ops whose result is not a function of their inputs, and the
+    # quantization ops of a QDQ model, whose quantized weights the rewrite keeps quantized.
+    if not in_default_domain(node) or fact(node, "folds") is False or not node.outputs:
         return None
-    if node.op == "Constant":
+    if is_op(node, "Constant"):
         value = constant_node_value(node)
         return None if value is None else [value]
     if not node.inputs or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
@@ -116,7 +108,7 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
     """
     notes = []
     for node in graph.nodes:
-        if node.op != "Reshape" or not in_default_domain(node) or len(node.inputs) < 2:
+        if not is_op(node, "Reshape") or len(node.inputs) < 2:
             continue
         shape = node.inputs[0].shape
         target = node.inputs[1].values if isinstance(node.inputs[1], gs.Constant) else None
@@ -146,11 +138,11 @@ def identity_gathers_removed(graph: gs.Graph) -> List[str]:
     """
     notes = []
     for gather in graph.nodes:
-        if gather.op != "Gather" or not in_default_domain(gather) or int(gather.attrs.get("axis", 0)) != 0:
+        if not is_op(gather, "Gather") or int(gather.attrs.get("axis", 0)) != 0:
             continue
         flat, indices = gather.inputs[0], gather.inputs[1]
         reshape = flat.inputs[0] if len(flat.inputs) == 1 else None
-        if reshape is None or reshape.op != "Reshape" or not isinstance(indices, gs.Constant) or \
+        if reshape is None or not is_op(reshape, "Reshape") or not isinstance(indices, gs.Constant) or \
                 not isinstance(reshape.inputs[1], gs.Constant):
             continue
         source, order = reshape.inputs[0], np.asarray(indices.values)
@@ -174,7 +166,7 @@ def identity_gathers_removed(graph: gs.Graph) -> List[str]:
 
 def _through_casts(tensor: gs.Tensor) -> gs.Tensor:
     """The tensor before any Cast / Identity (shape arithmetic changes int32 and int64 back and forth)."""
-    while tensor.inputs and tensor.inputs[0].op in ("Cast", "Identity") and in_default_domain(tensor.inputs[0]):
+    while tensor.inputs and is_op(tensor.inputs[0], "Cast", "Identity"):
         tensor = tensor.inputs[0].inputs[0]
     return tensor
 
@@ -195,15 +187,15 @@ def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
         return None
     ops: List[str] = []
     node = piece.inputs[0] if piece.inputs else None
-    while node is not None and node.op in _ONE_VALUE_OPS and in_default_domain(node):
+    while node is not None and fact(node, "keeps_values"):  # Squeeze, Unsqueeze, Cast... of the one value
         ops.append(node.op)
         node = node.inputs[0].inputs[0] if node.inputs[0].inputs else None
-    if node is None or not in_default_domain(node) or int(node.attrs.get("axis", 0)) != 0:
+    if node is None or int(node.attrs.get("axis", 0)) != 0:
         return None
-    if node.op == "Gather":
+    if is_op(node, "Gather"):
         if _ints(node.inputs[1]) != [0]:
             return None
-    elif node.op == "Slice":
+    elif is_op(node, "Slice"):
         bounds = [_ints(t) for t in node.inputs[1:]] if len(node.inputs) > 1 else \
             [node.attrs.get("starts"), node.attrs.get("ends"), node.attrs.get("axes", [0])]
         if len(bounds) < 2 or bounds[0] != [0] or bounds[1] != [1] or any(b not in ([0], [1]) for b in bounds[2:]):
@@ -211,13 +203,9 @@ def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
     else:
         return None
     shape = _through_casts(node.inputs[0]).inputs  # paddle2onnx casts the shape to int32 and back
-    if not shape or shape[0].op != "Shape" or shape[0].inputs[0] is not data or int(shape[0].attrs.get("start", 0)):
+    if not shape or not is_op(shape[0], "Shape") or shape[0].inputs[0] is not data or int(shape[0].attrs.get("start", 0)):
         return None
     return ["Shape", node.op] + list(reversed(ops)) + ["Concat"]
-
-
-#: Ops that, on a single value, change only its rank or type.
-_ONE_VALUE_OPS = ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape")
 
 
 def batch_read_off_own_shape(graph: gs.Graph) -> List[str]:
@@ -232,11 +220,11 @@ def batch_read_off_own_shape(graph: gs.Graph) -> List[str]:
     """
     notes = []
     for node in graph.nodes:
-        if node.op != "Reshape" or not in_default_domain(node) or len(node.inputs) < 2 or \
-                isinstance(node.inputs[1], gs.Constant) or node.attrs.get("allowzero", 0):
+        if not is_op(node, "Reshape") or len(node.inputs) < 2 or isinstance(node.inputs[1], gs.Constant) or \
+                node.attrs.get("allowzero", 0):
             continue
         concat = _through_casts(node.inputs[1]).inputs
-        if not concat or concat[0].op != "Concat" or not in_default_domain(concat[0]) or len(concat[0].inputs) < 2:
+        if not concat or not is_op(concat[0], "Concat") or len(concat[0].inputs) < 2:
             continue
         first, *rest = (_through_casts(t) for t in concat[0].inputs)
         tail = [_ints(t) for t in rest]

@@ -1,4 +1,4 @@
-"""The op registry: one entry per ONNX op, saying what the op is in a head and what it is in the trunk.
+"""What each op is, read in context: the head handlers and trunk kinds attached to the registry's entries.
 
 - In a head, an entry's handler gets the node, the index of the input that carries head features and a
   `HeadContext` (how many features, and the tensor's form: FLAT [N, K], or a pooled MAP / MAP_LAST), and
@@ -7,15 +7,16 @@
   form: a head cannot pass through it.
 - In the trunk, an entry's kind says how the op moves the geometry: LOCAL ops act on each location alone,
   WINDOW ops (Conv, pools) read a window, PAD pads, JOIN concatenates branches, GLOBAL ops read every
-  location (global pools). Geometry and `--stride` read these kinds; an op without one stops them.
+  location (global pools). Geometry and `--stride` read these kinds; an op without one stops them. Most kinds
+  are data in the registry's table; the ones that depend on the node's attributes are functions here.
 
-Adding an op is adding an entry here; `heads` (matching and plan), `rewrite`, `geometry` and `atrous` all
-read the same entry.
+Adding an op is adding its entry to `registry` (and a handler here if a head may pass through it); `heads`
+(matching and plan), `rewrite`, `geometry` and `atrous` all read the same entry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Set, Union
+from typing import Callable, FrozenSet, Mapping, Optional, Set, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -23,9 +24,10 @@ import onnx_graphsurgeon as gs
 from .flattenings import reshape_flattens
 from .layout import is_transpose, to_channels_first, to_channels_last
 from .linear import match_linear
-from .normalize import in_default_domain
 from .plan import (AXIS_LAST, FLAT, KEEP, MAP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Decline, LinearLayer,
                    PassThrough, Step)
+from .registry import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP,  # noqa: F401
+                       SHAPE_OF, WINDOW, OpEntry, attach, entry, is_op)
 from .values import axes_of, constant_float_values, constant_values, per_feature_vector, per_location_constant
 
 
@@ -53,42 +55,6 @@ class HeadContext:
 
 Handler = Callable[[gs.Node, int, HeadContext], Union[Step, Decline]]
 
-# How an op moves the geometry in the trunk.
-LOCAL = "local"  # acts on each location alone
-WINDOW = "window"  # reads a window: kernel, stride, dilation, pads
-PAD = "pad"
-JOIN = "join"  # Concat of branches along the channels
-GLOBAL = "global"  # reads every location: each cell then depends on the whole input
-LAST_AXIS = "last_axis"  # acts along the last axis alone: per location on a channels-last map only
-MOVE_CHANNELS = "move_channels"  # a Transpose of the channels last, or back: per location
-REGROUP = "regroup"  # a Reshape or Transpose that may only regroup the leading (batch, channel) dims
-SHAPE_OF = "shape_of"  # reads only the shape of a map (Shape, Size): its output is not a feature map
-CHANNEL_SLICE = "channel_slice"  # a Slice or Split along constant axes: per location on the channels alone
-
-
-@dataclass(frozen=True)
-class OpEntry:
-    #: What the op becomes in a head; None: it has no per-location form.
-    head: Optional[Handler] = None
-    #: Its kind in the trunk (LOCAL, WINDOW, ...), or a function of the node giving it; None: unknown.
-    trunk: Union[None, str, Callable[[gs.Node], Optional[str]]] = None
-    #: A LOCAL op whose inputs after the first are per-channel parameters by definition, not broadcast
-    #: operands that could vary over the spatial axes.
-    parameters: bool = False
-
-
-REGISTRY: Dict[str, OpEntry] = {}
-
-
-def register(*ops: str, head: Optional[Handler] = None, trunk=None, parameters: bool = False) -> None:
-    for op in ops:
-        REGISTRY[op] = OpEntry(head, trunk, parameters)
-
-
-def entry(node: gs.Node) -> Optional[OpEntry]:
-    """The registry entry of a standard ONNX op, or None."""
-    return REGISTRY.get(node.op) if in_default_domain(node) else None
-
 
 def has_parameters(node: gs.Node) -> bool:
     """Whether the node's registry entry says its other inputs are parameters (weights, not features)."""
@@ -97,7 +63,7 @@ def has_parameters(node: gs.Node) -> bool:
 
 
 def trunk_kind(node: gs.Node) -> Optional[str]:
-    found = entry(node)
+    found: Optional[OpEntry] = entry(node)
     if found is None or found.trunk is None:
         return None
     return found.trunk(node) if callable(found.trunk) else found.trunk
@@ -361,11 +327,11 @@ def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough
     if ctx.form == FLAT or index != 0:
         return Decline(f"{node.op} '{node.name}' reshapes the head's features")
     spatial = frozenset(range(2, ctx.rank)) if ctx.form == MAP else frozenset(range(1, ctx.rank - 1))
-    if node.op == "Flatten" and int(node.attrs.get("axis", 1)) not in (1, 1 - ctx.rank):
+    if is_op(node, "Flatten") and int(node.attrs.get("axis", 1)) not in (1, 1 - ctx.rank):
         return Decline(f"Flatten '{node.name}' has axis {node.attrs.get('axis')}, not 1")
-    if node.op == "Squeeze" and axes_of(node) != spatial:
+    if is_op(node, "Squeeze") and axes_of(node) != spatial:
         return Decline(f"Squeeze '{node.name}' does not squeeze exactly the pooled axes {sorted(spatial)}")
-    if node.op == "Reshape":
+    if is_op(node, "Reshape"):
         kept = _reshape_keeps_map(node, index, ctx)
         if kept is not None:
             return kept
@@ -407,7 +373,7 @@ def _normalization_kind(node: gs.Node) -> Optional[str]:
     axis = int(node.attrs.get("axis", -1))
     if axis in (-1, rank - 1):
         return LAST_AXIS
-    return LOCAL if node.op == "Softmax" and axis in (1, 1 - rank) and "axis" in node.attrs else None
+    return LOCAL if is_op(node, "Softmax") and axis in (1, 1 - rank) and "axis" in node.attrs else None
 
 
 def _slice_kind(node: gs.Node) -> Optional[str]:
@@ -420,7 +386,7 @@ def _slice_kind(node: gs.Node) -> Optional[str]:
 def sliced_axes(node: gs.Node) -> Optional[Set[int]]:
     """The axes a Slice or Split cuts (from 0), when they are constants and its input's rank is known."""
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
-    if node.op == "Split":
+    if is_op(node, "Split"):
         axes = [node.attrs.get("axis", 0)]
     elif len(node.inputs) >= 4 and isinstance(node.inputs[3], gs.Constant):
         axes = np.asarray(node.inputs[3].values).reshape(-1).tolist()
@@ -436,35 +402,28 @@ def _concat_kind(node: gs.Node) -> Optional[str]:
     return JOIN if int(node.attrs.get("axis", 0)) in (1, 1 - rank) else None
 
 
-# ------------------------------------------------------------------------------------------- the entries
+# ------------------------------------------------------------------------------------------- attached
+# The facts (trunk kinds that are plain data, parameters, ...) are in the registry's table.
 
-ELEMENTWISE_OPS = ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid",
-                   "HardSwish", "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf",
-                   "ThresholdedRelu", "Mish", "Sqrt", "Reciprocal", "Log", "Floor", "Ceil", "Round", "Sign", "Cast",
-                   "Pow")
-
-register(*(op for op in ELEMENTWISE_OPS if op != "Clip"), head=elementwise, trunk=LOCAL)
-register("Clip", head=elementwise, trunk=LOCAL, parameters=True)  # its bounds are scalars
-register("Dropout", head=dropout, trunk=LOCAL, parameters=True)
-register("PRelu", head=prelu, trunk=LOCAL, parameters=True)
-register("Add", "Sub", "Mul", "Div", head=binary_with_constant, trunk=LOCAL)
-register("Max", "Min", "Sum", "Mean", "Where", trunk=LOCAL)
-register("BatchNormalization", head=batch_normalization, trunk=LOCAL, parameters=True)
-register("LRN", trunk=LOCAL, parameters=True)
-register("QuantizeLinear", "DequantizeLinear", head=quantize_family, trunk=LOCAL, parameters=True)
-register("Softmax", "LogSoftmax", "Hardmax", head=softmax_family, trunk=_normalization_kind)
-register("LayerNormalization", head=layer_normalization, trunk=_normalization_kind, parameters=True)
-register("Gemm", head=linear)
-register("MatMul", head=linear, trunk=_matmul_kind)
-register("Conv", head=pointwise_conv, trunk=WINDOW)
-register("MaxPool", "AveragePool", "LpPool", trunk=WINDOW)
-register("Pad", trunk=PAD)
-register("Shape", "Size", trunk=SHAPE_OF)
-register("Slice", "Split", trunk=_slice_kind)
-register("Concat", trunk=_concat_kind)
-register("Transpose", head=transpose, trunk=_transpose_kind)
-register("Flatten", "Squeeze", head=flattening)
-register("Reshape", head=flattening, trunk=REGROUP)
-register("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", trunk=GLOBAL)
-register("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceSumSquare", head=reduce_over_features,
-         trunk=_reduce_kind)
+attach("head", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid", "HardSwish",
+       "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf", "ThresholdedRelu", "Mish", "Sqrt",
+       "Reciprocal", "Log", "Floor", "Ceil", "Round", "Sign", "Cast", "Pow", value=elementwise)
+attach("head", "Dropout", value=dropout)
+attach("head", "PRelu", value=prelu)
+attach("head", "Add", "Sub", "Mul", "Div", value=binary_with_constant)
+attach("head", "BatchNormalization", value=batch_normalization)
+attach("head", "QuantizeLinear", "DequantizeLinear", value=quantize_family)
+attach("head", "Softmax", "LogSoftmax", "Hardmax", value=softmax_family)
+attach("trunk", "Softmax", "LogSoftmax", "Hardmax", "LayerNormalization", value=_normalization_kind)
+attach("head", "LayerNormalization", value=layer_normalization)
+attach("head", "Gemm", "MatMul", value=linear)
+attach("trunk", "MatMul", value=_matmul_kind)
+attach("head", "Conv", value=pointwise_conv)
+attach("trunk", "Slice", "Split", value=_slice_kind)
+attach("trunk", "Concat", value=_concat_kind)
+attach("head", "Transpose", value=transpose)
+attach("trunk", "Transpose", value=_transpose_kind)
+attach("head", "Flatten", "Squeeze", "Reshape", value=flattening)
+attach("head", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceSumSquare",
+       value=reduce_over_features)
+attach("trunk", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceSumSquare", value=_reduce_kind)

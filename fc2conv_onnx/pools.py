@@ -7,14 +7,11 @@ import onnx_graphsurgeon as gs
 
 from .layout import CHANNELS_LAST, is_transpose, to_channels_first, to_channels_last
 from .map_layouts import map_layouts
-from .normalize import in_default_domain
+from .registry import fact, is_op
 from .ops import LOCAL, entry, trunk_kind, varies_over_space
 from .plan import FLAT, MAP, MAP_LAST, MODES, KEEP_POOL, GlobalPool, PoolMode
 from .values import axes_of, producer
 
-#: Global poolings and their kind.
-GLOBAL_POOLS = {"GlobalAveragePool": "average", "GlobalMaxPool": "max", "ReduceMean": "average",
-                "ReduceMax": "max"}
 
 
 def _channels_last_region(data: gs.Tensor, pool: gs.Node) -> Optional[Tuple[gs.Tensor, Tuple[gs.Node, ...]]]:
@@ -40,10 +37,10 @@ def _channels_last_region(data: gs.Tensor, pool: gs.Node) -> Optional[Tuple[gs.T
                 sources.append(node.inputs[0])
             continue
         found = entry(node)
-        if found is None or trunk_kind(node) != LOCAL or (found.parameters and node.op != "Clip"):
+        if found is None or trunk_kind(node) != LOCAL or (found.parameters and not is_op(node, "Clip")):
             return None
         constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
-        if node.op != "Clip" and any(varies_over_space(c.shape, rank - 2, MAP_LAST) for c in constants):
+        if not is_op(node, "Clip") and any(varies_over_space(c.shape, rank - 2, MAP_LAST) for c in constants):
             return None
         stack.extend(t for t in node.inputs if t.name and not isinstance(t, gs.Constant))
     inside = {id(n) for n in region} | {id(pool)}
@@ -53,19 +50,24 @@ def _channels_last_region(data: gs.Tensor, pool: gs.Node) -> Optional[Tuple[gs.T
     return sources[0], tuple(region)
 
 
+def _pools_every_axis(node: gs.Node) -> bool:
+    """GlobalAveragePool / GlobalMaxPool, as opposed to a reduction over the axes it is given."""
+    return is_op(node, "GlobalAveragePool", "GlobalMaxPool")
+
+
 def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> Optional[GlobalPool]:
     """The pooling if `node` pools over every spatial axis: GlobalAveragePool/GlobalMaxPool, or ReduceMean/
     ReduceMax over the spatial axes of a channels-first map or of a channels-last one computed from a
     Transpose of one (Keras GlobalAveragePooling2D through tf2onnx), keeping the pooled axes or not."""
-    if node is None or node.op not in GLOBAL_POOLS or not in_default_domain(node) or not node.inputs:
+    kind = fact(node, "global_pool") if node is not None else None
+    if node is None or kind is None or not node.inputs:
         return None
     data, output = node.inputs[0], node.outputs[0]
     rank = len(data.shape) if data.shape is not None else 0
     if rank < 3:
         return None
-    kind = GLOBAL_POOLS[node.op]
     channels_first = frozenset(range(2, rank))
-    if node.op.startswith("Global"):
+    if _pools_every_axis(node):
         return GlobalPool(node.name, node.op, kind, data.name, output.name, MAP, mode, data.name)
     axes = axes_of(node)
     if axes is None:
@@ -96,8 +98,7 @@ def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
     notes: List[str] = []
     layouts = None
     for node in list(graph.nodes):
-        if node.op not in GLOBAL_POOLS or node.op.startswith("Global") or not in_default_domain(node) or \
-                not node.inputs or node.inputs[0].shape is None:
+        if not fact(node, "global_pool") or _pools_every_axis(node) or not node.inputs or node.inputs[0].shape is None:
             continue
         data = node.inputs[0]
         rank = len(data.shape)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .normalize import in_default_domain
+from .registry import attach, entry, fact
 
 
 #: The operands of a node, one per input: an array, or None for an omitted optional input and for Shape's
@@ -82,25 +82,25 @@ def _binary(function: Callable[[np.ndarray, np.ndarray], np.ndarray]):
     return lambda node, values, batch: function(values[0], values[1])
 
 
-_OPS: Dict[str, Callable[[gs.Node, Operands, int], np.ndarray]] = {
-    "Shape": _shape,
-    "Gather": lambda node, values, batch: np.take(values[0], values[1], axis=int(node.attrs.get("axis", 0))),
-    "Unsqueeze": _unsqueeze,
-    "Squeeze": _squeeze,
-    "Concat": lambda node, values, batch: np.concatenate([np.atleast_1d(v) for v in values],
-                                                         axis=int(node.attrs.get("axis", 0))),
-    "Slice": _slice,
-    "Cast": _cast,
-    "Identity": lambda node, values, batch: values[0],
-    "Add": _binary(np.add),
-    "Sub": _binary(np.subtract),
-    "Mul": _binary(np.multiply),
-    "Div": _binary(lambda a, b: a // b if a.dtype.kind in "iu" else a / b),
-    "ReduceProd": lambda node, values, batch: np.prod(values[0], keepdims=bool(node.attrs.get("keepdims", 1))),
-}
+Evaluator = Callable[[gs.Node, Operands, int], np.ndarray]
 
-#: Ops whose inputs need not be evaluated (Shape only reads its input's static shape).
-_SHAPE_ONLY = ("Shape",)
+# Each op the evaluator knows, attached to its registry entry.
+attach("shape_value", "Shape", value=_shape)
+attach("shape_value", "Gather",
+       value=lambda node, values, batch: np.take(values[0], values[1], axis=int(node.attrs.get("axis", 0))))
+attach("shape_value", "Unsqueeze", value=_unsqueeze)
+attach("shape_value", "Squeeze", value=_squeeze)
+attach("shape_value", "Concat", value=lambda node, values, batch: np.concatenate([np.atleast_1d(v) for v in values],
+                                                                                 axis=int(node.attrs.get("axis", 0))))
+attach("shape_value", "Slice", value=_slice)
+attach("shape_value", "Cast", value=_cast)
+attach("shape_value", "Identity", value=lambda node, values, batch: values[0])
+attach("shape_value", "Add", value=_binary(np.add))
+attach("shape_value", "Sub", value=_binary(np.subtract))
+attach("shape_value", "Mul", value=_binary(np.multiply))
+attach("shape_value", "Div", value=_binary(lambda a, b: a // b if a.dtype.kind in "iu" else a / b))
+attach("shape_value", "ReduceProd",
+       value=lambda node, values, batch: np.prod(values[0], keepdims=bool(node.attrs.get("keepdims", 1))))
 
 
 def evaluate(tensor: gs.Tensor, batch: int) -> np.ndarray:
@@ -115,10 +115,12 @@ def evaluate(tensor: gs.Tensor, batch: int) -> np.ndarray:
         if not t.inputs:
             raise NotEvaluable(f"it depends on the graph input '{t.name}'")
         node = t.inputs[0]
-        if node.op not in _OPS or not in_default_domain(node) or len(node.outputs) != 1:
+        found = entry(node)
+        if found is None or found.shape_value is None or len(node.outputs) != 1:
             raise NotEvaluable(f"it is computed by {node.op} '{node.name}', which the shape evaluator does not know")
-        operands = [None if node.op in _SHAPE_ONLY or not i.name else value(i) for i in node.inputs]
-        cache[t.name] = np.asarray(_OPS[node.op](node, operands, batch))
+        # Shape only reads its input's static shape: that input is not evaluated.
+        operands = [None if found.reads_shape_only or not i.name else value(i) for i in node.inputs]
+        cache[t.name] = np.asarray(found.shape_value(node, operands, batch))
         return cache[t.name]
 
     return value(tensor)
@@ -136,6 +138,6 @@ def describe_computation(tensor: gs.Tensor, limit: int = 8) -> str:
         seen.add(id(t))
         node = t.inputs[0]
         ops.append(node.op)
-        if node.op not in _SHAPE_ONLY:
+        if not fact(node, "reads_shape_only"):
             stack.extend(node.inputs)
     return " -> ".join(reversed(ops))

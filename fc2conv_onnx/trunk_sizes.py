@@ -28,13 +28,10 @@ import onnx_graphsurgeon as gs
 from .errors import InputError, first_line
 from .walks import trunk_nodes
 from .layout import spatial_axes
+from .registry import fact, is_op
 
 logger = logging.getLogger(__name__)
 
-#: Ops whose output shape an input gives (a shape, sizes, repeats, ends, pads): the ones that can write the
-#: training size in. Others (Conv, pools, elementwise) compute their output shape from their input's.
-SHAPED_BY_INPUTS = frozenset(("Reshape", "Expand", "Tile", "Resize", "Upsample", "Slice", "Pad", "ConstantOfShape",
-                              "Range", "Split", "Crop"))
 #: Rounds of (find the first baked node, rewrite it); each round re-infers shapes below the rewrite.
 MAX_ROUNDS = 256
 
@@ -97,7 +94,7 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool]) -> 
     applies; a note on what was done, or None."""
     data, result = node.inputs[0], node.outputs[0]
     before, after = data.shape, result.shape
-    if node.op != "Reshape" or len(node.inputs) < 2 or before is None or after is None or len(follows) != len(before):
+    if not is_op(node, "Reshape") or len(node.inputs) < 2 or before is None or after is None or len(follows) != len(before):
         return None  # (before opset 5, a Reshape's shape was an attribute)
     k = _kept_suffix(before, after, follows)
     if k is None:
@@ -125,7 +122,9 @@ def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
     for a Reshape whose input shape inference lost (before opset 13 it does not follow shape arithmetic:
     not even the Reshapes this module rewrites) while its output has fixed dims."""
     for node in trunk:
-        if node.op not in SHAPED_BY_INPUTS or not node.outputs or not node.inputs or node.name in passed:
+        # Only ops whose output shape an input gives (the registry's `shaped_by_inputs`: a shape, sizes,
+        # repeats, ends, pads) can write the training size in; others compute it from their input's shape.
+        if not fact(node, "shaped_by_inputs") or not node.outputs or not node.inputs or node.name in passed:
             continue
         data = dependence.get(node.inputs[0].name)
         out = dependence.get(node.outputs[0].name)
@@ -135,7 +134,7 @@ def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
         # (a -1 that absorbs the rest does not follow the spatial dims, it mixes them).
         if data and sum(out) < sum(data):
             return node, data
-        if not data and node.op == "Reshape" and not all(out):
+        if not data and is_op(node, "Reshape") and not all(out):
             return node, None
     return None
 
@@ -207,7 +206,7 @@ def follow_input_size(graph: gs.Graph, export: Callable[[], onnx.ModelProto], so
             return notes
         node, follows = found
         note = _follow_reshape(graph, node, follows) if follows is not None else None
-        if note is None and run is not None and node.op == "Reshape" and (follows is None or any(follows)):
+        if note is None and run is not None and is_op(node, "Reshape") and (follows is None or any(follows)):
             # Unknown dims count as following the image, and a lost shape may; a run tells which do.
             seen = observed_dependence(model, layouts, node.inputs[0].name, run)
             logger.debug("dims of '%s' that follow the image: %s by shape inference, %s by running",

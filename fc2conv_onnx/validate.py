@@ -27,6 +27,7 @@ from .io import MAX_INPUT_BYTES
 from .geometry import Geometry, HeadGeometry, Unknown, default_validation_size, trunk_geometry
 from .layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
 from .plan import HeadPlan, Plan
+from .registry import fact, is_op
 from .shapes import clear_inferred_shapes, export_like, free_input_dims
 from .weights import Weights, nbytes_per_element
 
@@ -125,11 +126,8 @@ class Session:
         return self.inner.run(list(names), {**feeds, **self.weight_feeds})
 
 
-QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear")
-
-
 def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(node.op_type in QUANTIZE_OPS for node in model.graph.node)
+    return any(fact(node, "quantization") for node in model.graph.node)
 
 
 def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None) -> Dict[str, float]:
@@ -143,7 +141,7 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
         while name in producers and name not in seen:
             seen.add(name)
             node = producers[name]
-            if node.op_type == "DequantizeLinear":
+            if is_op(node, "DequantizeLinear"):
                 if node.input[1] in constants:
                     steps[output.name] = float(np.abs((weights or Weights()).array(constants[node.input[1]])).max())
                 break

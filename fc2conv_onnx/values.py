@@ -7,7 +7,7 @@ from typing import FrozenSet, Optional, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .normalize import in_default_domain
+from .registry import is_op
 from .plan import Decline, Quantized
 
 
@@ -60,7 +60,7 @@ def dequantized_constant(tensor: gs.Tensor) -> Union[Quantized, Decline, None]:
     """The constant behind DequantizeLinear(values, scale[, zero_point]) with constant inputs (QDQ models),
     a Decline for a form that cannot be kept exactly (blocked quantization), or None if it is not one."""
     node = producer(tensor)
-    if node is None or node.op != "DequantizeLinear" or not in_default_domain(node):
+    if node is None or not is_op(node, "DequantizeLinear"):
         return None
     operands = [constant_values(t) if t.name else None for t in node.inputs]
     given = [i for i, t in enumerate(node.inputs) if t.name]
