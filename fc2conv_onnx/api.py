@@ -169,9 +169,9 @@ def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertErro
     if plan.output_pools:
         return NothingToConvertError(
             f"no fully connected head found: {plan.output_pools[0]} pools the last feature map into the outputs "
-            "with no layer after it, so the model takes any input size already (one prediction per image); "
-            "--pooling window (one prediction per window) or none (one per feature-map cell) makes the output a "
-            "map", report=report)
+            "with no layer after it, so --pooling keep has nothing to rewrite (the pool already gives one prediction "
+            "per image); --pooling window (one prediction per window) or none (one per feature-map cell) makes the "
+            "output a map", report=report)
     return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
                                  "feature map, and no linear layer or 1x1 Conv after a global pool)", report=report)
 

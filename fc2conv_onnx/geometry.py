@@ -468,7 +468,9 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
             spans[out.name] = span
         if source in spans:
             return spans[source]
-    raise _NotLocal(f"'{source}' is not computed from '{', '.join(starts)}'")
+    made_by = next((f" (made by {n.op} '{n.name}')" for n in graph.nodes if any(t.name == source for t in n.outputs)), "")
+    raise _NotLocal(f"the head's feature map '{source}'{made_by} is not reached from the image "
+                    f"'{', '.join(starts)}' through ops whose geometry is known")
 
 
 def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> HeadGeometry:

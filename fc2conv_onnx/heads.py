@@ -32,7 +32,7 @@ from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flatten
                    PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
 from .registry import attach, fact, is_op
-from .values import producer
+from .values import axes_of, producer
 from .walks import upstream_inputs
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,11 @@ def _first_layer(node: gs.Node, opset: int,
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
     matcher = fact(source, "flattening")
     flattening = matcher(source) if matcher is not None else None
+    if flattening is None and fact(source, "global_pool"):
+        axes = sorted(axes_of(source) or ())
+        raise _Decline(f"input '{data.name}' comes from {source.op} '{source.name}' over axes {axes}, which is not a "
+                       "global pool of a feature map: not the spatial axes of a channels-first map, nor of a "
+                       "channels-last one whose layout could be followed from the image input")
     if flattening is None:
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor "
                        f"(it comes from {source.op} '{source.name}')")

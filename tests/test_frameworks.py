@@ -113,8 +113,9 @@ def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
 
 @pytest.mark.parametrize("stem, mode", REFUSED)
 def test_a_mode_that_does_not_apply_is_refused_with_the_reason(stem, mode):
-    with pytest.raises(NothingToConvertError, match="no global pool to remove|no layer after it"):
+    with pytest.raises(NothingToConvertError, match="no global pool to remove|no layer after it") as refused:
         fc2conv_onnx.convert(EXPORTED / f"{stem}.onnx", pooling=mode)
+    assert "any input size" not in str(refused.value)  # the jax2onnx model is fixed at 16x16
 
 
 def test_the_paddle_batch_read_off_the_pooled_map_becomes_a_constant_that_keeps_the_map():
@@ -133,3 +134,25 @@ def test_a_negative_input_dim_is_read_as_a_free_one_and_the_caller_model_is_unto
     assert original.SerializeToString() == before
     batch = converted.graph.input[0].type.tensor_type.shape.dim[0]
     assert not batch.HasField("dim_value") and batch.dim_param
+
+
+def test_a_reduction_that_is_not_a_global_pool_is_refused_naming_it_and_its_axes():
+    """ReduceMean over axes [1, 2] of a channels-first map (channels and rows) is no global pool; the reason says
+    which op, which axes, and what would have made it one (it was: 'not a flattened spatial tensor')."""
+    from builders import ModelBuilder, trunk
+
+    b = ModelBuilder(opset=13, seed=3)
+    x = trunk(b, b.input("image", ["N", 3, 16, 16]), [3, 4, 8], rank=2)
+    reduced = b.node("ReduceMean", [x], axes=[1, 2], keepdims=0)
+    b.gemm(reduced, 4, 3, bias_shape=(3,), output=b.output("scores", ["N", 3]))
+    with pytest.raises(NothingToConvertError, match=r"comes from ReduceMean '.*' over axes \[1, 2\], which is not a "
+                                                    r"global pool of a feature map"):
+        fc2conv_onnx.convert(b.build("reduce_channels_and_rows"))
+
+
+def test_a_pool_that_ends_the_graph_keeps_its_output_name_in_every_mode():
+    """jax2onnx ends a model with the pool itself (Conv 1x1 -> Transpose -> Relu -> ReduceMean as the output):
+    the replacement writes the same output name (it was an IndexError, exit 1)."""
+    for mode in ("window", "none"):
+        converted = fc2conv_onnx.convert(EXPORTED / "jax_conv1x1_head.onnx", pooling=mode)
+        assert [o.name for o in converted.graph.output] == [o.name for o in load("jax_conv1x1_head").graph.output]
