@@ -7,7 +7,7 @@ from typing import Sequence, Tuple, Union
 import onnx_graphsurgeon as gs
 
 from .plan import Decline
-from .shape_values import NotEvaluable, describe_computation, evaluate
+from .shape_values import PROBE_BATCHES, NotEvaluable, describe_computation, evaluate
 from .values import constant_values
 
 
@@ -25,11 +25,6 @@ def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, featur
     keeps_batch = (first == 0 and not allow_zero) or (first == -1 and second == features)
     literal = isinstance(batch, int) and first == batch and second in (-1, features)
     return (keeps_batch or literal) and second in (-1, features), literal and not keeps_batch
-
-
-#: Batch sizes a computed Reshape shape is evaluated at, to tell entries that follow the batch from
-#: constants (two, so that a batch baked in as a literal cannot pass for one that follows it).
-PROBE_BATCHES = (2, 3)
 
 
 def reshape_flattens(node: gs.Node, features: int, described: str) -> Union[str, Decline]:

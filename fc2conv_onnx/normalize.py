@@ -10,13 +10,14 @@ as graph inputs (IR < 4) are already kept out of the inputs by the graphsurgeon 
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import to_channels_first
 from .registry import fact, in_default_domain, is_op
+from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,29 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
     return notes
 
 
+def _gathers_every_element_in_order(indices: gs.Tensor, shape: Sequence) -> bool:
+    """Whether Gather `indices` are arange(size).reshape(shape) of a tensor of `shape`: constant indices, or
+    (on a symbolic batch) indices computed from the batch, evaluated at two batch sizes."""
+    if not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    if isinstance(indices, gs.Constant):
+        given = [(np.asarray(indices.values), tuple(shape))] if isinstance(shape[0], int) else []
+    else:
+        try:
+            given = [(evaluate(indices, batch), (batch,) + tuple(shape[1:])) for batch in PROBE_BATCHES]
+        except NotEvaluable:
+            return False
+    return bool(given) and all(tuple(order.shape) == wanted and np.array_equal(order.reshape(-1), np.arange(order.size))
+                               for order, wanted in given)
+
+
 def identity_gathers_removed(graph: gs.Graph) -> List[str]:
     """Remove Reshape(x, [-1]) -> Gather(axis 0) of every element in x's own order and shape.
 
     The dynamo exporter writes `as_strided` (timm ConvNeXt's pooled map, via AdaptiveAvgPool2d) so: x is
-    flattened, then gathered back with indices arange(x.size).reshape(x.shape), which gives x again. The
-    pair hides that the pooled map is a map; the Gather's readers read x instead. Returns a note per removal.
+    flattened, then gathered back with indices arange(x.size).reshape(x.shape), which gives x again; on a
+    dynamic batch the indices are computed, Range(0, batch) * C + offsets. The pair hides that the pooled map
+    is a map; the Gather's readers read x instead. Returns a note per removal.
     """
     notes = []
     for gather in graph.nodes:
@@ -142,14 +160,11 @@ def identity_gathers_removed(graph: gs.Graph) -> List[str]:
             continue
         flat, indices = gather.inputs[0], gather.inputs[1]
         reshape = flat.inputs[0] if len(flat.inputs) == 1 else None
-        if reshape is None or not is_op(reshape, "Reshape") or not isinstance(indices, gs.Constant) or \
-                not isinstance(reshape.inputs[1], gs.Constant):
+        if reshape is None or not is_op(reshape, "Reshape") or not isinstance(reshape.inputs[1], gs.Constant):
             continue
-        source, order = reshape.inputs[0], np.asarray(indices.values)
-        shape = source.shape
-        if np.asarray(reshape.inputs[1].values).reshape(-1).tolist() != [-1] or shape is None or \
-                not all(isinstance(d, int) for d in shape) or tuple(order.shape) != tuple(shape) or \
-                not np.array_equal(order.reshape(-1), np.arange(order.size)):
+        source = reshape.inputs[0]
+        if np.asarray(reshape.inputs[1].values).reshape(-1).tolist() != [-1] or source.shape is None or \
+                not _gathers_every_element_in_order(indices, source.shape):
             continue
         result = gather.outputs[0]
         if result in graph.outputs:

@@ -23,6 +23,11 @@ from .registry import attach, entry, fact
 Operands = List[Any]
 
 
+#: Batch sizes a computed shape is evaluated at, to tell entries that follow the batch from constants (two, so
+#: that a batch baked in as a literal cannot pass for one that follows it).
+PROBE_BATCHES = (2, 3)
+
+
 class NotEvaluable(Exception):
     """The shape sub-graph uses an op or a tensor whose value is not known at the training size."""
 
@@ -99,6 +104,7 @@ attach("shape_value", "Add", value=_binary(np.add))
 attach("shape_value", "Sub", value=_binary(np.subtract))
 attach("shape_value", "Mul", value=_binary(np.multiply))
 attach("shape_value", "Div", value=_binary(lambda a, b: a // b if a.dtype.kind in "iu" else a / b))
+attach("shape_value", "Range", value=lambda node, values, batch: np.arange(values[0], values[1], values[2]))
 attach("shape_value", "ReduceProd",
        value=lambda node, values, batch: np.prod(values[0], keepdims=bool(node.attrs.get("keepdims", 1))))
 

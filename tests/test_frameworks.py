@@ -1,6 +1,7 @@
 """Models from the exporters beyond PyTorch and tf2onnx-from-Keras (fixtures/exported/, made by
-fixtures/export_paddle.py, export_jax.py and export_keras.py): paddle2onnx, jax2onnx, Keras 3's own export and
-TFLite files through tf2onnx (float32 and full int8), and PaddleOCR's trained text-direction classifier.
+fixtures/export_paddle.py, export_jax.py, export_keras.py and export_keras_torch.py): paddle2onnx, jax2onnx,
+Keras 3's own export on the TensorFlow and torch backends, TFLite files through tf2onnx (float32 and full int8),
+and PaddleOCR's trained text-direction classifier.
 
 Each converts in every --pooling mode that applies to its head and is proven again by tests/equivalence.py,
 which shares no code with the package; the modes that cannot apply are refused with the reason.
@@ -32,6 +33,7 @@ FRAMEWORKS = {
     "jax_conv1x1_head": (("window", "none"), None, True),
     "jax_nhwc_flatten": (FLATTENED, None, True),
     "keras3_mobilenet_top": (POOLED, None, True),
+    "keras3_torch_resnetv2": (POOLED, None, True),
     "tflite_mobilenet_top_f32": (POOLED, None, True),
     "tflite_mobilenet_top_int8": (POOLED, None, True),
 }
