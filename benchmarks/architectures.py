@@ -107,7 +107,7 @@ def table(rows: List[Dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--write", type=Path, help="write the table (markdown) here")
+    parser.add_argument("--write", type=Path, help="replace the table in this markdown file (between its markers)")
     args = parser.parse_args()
     rows = [try_model(path) for path in sorted(args.folder.glob("*__*.onnx"))]
     failures = json.loads((args.folder / "export_failures.json").read_text()) \
@@ -118,7 +118,16 @@ def main() -> None:
             "\n".join(f"- {name}: {why}" for name, why in failures.items())
     print(text)
     if args.write:
-        args.write.write_text(text + "\n")
+        replace_section(args.write, "architectures", text)
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Replace what lies between `<!-- NAME: begin -->` and `<!-- NAME: end -->` in the markdown file `path`:
+    the prose around a generated table stays as written."""
+    begin, end = f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+    document = path.read_text()
+    start, stop = document.index(begin) + len(begin), document.index(end)
+    path.write_text(document[:start] + "\n" + text + "\n" + document[stop:])
 
 
 if __name__ == "__main__":

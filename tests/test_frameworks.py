@@ -93,11 +93,10 @@ def reference_and_source(stem: str, conversion) -> tuple:
     return with_channels_first_view(original, head.pool.node), "reference_nchw"
 
 
-@pytest.mark.parametrize("stem, mode", CASES)
-def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
-    _, size, channels_last = FRAMEWORKS[stem]
-    conversion = fc2conv_onnx.convert_with_report(EXPORTED / f"{stem}.onnx", pooling=mode,
-                                                  input_size=None if size is None else "x".join(map(str, size)))
+def prove_conversion(stem: str, mode: str, conversion) -> None:
+    """The independent check of one conversion (benchmarks/frameworks.py runs it too): at the training size, and
+    by crop-and-forward (or, for a kept pool, the one prediction) at a larger size."""
+    channels_last = FRAMEWORKS[stem][2]
     reference, source = reference_and_source(stem, conversion)
     training = input_shape(reference)
     pool = conversion.report.plan.heads[0].pool
@@ -109,6 +108,14 @@ def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
         window = (1, 1) if mode == "none" else None
         assert_equivalent(reference, conversion.model, source=source, channels_last=channels_last, window=window,
                           sizes=[larger(training, channels_last)])
+
+
+@pytest.mark.parametrize("stem, mode", CASES)
+def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
+    size = FRAMEWORKS[stem][1]
+    conversion = fc2conv_onnx.convert_with_report(EXPORTED / f"{stem}.onnx", pooling=mode,
+                                                  input_size=None if size is None else "x".join(map(str, size)))
+    prove_conversion(stem, mode, conversion)
     ops = {node.op_type for node in conversion.model.graph.node}
     assert not ops & {"Gemm", "MatMul", "Flatten"}, ops
 
