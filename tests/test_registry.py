@@ -234,3 +234,74 @@ def test_what_an_entry_declines_it_declines_with_its_reason(spelling, reason):
     import re
 
     assert re.search(reason, _declined(spelling)), _declined(spelling)
+
+
+# ----------------------------------------------------------------------------------------- the trunk's ops
+C = 4  # channels of the map each trunk spelling reads
+
+
+def _trunk_unary(op: str, **attrs) -> Callable[[ModelBuilder, str], str]:
+    return lambda b, x: b.node(op, [x], **attrs)
+
+
+def _trunk_positive(op: str) -> Callable[[ModelBuilder, str], str]:
+    return lambda b, x: b.node(op, [b.node("Add", [b.node("Abs", [x]), b.const(b.fresh("one"), np.float32(1))])])
+
+
+def _per_channel(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32).reshape(C, 1, 1)
+
+
+TRUNK_SPELLINGS: Dict[str, Callable[[ModelBuilder, str], str]] = {
+    **{op: _trunk_unary(op) for op in ("Relu", "Sigmoid", "Tanh", "Softplus", "Softsign", "Identity", "Abs", "Neg",
+                                       "Erf", "Floor", "Ceil", "Round", "Sign", "HardSwish", "Mish", "Gelu", "Exp",
+                                       "Selu", "Dropout")},
+    "LeakyRelu": _trunk_unary("LeakyRelu", alpha=0.2), "Elu": _trunk_unary("Elu"), "Celu": _trunk_unary("Celu"),
+    "HardSigmoid": _trunk_unary("HardSigmoid"), "ThresholdedRelu": _trunk_unary("ThresholdedRelu", alpha=0.1),
+    "Sqrt": _trunk_positive("Sqrt"), "Reciprocal": _trunk_positive("Reciprocal"), "Log": _trunk_positive("Log"),
+    "Cast": lambda b, x: b.node("Cast", [b.node("Cast", [x], to=11)], to=1),
+    "Pow": lambda b, x: b.node("Pow", [x, b.const(b.fresh("two"), np.float32(2))]),
+    "Clip": lambda b, x: b.node("Clip", [x, b.const(b.fresh("lo"), np.float32(-0.5)),
+                                         b.const(b.fresh("hi"), np.float32(0.5))]),
+    "PRelu": lambda b, x: b.node("PRelu", [x, b.const(b.fresh("slope"), _per_channel(np.linspace(0.1, 0.4, C)))]),
+    **{op: (lambda op: lambda b, x: b.node(op, [x, b.const(b.fresh("c"), _per_channel(np.linspace(0.5, 1.5, C)))]))(op)
+       for op in ("Add", "Sub", "Mul", "Div")},
+    **{op: (lambda op: lambda b, x: b.node(op, [x, b.node("Relu", [x])]))(op) for op in ("Max", "Min", "Sum", "Mean")},
+    "Where": lambda b, x: b.node("Where", [b.const(b.fresh("keep"), np.array([True, False, True, True]).reshape(C, 1, 1)),
+                                           x, b.node("Neg", [x])]),
+    "BatchNormalization": lambda b, x: b.node("BatchNormalization", [x] + [
+        b.const(b.fresh(n), np.linspace(lo, hi, C).astype(np.float32)) for n, lo, hi in
+        (("s", 0.5, 1.5), ("b", -1, 1), ("m", -0.2, 0.2), ("v", 0.5, 2))]),
+    "LRN": _trunk_unary("LRN", size=3),
+    "QuantizeLinear": lambda b, x: b.node("DequantizeLinear", [b.node("QuantizeLinear", [
+        x, b.const(b.fresh("s"), np.float32(0.05)), b.const(b.fresh("z"), np.uint8(128))]),
+        b.const(b.fresh("s"), np.float32(0.05)), b.const(b.fresh("z"), np.uint8(128))]),
+    "Conv": lambda b, x: b.conv(x, C, C, 2),
+    "MaxPool": _trunk_unary("MaxPool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+    "AveragePool": _trunk_unary("AveragePool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+    "LpPool": _trunk_unary("LpPool", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], p=2),
+    # one more row and column (12 -> 13), which the MaxPool after it floors back to 6
+    "Pad": lambda b, x: b.node("Pad", [x, b.const(b.fresh("pads"), np.array([0, 0, 1, 0, 0, 0, 0, 1]))]),
+    "Softmax": _trunk_unary("Softmax", axis=1),
+}
+
+
+@pytest.mark.parametrize("op", sorted(TRUNK_SPELLINGS))
+def test_each_trunk_op_keeps_the_map_sliding_with_the_same_numbers(op):
+    """The op in the trunk, between two convolutions: its registry kind lets the geometry follow it (the window
+    mode's map has the grid the geometry predicts), and every cell is the original head on its window."""
+    b = ModelBuilder(opset=20, seed=8)
+    x = b.node("Relu", [b.conv(b.input("image", ["N", 3, 12, 12]), 3, C, 2)])
+    x = b.node("MaxPool", [TRUNK_SPELLINGS[op](b, x)], kernel_shape=[2, 2], strides=[2, 2])
+    features = b.node("Relu", [b.conv(x, C, C, 2)], "features")
+    b.gemm(b.node("Flatten", [features], axis=1), C * 36, 3, bias_shape=(3,), output=b.output("scores", ["N", 3]))
+    original = b.build(f"trunk_{op}")
+    conversion = fc2conv_onnx.convert_with_report(original, pooling="window")
+    assert hasattr(conversion.report.geometry[0], "stride"), conversion.report.geometry[0]
+    assert_equivalent(original, conversion.model, sizes=[(1, 3, 19, 23)], rtol=1e-3, atol=1e-4)
+
+
+def test_every_op_with_a_trunk_kind_of_its_own_is_spelled_in_a_trunk_here():
+    kinds = {registry.LOCAL, registry.WINDOW, registry.PAD}
+    with_kind = {op for op, known in REGISTRY.items() if known.trunk in kinds}
+    assert with_kind <= set(TRUNK_SPELLINGS) | {"DequantizeLinear"}, with_kind - set(TRUNK_SPELLINGS)
