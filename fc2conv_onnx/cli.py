@@ -23,7 +23,7 @@ import time
 from dataclasses import fields
 from typing import Callable, List, Optional
 
-from . import __version__, api
+from . import __version__, api, writes
 from .errors import Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .detections import ACTIVATIONS, DetectionSettings
 from .pictures import Preprocessing
@@ -490,6 +490,9 @@ def _run_detect(args: argparse.Namespace):
         raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
     settings = _detection_settings(args)
     drawings = _drawings(args.images, args.draw)
+    outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
+        [(f"--draw's drawing of {image}", drawing) for image, drawing in drawings]
+    writes.refuse_writing_over(outputs, [("the model", args.model)] + [("the picture", image) for image in args.images])
     found = api.detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
                        max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
                        progress=_progress("runs"))
@@ -499,6 +502,8 @@ def _run_detect(args: argparse.Namespace):
         found.written = "standard output"
     else:
         found.save(args.output)
+    if args.draw and len(args.images) > 1:
+        _make_folder(args.draw)
     for image, drawing in drawings:
         found.draw(image, drawing)
     return found
@@ -515,11 +520,15 @@ def _drawings(images: List[str], draw: Optional[str]) -> List[tuple]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"--draw {draw}: two pictures would be drawn as {twice[0]}; give them distinct names")
+    return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
+
+
+def _make_folder(draw: str) -> None:
+    """The --draw folder, made once every check has passed (a refused run leaves none)."""
     try:
         os.makedirs(draw, exist_ok=True)
     except OSError as error:
         raise InputError(f"--draw {draw}: cannot make the folder ({error.strerror})") from None
-    return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:

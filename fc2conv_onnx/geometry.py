@@ -212,10 +212,66 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, values: Dict) -> "Geometry":
-        def tuples(items: Dict) -> Dict[str, Any]:  # JSON lists back to the tuples the fields hold
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in items.items()}
-        layers = tuple(Layer(**tuples(layer)) for layer in values.get("layers", ()))
-        return cls(layers=layers, **tuples({k: v for k, v in values.items() if k != "layers"}))
+        """The geometry a converted model's marker stores, checked against the schema (`_GEOMETRY_SCHEMA`):
+        a marker is a file's contents, and a stride of NaN or 0 would give boxes of NaN or none; raises
+        ValueError naming the first field that is wrong."""
+        if not isinstance(values, dict) or set(values) - set(_GEOMETRY_SCHEMA) - {"layers"}:
+            raise ValueError("the geometry is not an object of the fields this tool writes")
+        fields = {name: _checked(name, values.get(name), kind) for name, kind in _GEOMETRY_SCHEMA.items()
+                  if name in values or kind[1] is _REQUIRED}
+        layers = values.get("layers", [])
+        if not isinstance(layers, list) or len(layers) > _MAX_ITEMS:
+            raise ValueError("'layers' is not a list of layers")
+        checked = tuple(Layer(**{name: _checked(f"layers.{name}", layer.get(name) if isinstance(layer, dict) else None,
+                                                kind) for name, kind in _LAYER_SCHEMA.items()
+                                 if isinstance(layer, dict) and (name in layer or kind[1] is _REQUIRED)})
+                        for layer in layers)
+        rank = len(fields["stride"])
+        spatial = [v for name, v in fields.items() if isinstance(v, tuple)] + \
+            [v for layer in checked for v in (layer.kernel, layer.stride, layer.dilation, layer.pads_begin, layer.pads_end)]
+        if not 1 <= rank <= 3 or any(len(v) != rank for v in spatial if v):
+            raise ValueError(f"its spatial fields do not all have one value per axis ({rank})")
+        if fields.get("layout", CHANNELS_FIRST) not in ("channels_first", "channels_last"):
+            raise ValueError(f"'layout' is {fields.get('layout')!r}")
+        return cls(layers=checked, **fields)
+
+
+_REQUIRED, _OPTIONAL = object(), object()
+#: The largest value a size, stride or offset may have in a marker (past it no picture has a cell).
+_MAX_VALUE = 1 << 24
+_MAX_ITEMS = 4096
+
+
+def _checked(name: str, value: Any, kind: Tuple[str, object]) -> Any:
+    """`value` as the schema's `kind` says: "str", "bool", "ints>=1" (per axis), "ints>=0", "ints"."""
+    what = kind[0]
+    if what == "str":
+        if not isinstance(value, str) or len(value) > 1 << 16:
+            raise ValueError(f"'{name}' is not a string")
+        return value
+    if what == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"'{name}' is not true or false")
+        return value
+    least = {"ints>=1": 1, "ints>=0": 0, "ints": -_MAX_VALUE}[what]
+    if not isinstance(value, list) or len(value) > 8 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and least <= v <= _MAX_VALUE for v in value):
+        bound = "whole numbers" if least < 0 else f"whole numbers from {least}"
+        raise ValueError(f"'{name}' is not a list of {bound} up to {_MAX_VALUE} (it is {str(value)[:60]})")
+    return tuple(value)
+
+
+_GEOMETRY_SCHEMA = {
+    "input": ("str", _REQUIRED), "stride": ("ints>=1", _REQUIRED), "window": ("ints>=1", _REQUIRED),
+    "offset": ("ints", _REQUIRED), "receptive_field": ("ints>=1", _REQUIRED), "receptive_offset": ("ints", _REQUIRED),
+    "feature_window": ("ints>=1", _REQUIRED), "layout": ("str", _OPTIONAL), "local": ("bool", _OPTIONAL),
+    "not_local": ("str", _OPTIONAL), "training": ("ints>=1", _OPTIONAL), "size_step": ("ints>=1", _OPTIONAL),
+}
+_LAYER_SCHEMA = {
+    "op": ("str", _REQUIRED), "kernel": ("ints>=1", _REQUIRED), "stride": ("ints>=1", _REQUIRED),
+    "dilation": ("ints>=1", _REQUIRED), "pads_begin": ("ints>=0", _REQUIRED), "pads_end": ("ints>=0", _REQUIRED),
+    "ceil_mode": ("bool", _OPTIONAL), "auto_pad": ("str", _OPTIONAL),
+}
 
 
 @dataclass(frozen=True)

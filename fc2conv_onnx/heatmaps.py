@@ -75,6 +75,9 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
+    if isinstance(output, (str, os.PathLike)):
+        inputs = [("the picture", image)] + ([("the model", model)] if isinstance(model, (str, os.PathLike)) else [])
+        writes.refuse_writing_over([("the heatmap", output)], inputs)
     runner = open_map_model(model)
     name = runner.placed(output_name)
     geometry = runner.geometries[name]

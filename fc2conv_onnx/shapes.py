@@ -157,15 +157,35 @@ def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
 
 
 def _marker_heads(marker: str) -> List[dict]:
-    """The heads a converted marker lists; a marker that is not the JSON this tool writes is refused."""
+    """The heads a converted marker lists, each checked against the schema this tool writes (a marker is a
+    file's contents: every read checks it); anything else is refused with exit 3."""
     try:
+        if len(marker) > 1 << 24:
+            raise ValueError("it is larger than any marker this tool writes")
         heads = json.loads(marker).get("heads", ())
-        if not all(isinstance(head, dict) and isinstance(head.get("outputs", []), list) for head in heads):
-            raise ValueError("a head is not an object with a list of outputs")
+        if not isinstance(heads, list) or not all(_is_marker_head(head) for head in heads):
+            raise ValueError("a head is not an object with its outputs, layouts and geometry")
+        for head in heads:
+            if "stride" in head.get("geometry", {}):
+                Geometry.from_dict(head["geometry"])
         return list(heads)
-    except (ValueError, AttributeError, TypeError) as error:
+    except (ValueError, AttributeError, TypeError, RecursionError) as error:
         raise InputError(f"the model's '{CONVERTED_KEY}' metadata is damaged ({first_line(error)}); convert the "
                          "original again") from None
+
+
+def _is_marker_head(head: object) -> bool:
+    def strings(values: object) -> bool:
+        return isinstance(values, list) and all(isinstance(v, str) for v in values)
+
+    if not isinstance(head, dict) or not strings(head.get("outputs", [])):
+        return False
+    layouts = head.get("output_layouts", {})
+    geometry = head.get("geometry", {})
+    return isinstance(layouts, dict) and all(isinstance(k, str) and v in (CHANNELS_FIRST, CHANNELS_LAST)
+                                             for k, v in layouts.items()) and \
+        head.get("output_layout", CHANNELS_FIRST) in (CHANNELS_FIRST, CHANNELS_LAST) and \
+        isinstance(geometry, dict) and isinstance(geometry.get("unknown", ""), str)
 
 
 def output_layouts_from_marker(marker: str) -> Dict[str, str]:

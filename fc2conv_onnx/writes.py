@@ -19,7 +19,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import onnx
 
@@ -43,6 +43,18 @@ def same_file(a: PathLike, b: PathLike) -> bool:
             return Path(a).resolve() == Path(b).resolve()
         except (OSError, ValueError):
             return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_writing_over(outputs: Sequence[Tuple[str, PathLike]], inputs: Sequence[Tuple[str, PathLike]]) -> None:
+    """Refuse (exit 3, before any work) an output that is one of the command's inputs or another of its outputs,
+    compared as files (device and inode, through links and other spellings of the path): `detect M P -o P`,
+    `heatmap M P -o M`, a --draw drawing named like a picture it reads. Each pair is (what it is, its path)."""
+    for index, (what, output) in enumerate(outputs):
+        for other, path in list(inputs) + list(outputs[:index]):
+            if same_file(path, output):
+                kind = "an input" if (other, path) in inputs else "another of its outputs"
+                raise InputError(f"{what} {printable(str(output))} is {other} {printable(str(path))}, {kind}; "
+                                 "the command never writes over what it reads or writes: give another name")
 
 
 def check_output_path(output: PathLike) -> Path:

@@ -1,0 +1,138 @@
+"""What is read is checked and no command destroys an input (issue 22): a forged converted marker is bad input
+(exit 3) for detect and heatmap; no detect or heatmap output may be one of its inputs or another of its outputs;
+numbers from flags are finite and capped."""
+from __future__ import annotations
+
+import json
+import os
+
+import onnx
+import pytest
+
+import fc2conv_onnx
+from conftest import FIXTURES
+from fc2conv_onnx import InputError
+from fc2conv_onnx.shapes import CONVERTED_KEY
+from test_cli import cli
+
+DISKS = FIXTURES / "disks.png"
+
+
+@pytest.fixture(scope="module")
+def spot_finder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("converted") / "spots.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", path)
+    return path
+
+
+def forged(path, tmp_path, change) -> str:
+    """A copy of the converted model whose marker's first head's geometry is changed by `change`."""
+    model = onnx.load(str(path))
+    prop = next(p for p in model.metadata_props if p.key == CONVERTED_KEY)
+    marker = json.loads(prop.value)
+    change(marker, marker["heads"][0]["geometry"])
+    prop.value = marker if isinstance(marker, str) else json.dumps(marker)
+    out = tmp_path / "forged.onnx"
+    out.write_bytes(model.SerializeToString())
+    return str(out)
+
+
+def _set(field, value):
+    def change(marker, geometry):
+        geometry[field] = value
+    return change
+
+
+def _layer(field, value):
+    def change(marker, geometry):
+        geometry["layers"][0][field] = value
+    return change
+
+
+def _head(field, value):
+    def change(marker, geometry):
+        marker["heads"][0][field] = value
+    return change
+
+
+FORGERIES = {
+    "stride NaN": _set("stride", [float("nan"), 4]), "stride inf": _set("stride", [float("inf"), 4]),
+    "stride 0": _set("stride", [0, 4]), "stride negative": _set("stride", [-4, 4]),
+    "stride 1e30": _set("stride", [1e30, 4]), "stride a dict": _set("stride", {"a": 1}),
+    "stride an int": _set("stride", 4), "stride a string": _set("stride", "4x4"),
+    "window 0": _set("window", [0, 16]), "window negative": _set("window", [-16, 16]),
+    "offset NaN": _set("offset", [float("nan"), 0]), "input an int": _set("input", 3),
+    "size_step 0": _set("size_step", [0, 1]), "a layer stride 0": _layer("stride", [0, 1]),
+    "one value too few": _set("window", [16]), "geometry a list": _head("geometry", [1, 2]),
+    "geometry null": _head("geometry", None), "geometry a string": _head("geometry", "stride"),
+    "layouts not an object": _head("output_layouts", [1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_a_forged_marker_is_refused_as_bad_input_by_detect(spot_finder, tmp_path, name):
+    model = forged(spot_finder, tmp_path, FORGERIES[name])
+    with pytest.raises(InputError, match="metadata is damaged"):
+        fc2conv_onnx.detect(model, [DISKS])
+
+
+def test_deeply_nested_marker_json_is_bad_input_not_a_crash(spot_finder, tmp_path):
+    model = onnx.load(str(spot_finder))
+    prop = next(p for p in model.metadata_props if p.key == CONVERTED_KEY)
+    prop.value = "[" * 100000 + "]" * 100000
+    path = tmp_path / "nested.onnx"
+    path.write_bytes(model.SerializeToString())
+    code, stdout, stderr = cli("heatmap", path, DISKS, "-o", tmp_path / "map.png")
+    assert code == 3 and "metadata is damaged" in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_the_cli_says_exit_3_for_a_forged_stride(spot_finder, tmp_path):
+    model = forged(spot_finder, tmp_path, FORGERIES["stride NaN"])
+    code, _, stderr = cli("detect", model, DISKS, "-o", tmp_path / "found.json")
+    assert code == 3 and stderr.count("\n") == 1 and "'stride'" in stderr, stderr
+    assert not (tmp_path / "found.json").exists()
+
+
+def _same_bytes_after(paths, run):
+    before = {str(p): open(p, "rb").read() for p in paths}
+    result = run()
+    assert {str(p): open(p, "rb").read() for p in paths} == before
+    return result
+
+
+@pytest.mark.parametrize("case", ["detect -o picture", "detect -o model", "heatmap -o picture", "heatmap -o model",
+                                  "detect --draw picture", "detect --draw folder of the pictures",
+                                  "detect -o and --draw the same", "detect -o through a link to the picture"])
+def test_no_output_is_an_input_or_another_output(spot_finder, tmp_path, case):
+    import shutil
+
+    model, picture = tmp_path / "m.onnx", tmp_path / "p.png"
+    shutil.copy(spot_finder, model)
+    shutil.copy(DISKS, picture)
+    other = tmp_path / "q.png"
+    shutil.copy(DISKS, other)
+    link = tmp_path / "link.json"
+    os.symlink(picture, link)
+    args = {
+        "detect -o picture": ("detect", model, picture, "-o", picture),
+        "detect -o model": ("detect", model, picture, "-o", model),
+        "heatmap -o picture": ("heatmap", model, picture, "-o", picture),
+        "heatmap -o model": ("heatmap", model, picture, "-o", model),
+        "detect --draw picture": ("detect", model, picture, "-o", tmp_path / "x.json", "--draw", picture),
+        "detect --draw folder of the pictures": ("detect", model, picture, other, "-o", tmp_path / "x.json",
+                                                 "--draw", tmp_path),
+        "detect -o and --draw the same": ("detect", model, picture, "-o", tmp_path / "x.png", "--draw",
+                                          tmp_path / "x.png"),
+        "detect -o through a link to the picture": ("detect", model, picture, "-o", link),
+    }[case]
+    code, _, stderr = _same_bytes_after([model, picture, other], lambda: cli(*args))
+    assert code == 3 and "never writes over what it reads or writes" in stderr, stderr
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_the_draw_folder_is_not_made_when_the_run_is_refused(spot_finder, tmp_path):
+    folder = tmp_path / "drawings"
+    code, _, _ = cli("detect", tmp_path / "missing.onnx", DISKS, DISKS.parent / "spots.png", "-o",
+                     tmp_path / "x.json", "--draw", folder)
+    assert code == 3 and not folder.exists()
