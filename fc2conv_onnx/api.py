@@ -70,6 +70,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     probe: Tuple[int, ...] = ()
     if options.training_size is not None:
         model = shapes.with_training_size(model, options.training_size)
+        io.check_input_sizes(model, "at --input-size")
     elif options.pooling == KEEP_POOL and shapes.has_dynamic_image_input(model):
         # A kept global pool needs no training size: read and validate at a common one (heads that do need
         # it are refused below).

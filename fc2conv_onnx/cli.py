@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,9 +26,9 @@ from typing import Callable, List, Optional
 
 from . import __version__, api, writes
 from .errors import Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .detections import ACTIVATIONS, DetectionSettings
+from .detections import ACTIVATIONS, MAX_SCALES, DetectionSettings
 from .pictures import Preprocessing
-from .options import OUTPUT_LAYOUTS, Options
+from .options import MAX_SIZE, OUTPUT_LAYOUTS, Options
 from .plan import KEEP_POOL, POOLINGS
 from .report import Report
 from .writes import Terminated, signals_raise
@@ -193,12 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"where to write the PNG; {STREAM} for standard output (the summary then goes to stderr)")
     which = heatmap.add_mutually_exclusive_group()
     which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
-    which.add_argument("--top", type=int, metavar="N", help="draw the N classes whose highest cell is highest, "
+    which.add_argument("--top", type=_positive_int, metavar="N", help="draw the N classes whose highest cell is highest, "
                        "one panel each. Default: the class with the highest cell")
     heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the one made "
                          "by a Softmax or Sigmoid, else the first with a geometry)")
     _picture_flags(heatmap)
-    heatmap.add_argument("--alpha", type=float, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
+    heatmap.add_argument("--alpha", type=_number, default=0.6, help="opacity of the map (0 to 1, default 0.6)")
     heatmap.add_argument("--range", type=_floats, metavar="LOW,HIGH", dest="value_range",
                          help="values at the colour bar's ends (default: the drawn maps' min and max)")
     heatmap.add_argument("--resize", type=_resize, metavar="F|HxW",
@@ -235,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     pyramid = detect.add_argument_group("scales (default: the picture as it is, scale 1)")
     pyramid.add_argument("--scales", type=_floats, metavar="S1,S2,...",
                          help="the scales to run at, e.g. 1,0.5,0.25 (each picture resized by each factor)")
-    pyramid.add_argument("--min-size", type=float, metavar="PX",
+    pyramid.add_argument("--min-size", type=_number, metavar="PX",
                          help="the smallest objects to find, in pixels on the window's long side: the largest scale is "
                               "window / PX (default: the window, scale 1)")
-    pyramid.add_argument("--max-size", type=float, metavar="PX",
+    pyramid.add_argument("--max-size", type=_number, metavar="PX",
                          help="the largest objects to find (default: the whole picture): the scales go down to window "
                               "/ PX, while the picture still holds a window (and is a size the model takes)")
-    pyramid.add_argument("--scale-step", type=float, metavar="F",
+    pyramid.add_argument("--scale-step", type=_number, metavar="F",
                          help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
     _detection_flags(detect, "")
     _picture_flags(detect)
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _picture_flags(parser: argparse.ArgumentParser) -> None:
     """How pixels become the model's input (heatmap, detect)."""
-    parser.add_argument("--scale", type=float, default=255.0, help="pixels are divided by this (default 255)")
+    parser.add_argument("--scale", type=_number, default=255.0, help="pixels are divided by this (default 255)")
     parser.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
                         help="subtracted after scaling, per channel (e.g. 0.485,0.456,0.406; default 0)")
     parser.add_argument("--std", type=_floats, default=(1.0,), metavar="S[,S,S]",
@@ -275,9 +276,9 @@ def _detection_flags(parser: argparse.ArgumentParser, when: str) -> None:
     group.add_argument("--class", dest="classes", type=_ints, metavar="K[,K...]",
                        help=f"{when}the classes to detect (default: every class, each cell giving only its best one; "
                             "give the object classes of a model with a background class)")
-    group.add_argument("--threshold", type=float, metavar="T",
+    group.add_argument("--threshold", type=_number, metavar="T",
                        help=f"{when}a cell is a candidate when its score is above T (default 0.5)")
-    group.add_argument("--iou", type=float, metavar="I",
+    group.add_argument("--iou", type=_number, metavar="I",
                        help=f"{when}a box overlapping a better box of its class by more than I (intersection over "
                             "union) is dropped, across scales (default 0.5)")
     group.add_argument("--regression", metavar="OUTPUT",
@@ -310,20 +311,41 @@ def _resize(text: str):
     try:
         if "x" in text:
             height, width = (int(part) for part in text.split("x"))
-            if height > 0 and width > 0:
+            if 0 < height <= MAX_SIZE and 0 < width <= MAX_SIZE:
                 return (height, width)
-        elif float(text) > 0:
+        elif 0 < _number(text) <= MAX_SIZE:
             return float(text)
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         pass
-    raise argparse.ArgumentTypeError(f"'{text}' is not a positive factor or HxW")
+    raise argparse.ArgumentTypeError(f"'{text}' is not a positive factor or HxW (each at most {MAX_SIZE})")
+
+
+def _number(text: str) -> float:
+    """A finite number (nan and inf are refused: exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return value
 
 
 def _floats(text: str) -> tuple:
     try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+        return tuple(_number(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of finite numbers") from None
 
 
 def _layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -469,9 +491,11 @@ def _run_heatmap(args: argparse.Namespace):
 
 
 def _check_scales(scales: Optional[tuple]) -> None:
-    """--scales (heatmap, detect): positive factors."""
+    """--scales (heatmap, detect): at most MAX_SCALES positive factors."""
     if scales is not None and min(scales) <= 0:
         raise UsageError(f"--scales takes positive factors, not {','.join(map(str, scales))}")
+    if scales is not None and len(scales) > MAX_SCALES:
+        raise UsageError(f"--scales takes at most {MAX_SCALES} factors, not {len(scales)}")
 
 
 def _preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -486,6 +510,8 @@ def _run_detect(args: argparse.Namespace):
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
     _check_scales(args.scales)
+    if args.draw == "":
+        raise UsageError("--draw needs a PNG or a folder, not an empty name")
     if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):
         raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
     settings = _detection_settings(args)

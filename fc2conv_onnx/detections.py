@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io as text_io
 import json
+import math
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -216,6 +217,10 @@ def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detecti
     return sorted(kept, key=lambda d: -d.score)
 
 
+#: The most scales a pyramid may have (from 1/64 to 64 in steps of 1.1 is 88).
+MAX_SCALES = 100
+
+
 def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optional[float] = None,
             max_size: Optional[float] = None, step: float = 1.25,
             smallest: Optional[Tuple[int, ...]] = None) -> Tuple[float, ...]:
@@ -223,10 +228,10 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
     window-sized, from the largest scale down, each `step` times smaller than the last, while the picture
     (height, width) still holds a window (or `smallest`, the smallest input the model takes, when larger).
     Default sizes: from the window itself to the whole picture."""
-    if step <= 1.0:
+    if not (math.isfinite(step) and step > 1.0):
         raise InputError(f"scale step {step} must be above 1 (each scale is that many times smaller)")
     for name, value in (("min size", min_size), ("max size", max_size)):
-        if value is not None and not value > 0:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(f"{name} {value} must be a positive number of pixels")
     long_side = max(window)
     top = long_side / min_size if min_size else 1.0
@@ -239,6 +244,11 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
         raise InputError(f"no scale holds objects of {min_size or long_side:g} pixels or more in a "
                          f"{picture[1]}x{picture[0]} picture (width x height) with a "
                          f"{'x'.join(map(str, window))} window")
+    count = int(math.floor(math.log(top / bottom) / math.log(step) + 1e-9)) + 1
+    if count > MAX_SCALES:
+        raise InputError(f"the pyramid from scale {top:.3g} down to {bottom:.3g}, each {step:.9g} times smaller, has "
+                         f"{count} scales, more than the {MAX_SCALES} this tool runs; take a larger --scale-step or "
+                         "a narrower --min-size/--max-size")
     scales = []
     scale = top
     while scale >= bottom * (1 - 1e-9):

@@ -146,7 +146,7 @@ def check_supported(model: onnx.ModelProto, label: str = "the model") -> None:
     if model.ir_version > onnx.IR_VERSION:
         raise InputError(f"input {label} has IR version {model.ir_version}, newer than the {onnx.IR_VERSION} "
                          f"that onnx {onnx.__version__} reads; upgrade onnx")
-    _check_input_sizes(model, label)
+    check_input_sizes(model, label)
     _check_initializer_sizes(model, label)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     functions = {(f.domain, f.name) for f in model.functions}
@@ -203,7 +203,8 @@ def with_negative_dims_symbolic(model: onnx.ModelProto, owned: bool) -> onnx.Mod
     return copy
 
 
-def _check_input_sizes(model: onnx.ModelProto, label: str) -> None:
+def check_input_sizes(model: onnx.ModelProto, label: str) -> None:
+    """Refuse graph inputs with a dim of 0, or that take more than MAX_INPUT_BYTES at their declared size."""
     for value in _image_inputs(model):
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
         if 0 in dims:

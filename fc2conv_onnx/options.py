@@ -33,7 +33,15 @@ def parse_size(value: Size, what: str = "size") -> Tuple[int, ...]:
         raise InputError(f"{what} '{value}' is not a list of integers like 512x1024") from None
     if not size or min(size) <= 0:
         raise InputError(f"{what} '{value}' must be positive integers like 512x1024")
+    if max(size) > MAX_SIZE or len(size) > 3:
+        raise InputError(f"{what} '{value}' is more than this tool handles: at most 3 axes of at most {MAX_SIZE} "
+                         "pixels")
     return size
+
+
+#: The largest spatial size a flag may ask for on one axis (a picture of 65536 x 65536 RGB floats is 48 GiB already;
+#: the 1 GiB cap on a model's input then applies to the whole).
+MAX_SIZE = 1 << 16
 
 
 R = TypeVar("R")

@@ -5,6 +5,7 @@ Needs Pillow, an optional extra: pip install 'fc2conv-onnx[heatmap]'.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,11 @@ def resized(image, resize: Union[float, Tuple[int, int]]):
     that is neither RGB nor gray is made RGB first."""
     Image, _ = _pillow()
     width, height = image.size
-    size = (int(resize[1]), int(resize[0])) if isinstance(resize, (tuple, list)) else scaled_size(image.size, resize)
+    if isinstance(resize, (tuple, list)):
+        check_pixels(resize[1], resize[0], f"resized to {resize[0]}x{resize[1]}")
+        size = (int(resize[1]), int(resize[0]))
+    else:
+        size = scaled_size(image.size, resize)
     if min(size) < 1:
         raise InputError(f"resizing the {width}x{height} image (width x height) by {resize} leaves no pixel")
     shrinks = size[0] <= width and size[1] <= height
@@ -104,8 +109,24 @@ def resized(image, resize: Union[float, Tuple[int, int]]):
 
 
 def scaled_size(size: Tuple[int, int], scale: float) -> Tuple[int, int]:
-    """A picture's (width, height) resized by `scale`, as `resized` makes it."""
-    return round(size[0] * float(scale)), round(size[1] * float(scale))
+    """A picture's (width, height) resized by `scale`, as `resized` makes it; a scale that is not a finite
+    positive number, or that makes more than MAX_PIXELS pixels, is refused (exit 3, naming the cap)."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise InputError(f"scale {scale} is not a positive number")
+    width, height = size[0] * float(scale), size[1] * float(scale)
+    check_pixels(width, height, f"scaled by {scale:g}")
+    return round(width), round(height)
+
+
+#: The most pixels a picture may have once scaled or resized: the model's input for it is float32, so 2^26
+#: pixels of 3 channels are 768 MiB, within the 1 GiB a model's input may take (io.MAX_INPUT_BYTES).
+MAX_PIXELS = 1 << 26
+
+
+def check_pixels(width: float, height: float, how: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(f"the picture {how} would have {width * height:.3g} pixels, more than the {MAX_PIXELS} "
+                         "(8192 x 8192) this tool runs a model on")
 
 
 def model_mode(channels: int, prep: Preprocessing) -> str:

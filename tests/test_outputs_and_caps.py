@@ -136,3 +136,60 @@ def test_the_draw_folder_is_not_made_when_the_run_is_refused(spot_finder, tmp_pa
     code, _, _ = cli("detect", tmp_path / "missing.onnx", DISKS, DISKS.parent / "spots.png", "-o",
                      tmp_path / "x.json", "--draw", folder)
     assert code == 3 and not folder.exists()
+
+
+def run_in_process(capsys, *args):
+    """The CLI in this process (what is tested is the flags, not the process): (exit code, stderr)."""
+    from fc2conv_onnx import cli as command_line
+
+    try:
+        code = command_line.main([str(a) for a in args])
+    except SystemExit as stop:  # argparse's own refusals
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+SPOTS = FIXTURES / "spots.png"
+
+
+@pytest.mark.parametrize("flags, code, words", [
+    (["--scales", "nan"], 2, "finite"), (["--scales", "inf"], 2, "finite"), (["--mean", "nan"], 2, "finite"),
+    (["--std", "nan"], 2, "finite"), (["--scale", "inf"], 2, "finite"), (["--scale-step", "nan"], 2, "finite"),
+    (["--threshold", "nan"], 2, "finite"), (["--draw", ""], 2, "empty name"),
+    (["--scales", ",".join(["1"] * 101)], 2, "at most 100"),
+    (["--scales", "1e9"], 3, "more than the 67108864"), (["--scales", "1e300"], 3, "more than the 67108864"),
+    (["--min-size", "1e-300"], 3, "more than the 100 this tool runs"),
+    (["--scale-step", "1.0000001", "--min-size", "32", "--max-size", "256"], 3, "more than the 100 this tool runs"),
+])
+def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
+    got, stderr = run_in_process(capsys, "detect", spot_finder, SPOTS, "-o", tmp_path / "x.json", *flags)
+    assert got == code and words in stderr, stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("flags, code, words", [
+    (["--resize", "inf"], 2, "at most 65536"), (["--resize", "100000x100000"], 2, "at most 65536"),
+    (["--resize", "20000x20000"], 3, "more than the 67108864"), (["--scales", "100"], 3, "more than the 67108864"),
+    (["--top", "0"], 2, "positive whole number"), (["--top", "-5"], 2, "positive whole number"),
+    (["--range=nan,1"], 2, "finite"), (["--alpha", "nan"], 2, "finite"),
+])
+def test_heatmap_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
+    got, stderr = run_in_process(capsys, "heatmap", spot_finder, SPOTS, "-o", tmp_path / "x.png", *flags)
+    assert got == code and words in stderr, stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_an_input_size_is_capped_like_a_declared_one(capsys, tmp_path):
+    exported = FIXTURES / "exported" / "torch_dynamic_hw.onnx"
+    code, stderr = run_in_process(capsys, "convert", exported, "-o", tmp_path / "x.onnx", "--input-size", "10000")
+    assert code == 3 and "at most 1 GiB" in stderr, stderr
+    code, stderr = run_in_process(capsys, "convert", exported, "-o", tmp_path / "x.onnx", "--input-size",
+                                  "99999999999999999999")
+    assert code == 2 and "at most 3 axes of at most 65536" in stderr, stderr  # a flag's value: exit 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_api_refuses_a_scale_that_is_not_a_positive_number(spot_finder):
+    for scale in (float("nan"), float("inf"), -1.0, 1e9):
+        with pytest.raises(InputError):
+            fc2conv_onnx.detect(spot_finder, [SPOTS], scales=[scale])
