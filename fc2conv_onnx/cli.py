@@ -25,7 +25,7 @@ from dataclasses import fields
 from typing import Callable, List, Optional
 
 from . import __version__, api, writes
-from .errors import Fc2ConvError, InputError, ResourceError, UsageError, printable
+from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .detections import ACTIVATIONS, MAX_SCALES, DetectionSettings
 from .pictures import Preprocessing
 from .options import MAX_SIZE, OUTPUT_LAYOUTS, Options
@@ -67,6 +67,9 @@ _EXITS = (
     ("6", {"convert": "out of memory or disk space, nothing written", "validate": "out of memory",
            "heatmap": "out of memory or disk space, nothing written",
            "detect": "out of memory or disk space, nothing written"}),
+    ("7", {"convert": "-o -: standard output closed before the model was all written",
+           "heatmap": "-o -: standard output closed before the PNG was all written",
+           "detect": "-o -: standard output closed before the detections were all written"}),
     ("130, 143", {"convert": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
                   "heatmap": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
                   "detect": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
@@ -452,9 +455,9 @@ def _run_convert(args: argparse.Namespace) -> Report:
     if args.external_data or args.in_place:
         raise UsageError(f"-o {STREAM} writes the model to standard output, whole: it cannot go with "
                          f"{'--external-data' if args.external_data else '--in-place'}")
+    _check_stdout("the model")
     conversion = api.convert_with_report(_model_source(args.input), _options(args), progress=_progress())
-    sys.stdout.buffer.write(conversion.model.SerializeToString())
-    sys.stdout.buffer.flush()
+    writes.write_stream(conversion.model.SerializeToString(), _stdout())
     conversion.report.output = "standard output"
     return conversion.report
 
@@ -474,20 +477,33 @@ def _run_inspect(args: argparse.Namespace) -> Report:
 
 
 def _run_heatmap(args: argparse.Namespace):
-    if args.output == STREAM and sys.stdout.isatty():
-        raise UsageError(f"-o {STREAM} writes the PNG to standard output, which is a terminal here; pipe it to a "
-                         "program or give a file name")
+    if args.output == STREAM:
+        _check_stdout("the PNG")
     _check_scales(args.scales)
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
-    drawn = api.heatmap(args.model, args.image, sys.stdout.buffer if args.output == STREAM else args.output,
+    drawn = api.heatmap(args.model, args.image, _stdout() if args.output == STREAM else args.output,
                         output_name=args.output_name, klass=args.klass, top=args.top,
                         preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
                         resize=args.resize, scales=args.scales)
     if args.output == STREAM:
         drawn.output = "standard output"
     return drawn
+
+
+def _stdout():
+    """Standard output as a binary stream, or None when the process has none (it was closed)."""
+    return getattr(sys.stdout, "buffer", None) if sys.stdout is not None else None
+
+
+def _check_stdout(what: str) -> None:
+    """`-o -`, before any work: standard output must be open, and not a terminal (binary would garble it)."""
+    if _stdout() is None:
+        raise ClosedOutputError(f"-o {STREAM}: standard output is closed; nothing was done")
+    if what != "the detections" and sys.stdout.isatty():
+        raise UsageError(f"-o {STREAM} writes {what} to standard output, which is a terminal here; pipe it to a "
+                         "program or give a file name")
 
 
 def _check_scales(scales: Optional[tuple]) -> None:
@@ -510,6 +526,8 @@ def _run_detect(args: argparse.Namespace):
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
     _check_scales(args.scales)
+    if args.output == STREAM:
+        _check_stdout("the detections")
     if args.draw == "":
         raise UsageError("--draw needs a PNG or a folder, not an empty name")
     if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):
@@ -523,8 +541,7 @@ def _run_detect(args: argparse.Namespace):
                        max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
                        progress=_progress("runs"))
     if args.output == STREAM:
-        sys.stdout.write(found.text())
-        sys.stdout.flush()
+        writes.write_stream(found.text().encode(), _stdout())
         found.written = "standard output"
     else:
         found.save(args.output)

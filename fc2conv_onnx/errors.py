@@ -72,6 +72,13 @@ class ResourceError(Fc2ConvError):
     exit_code = 6
 
 
+class ClosedOutputError(Fc2ConvError):
+    """Standard output was closed before everything was written (a pipe whose reader stopped early, like
+    `| head -c 10`, or no standard output at all): what the reader got is incomplete."""
+
+    exit_code = 7
+
+
 class ValidationError(Fc2ConvError):
     """The converted model could not be proven equivalent to the original; nothing was written."""
 

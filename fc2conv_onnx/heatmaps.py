@@ -117,6 +117,5 @@ def _write(png: bytes, output: Union[PathLike, BinaryIO]) -> str:
     if not hasattr(output, "write"):
         raise InputError(f"the heatmap's output must be a file name or a binary file object, not "
                          f"{type(output).__name__}")
-    output.write(png)
-    output.flush()
+    writes.write_stream(png, output, str(getattr(output, "name", "the file object")))
     return str(getattr(output, "name", "a file object"))

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 
 import onnx
 
-from .errors import InputError, ResourceError, printable
+from .errors import ClosedOutputError, InputError, ResourceError, printable
 from .weights import EMBEDDED_LIMIT, Weights, read_skeleton
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,39 @@ def same_file(a: PathLike, b: PathLike) -> bool:
             return Path(a).resolve() == Path(b).resolve()
         except (OSError, ValueError):
             return os.path.abspath(a) == os.path.abspath(b)
+
+
+def write_stream(data: bytes, stream: Any, what: str = "standard output") -> None:
+    """Write all of `data` to a binary stream and flush it, or fail saying how much went: no space (exit 6) or a
+    reader that went away (exit 7), never "written" after a short write."""
+    if stream is None:
+        raise ClosedOutputError(f"{what} is closed; nothing was written")
+    try:
+        stream.write(data)
+        stream.flush()
+    except (BrokenPipeError, ValueError) as error:  # EPIPE; ValueError: the stream object was closed
+        _detach(stream)
+        raise ClosedOutputError(f"{what} was closed before the {len(data)} bytes were all written ({error}); what "
+                                "its reader got is incomplete") from None
+    except OSError as error:
+        _detach(stream)
+        if error.errno in _NO_SPACE:
+            raise ResourceError(f"{what} ran out of space before the {len(data)} bytes were all written; what was "
+                                "written there is incomplete") from None
+        raise ClosedOutputError(f"{what} cannot be written ({error.strerror or error}); what was written there is "
+                                "incomplete") from None
+
+
+def _detach(stream: Any) -> None:
+    """After a failed write to standard output, point it at /dev/null: Python would otherwise try the same write
+    again when it exits and print a second, raw error."""
+    try:
+        if stream in (sys.stdout.buffer, sys.stdout):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def refuse_writing_over(outputs: Sequence[Tuple[str, PathLike]], inputs: Sequence[Tuple[str, PathLike]]) -> None:

@@ -193,3 +193,52 @@ def test_the_api_refuses_a_scale_that_is_not_a_positive_number(spot_finder):
     for scale in (float("nan"), float("inf"), -1.0, 1e9):
         with pytest.raises(InputError):
             fc2conv_onnx.detect(spot_finder, [SPOTS], scales=[scale])
+
+
+def _run_with_stdout(args, stdout):
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+    return subprocess.run([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, env=ENV, timeout=120)
+
+
+@pytest.mark.parametrize("command", ["convert", "detect", "heatmap"])
+def test_standard_output_full_is_exit_6_and_never_written(spot_finder, command):
+    args = {"convert": ("convert", FIXTURES / "dress_detector.onnx", "-o", "-"),
+            "detect": ("detect", spot_finder, SPOTS, "-o", "-", "--threshold", "0"),
+            "heatmap": ("heatmap", spot_finder, SPOTS, "-o", "-")}[command]
+    with open("/dev/full", "wb") as full:
+        done = _run_with_stdout(args, full)
+    assert done.returncode == 6 and "ran out of space" in done.stderr and "written: standard output" not in \
+        done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("error") == 1, done.stderr
+
+
+@pytest.mark.parametrize("command", ["convert", "detect", "heatmap"])
+def test_a_reader_that_went_away_is_exit_7(spot_finder, command):
+    """The read end of the pipe is closed before the command writes (as `| head -c 10` does to a large output)."""
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+    args = {"convert": ("convert", FIXTURES / "dress_detector.onnx", "-o", "-"),
+            "detect": ("detect", spot_finder, SPOTS, "-o", "-", "--threshold", "0"),
+            "heatmap": ("heatmap", spot_finder, SPOTS, "-o", "-")}[command]
+    process = subprocess.Popen([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=ENV)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 7 and "was closed before" in stderr and "Traceback" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+
+
+def test_closed_standard_output_is_exit_7_before_any_work(spot_finder):
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+    done = subprocess.run(f"'{sys.executable}' -m fc2conv_onnx heatmap '{spot_finder}' '{SPOTS}' -o - >&-", shell=True,
+                          stderr=subprocess.PIPE, text=True, env=ENV, timeout=120)
+    assert done.returncode == 7 and "standard output is closed" in done.stderr, done.stderr
