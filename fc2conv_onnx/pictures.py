@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -67,27 +68,59 @@ def _pillow():
 
 def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
     """The image at `path` as a Pillow image, or InputError. `load=False` reads only its header (its size and
-    mode; the pixels are decoded when first used)."""
+    mode; the pixels are decoded when first used).
+
+    Pictures are taken as people see them: an EXIF orientation (a phone's portrait photo is stored sideways) is
+    applied, as every viewer does, so boxes are in the pixels of the picture shown. A file of several frames (an
+    animated GIF, a multi-page TIFF) is refused: which frame is meant is the user's to say.
+    """
     Image, _ = _pillow()
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise InputError(f"image '{path}' is a folder, not a picture")
+    if not path.exists():
         raise InputError(f"image '{path}' does not exist")
+    if not path.is_file():
+        raise InputError(f"image '{path}' is not a regular file (a device, FIFO or socket); give a picture file")
     try:
-        image = Image.open(path)
-        if load:
-            image.load()
+        with warnings.catch_warnings():  # Pillow's own size warning: the tool's caps say it in its words
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            frames = getattr(image, "n_frames", 1)
+            if load and frames == 1:
+                image.load()
     except Exception as error:
         raise InputError(f"image '{path}' is not a readable picture ({error})") from None
+    if frames != 1:
+        raise InputError(f"image '{path}' has {frames} frames (an animation or a multi-page file); give one picture, "
+                         "the frame you want saved on its own")
     if image.mode.startswith(("I", "F")):  # Pillow would clip them to 8 bits: a wrong picture, not an error
         raise InputError(f"image '{path}' has {image.mode} pixels (16 or 32 bits); give an 8-bit picture (RGB or "
                          "gray), scaled as the model was trained")
+    if load and _orientation(image) not in (None, 1):
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
     return image
 
 
+#: EXIF orientations that turn the stored raster by 90 degrees (its width and height swap when shown).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation(image) -> Optional[int]:
+    try:
+        return image.getexif().get(0x0112)  # the EXIF Orientation tag
+    except Exception:  # a damaged EXIF block: the raster as stored
+        return None
+
+
 def image_size(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
-    """(width, height) of the picture at `path`, from its header; InputError if it is not a picture."""
+    """(width, height) of the picture at `path` as shown (EXIF orientation applied), from its header; InputError
+    if it is not a picture."""
     with read_image(path, load=False) as image:
-        return image.size
+        width, height = image.size
+        return (height, width) if _orientation(image) in _QUARTER_TURNS else (width, height)
 
 
 def resized(image, resize: Union[float, Tuple[int, int]]):

@@ -242,3 +242,39 @@ def test_closed_standard_output_is_exit_7_before_any_work(spot_finder):
     done = subprocess.run(f"'{sys.executable}' -m fc2conv_onnx heatmap '{spot_finder}' '{SPOTS}' -o - >&-", shell=True,
                           stderr=subprocess.PIPE, text=True, env=ENV, timeout=120)
     assert done.returncode == 7 and "standard output is closed" in done.stderr, done.stderr
+
+
+def test_a_picture_is_read_as_it_is_shown_its_exif_orientation_applied(spot_finder, tmp_path):
+    """A phone stores a portrait photo sideways with an EXIF orientation; detect's boxes are in the picture as
+    every viewer shows it: the same boxes as for the upright picture."""
+    from PIL import Image
+
+    upright = Image.open(DISKS).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    sideways = tmp_path / "sideways.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif.tobytes())
+    from fc2conv_onnx import pictures
+    assert pictures.image_size(sideways) == upright.size
+    expected = fc2conv_onnx.detect(spot_finder, [DISKS]).records
+    found = fc2conv_onnx.detect(spot_finder, [sideways]).records
+    assert expected and [(r.box, r.score) for r in found] == [(r.box, r.score) for r in expected]
+
+
+def test_a_picture_of_several_frames_is_refused_saying_so(spot_finder, tmp_path):
+    from PIL import Image
+
+    frame = Image.open(SPOTS).convert("RGB")
+    animation = tmp_path / "moving.gif"
+    frame.save(animation, save_all=True, append_images=[frame.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    with pytest.raises(InputError, match="has 2 frames"):
+        fc2conv_onnx.detect(spot_finder, [animation])
+
+
+def test_a_folder_or_a_fifo_given_as_a_picture_says_what_it_is(spot_finder, tmp_path):
+    with pytest.raises(InputError, match="is a folder, not a picture"):
+        fc2conv_onnx.detect(spot_finder, [tmp_path])
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        fc2conv_onnx.detect(spot_finder, [fifo])
