@@ -112,8 +112,12 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
     settings = overridden(settings or DetectionSettings(), overrides, "detection setting")
     if scales is not None and (min_size, max_size, scale_step) != (None, None, None):
         raise InputError("give either scales or object sizes (min size, max size, scale step), not both")
-    if scales is not None and (not scales or min(scales) <= 0):
+    if isinstance(images, (str, bytes, os.PathLike)):
+        images = [images]  # one picture, not the letters of its name
+    if scales is not None and (not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
         raise InputError(f"scales must be positive factors, not {', '.join(map(str, scales)) or 'none'}")
+    if not all(isinstance(image, (str, os.PathLike)) for image in images):
+        raise InputError("images must be picture paths (str or os.PathLike)")
     names = [str(image) for image in images]
     if not names:
         raise InputError("no picture given")

@@ -296,10 +296,17 @@ HeadGeometry = Union[Geometry, Unknown]
 
 
 def _cell(cell: Sequence[int], stride: Tuple[int, ...]) -> Tuple[int, ...]:
-    cell = tuple(int(i) for i in (cell if isinstance(cell, (tuple, list)) else (cell,)))
-    if len(cell) != len(stride):
-        raise ValueError(f"cell {list(cell)} has {len(cell)} axes; this output has {len(stride)}")
-    return cell
+    """An output cell's index per axis; InputError (a ValueError too) unless it is whole numbers, one per axis."""
+    items = cell if isinstance(cell, (tuple, list)) else (cell,)
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in items):
+        raise CellError(f"cell {cell!r} is not whole numbers, one per axis")
+    if len(items) != len(stride):
+        raise CellError(f"cell {list(items)} has {len(items)} axes; this output has {len(stride)}")
+    return tuple(int(i) for i in items)
+
+
+class CellError(InputError, ValueError):
+    """A cell index that is not one whole number per axis (a ValueError, as it was, and the API's InputError)."""
 
 
 # ------------------------------------------------------------------------------------ the trunk walk

@@ -298,6 +298,11 @@ def choose(scores: np.ndarray, klass: Optional[int], top: Optional[int]) -> List
     """The classes to draw from a [K, h, w] map: `klass`, the `top` ones by their highest cell, or (default)
     the single highest one (the only one, for K = 1)."""
     count = scores.shape[0]
+    for name, value in (("class", klass), ("top", top)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+            raise InputError(f"{name} {value!r} is not a whole number")
+    if top is not None and top < 1:
+        raise InputError(f"top {top} is not a positive number of classes")
     if klass is not None:
         if not 0 <= klass < count:
             raise InputError(f"--class {klass}: the output has classes 0 to {count - 1}")

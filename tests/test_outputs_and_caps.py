@@ -278,3 +278,20 @@ def test_a_folder_or_a_fifo_given_as_a_picture_says_what_it_is(spot_finder, tmp_
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):
         fc2conv_onnx.detect(spot_finder, [fifo])
+
+
+def test_the_api_says_input_error_for_arguments_of_the_wrong_kind(spot_finder, tmp_path):
+    """One picture given as a string is one picture (it was walked letter by letter); a cell, class or top that
+    is not whole numbers, and a text-mode file object, are InputError, not TypeError or ValueError."""
+    assert fc2conv_onnx.detect(spot_finder, str(DISKS)).records == fc2conv_onnx.detect(spot_finder, [DISKS]).records
+    for cell in ("ab", (1.5, 2), [True, 0]):
+        with pytest.raises(InputError, match="whole numbers"):
+            fc2conv_onnx.window_of(spot_finder, cell)
+    for top, klass in ((1.5, None), (0, None), (None, "1")):
+        with pytest.raises(InputError):
+            fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "x.png", top=top, klass=klass)
+    with open(spot_finder, "r", encoding="latin-1") as text:
+        with pytest.raises(InputError, match="text mode"):
+            fc2conv_onnx.detect(text, [DISKS])
+    with pytest.raises(InputError, match="picture paths"):
+        fc2conv_onnx.detect(spot_finder, [1, 2])
