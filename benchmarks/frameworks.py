@@ -45,7 +45,8 @@ def row(stem: str, made_by: str) -> str:
             cells.append(f"INDEPENDENT CHECK FAILED: {str(error).splitlines()[0][:160]}")
         print(f"{stem} {mode}: {cells[-1]}", flush=True)
     size_note = f" (trained at {'x'.join(map(str, size))})" if size else ""
-    return "| " + " | ".join([f"`{stem}`{size_note}", made_by, pattern or "-"] + [c.replace("|", "/") for c in cells]) + " |"
+    cells = [f"`{stem}`{size_note}", made_by, pattern or "-"] + [c.replace("|", "/") for c in cells]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:

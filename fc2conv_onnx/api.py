@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, detector_check, detector_graph, io, pools, shapes, trunk_sizes, writes
+from . import atrous, detector_check, detector_graph, io, shapes, trunk_sizes, writes
 from . import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
 from .geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
@@ -85,7 +85,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         inferred = shapes.with_observed_shapes(inferred, validation.observed_shapes(inferred, hidden, weights))
     graph = gs.import_onnx(inferred)
     weights.attach(graph, inferred)
-    notes = normalize(graph) + tuple(pools.channels_first_views_before_pools(graph))
+    notes = normalize(graph)
     plan = find_heads(graph, options.output_layout, options.pooling)
     _require_training_size(graph, plan, probe)
     if plan.heads:  # before anything runs: the trunk must follow the input's size

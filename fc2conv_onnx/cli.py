@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"where to write the PNG; {STREAM} for standard output (the summary then goes to stderr)")
     which = heatmap.add_mutually_exclusive_group()
     which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
-    which.add_argument("--top", type=_positive_int, metavar="N", help="draw the N classes whose highest cell is highest, "
+    which.add_argument("--top", type=_positive_int, metavar="N",
+                       help="draw the N classes whose highest cell is highest, "
                        "one panel each. Default: the class with the highest cell")
     heatmap.add_argument("--output-name", metavar="NAME", help="the model output to draw (default: the one made "
                          "by a Softmax or Sigmoid, else the first with a geometry)")
@@ -497,11 +498,11 @@ def _stdout():
     return getattr(sys.stdout, "buffer", None) if sys.stdout is not None else None
 
 
-def _check_stdout(what: str) -> None:
-    """`-o -`, before any work: standard output must be open, and not a terminal (binary would garble it)."""
+def _check_stdout(what: str, binary: bool = True) -> None:
+    """`-o -`, before any work: standard output must be open, and not a terminal if `what` is binary."""
     if _stdout() is None:
         raise ClosedOutputError(f"-o {STREAM}: standard output is closed; nothing was done")
-    if what != "the detections" and sys.stdout.isatty():
+    if binary and sys.stdout.isatty():
         raise UsageError(f"-o {STREAM} writes {what} to standard output, which is a terminal here; pipe it to a "
                          "program or give a file name")
 
@@ -527,7 +528,7 @@ def _run_detect(args: argparse.Namespace):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
     _check_scales(args.scales)
     if args.output == STREAM:
-        _check_stdout("the detections")
+        _check_stdout("the detections", binary=False)
     if args.draw == "":
         raise UsageError("--draw needs a PNG or a folder, not an empty name")
     if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import InputError
 from .walks import upstream_inputs
-from .layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
+from .layout import CHANNELS_FIRST, LAYOUTS, channels_first_views, input_layout, spatial_dims
 from .registry import in_default_domain, is_op
 from .ops import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW,
                   has_parameters, sliced_axes, trunk_kind, varies_over_space)
@@ -228,10 +228,11 @@ class Geometry:
                         for layer in layers)
         rank = len(fields["stride"])
         spatial = [v for name, v in fields.items() if isinstance(v, tuple)] + \
-            [v for layer in checked for v in (layer.kernel, layer.stride, layer.dilation, layer.pads_begin, layer.pads_end)]
+            [v for layer in checked
+             for v in (layer.kernel, layer.stride, layer.dilation, layer.pads_begin, layer.pads_end)]
         if not 1 <= rank <= 3 or any(len(v) != rank for v in spatial if v):
             raise ValueError(f"its spatial fields do not all have one value per axis ({rank})")
-        if fields.get("layout", CHANNELS_FIRST) not in ("channels_first", "channels_last"):
+        if fields.get("layout", CHANNELS_FIRST) not in LAYOUTS:
             raise ValueError(f"'layout' is {fields.get('layout')!r}")
         return cls(layers=checked, **fields)
 
@@ -531,7 +532,8 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
             spans[out.name] = span
         if source in spans:
             return spans[source]
-    made_by = next((f" (made by {n.op} '{n.name}')" for n in graph.nodes if any(t.name == source for t in n.outputs)), "")
+    made_by = next((f" (made by {n.op} '{n.name}')" for n in graph.nodes
+                    if any(t.name == source for t in n.outputs)), "")
     raise _NotLocal(f"the head's feature map '{source}'{made_by} is not reached from the image "
                     f"'{', '.join(starts)}' through ops whose geometry is known")
 

@@ -102,7 +102,8 @@ def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
             # A Keras model's Rescaling and Normalization layers (Mul, Add, Sub, Div by per-channel constants),
             # casts, a full-int8 TFLite file's Q/DQ: they act per element or channel, so the Transpose after
             # them decides the layout (the registry's `preprocessing` ops).
-            if not fact(node, "preprocessing") or not all(_per_channel_operand(t) for t in others) or not _quantizes_per_channel(node, len(shape)):
+            if not fact(node, "preprocessing") or not all(_per_channel_operand(t) for t in others) or \
+                    not _quantizes_per_channel(node, len(shape)):
                 return None
             frontier.extend(node.outputs)
     return views

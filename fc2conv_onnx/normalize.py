@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layout import to_channels_first
+from .pools import channels_first_views_before_pools
 from .registry import fact, in_default_domain, is_op
 from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 
@@ -142,8 +143,8 @@ def _gathers_every_element_in_order(indices: gs.Tensor, shape: Sequence) -> bool
             given = [(evaluate(indices, batch), (batch,) + tuple(shape[1:])) for batch in PROBE_BATCHES]
         except NotEvaluable:
             return False
-    return bool(given) and all(tuple(order.shape) == wanted and np.array_equal(order.reshape(-1), np.arange(order.size))
-                               for order, wanted in given)
+    return bool(given) and all(tuple(order.shape) == wanted and
+                               np.array_equal(order.reshape(-1), np.arange(order.size)) for order, wanted in given)
 
 
 def identity_gathers_removed(graph: gs.Graph) -> List[str]:
@@ -218,7 +219,8 @@ def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
     else:
         return None
     shape = _through_casts(node.inputs[0]).inputs  # paddle2onnx casts the shape to int32 and back
-    if not shape or not is_op(shape[0], "Shape") or shape[0].inputs[0] is not data or int(shape[0].attrs.get("start", 0)):
+    if not shape or not is_op(shape[0], "Shape") or shape[0].inputs[0] is not data or \
+            int(shape[0].attrs.get("start", 0)):
         return None
     return ["Shape", node.op] + list(reversed(ops)) + ["Concat"]
 
@@ -248,8 +250,8 @@ def batch_read_off_own_shape(graph: gs.Graph) -> List[str]:
             continue
         target = [0] + [v for values in tail for v in values]  # type: ignore[union-attr]
         node.inputs[1] = gs.Constant(f"{node.name}/target", np.array(target, dtype=np.int64))
-        notes.append(f"Reshape '{node.name}' reads its batch off its input's shape ({' -> '.join(read)}): its target is "
-                     f"now the constant {target}, which says the same for every input")
+        notes.append(f"Reshape '{node.name}' reads its batch off its input's shape ({' -> '.join(read)}): its target "
+                     f"is now the constant {target}, which says the same for every input")
     if notes:
         graph.cleanup()
     return notes
@@ -278,6 +280,6 @@ def normalize(graph: gs.Graph) -> Tuple[str, ...]:
     original trunk may not run at other sizes."""
     fold_constant_nodes(graph)
     notes = batch_read_off_own_shape(graph) + unit_channel_reshapes_to_transposes(graph) + \
-        identity_gathers_removed(graph)
+        identity_gathers_removed(graph) + channels_first_views_before_pools(graph)
     make_node_names_unique(graph)
     return tuple(notes)

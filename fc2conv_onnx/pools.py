@@ -13,7 +13,6 @@ from .plan import FLAT, MAP, MAP_LAST, MODES, KEEP_POOL, GlobalPool, PoolMode
 from .values import axes_of, producer
 
 
-
 def _channels_last_region(data: gs.Tensor, pool: gs.Node) -> Optional[Tuple[gs.Tensor, Tuple[gs.Node, ...]]]:
     """The channels-first map a channels-last tensor is computed from, and the nodes between: one Transpose
     to channels last, then only per-location ops with constants that are the same at every location (tf2onnx
@@ -110,10 +109,10 @@ def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
         shape = list(data.shape)
         first = gs.Variable(f"{data.name}/channels_first", dtype=data.dtype, shape=[shape[0], shape[-1]] + shape[1:-1])
         last = gs.Variable(f"{data.name}/channels_last", dtype=data.dtype, shape=shape)
-        graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_first", {"perm": list(to_channels_first(rank))},
-                                   [data], [first]))
-        graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_last", {"perm": list(to_channels_last(rank))},
-                                   [first], [last]))
+        for step, perm, source, target in (("first", to_channels_first(rank), data, first),
+                                           ("last", to_channels_last(rank), first, last)):
+            graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_{step}", {"perm": list(perm)},
+                                       [source], [target]))
         node.inputs[0] = last
         notes.append(f"{node.op} '{node.name}' pools the channels-last map '{data.name}' (a join of channels-last "
                      "maps); it now reads it through a Transpose to channels first and back, the identity, so the "

@@ -267,8 +267,8 @@ TRUNK_SPELLINGS: Dict[str, Callable[[ModelBuilder, str], str]] = {
     **{op: (lambda op: lambda b, x: b.node(op, [x, b.const(b.fresh("c"), _per_channel(np.linspace(0.5, 1.5, C)))]))(op)
        for op in ("Add", "Sub", "Mul", "Div")},
     **{op: (lambda op: lambda b, x: b.node(op, [x, b.node("Relu", [x])]))(op) for op in ("Max", "Min", "Sum", "Mean")},
-    "Where": lambda b, x: b.node("Where", [b.const(b.fresh("keep"), np.array([True, False, True, True]).reshape(C, 1, 1)),
-                                           x, b.node("Neg", [x])]),
+    "Where": lambda b, x: b.node("Where", [b.const(b.fresh("keep"), np.array([True, False, True, True])
+                                                   .reshape(C, 1, 1)), x, b.node("Neg", [x])]),
     "BatchNormalization": lambda b, x: b.node("BatchNormalization", [x] + [
         b.const(b.fresh(n), np.linspace(lo, hi, C).astype(np.float32)) for n, lo, hi in
         (("s", 0.5, 1.5), ("b", -1, 1), ("m", -0.2, 0.2), ("v", 0.5, 2))]),
