@@ -34,7 +34,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values takes
 from onnx import TensorProto
 
-from .errors import InputError
+from .errors import InputError, printable
+from .stored_files import StoredFile, external_file, model_file
 
 #: Initializers with at least this many bytes of data are kept out of the skeleton (onnx's own default
 #: threshold for external data).
@@ -55,11 +56,15 @@ _LENGTH_DELIMITED = 2
 
 @dataclass(frozen=True)
 class FileRange:
-    """`length` bytes at `offset` of `path`."""
+    """`length` bytes at `offset` of `file`."""
 
-    path: Path
+    file: StoredFile
     offset: int
     length: int
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
 
 # --- protobuf wire format -------------------------------------------------------------------------------
@@ -129,12 +134,12 @@ def read_skeleton(path: Path) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
         with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             buf = memoryview(mapped)
             try:
-                return _split(buf, size, Path(os.path.realpath(path)))
+                return _split(buf, size, model_file(path, stream.fileno()))
             finally:
                 buf.release()
 
 
-def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
+def _split(buf: memoryview, size: int, source: StoredFile) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
     model_parts: List[bytes] = []
     graph_parts: List[bytes] = []
     tensors: List[bytes] = []
@@ -166,10 +171,10 @@ def _split(buf: memoryview, size: int, path: Path) -> Tuple[onnx.ModelProto, Dic
                                      f"{list(tensor.dims)} and type need {expected}")
                 if tensor.name in ranges:
                     raise InputError(f"two initializers are named '{tensor.name}'")
-                ranges[tensor.name] = FileRange(path, *raw)
+                ranges[tensor.name] = FileRange(source, *raw)
                 del tensor.external_data[:]
                 tensor.data_location = TensorProto.EXTERNAL
-                tensor.external_data.add(key="location", value=path.name)
+                tensor.external_data.add(key="location", value=source.path.name)
                 tensor.external_data.add(key="offset", value=str(raw[0]))
                 tensor.external_data.add(key="length", value=str(raw[1]))
             tensors.append(tensor.SerializeToString())
@@ -182,50 +187,32 @@ def _external_entries(tensor: TensorProto) -> Dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
-def external_range(tensor: TensorProto, folder: Path, label: str) -> FileRange:
-    """Where an external-data tensor's bytes are, refused with a one-line reason if its location is absolute,
-    climbs out of the model's folder, resolves (through a symlink) outside it, or is missing or short.
-    Nothing is read here."""
+def external_range(tensor: TensorProto, folder: Path, label: str,
+                   files: Optional[Dict[str, StoredFile]] = None) -> FileRange:
+    """Where an external-data tensor's bytes are, refused with a one-line reason where onnx's opener refuses
+    the location (`stored_files`), or if the file is too short for them. Nothing is read here. `files`
+    caches the checked files by location."""
     entries = _external_entries(tensor)
     location = entries.get("location", "")
     shown = location if len(location) <= 120 else location[:100] + f"... ({len(location)} characters)"
-    where = f"input {label}: tensor '{tensor.name}' has external data at '{shown}'"
+    where = f"input {label}: tensor '{tensor.name}' has external data at '{printable(shown)}'"
     if not location:
         raise InputError(f"input {label}: tensor '{tensor.name}' has external data with no location")
-    if "\0" in location:  # no path holds one; the tool's own held arrays are named so (see Weights.hold)
-        raise InputError(f"input {label}: tensor '{tensor.name}' has external data at a location with a NUL byte")
-    try:
-        return _external_range(tensor, folder, location, where, entries)
-    except OSError as error:  # a name too long, a file unreadable
-        raise InputError(f"{where}, which cannot be read ({error.strerror or error})") from None
-
-
-def _external_range(tensor: TensorProto, folder: Path, location: str, where: str,
-                    entries: Dict[str, str]) -> FileRange:
-    portable = location.replace("\\", "/")
-    if os.path.isabs(location) or portable.startswith("/") or (len(portable) > 1 and portable[1] == ":"):
-        raise InputError(f"{where}, an absolute path; only files in the model's folder are read")
-    if ".." in portable.split("/"):
-        raise InputError(f"{where}, which climbs out of the model's folder; refused")
-    root = Path(os.path.realpath(folder))
-    target = Path(os.path.realpath(folder / portable))
-    if target != root and root not in target.parents:
-        raise InputError(f"{where}, which resolves to '{target}' outside the model's folder; refused")
-    if not target.exists():
-        raise InputError(f"{where}, which does not exist")
-    if not target.is_file():
-        raise InputError(f"{where}, which is not a regular file")
+    files = {} if files is None else files
+    if location not in files:
+        files[location] = external_file(folder, location, where)
+    stored = files[location]
     try:
         offset = int(entries.get("offset", "0"))
-        length = int(entries["length"]) if "length" in entries else target.stat().st_size - offset
+        length = int(entries["length"]) if "length" in entries else stored.size - offset
     except ValueError:
         raise InputError(f"{where} with an offset or length that is not a number") from None
     expected = tensor_nbytes(tensor)
-    if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+    if offset < 0 or length < 0 or offset + length > stored.size:
         raise InputError(f"{where}: bytes {offset}..{offset + length} are past the end of the file")
     if expected is not None and length != expected:
         raise InputError(f"{where}: {length} bytes, but its shape and type need {expected}")
-    return FileRange(target, offset, length)
+    return FileRange(stored, offset, length)
 
 
 def nbytes_per_element(data_type: int) -> Optional[int]:
@@ -282,6 +269,9 @@ class Weights:
         #: Arrays read from files, by tensor name: each is read once, and every stage and onnxruntime session
         #: shares it (read-only: a new kernel is often a view of the weight it comes from).
         self._read: Dict[str, np.ndarray] = {}
+        #: The bytes each of those was made from: what is written for it, so that the weights validated are
+        #: the weights written even if a file changed since.
+        self._read_bytes: Dict[str, np.ndarray] = {}
         #: id(array) -> its key in `held`, so that an array held again keeps its key.
         self._held_keys: Dict[int, str] = {}
         #: id(constant) -> (the constant, the lazy values given to it here).
@@ -294,12 +284,13 @@ class Weights:
         """The weights of a skeleton read from `path`: its detached ranges plus, after checking every
         location (before anything is read), its own external-data references."""
         weights = cls(ranges, Path(os.path.realpath(path)))
+        files: Dict[str, StoredFile] = {}
         for tensor in model.graph.initializer:
             if tensor.data_location == TensorProto.EXTERNAL and tensor.name not in weights.ranges:
-                weights.ranges[tensor.name] = external_range(tensor, path.parent, label)
+                weights.ranges[tensor.name] = external_range(tensor, path.parent, label, files)
         for tensor in _tensors_besides_initializers(model):
             if tensor.data_location == TensorProto.EXTERNAL:
-                where = external_range(tensor, path.parent, label)
+                where = external_range(tensor, path.parent, label, files)
                 raise InputError(f"input {label}: tensor '{tensor.name}' keeps its data in '{where.path.name}' but "
                                  "is not an initializer of the main graph; external data is read for those only")
         return weights
@@ -340,7 +331,9 @@ class Weights:
 
     def _read_file_range(self, tensor: TensorProto) -> np.ndarray:
         where = self.ranges[tensor.name]
-        raw = np.fromfile(where.path, dtype=np.uint8, count=where.length, offset=where.offset)
+        raw = where.file.read(where.offset, where.length)
+        raw.flags.writeable = False
+        self._read_bytes[tensor.name] = raw
         if tensor_nbytes(tensor) == where.length:
             dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
             return raw.view(dtype).reshape(tuple(tensor.dims)).astype(dtype.newbyteorder("="), copy=False)
@@ -364,16 +357,19 @@ class Weights:
         if held is not None:
             out.write(np.ascontiguousarray(held).data.cast("B"))
             return
+        read = self._read_bytes.get(tensor.name)
+        if read is not None:
+            out.write(read.data)
+            return
         where = self.ranges[tensor.name]
-        with open(where.path, "rb") as source:
-            source.seek(where.offset)
-            left = where.length
-            while left:
-                chunk = source.read(min(COPY_CHUNK, left))
-                if not chunk:
-                    raise InputError(f"'{where.path}' changed while being read (tensor '{tensor.name}')")
-                out.write(chunk)
-                left -= len(chunk)
+        for start in range(0, where.length, COPY_CHUNK):
+            out.write(where.file.read(where.offset + start, min(COPY_CHUNK, where.length - start)).data)
+
+    def check_unchanged(self) -> None:
+        """Refuse (InputError) if a file the weights are read from changed since it was checked: what was read
+        and validated must be what the file still holds."""
+        for stored in {where.file for where in self.ranges.values()}:
+            stored.unchanged()
 
     # --- graphsurgeon ------------------------------------------------------------------------------------
 

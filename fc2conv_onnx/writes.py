@@ -1,19 +1,25 @@
 """Writing models and pictures with one commit point: at every instant the output path holds the complete
 previous result or the complete new one.
 
-A model with external data is a pair, `OUT` and its data file. The new data file is written under a name
-that nothing refers to yet (`OUT.data`, or `OUT.1.data`, ... when that name is taken), reserved exclusively
-so that two runs never share one; the model is written to a temporary file and renamed onto `OUT`: that
-rename is the one commit. Only then is the data file the previous `OUT` referred to removed. A failure or a
-signal before the commit removes what this run made and leaves the previous pair as it was; a kill (which
-no code can catch) leaves at worst an orphan temporary (`.OUT.*.tmp`, or an unreferenced data file), which
-later runs ignore. Concurrent runs to one output end with the pair of whichever committed last.
+A model with external data is a pair, `OUT` and its data file. Every write gives its data file a new name,
+`OUT.<12 hex digits>.data`, made exclusively: a name is never reused, so a reader that loaded an older `OUT`
+finds its own data file or none at all (if the older pair has been removed since), never another
+conversion's weights under the name it expects. The model is written to a temporary file and renamed onto
+`OUT`: that rename is the one commit. Only then is the data file the previous `OUT` referred to removed. A
+failure or a signal before the commit removes what this run made and leaves the previous pair as it was.
+
+A kill (which no code can catch) leaves at worst an orphan: a temporary `.OUT.*.tmp` or a data file `OUT`
+does not refer to. Every file a write makes is locked (flock) until the write ends, and the next write into
+`OUT` removes the files of these names that no run holds and `OUT` does not refer to. Concurrent runs to one
+output end with the pair of whichever committed last.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
+import re
+import secrets
 import signal
 import stat
 import sys
@@ -26,6 +32,11 @@ import onnx
 
 from .errors import ClosedOutputError, InputError, ResourceError, printable
 from .weights import EMBEDDED_LIMIT, Weights, read_skeleton
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: files are not locked, and orphans are left for the user to remove
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +122,30 @@ def check_output_path(output: PathLike) -> Path:
         longest = os.pathconf(folder, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
     except (OSError, ValueError) as error:
         raise InputError(f"output '{shown}' cannot be used ({getattr(error, 'strerror', None) or error})") from None
-    # The longest name written next to it: '.OUT.xxxxxxxx.tmp' or 'OUT.NN.data'.
-    if len(os.fsencode(path.name)) + 16 > longest:
+    # The longest name written next to it: 'OUT.<12 hex>.data' ('.OUT.xxxxxxxx.tmp' is shorter).
+    if len(os.fsencode(path.name)) + _ADDED > longest:
         raise InputError(f"output name '{printable(path.name[:60])}...' is too long ({len(path.name)} characters; the "
-                         f"file system takes {longest}, and the tool adds up to 16)")
+                         f"file system takes {longest}, and the tool adds up to {_ADDED})")
     return path
 
 
-def data_file_candidates(output: Path) -> Iterator[str]:
-    """The names a data file next to `output` may get, in order of preference: OUT.data, OUT.1.data, ..."""
-    yield output.name + ".data"
-    for number in range(1, 100):
-        yield f"{output.name}.{number}.data"
+#: The characters a data file's name adds to OUT's: '.' + 12 hex digits + '.data'.
+_ADDED = 18
+
+
+def _new_data_file_name(output: Path) -> str:
+    return f"{output.name}.{secrets.token_hex(6)}.data"
+
+
+def _is_data_file_name(output: Path, name: str, older_forms: bool = False) -> bool:
+    """Whether `name` is one this tool gives a data file of `output`; `older_forms` adds the names earlier
+    versions gave (OUT.data, OUT.1.data, ...), which are removed only when the replaced model refers to them."""
+    pattern = r"\.[0-9a-f]{12}\.data" + (r"|\.data|\.[1-9][0-9]?\.data" if older_forms else "")
+    return re.fullmatch(re.escape(output.name) + f"(?:{pattern})", name) is not None
+
+
+def _is_temporary_name(output: Path, name: str) -> bool:
+    return re.fullmatch(re.escape(f".{output.name}.") + r"[A-Za-z0-9_]{8}\.tmp", name) is not None
 
 
 def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
@@ -130,11 +153,13 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     """Write `model` to `output` with one commit point (see the module's text), streaming each weight from
     where it is; return the external-data file written, if any.
 
-    `external_data`: None writes the weights next to the model (`OUT.data`, or the first free
-    `data_file_candidates` name) when the input had external data or the model would reach protobuf's 2 GiB
-    limit, else inside it; True or False forces either. The input model is replaced only with
-    `overwrite_input`; a data file the input is read from is never written over, and is removed after the
-    commit (as the replaced pair's) only with `overwrite_input`. A replaced file keeps its permission bits.
+    `external_data`: None writes the weights next to the model (`OUT.<12 hex>.data`) when the input had
+    external data or the model would reach protobuf's 2 GiB limit, else inside it; True or False forces
+    either. The input model is replaced only with `overwrite_input`; a data file the input is read from is
+    never written over, and is removed after the commit (as the replaced pair's) only with
+    `overwrite_input`. A replaced file keeps its owner (where the user may give it) and its permission bits
+    (set-user-ID, set-group-ID and sticky bits excepted). A file the input is read from that changed since
+    it was read is refused before the commit (`Weights.check_unchanged`).
     """
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
@@ -149,26 +174,26 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     # The replaced model's data files, removed after the commit; never one the input is read from, unless
     # it is replaced in place.
     previous = [name for name in _data_files_of(path) if overwrite_input or not weights.reads_from(name)]
-    mode = _mode_of(path)
-    with _disk_errors(path), _transaction(folder) as made:
+    like = _FileLike.of(path)
+    with _disk_errors(path), _transaction() as files:
+        remove_orphans(path)
         data_path = None
-        model_temporary = _temporary(folder, path.name, mode, made)
+        model_temporary = files.temporary(folder, path.name, like)
         with open(model_temporary, "wb") as out:
-            if not external_data:
-                weights.write_embedded(model, out)
-            else:
-                data_path = _reserve_data_file(folder, path, made)
-                data_mode = _mode_of(previous[0]) if previous else None
-                data_temporary = _temporary(folder, data_path.name, mode if data_mode is None else data_mode, made)
-                with open(data_temporary, "wb") as data:
+            if external_data:
+                data_path = files.new_data_file(folder, path, _FileLike.of(previous[0]) if previous else like)
+                with open(data_path, "r+b") as data:
                     weights.write_external(model, out, data, data_path.name)
                     _sync(data)
-                os.replace(data_temporary, data_path)  # onto the reserved name: still referred to by nothing
+            else:
+                weights.write_embedded(model, out)
             _sync(out)
+        weights.check_unchanged()  # what was read and validated is what the files still hold
         with _signals_held():
             os.replace(model_temporary, path)  # the commit
-            made.clear()
+            files.committed()
             _remove_replaced(previous, keep=data_path)
+        remove_orphans(path)  # a run that raced with this one may have left its data file
     return data_path
 
 
@@ -176,47 +201,90 @@ def save_bytes(data: bytes, output: PathLike) -> Path:
     """Write `data` to `output` with one commit point, like `save_model` (for pictures and other small files)."""
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
-    with _disk_errors(path), _transaction(folder) as made:
-        name = _temporary(folder, path.name, _mode_of(path), made)
+    with _disk_errors(path), _transaction() as files:
+        remove_orphans(path)
+        name = files.temporary(folder, path.name, _FileLike.of(path))
         with open(name, "wb") as out:
             out.write(data)
             _sync(out)
         os.replace(name, path)
-        made.clear()
+        files.committed()
     return path
 
 
+def remove_orphans(output: Path) -> None:
+    """Remove what killed runs into `output` left next to it: temporaries and data files of this tool's
+    names that no running write holds (each write locks its files until it ends) and that the model at
+    `output` does not refer to (read after the locks are taken). Failures are logged: nothing depends on it."""
+    if fcntl is None:
+        return
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        names = [n for n in os.listdir(folder) if _is_temporary_name(output, n) or _is_data_file_name(output, n)]
+    except OSError:
+        return
+    held: List[Tuple[str, int]] = []
+    try:
+        for name in names:
+            handle = _lock_if_free(folder / name)
+            if handle is not None:
+                held.append((name, handle))
+        if not held:
+            return
+        referenced = {p.name for p in _data_files_of(output)}
+        for name, handle in held:
+            if name not in referenced:
+                try:
+                    os.unlink(folder / name)
+                    logger.info("removed '%s', left by a run that did not end", name)
+                except OSError as error:
+                    logger.warning("could not remove '%s', left by a run that did not end: %s", name,
+                                   error.strerror or error)
+    finally:
+        for _, handle in held:
+            os.close(handle)
+
+
+def _lock_if_free(path: Path) -> Optional[int]:
+    """A descriptor of the regular file at `path`, exclusively locked, if no other run holds it and `path`
+    still names it once locked; else None."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(handle).st_mode):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _names(path, handle):
+                return handle
+    except OSError:
+        pass
+    os.close(handle)
+    return None
+
+
+def _names(path: Path, handle: int) -> bool:
+    """Whether `path` still names the file open as `handle`."""
+    try:
+        here, there = os.stat(path, follow_symlinks=False), os.fstat(handle)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def _data_files_of(path: Path) -> List[Path]:
-    """The data files next to `path` that the model there refers to and that this tool would have named
-    (`data_file_candidates`): the ones to remove once a new model replaces it. Empty if `path` is not a
-    readable model; a file the tool did not name is never removed."""
+    """The data files next to `path` that the model there refers to and that this tool would have named:
+    the ones to remove once a new model replaces it. Empty if `path` is not a readable model; a file the
+    tool did not name is never removed."""
     if not path.is_file():
         return []
     try:
         model, _ = read_skeleton(path)
     except Exception:  # not a model, or damaged: nothing of its is removed
         return []
-    ours = set(data_file_candidates(path))
     named: Set[str] = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
-                       if entry.key == "location" and entry.value in ours}
+                       if entry.key == "location" and _is_data_file_name(path, entry.value, older_forms=True)}
     return [path.parent / name for name in sorted(named)]
-
-
-def _reserve_data_file(folder: Path, output: Path, made: List[str]) -> Path:
-    """The first free data-file name next to `output`, created empty and exclusively: no other run can take
-    it, and no existing file (the input's own data, a link) is written through."""
-    for name in data_file_candidates(output):
-        target = folder / name
-        try:
-            with _signals_held():  # made and recorded together, so that a signal cannot orphan it
-                handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                made.append(str(target))
-        except FileExistsError:
-            continue
-        os.close(handle)
-        return target
-    raise InputError(f"no free name for the data file next to '{printable(str(output))}' ({output.name}.data to "
-                     f"{output.name}.99.data are taken)")
 
 
 def _remove_replaced(previous: List[Path], keep: Optional[Path]) -> None:
@@ -227,49 +295,116 @@ def _remove_replaced(previous: List[Path], keep: Optional[Path]) -> None:
             continue
         try:
             os.unlink(name)
+        except FileNotFoundError:  # another run's cleanup was first
+            pass
         except OSError as error:
             logger.warning("could not remove the replaced data file '%s': %s", name, error.strerror or error)
 
 
-def _mode_of(path: Path) -> Optional[int]:
-    """The permission bits of an existing regular file at `path`, else None."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return stat.S_IMODE(status.st_mode) if stat.S_ISREG(status.st_mode) else None
+class _FileLike:
+    """The owner and permission bits a new file takes from the file it replaces (or a plain new file's)."""
+
+    def __init__(self, mode: int, owner: Optional[Tuple[int, int]]) -> None:
+        self.mode, self.owner = mode, owner
+
+    @classmethod
+    def of(cls, path: Path) -> "_FileLike":
+        try:
+            status = os.stat(path)
+        except OSError:
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
+            umask = os.umask(0)
+            os.umask(umask)
+            return cls(0o666 & ~umask, None)
+        # Never set-user-ID, set-group-ID or sticky: a model is data, and a copied bit would be a gift.
+        return cls(stat.S_IMODE(status.st_mode) & 0o777, (status.st_uid, status.st_gid))
+
+    def give(self, handle: int) -> None:
+        if self.owner is not None and hasattr(os, "fchown") and self.owner != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(handle, *self.owner)
+            except OSError:  # only root may give a file away: it stays the user's, as any rewrite would
+                pass
+        os.fchmod(handle, self.mode)
 
 
-@contextmanager
-def _transaction(folder: Path) -> Iterator[List[str]]:
-    """A list the block records the files it makes in; if the block fails (a signal included), those still
-    listed are removed. The block clears the list at its commit."""
-    made: List[str] = []
-    try:
-        with signals_raise():
-            yield made
-    except BaseException:
-        for name in made:
+class _Files:
+    """The files a write makes: removed if the write fails before its commit, and each locked until the
+    write ends, so that another run's `remove_orphans` passes them by."""
+
+    def __init__(self) -> None:
+        self.made: List[str] = []
+        self.locks: List[int] = []
+
+    def temporary(self, folder: Path, target: str, like: _FileLike) -> str:
+        """A new empty file next to `target`, owned and permitted like the file it replaces."""
+        while True:
+            with _signals_held():  # made and recorded together, so that a signal cannot orphan it
+                handle, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
+                self.made.append(name)
+                self.locks.append(handle)
+            if self._lock(name, handle):
+                like.give(handle)
+                return name
+
+    def new_data_file(self, folder: Path, output: Path, like: _FileLike) -> Path:
+        """A new empty data file for `output` under a name never used before."""
+        while True:
+            target = folder / _new_data_file_name(output)
+            with _signals_held():
+                try:
+                    handle = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+                except FileExistsError:
+                    continue
+                self.made.append(str(target))
+                self.locks.append(handle)
+            if self._lock(str(target), handle):
+                like.give(handle)
+                return target
+
+    def _lock(self, name: str, handle: int) -> bool:
+        """Lock the new file; False if another run's cleanup removed it before the lock (then make another)."""
+        if fcntl is None:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if _names(Path(name), handle):
+            return True
+        self.made.remove(name)
+        return False
+
+    def committed(self) -> None:
+        self.made.clear()
+
+    def remove_uncommitted(self) -> None:
+        for name in self.made:
             try:
                 os.unlink(name)
             except OSError:
                 pass
+
+    def release(self) -> None:
+        for handle in self.locks:
+            try:
+                os.close(handle)
+            except OSError:
+                pass
+        self.locks.clear()
+
+
+@contextmanager
+def _transaction() -> Iterator[_Files]:
+    """The files the block makes; if the block fails (a signal included), those not committed are removed.
+    Their locks are released when it ends, either way."""
+    files = _Files()
+    try:
+        with signals_raise():
+            yield files
+    except BaseException:
+        files.remove_uncommitted()
         raise
-
-
-def _temporary(folder: Path, target: str, mode: Optional[int], made: List[str]) -> str:
-    """A new empty file next to `target`: with `mode` (that of the file it replaces), else the permissions a
-    plainly created file would get (mkstemp makes it private)."""
-    with _signals_held():  # made and recorded together, so that a signal cannot orphan it
-        handle, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
-        made.append(name)
-    if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.fchmod(handle, mode)
-    os.close(handle)
-    return name
+    finally:
+        files.release()
 
 
 def _sync(stream) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 
@@ -40,6 +41,11 @@ def with_external_data(source, folder, location="weights.bin"):
     return path
 
 
+def data_files(folder, output_name="out.onnx"):
+    """The data files the tool wrote for `output_name` in `folder` (named OUT.<12 hex digits>.data)."""
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(re.escape(output_name) + r"\.[0-9a-f]{12}\.data", p.name))
+
+
 def relocate(path, location):
     """Point every external tensor of the model at `path` to `location` (offsets kept)."""
     model = onnx.load(str(path), load_external_data=False)
@@ -72,8 +78,9 @@ def test_external_data_in_gives_external_data_out_and_the_same_numbers(fixture_p
     out = tmp_path / "out" / "converted.onnx"
     out.parent.mkdir()
     report = fc2conv_onnx.convert_file(source, out)
-    assert report.external_data == str(out.parent / "converted.onnx.data")
-    assert sorted(p.name for p in out.parent.iterdir()) == ["converted.onnx", "converted.onnx.data"]
+    [data] = data_files(out.parent, "converted.onnx")
+    assert report.external_data == str(out.parent / data)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["converted.onnx", data]
     skeleton = onnx.load(str(out), load_external_data=False)
     kernel = max(skeleton.graph.initializer, key=lambda t: np.prod(t.dims))
     assert kernel.data_location == onnx.TensorProto.EXTERNAL
@@ -95,7 +102,7 @@ def test_the_weights_go_where_they_are_asked_to(fixture_path, tmp_path, external
     source = with_external_data(fixture_path(STEM), tmp_path / "in") if not external else fixture_path(STEM)
     out = tmp_path / "out.onnx"
     report = fc2conv_onnx.convert_file(source, out, external_data=external)
-    assert (tmp_path / "out.onnx.data").exists() == external
+    assert len(data_files(tmp_path)) == external
     assert (report.external_data is not None) == external
     onnx.checker.check_model(str(out), full_check=True)
     expected = run(fixture_path(STEM))[0]
@@ -126,7 +133,7 @@ def test_unsafe_external_data_is_refused_before_anything_is_read(fixture_path, t
     else:
         with open(data, "r+b") as stream:
             stream.truncate(data.stat().st_size - 4)
-    words = {"absolute": "absolute path", "parent": "climbs out", "symlink": "outside the model's folder",
+    words = {"absolute": "absolute path", "parent": "climbs out", "symlink": "symbolic link",
              "missing": "does not exist", "short": "past the end"}[case]
 
     def no_reading(*args, **kwargs):
@@ -182,9 +189,10 @@ def test_in_place_with_external_data_replaces_both_files(fixture_path, tmp_path)
     assert cli("convert", path, "-o", path, "--in-place")[0] == 0
     # The new data file takes a fresh name (the old one is referred to until the model's rename commits),
     # and the replaced one is removed; both keep the permissions of the files they replace.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.1.data"]
+    [data] = data_files(tmp_path, "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", data]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "model.onnx.1.data").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / data).stat().st_mode) == 0o640
     np.testing.assert_allclose(run(path)[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -194,13 +202,16 @@ def test_the_output_never_writes_over_the_inputs_data_file(fixture_path, tmp_pat
     data = (tmp_path / "out.onnx.data").read_bytes()
     expected = run(path)[0]
     report = fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
-    assert report.external_data == str(tmp_path / "out.onnx.1.data")
+    [first] = data_files(tmp_path)
+    assert report.external_data == str(tmp_path / first)
     assert (tmp_path / "out.onnx.data").read_bytes() == data
     np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
     # Converted again over that output: the input's data file is kept, the replaced output's removed.
     fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").read_bytes() == data
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out.onnx", "out.onnx.2.data", "out.onnx.data"]
+    [second] = data_files(tmp_path)
+    assert second != first  # a name is never used twice
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "out.onnx", second, "out.onnx.data"])
     np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -254,7 +265,8 @@ def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, t
     os.symlink(outside / "data", folder / "out.onnx.data")
     fc2conv_onnx.convert_file(fixture_path(STEM), folder / "out.onnx", external_data=True)
     assert (outside / "model.onnx").read_bytes() == b"keep me" and (outside / "data").read_bytes() == b"keep me too"
-    assert not (folder / "out.onnx").is_symlink() and not (folder / "out.onnx.1.data").is_symlink()
+    assert not (folder / "out.onnx").is_symlink() and (folder / "out.onnx.data").is_symlink()
+    assert len(data_files(folder)) == 1
     onnx.checker.check_model(str(folder / "out.onnx"), full_check=True)
 
 

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 import fc2conv_onnx
 from fc2conv_onnx import InputError
 from test_cli import ENV, cli
-from test_files import run
+from test_files import data_files, run
 
 STEM = "dress_detector"
 
@@ -113,9 +113,11 @@ def test_a_kill_before_any_step_of_a_write_leaves_one_whole_pair(two_models, tmp
         done = step(out, new, limit, signal.SIGKILL)
         assert done.returncode == -signal.SIGKILL, done.stderr
         seen.add(which(out, expected))
-        # What a kill may leave: temporaries and a data file nothing refers to; the next run succeeds.
+        # What a kill may leave (temporaries, a data file nothing refers to) the next run removes.
         fc2conv_onnx.convert_file(new, out, external_data=True, validate=False)
         assert which(out, expected) == "new"
+        assert sorted(p.name for p in folder.iterdir()) == ["out.onnx"] + data_files(folder)
+        assert len(data_files(folder)) == 1
     assert seen == {"old", "new"}  # the commit was among the steps
 
 
@@ -134,7 +136,7 @@ def test_a_signal_at_any_step_removes_temporaries_and_keeps_one_whole_pair(two_m
             assert done.returncode == 128 + number and "interrupted" in done.stderr, done.stderr
             assert left == before
         else:  # the signal waited for the commit and the removal of the replaced data file
-            assert left == ["out.onnx", "out.onnx.1.data"]
+            assert left == ["out.onnx"] + data_files(folder) and len(left) == 2
 
 
 def test_concurrent_conversions_to_one_output_end_with_one_whole_pair(two_models, tmp_path):
@@ -147,6 +149,76 @@ def test_concurrent_conversions_to_one_output_end_with_one_whole_pair(two_models
         assert [r.wait(timeout=120) for r in runs] == [0] * 4
         which(out, expected)
         assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _data_of(out: Path):
+    """The data file the model at `out` refers to (None if it cannot be read now)."""
+    try:
+        model = onnx.load(str(out), load_external_data=False)
+    except Exception:
+        return None
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return out.parent / names.pop() if len(names) == 1 else None
+
+
+def test_a_reader_of_an_older_out_finds_its_own_data_file_or_none(two_models, tmp_path):
+    """A reader has read OUT and not yet its data file (a server reloading, a slow disk) while OUT is
+    replaced three times: the name it holds never comes to hold another conversion's weights."""
+    old, new, _ = two_models
+    out = previous_pair(tmp_path / "reader", old)
+    data = _data_of(out)
+    held = data.read_bytes()
+    for model in (old, new, new):
+        fc2conv_onnx.convert_file(model, out, external_data=True, validate=False)
+        assert not data.exists() or data.read_bytes() == held
+
+
+READER = r"""
+import os, sys, time, hashlib, onnx
+out, stop, seen = sys.argv[1], sys.argv[2], {}
+while not os.path.exists(stop):
+    try:
+        model = onnx.load(out, load_external_data=False)
+    except Exception:
+        continue
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    time.sleep(0.02)  # a reader that opens the data file a little after the model
+    for name in names:
+        try:
+            with open(os.path.join(os.path.dirname(out), name), "rb") as data:
+                digest = hashlib.sha256(data.read()).hexdigest()
+        except FileNotFoundError:  # the pair was replaced and removed meanwhile: load again
+            continue
+        if seen.setdefault(name, digest) != digest:
+            print("MIXED", name)
+            sys.exit(1)
+print(len(seen))
+"""
+
+
+def test_readers_racing_with_conversions_never_see_a_name_change_its_bytes(two_models, tmp_path):
+    """Real processes: a reader loading OUT and then its data file, while conversions of two models replace
+    OUT; every data-file name it meets keeps the bytes it first had (on the earlier protocol the freed
+    `OUT.data` came back with the other model's weights)."""
+    old, new, expected = two_models
+    out = previous_pair(tmp_path / "readers", old)
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(out), str(stop)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for models in ((new, old), (old, new), (new, new), (old, old)):
+            runs = [subprocess.Popen([sys.executable, "-m", "fc2conv_onnx", "convert", str(model), "-o", str(out),
+                                      "--external-data", "--no-validate"], env=ENV, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE) for model in models]
+            assert [r.wait(timeout=120) for r in runs] == [0, 0]
+    finally:
+        stop.touch()
+        stdout, stderr = reader.communicate(timeout=60)
+    assert reader.returncode == 0, stdout + stderr
+    assert int(stdout.split()[-1]) >= 2  # it met several pairs
+    which(out, expected)
+    fc2conv_onnx.convert_file(new, out, external_data=True, validate=False)  # removes what the races left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.onnx"] + data_files(out.parent)
 
 
 def test_special_files_are_refused_as_outputs_and_inputs(fixture_path, tmp_path):
@@ -168,6 +240,21 @@ def test_a_replaced_model_keeps_its_permissions(fixture_path, tmp_path):
     os.chmod(out, 0o600)
     fc2conv_onnx.convert_file(fixture_path(STEM), out, validate=False)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_replaced_model_keeps_its_owner_and_never_a_set_id_bit(fixture_path, tmp_path, in_place):
+    out = tmp_path / "out.onnx"
+    shutil.copy(fixture_path(STEM), out)
+    os.chown(out, 4321, 4322)
+    os.chmod(out, 0o6755)
+    source = out if in_place else fixture_path(STEM)
+    fc2conv_onnx.convert_file(source, out, in_place=in_place, validate=False)
+    status = out.stat()
+    assert (status.st_uid, status.st_gid) == (4321, 4322)
+    assert stat.S_IMODE(status.st_mode) == 0o755
+    assert fc2conv_onnx.read_geometry(out)
 
 
 def test_unusable_output_names_are_refused_up_front(fixture_path, tmp_path):
