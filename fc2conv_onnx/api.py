@@ -292,7 +292,8 @@ def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None
 
     The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` (or
     one of its external-data files) only with `in_place=True`. `external_data`: None (default) writes the
-    weights to `dst` + ".data" when `src` has external data or the model reaches 2 GiB, else inside `dst`;
+    weights next to `dst` (`dst` + ".<12 hex digits>.data", a new name for every write) when `src` has
+    external data or the model reaches 2 GiB, else inside `dst`;
     True or False forces either. Nothing is written if any step fails, and a previous `dst` is kept.
     `options` and keyword overrides as in `convert_with_report`.
     """

@@ -25,23 +25,15 @@ from .walks import trunk_nodes
 from .ops import (CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
                   trunk_kind)
 from .plan import Densify, LayerChange, Plan, window_op
-from .options import split_ints
+from .options import parse_stride_values
 from .registry import REGISTRY, fact, is_op
 
 def parse_stride(value: Union[int, str, Sequence[int]], rank: int) -> Tuple[int, ...]:
     """16, "16" or "16x8" (one number: every axis) -> a stride per spatial axis."""
-    try:
-        if isinstance(value, str):
-            parts = split_ints(value)
-        elif isinstance(value, int):
-            parts = (value,)
-        else:
-            parts = tuple(int(p) for p in value)
-    except ValueError:
-        raise InputError(f"stride '{value}' is not a number or NxM") from None
+    parts = parse_stride_values(value)
     if len(parts) == 1:
         parts = parts * rank
-    if len(parts) != rank or any(p < 1 for p in parts):
+    if len(parts) != rank:
         raise InputError(f"stride '{value}' needs {rank} positive value(s), one per spatial axis")
     return parts
 

@@ -26,7 +26,7 @@ from typing import Callable, List, Optional
 
 from . import __version__, api, writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .detections import ACTIVATIONS, MAX_SCALES, DetectionSettings
+from .detections import ACTIVATIONS, DetectionSettings, checked_scales
 from .pictures import Preprocessing
 from .options import MAX_SIZE, OUTPUT_LAYOUTS, Options
 from .plan import KEEP_POOL, POOLINGS
@@ -128,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="allow OUT to be IN and replace it (with its data file)")
     data = convert.add_mutually_exclusive_group()
     data.add_argument("--external-data", dest="external_data", action="store_const", const=True,
-                      help="write the weights to a data file next to OUT: OUT.data, or OUT.1.data when that name "
-                           "is taken (the report names it). Default: when IN has external data or the model "
-                           "reaches protobuf's 2 GiB limit")
+                      help="write the weights to a data file next to OUT, named anew by every write: "
+                           "OUT.<12 hex digits>.data (the report names it). Default: when IN has external data or "
+                           "the model reaches protobuf's 2 GiB limit")
     data.add_argument("--embedded", dest="external_data", action="store_const", const=False,
                       help="write the weights inside OUT (models under 2 GiB)")
     convert.add_argument("--no-validate", dest="validate", action="store_false",
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("-o", "--output", metavar="OUT", required=True,
                          help=f"where to write the PNG; {STREAM} for standard output (the summary then goes to stderr)")
     which = heatmap.add_mutually_exclusive_group()
-    which.add_argument("--class", dest="klass", type=int, metavar="K", help="draw class (channel) K")
+    which.add_argument("--class", dest="klass", type=_class_number, metavar="K", help="draw class (channel) K")
     which.add_argument("--top", type=_positive_int, metavar="N",
                        help="draw the N classes whose highest cell is highest, "
                        "one panel each. Default: the class with the highest cell")
@@ -342,6 +342,17 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number")
+    return value
+
+
+def _class_number(text: str) -> int:
+    """A class (channel) number: 0 or more. One the model does not have is the model's matter (exit 3)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a class number (0, 1, ...)")
     return value
 
 
@@ -508,11 +519,12 @@ def _check_stdout(what: str, binary: bool = True) -> None:
 
 
 def _check_scales(scales: Optional[tuple]) -> None:
-    """--scales (heatmap, detect): at most MAX_SCALES positive factors."""
-    if scales is not None and min(scales) <= 0:
-        raise UsageError(f"--scales takes positive factors, not {','.join(map(str, scales))}")
-    if scales is not None and len(scales) > MAX_SCALES:
-        raise UsageError(f"--scales takes at most {MAX_SCALES} factors, not {len(scales)}")
+    """--scales (heatmap, detect): what the API takes (`checked_scales`), as a usage error."""
+    if scales is not None:
+        try:
+            checked_scales(scales)
+        except InputError as error:
+            raise UsageError(f"--{error}") from None
 
 
 def _preprocessing(args: argparse.Namespace) -> Preprocessing:
@@ -541,15 +553,22 @@ def _run_detect(args: argparse.Namespace):
     found = api.detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
                        max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
                        progress=_progress("runs"))
+    made = _make_folder(args.draw) if args.draw and len(args.images) > 1 else None
+    try:
+        with writes.together() as group:  # the records and the drawings appear together, or none of them
+            if args.output != STREAM:
+                group.add(found.text(args.output).encode(), args.output)
+                found.written = str(args.output)
+            for image, drawing in drawings:
+                group.add(found.drawing(image), drawing)
+                found.drawn += (str(drawing),)
+    except BaseException:
+        if made:
+            _remove_if_empty(made)
+        raise
     if args.output == STREAM:
         writes.write_stream(found.text().encode(), _stdout())
         found.written = "standard output"
-    else:
-        found.save(args.output)
-    if args.draw and len(args.images) > 1:
-        _make_folder(args.draw)
-    for image, drawing in drawings:
-        found.draw(image, drawing)
     return found
 
 
@@ -567,12 +586,25 @@ def _drawings(images: List[str], draw: Optional[str]) -> List[tuple]:
     return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
 
 
-def _make_folder(draw: str) -> None:
-    """The --draw folder, made once every check has passed (a refused run leaves none)."""
+def _make_folder(draw: str) -> Optional[str]:
+    """The --draw folder, made once every check has passed (a refused run leaves none); returns it if this
+    run made it, so that a run that fails after can remove it."""
+    if os.path.isdir(draw):
+        return None
     try:
-        os.makedirs(draw, exist_ok=True)
+        os.makedirs(draw)
+    except FileExistsError:
+        return None
     except OSError as error:
         raise InputError(f"--draw {draw}: cannot make the folder ({error.strerror})") from None
+    return draw
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty: another program put something there meanwhile
+        pass
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:
@@ -594,6 +626,15 @@ class _PrintableFormatter(logging.Formatter):
         return printable(super().format(record))
 
 
+def _silence_graphsurgeon() -> None:
+    """graphsurgeon prints its log to standard output (where `-o -` writes the model), in colour, with a note
+    that the `colored` module is missing; what it has to say reaches users as this tool's own errors."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    G_LOGGER.colors = False
+    G_LOGGER.severity = G_LOGGER.CRITICAL + 1  # critical() still raises, which the stages turn into errors
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -604,6 +645,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, handlers=[handler])
     run: Callable[[argparse.Namespace], Report] = args.run
+    _silence_graphsurgeon()
     try:
         with signals_raise():  # SIGTERM unwinds like Ctrl-C: temporaries (written or validation's) go
             report = run(args)

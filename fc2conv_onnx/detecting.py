@@ -10,7 +10,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from . import io, pictures, writes
-from .detections import AUTO, Detection, DetectionSettings, best_first, candidates, pyramid, records_text
+from .detections import (AUTO, Detection, DetectionSettings, best_first, candidates, checked_scales, pyramid,
+                         records_text)
 from .errors import InputError, printable
 from .geometry import Geometry
 from .maps import MapModel, check_picture_size, made_by_score_op, open_map_model
@@ -73,12 +74,16 @@ class Detections:
 
     def draw(self, image: PathLike, output: PathLike) -> None:
         """Write a PNG of `image` with the boxes found on it and their class and score."""
+        writes.save_bytes(self.drawing(image), output)
+        self.drawn += (str(output),)
+
+    def drawing(self, image: PathLike) -> bytes:
+        """A PNG of `image` with the boxes found on it and their class and score."""
         picture = pictures.read_image(image)
         boxes = [(r.box, f"{r.klass}: {r.score:.2f}", r.klass) for r in self.records if r.image == str(image)]
         buffer = BytesIO()
         pictures.draw_boxes(picture, boxes).save(buffer, format="PNG")
-        writes.save_bytes(buffer.getvalue(), output)
-        self.drawn += (str(output),)
+        return buffer.getvalue()
 
 
 def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional[DetectionSettings] = None, *,
@@ -114,8 +119,8 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
         raise InputError("give either scales or object sizes (min size, max size, scale step), not both")
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
-    if scales is not None and (not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
-        raise InputError(f"scales must be positive factors, not {', '.join(map(str, scales)) or 'none'}")
+    if scales is not None:
+        scales = checked_scales(scales)
     if not all(isinstance(image, (str, os.PathLike)) for image in images):
         raise InputError("images must be picture paths (str or os.PathLike)")
     names = [str(image) for image in images]

@@ -20,7 +20,7 @@ import io as text_io
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -219,6 +219,20 @@ def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detecti
 
 #: The most scales a pyramid may have (from 1/64 to 64 in steps of 1.1 is 88).
 MAX_SCALES = 100
+
+
+def checked_scales(scales: Any) -> Tuple[float, ...]:
+    """Scales given by a caller (detect's and heatmap's `scales`, --scales): 1 to MAX_SCALES finite positive
+    numbers, else InputError naming what is wrong."""
+    if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
+        raise InputError(f"scales must be a sequence of positive factors, not a {type(scales).__name__}")
+    scales = tuple(scales)
+    if not scales or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
+                             for s in scales):
+        raise InputError(f"scales must be positive factors, not {', '.join(map(str, scales)) or 'none'}")
+    if len(scales) > MAX_SCALES:
+        raise InputError(f"scales: at most {MAX_SCALES} factors, not {len(scales)}")
+    return tuple(float(s) for s in scales)
 
 
 def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optional[float] = None,

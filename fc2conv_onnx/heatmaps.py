@@ -11,6 +11,7 @@ import numpy as np
 from . import io, pictures, writes
 from .errors import InputError, printable
 from .geometry import Geometry
+from .detections import checked_scales
 from .maps import check_picture_size, open_map_model
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -84,6 +85,8 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
     picture = pictures.read_image(image)
     if resize is not None:
         picture = pictures.resized(picture, resize)
+    if scales is not None:
+        scales = checked_scales(scales)
     for scale in scales or (1.0,):  # every scale before anything runs
         check_picture_size(pictures.scaled_size(picture.size, scale), geometry, _at(scale))
     runs = []  # (the picture at one scale, its [K, h, w] map)

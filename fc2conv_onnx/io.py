@@ -1,6 +1,7 @@
 """Reading models: refuse what is not a model (or not one this tool can read) with a one-line reason."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import TensorProto
 
-from .errors import InputError, first_line, printable
+from .errors import InputError, ResourceError, first_line, printable
 from .weights import SUB_BYTE_TYPES, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
 
 #: What a model may be given as: a path, a ModelProto, its serialized bytes, a binary file object, the
@@ -53,6 +54,8 @@ def read_model(source: ModelSource) -> Loaded:
         except InputError as error:
             raise InputError(f"input {label} is not an ONNX model, or is damaged ({error})") from None
         except OSError as error:
+            if error.errno == errno.ENOMEM:  # mapping the file failed: the machine's limit, not the input's fault
+                raise ResourceError(f"out of memory reading input {label}; nothing was written") from None
             raise InputError(f"input {label} cannot be read ({error.strerror or error})") from None
         except Exception as error:  # protobuf raises several types for damaged bytes
             raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
@@ -95,9 +98,17 @@ def as_model_proto(source: Any) -> onnx.ModelProto:
                      "bytes, a binary file object, torch's ONNXProgram or an onnx_ir model")
 
 
+#: Protobuf parses no message of 2 GiB or more from memory (a file is read past it: `read_skeleton`).
+MAX_MESSAGE_BYTES = (2 << 30) - 1
+
+
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
     if not data:
         raise InputError(f"input {label} is empty")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise InputError(f"input {label} is {len(data) / 2**30:.2f} GiB; protobuf parses at most 2 GiB from memory "
+                         "(standard input, bytes, a file object): give the model's file path, which is read "
+                         "without that limit")
     try:
         return onnx.ModelProto.FromString(data)
     except Exception as error:  # protobuf raises several types for damaged bytes

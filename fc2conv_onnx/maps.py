@@ -82,14 +82,19 @@ class MapModel:
         """The outputs `names` on `feed` (made by `feed` from a picture of `size`, width x height), each as in
         `maps`."""
         if self.session is None:
-            self.session = validation.open_session(self.model, self.weights, "the model", original=True)
+            self.session = validation.open_session(self.model, self.weights, "the model", original=True,
+                                                   hint=_PICTURE_HINT)
         try:
             values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
         except Exception as error:
             raise validation.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
-                                     original=True) from None
+                                     original=True, hint=_PICTURE_HINT) from None
         return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
                 for name, value in zip(names, values)}
+
+
+#: What to try when a picture does not fit in memory.
+_PICTURE_HINT = "try a smaller picture, or fewer and smaller scales"
 
 
 def open_map_model(model: io.ModelSource, what: str = "the picture") -> MapModel:

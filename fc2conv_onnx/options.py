@@ -25,14 +25,19 @@ def split_ints(text: str) -> Tuple[int, ...]:
     return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
 
 
-def parse_size(value: Size, what: str = "size") -> Tuple[int, ...]:
+def parse_stride_values(value: Stride) -> Tuple[int, ...]:
+    """A stride's positive whole numbers (16, "16", "16x8"); how many the model needs is `atrous`'s check."""
+    return parse_size((value,) if isinstance(value, int) else value, "stride", "16 or 16x8")
+
+
+def parse_size(value: Size, what: str = "size", example: str = "512x1024") -> Tuple[int, ...]:
     """A spatial size from text or a sequence; InputError unless it is positive integers."""
     try:
         size = split_ints(value) if isinstance(value, str) else tuple(int(v) for v in value)
     except (TypeError, ValueError):
-        raise InputError(f"{what} '{value}' is not a list of integers like 512x1024") from None
+        raise InputError(f"{what} '{value}' is not a list of integers like {example}") from None
     if not size or min(size) <= 0:
-        raise InputError(f"{what} '{value}' must be positive integers like 512x1024")
+        raise InputError(f"{what} '{value}' must be positive integers like {example}")
     if max(size) > MAX_SIZE or len(size) > 3:
         raise InputError(f"{what} '{value}' is more than this tool handles: at most 3 axes of at most {MAX_SIZE} "
                          "pixels")
@@ -111,6 +116,8 @@ class Options:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed {self.seed!r} is not a non-negative integer")
         self.window_size  # parses it, or raises InputError
+        if self.stride is not None:  # positive whole numbers; how many the model needs is checked with it
+            parse_stride_values(self.stride)
         if not isinstance(self.emit_detections, (type(None), bool, DetectionSettings)):
             raise InputError(f"emit_detections {self.emit_detections!r} is not True, False or DetectionSettings")
         return self

@@ -149,12 +149,17 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
     return steps
 
 
-def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False) -> Session:
+#: What to try when validation runs out of memory.
+VALIDATION_HINT = "try a smaller --validate-size"
+
+
+def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
+                 hint: str = VALIDATION_HINT) -> Session:
     """A `Session` on `model`, or the one-line error of `failure`."""
     try:
         return Session(model, weights)
     except Exception as error:
-        raise failure(error, what, original) from None
+        raise failure(error, what, original, hint) from None
 
 
 def _run(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
@@ -170,16 +175,16 @@ def _run(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray]
         raise failure(error, what, original) from None
 
 
-#: onnxruntime's words for an allocation that failed.
-_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation")
-
-
-def failure(error: Exception, what: str, original: bool) -> Fc2ConvError:
-    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError), the input's fault
-    (`original`: InputError, nothing can be proven against it) or the conversion's (ValidationError)."""
+#: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
+_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation", "cannot allocate memory",
+                  "failed to map segment")  # the last: its library could not be loaded
+def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT) -> Fc2ConvError:
+    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError, with `hint`: what
+    the command's user can try), the input's fault (`original`: InputError, nothing can be proven against it)
+    or the conversion's (ValidationError)."""
     message = runtime_message(error)
     if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
-        return ResourceError(f"out of memory while running {what} ({message}); try a smaller --validate-size")
+        return ResourceError(f"out of memory while running {what} ({message}); {hint}")
     return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
 
 

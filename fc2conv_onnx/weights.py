@@ -490,10 +490,10 @@ class Weights:
                              "message; use convert_file, which writes its weights as external data")
         return onnx.ModelProto.FromString(self.embedded_bytes(model))
 
-    def has_external_data_files(self, model: onnx.ModelProto) -> bool:
-        """Whether some tensor of `model` was read from an external-data file (not from the .onnx itself)."""
-        return any(ours and t.name in self.ranges and self.ranges[t.name].path != self.source
-                   for t, ours in self._tensors(model))
+    def had_external_data_files(self) -> bool:
+        """Whether the input kept weights in external-data files (not in the .onnx itself): its conversion is
+        written so too, even when every tensor that came from them was rewritten."""
+        return any(where.path != self.source for where in self.ranges.values())
 
 
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:

@@ -164,7 +164,7 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
     if external_data is None:
-        external_data = weights.has_external_data_files(model) or weights.embedded_size(model) >= EMBEDDED_LIMIT
+        external_data = weights.had_external_data_files() or weights.embedded_size(model) >= EMBEDDED_LIMIT
     elif not external_data and weights.embedded_size(model) >= EMBEDDED_LIMIT:
         raise InputError("the converted model is too large for one protobuf message (2 GiB); write it with "
                          "external data")
@@ -199,17 +199,53 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
 
 def save_bytes(data: bytes, output: PathLike) -> Path:
     """Write `data` to `output` with one commit point, like `save_model` (for pictures and other small files)."""
-    path = check_output_path(output)
-    folder = path.parent if str(path.parent) else Path(".")
-    with _disk_errors(path), _transaction() as files:
-        remove_orphans(path)
-        name = files.temporary(folder, path.name, _FileLike.of(path))
-        with open(name, "wb") as out:
-            out.write(data)
-            _sync(out)
-        os.replace(name, path)
-        files.committed()
-    return path
+    with together() as group:
+        return group.add(data, output)
+
+
+class Group:
+    """Files written to temporaries as they come and committed together (`together`)."""
+
+    def __init__(self, files: "_Files") -> None:
+        self._files = files
+        self._pending: List[Tuple[str, Path]] = []
+
+    def add(self, data: bytes, output: PathLike) -> Path:
+        """Write `data` for `output` now; it appears at `output` when the group commits."""
+        path = check_output_path(output)
+        folder = path.parent if str(path.parent) else Path(".")
+        with _disk_errors(path):
+            remove_orphans(path)
+            name = self._files.temporary(folder, path.name, _FileLike.of(path))
+            with open(name, "wb") as out:
+                out.write(data)
+                _sync(out)
+        self._pending.append((name, path))
+        return path
+
+    def commit(self) -> None:
+        """Rename every temporary onto its output, with signals held: an interruption comes before all of
+        them or after. (Only a failing rename, which a temporary in the output's own folder makes unlikely,
+        or a kill can stop it half way; the error then says which files were written.)"""
+        with _signals_held():
+            for done, (name, path) in enumerate(self._pending):
+                try:
+                    os.replace(name, path)
+                except OSError as error:
+                    written = ", ".join(printable(str(p)) for _, p in self._pending[:done]) or "none"
+                    raise InputError(f"cannot write '{printable(str(path))}' ({error.strerror or error}); of this "
+                                     f"run's files, these were written: {written}") from None
+            self._files.committed()
+
+
+@contextmanager
+def together() -> Iterator[Group]:
+    """A group of files (detect's records and drawings) that appear together when the block ends, or, if it
+    fails or is interrupted, not at all: the temporaries made so far are removed."""
+    with _transaction() as files:
+        group = Group(files)
+        yield group
+        group.commit()
 
 
 def remove_orphans(output: Path) -> None:

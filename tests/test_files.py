@@ -17,6 +17,7 @@ from onnx import numpy_helper
 import fc2conv_onnx
 from fc2conv_onnx import InputError, io, weights
 from fc2conv_onnx.errors import ResourceError
+from conftest import FIXTURES
 from test_cli import cli
 
 STEM = "dress_detector"
@@ -69,6 +70,19 @@ def test_a_model_is_read_without_its_large_weights_and_written_back_bit_exact(fi
         np.testing.assert_array_equal(loaded.weights.array(tensor), expected)
     back = onnx.ModelProto.FromString(loaded.weights.embedded_bytes(loaded.model))
     assert back.SerializeToString(deterministic=True) == original.SerializeToString(deterministic=True)
+
+
+def test_external_data_in_gives_external_data_out_even_when_every_such_tensor_was_rewritten(tmp_path):
+    """The spot finder's only large tensor is its head's weight, which the conversion replaces."""
+    source = FIXTURES / "spot_finder.onnx"
+    path = with_external_data(source, tmp_path / "in")
+    out = tmp_path / "out.onnx"
+    report = fc2conv_onnx.convert_file(path, out)
+    [data] = data_files(tmp_path)
+    assert report.external_data == str(tmp_path / data)
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(run(out, image.shape)[0].reshape(-1), run(source, image.shape)[0].reshape(-1),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_external_data_in_gives_external_data_out_and_the_same_numbers(fixture_path, tmp_path):

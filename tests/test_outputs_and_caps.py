@@ -295,3 +295,171 @@ def test_the_api_says_input_error_for_arguments_of_the_wrong_kind(spot_finder, t
             fc2conv_onnx.detect(text, [DISKS])
     with pytest.raises(InputError, match="picture paths"):
         fc2conv_onnx.detect(spot_finder, [1, 2])
+
+
+#: detect with 6 pictures, -o and --draw into a folder, sending itself signal argv[2] when the argv[1]-th
+#: file of the run is about to be written (the records are the first, the drawings follow).
+INTERRUPTED_DETECT = r"""
+import os, sys
+from fc2conv_onnx import cli, writes
+limit, number, count = int(sys.argv[1]), int(sys.argv[2]), [0]
+real = writes.check_output_path
+def check(output):
+    count[0] += 1
+    if count[0] == limit:
+        os.kill(os.getpid(), number)
+    return real(output)
+writes.check_output_path = check
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def _pictures(tmp_path, count=6):
+    import shutil
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for index in range(count):
+        shutil.copy(DISKS if index % 2 else SPOTS, folder / f"p{index}.png")
+    return sorted(str(p) for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("limit", [1, 4, 7])
+def test_a_signal_during_detect_draw_leaves_none_of_its_files(spot_finder, tmp_path, limit):
+    import signal
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+
+    images = _pictures(tmp_path)
+    out, folder = tmp_path / "found.json", tmp_path / "drawings"
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_DETECT, str(limit), str(int(signal.SIGTERM)),
+                           "detect", str(spot_finder), *images, "-o", str(out), "--draw", str(folder)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures"]  # no records, no folder, no temporaries
+
+
+def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from fc2conv_onnx import writes
+
+    images = _pictures(tmp_path)
+    out, folder = tmp_path / "found.json", tmp_path / "drawings"
+    out.write_text("previous")
+    real, count = writes._sync, [0]
+
+    def full_at_the_third(stream):
+        count[0] += 1
+        if count[0] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(stream)
+
+    monkeypatch.setattr(writes, "_sync", full_at_the_third)
+    code, stderr = run_in_process(capsys, "detect", spot_finder, *images, "-o", out, "--draw", folder)
+    assert code == 6 and "nothing was written" in stderr, stderr
+    assert out.read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["found.json", "pictures"]
+
+
+#: convert argv[1] with the address space capped at what the process uses plus argv[2] MiB.
+CAPPED = r"""
+import resource, sys
+from fc2conv_onnx import cli
+used = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) << 10
+resource.setrlimit(resource.RLIMIT_AS, (used + (int(sys.argv[2]) << 20),) * 2)
+sys.exit(cli.main(["convert", sys.argv[1], "-o", sys.argv[3]]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the process size from /proc")
+def test_out_of_memory_reading_a_model_is_exit_6(tmp_path):
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as stream:  # sparse: 4 GiB of address space to map, no disk
+        stream.truncate(4 << 30)
+    done = subprocess.run([sys.executable, "-c", CAPPED, str(big), "512", str(tmp_path / "out.onnx")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 6 and "out of memory" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("message", [
+    "pthread_create failed, error code: 12 error msg: Cannot allocate memory",
+    "onnxruntime_pybind11_state.so: failed to map segment from shared object",
+    "std::bad_alloc"])
+def test_onnxruntime_running_out_of_memory_is_exit_6_with_a_hint_for_the_command(message):
+    from fc2conv_onnx import maps, validate
+
+    error = validate.failure(RuntimeError(message), "the model", original=True)
+    assert error.exit_code == 6 and "--validate-size" in str(error)
+    error = validate.failure(RuntimeError(message), "the model on the picture", original=True,
+                             hint=maps._PICTURE_HINT)
+    assert error.exit_code == 6 and "--validate-size" not in str(error)
+
+
+def test_graphsurgeons_log_never_reaches_the_user(monkeypatch, capsys, tmp_path):
+    import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    monkeypatch.setattr(G_LOGGER, "colors", True)
+    monkeypatch.setattr(G_LOGGER, "severity", G_LOGGER.INFO)
+    real = gs.import_onnx
+
+    def chatty(model):
+        G_LOGGER.warning("a warning of graphsurgeon's own")
+        return real(model)
+
+    monkeypatch.setattr(gs, "import_onnx", chatty)
+    from fc2conv_onnx import cli as command_line
+
+    code = command_line.main(["convert", str(FIXTURES / "spot_finder.onnx"), "-o", str(tmp_path / "o.onnx"), "-q"])
+    printed = capsys.readouterr()
+    assert code == 0 and printed.err == "" and printed.out == "", printed
+
+
+@pytest.mark.parametrize("args, code", [
+    (("convert", FIXTURES / "dress_detector.onnx", "-o", "{tmp}/o.onnx", "--stride", "0"), 2),
+    (("convert", FIXTURES / "dress_detector.onnx", "-o", "{tmp}/o.onnx", "--stride", "16x-8"), 2),
+    (("convert", FIXTURES / "dress_detector.onnx", "-o", "{tmp}/o.onnx", "--validate-size", "0"), 2),
+    (("convert", FIXTURES / "dress_detector.onnx", "-o", "{tmp}/o.onnx", "--stride", "4x4x4"), 3),  # not its rank
+    (("heatmap", "{model}", SPOTS, "-o", "{tmp}/h.png", "--class", "-1"), 2),
+    (("detect", "{model}", SPOTS, "-o", "{tmp}/d.json", "--class", "-1"), 2),
+    (("heatmap", "{model}", SPOTS, "-o", "{tmp}/h.png", "--class", "99"), 3),  # not the model's
+    (("detect", "{model}", SPOTS, "-o", "{tmp}/d.json", "--class", "99"), 3),
+])
+def test_a_value_wrong_in_itself_is_2_and_one_the_model_lacks_is_3(spot_finder, tmp_path, capsys, args, code):
+    args = [str(a).format(tmp=tmp_path, model=spot_finder) for a in args]
+    got, stderr = run_in_process(capsys, *args)
+    assert got == code and "error:" in stderr.splitlines()[-1] and "Traceback" not in stderr, stderr
+
+
+def test_a_model_too_large_for_protobuf_on_standard_input_says_to_give_its_path(monkeypatch, capsys, tmp_path):
+    import io as streams
+    import sys
+
+    from fc2conv_onnx import io
+
+    data = (FIXTURES / "spot_finder.onnx").read_bytes()
+    monkeypatch.setattr(io, "MAX_MESSAGE_BYTES", len(data) - 1)  # as if it were 2 GiB
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": streams.BytesIO(data)})())
+    code, stderr = run_in_process(capsys, "convert", "-", "-o", tmp_path / "o.onnx")
+    assert code == 3 and "give the model's file path" in stderr and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("scales, words", [([1.0] * 101, "at most 100"), ([float("nan")], "positive factors"),
+                                           ([float("inf")], "positive factors"), ([True], "positive factors"),
+                                           (5, "a sequence"), ("0.5", "a sequence"), ([], "none")])
+def test_the_apis_scales_are_checked_like_the_flag(spot_finder, tmp_path, scales, words):
+    with pytest.raises(InputError, match=words):
+        fc2conv_onnx.detect(spot_finder, [SPOTS], scales=scales)
+    with pytest.raises(InputError, match=words):
+        fc2conv_onnx.heatmap(spot_finder, SPOTS, tmp_path / "h.png", scales=scales)
+    assert not (tmp_path / "h.png").exists()
