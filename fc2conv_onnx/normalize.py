@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .graph_names import free_name
 from .layout import to_channels_first
 from .pools import channels_first_views_before_pools
 from .registry import fact, in_default_domain, is_op
@@ -266,12 +267,8 @@ def make_node_names_unique(graph: gs.Graph) -> None:
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        name = f"{node.name or node.op}_{index}"
-        while name in taken:
-            name += "_"
-        node.name = name
-        taken.add(name)
-        seen.add(name)
+        node.name = free_name(taken, f"{node.name or node.op}_{index}")
+        seen.add(node.name)
 
 
 def normalize(graph: gs.Graph) -> Tuple[str, ...]:

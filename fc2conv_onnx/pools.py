@@ -5,6 +5,7 @@ from typing import List, Optional, Tuple
 
 import onnx_graphsurgeon as gs
 
+from .graph_names import free_name, taken_names
 from .layout import CHANNELS_LAST, is_transpose, to_channels_first, to_channels_last
 from .map_layouts import map_layouts
 from .registry import fact, is_op
@@ -107,12 +108,14 @@ def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
         if layouts.get(data.name) != CHANNELS_LAST:
             continue
         shape = list(data.shape)
-        first = gs.Variable(f"{data.name}/channels_first", dtype=data.dtype, shape=[shape[0], shape[-1]] + shape[1:-1])
-        last = gs.Variable(f"{data.name}/channels_last", dtype=data.dtype, shape=shape)
+        taken = taken_names(graph)
+        first = gs.Variable(free_name(taken, f"{data.name}/channels_first"), dtype=data.dtype,
+                            shape=[shape[0], shape[-1]] + shape[1:-1])
+        last = gs.Variable(free_name(taken, f"{data.name}/channels_last"), dtype=data.dtype, shape=shape)
         for step, perm, source, target in (("first", to_channels_first(rank), data, first),
                                            ("last", to_channels_last(rank), first, last)):
-            graph.nodes.append(gs.Node("Transpose", f"{node.name}/to_channels_{step}", {"perm": list(perm)},
-                                       [source], [target]))
+            graph.nodes.append(gs.Node("Transpose", free_name(taken, f"{node.name}/to_channels_{step}"),
+                                       {"perm": list(perm)}, [source], [target]))
         node.inputs[0] = last
         notes.append(f"{node.op} '{node.name}' pools the channels-last map '{data.name}' (a join of channels-last "
                      "maps); it now reads it through a Transpose to channels first and back, the identity, so the "

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .graph_names import free_name
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
 from .plan import (AXIS_LAST, KEEP, MAP_LAST, PERMUTED, REMOVE, TO_CHANNELS_FIRST, Flattening, GlobalPool, HeadPlan,
                    LinearLayer, PassThrough, Plan, Quantized)
@@ -57,12 +58,7 @@ class _Editor:
         return self.replaced.get(name) or self.tensors[name]
 
     def name(self, base: str) -> str:
-        name, suffix = base, 1
-        while name in self.taken:
-            suffix += 1
-            name = f"{base}_{suffix}"
-        self.taken.add(name)
-        return name
+        return free_name(self.taken, base)
 
     def constant(self, base: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(self.name(base), np.ascontiguousarray(values))

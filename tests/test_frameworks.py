@@ -165,3 +165,24 @@ def test_a_pool_that_ends_the_graph_keeps_its_output_name_in_every_mode():
     for mode in ("window", "none"):
         converted = fc2conv_onnx.convert(EXPORTED / "jax_conv1x1_head.onnx", pooling=mode)
         assert [o.name for o in converted.graph.output] == [o.name for o in load("jax_conv1x1_head").graph.output]
+
+
+def test_the_channels_first_view_takes_names_no_tensor_has(tmp_path):
+    """The view the tool adds before a pool of a channels-last join is named after the joined map; a model
+    that already has a tensor of that name keeps it, and the conversion is still proven."""
+    original = load("jax_nhwc_residual")
+    pool = next(n for n in original.graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool"))
+    taken = f"{pool.input[0]}/channels_first"
+    victim = next(n for n in original.graph.node if n.op_type == "Conv")  # an earlier tensor takes the name
+    old_name = victim.output[0]
+    for node in original.graph.node:
+        node.input[:] = [taken if name == old_name else name for name in node.input]
+    victim.output[0] = taken
+    path = tmp_path / "renamed.onnx"
+    onnx.save(original, str(path))
+    conversion = fc2conv_onnx.convert_with_report(path, pooling="window")
+    names = [name for node in conversion.model.graph.node for name in node.output]
+    assert len(names) == len(set(names)) and taken in names
+    shape = input_shape(original)
+    reference, source = with_channels_first_view(original, pool.name), "reference_nchw"
+    assert_equivalent(reference, conversion.model, source=source, channels_last=True, sizes=[larger(shape, True)])
