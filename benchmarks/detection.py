@@ -42,10 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fixtures"))
 
 import fc2conv_onnx  # noqa: E402
-from fc2conv_onnx import detections, pictures  # noqa: E402
-from fc2conv_onnx.detecting import SCALE_STEP  # noqa: E402
-from fc2conv_onnx.maps import open_map_model  # noqa: E402
-from fc2conv_onnx.validate import Session  # noqa: E402
+from fc2conv_onnx.apps import detections
+from fc2conv_onnx import pictures  # noqa: E402
+from fc2conv_onnx.apps.detecting import SCALE_STEP  # noqa: E402
+from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
+from fc2conv_onnx.prove.validate import Session  # noqa: E402
 
 PAUSE = 0.1  # seconds, untimed, before each timed call
 

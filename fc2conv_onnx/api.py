@@ -12,22 +12,25 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import atrous, detector_check, detector_graph, io, shapes, trunk_sizes, writes
-from . import validate as validation
+from .rewrite import atrous, detector_graph, shapes
+from .prove import detector_check
+from .model import io, writes
+from .read import trunk_sizes
+from .prove import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
-from .geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
-from .heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
-from .detecting import Detections, detect  # noqa: F401 (re-exported)
-from .detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
-from .heads import find_heads
-from .layout import spatial_dims
-from .normalize import normalize
+from .plan.geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
+from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
+from .apps.detecting import Detections, detect  # noqa: F401 (re-exported)
+from .apps.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
+from .plan.heads import find_heads
+from .model.layout import spatial_dims
+from .read.normalize import normalize
 from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
-from .plan import KEEP_POOL, NO_POOL, Plan
+from .plan.plan import KEEP_POOL, NO_POOL, Plan
 from .report import Report
-from .maps import made_by_score_op
-from .rewrite import rewrite
-from .weights import Weights, check_model
+from .apps.maps import made_by_score_op
+from .rewrite.rewrite import rewrite
+from .model.weights import Weights, check_model
 
 logger = logging.getLogger(__name__)
 

@@ -24,14 +24,15 @@ import time
 from dataclasses import fields
 from typing import Callable, List, Optional
 
-from . import __version__, api, writes
+from . import __version__, api
+from .model import writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .detections import ACTIVATIONS, DetectionSettings, checked_scales
-from .pictures import Preprocessing
+from .apps.detections import ACTIVATIONS, DetectionSettings, checked_scales
+from .apps.pictures import Preprocessing
 from .options import MAX_SIZE, OUTPUT_LAYOUTS, Options
-from .plan import KEEP_POOL, POOLINGS
+from .plan.plan import KEEP_POOL, POOLINGS
 from .report import Report
-from .writes import Terminated, signals_raise
+from .model.writes import Terminated, signals_raise
 
 PROG = "fc2conv-onnx"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
-from .detections import DetectionSettings
+from .apps.detections import DetectionSettings
 from .errors import InputError
-from .plan import KEEP_POOL, POOLINGS
+from .plan.plan import KEEP_POOL, POOLINGS
 
 #: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
 #: [N, K, *spatial] otherwise), "channels_first" or "channels_last".

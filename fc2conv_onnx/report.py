@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import printable
-from .geometry import Geometry, HeadGeometry
-from .plan import Plan
-from .validate import OutputCheck
+from .plan.geometry import Geometry, HeadGeometry
+from .plan.plan import Plan
+from .prove.validate import OutputCheck
 
 
 @dataclass

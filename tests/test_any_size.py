@@ -13,7 +13,8 @@ import pytest
 from onnx import helper
 
 import fc2conv_onnx
-from fc2conv_onnx import api, validate as validation
+from fc2conv_onnx import api
+from fc2conv_onnx.prove import validate as validation
 
 
 def with_transposed_output(converted: onnx.ModelProto, output: str, perm) -> onnx.ModelProto:
@@ -132,7 +133,7 @@ def test_windows_in_batches_equal_windows_one_by_one(fixture_path):
 
 
 def test_a_head_that_bakes_its_batch_size_runs_one_window_per_call(fixture_path, caplog):
-    caplog.set_level(logging.INFO, logger="fc2conv_onnx.validate")
+    caplog.set_level(logging.INFO, logger="fc2conv_onnx.prove.validate")
     report = fc2conv_onnx.convert_with_report(str(fixture_path("reshape_batch_minus1"))).report  # Reshape [1, -1]
     assert all(c.passed for c in report.checks)
     assert "does not take windows in batches" in caplog.text

@@ -90,7 +90,7 @@ def test_output_equal_to_input_is_refused_and_the_input_is_untouched(fixture_pat
 
 
 def test_failed_validation_exits_5_and_keeps_the_previous_output(fixture_path, tmp_path, monkeypatch, capsys):
-    from fc2conv_onnx import rewrite
+    from fc2conv_onnx.rewrite import rewrite
     monkeypatch.setattr(rewrite, "first_layer_kernel", lambda w, f: -w.reshape((w.shape[0],) + f.source_shape))
     out = tmp_path / "out.onnx"
     out.write_bytes(b"previous result")

@@ -14,8 +14,8 @@ from PIL import Image
 
 import fc2conv_onnx
 from conftest import FIXTURES
-from fc2conv_onnx import detections
-from fc2conv_onnx.detections import DetectionSettings
+from fc2conv_onnx.apps import detections
+from fc2conv_onnx.apps.detections import DetectionSettings
 from fc2conv_onnx.errors import InputError, ValidationError
 from test_cli import cli
 
@@ -103,7 +103,7 @@ def test_object_sizes_make_the_pyramid(converted):
 def test_every_scale_is_checked_before_anything_runs(converted, monkeypatch, tmp_path):
     """A scale at which the picture is smaller than the window is refused before the first run, naming the
     picture and the scale, for detect and for heatmap's --scales alike."""
-    from fc2conv_onnx.maps import MapModel
+    from fc2conv_onnx.apps.maps import MapModel
     monkeypatch.setattr(MapModel, "run", lambda *a, **k: pytest.fail("the model ran"))
     with pytest.raises(fc2conv_onnx.InputError, match=r"image 38x26 \(width x height\) \(.*disks.png\) at scale 0.1 "
                                                       r"is smaller than the model's 32x32 window"):
@@ -113,7 +113,7 @@ def test_every_scale_is_checked_before_anything_runs(converted, monkeypatch, tmp
 
 
 def test_boxes_are_windows_mapped_back_through_the_scale_and_clipped():
-    from fc2conv_onnx.geometry import Geometry
+    from fc2conv_onnx.plan.geometry import Geometry
     where = Geometry(input="image", stride=(4, 8), window=(32, 16), offset=(2, -3), receptive_field=(32, 16),
                      receptive_offset=(2, -3), feature_window=(8, 2))
     scores = np.zeros((1, 3, 4), np.float32)
@@ -171,7 +171,7 @@ def test_the_emitted_detector_finds_what_detect_finds(tmp_path, form):
 
 def test_the_detector_check_fails_on_a_detector_that_differs(tmp_path, monkeypatch):
     """A detector whose boxes have x and y swapped is refused, and nothing is written."""
-    from fc2conv_onnx import detector_graph
+    from fc2conv_onnx.rewrite import detector_graph
     real = detector_graph.detector_nodes
 
     def swapped(parts, settings, opset):
@@ -259,7 +259,7 @@ def test_convert_refuses_detection_flags_without_emit_and_unusable_outputs(tmp_p
 
 
 def test_one_session_serves_every_picture_and_scale_and_progress_counts_the_runs(converted, monkeypatch):
-    from fc2conv_onnx import maps
+    from fc2conv_onnx.apps import maps
     opened = []
     real = maps.validation.open_session
     monkeypatch.setattr(maps.validation, "open_session", lambda *a, **k: opened.append(1) or real(*a, **k))
@@ -320,7 +320,8 @@ def test_models_from_real_exporters_get_a_proven_detector(stem, options):
     # Independently of the tool's own check: onnxruntime runs the written model on a random input, and its
     # detections are detect's numpy steps applied to its own maps.
     import onnxruntime as ort
-    from fc2conv_onnx import detector_check, detector_graph
+    from fc2conv_onnx.prove import detector_check
+    from fc2conv_onnx.rewrite import detector_graph
     planned = fc2conv_onnx.inspect(model, **options)
     plain = fc2conv_onnx.convert(model, validate=False, **options)  # the maps the detector reads
     parts = detector_graph.detector_parts(plain, planned.plan, planned.geometry, DetectionSettings())

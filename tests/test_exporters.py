@@ -15,8 +15,9 @@ import pytest
 from onnx import helper
 
 import fc2conv_onnx
-from fc2conv_onnx import InputError, ValidationError, rewrite
-from fc2conv_onnx.layout import CHANNELS_LAST
+from fc2conv_onnx import InputError, ValidationError
+from fc2conv_onnx.rewrite import rewrite
+from fc2conv_onnx.model.layout import CHANNELS_LAST
 from conftest import FIXTURES
 from equivalence import assert_equivalent, input_shape
 

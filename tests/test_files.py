@@ -15,7 +15,8 @@ import pytest
 from onnx import numpy_helper
 
 import fc2conv_onnx
-from fc2conv_onnx import InputError, io, weights
+from fc2conv_onnx import InputError
+from fc2conv_onnx.model import io, weights
 from fc2conv_onnx.errors import ResourceError
 from conftest import FIXTURES
 from test_cli import cli

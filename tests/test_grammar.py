@@ -356,7 +356,7 @@ def test_shufflenet_units_follow_the_input_size_and_keep_their_geometry(stem, mo
 
 
 def test_a_trunk_that_bakes_the_size_otherwise_is_refused_before_anything_runs(monkeypatch):
-    from fc2conv_onnx import validate
+    from fc2conv_onnx.prove import validate
 
     monkeypatch.setattr(validate.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
     with pytest.raises(InputError, match=r"Resize 'Resize_\d+' in the trunk fixes the size of its output"):
@@ -446,7 +446,7 @@ def test_a_flattening_of_a_channels_last_map_behind_a_slice_is_refused_before_an
     be read as channels first, and validation then failed in onnxruntime at the larger size. Now it is
     refused up front with the ops named; with only elementwise ops between, it converts."""
     from builders import ModelBuilder
-    from fc2conv_onnx import validate
+    from fc2conv_onnx.prove import validate
 
     def model(between: str) -> onnx.ModelProto:
         b = ModelBuilder(opset=13, seed=7)

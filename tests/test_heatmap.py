@@ -11,9 +11,9 @@ from PIL import Image
 
 import fc2conv_onnx
 from conftest import FIXTURES
-from fc2conv_onnx import pictures
+from fc2conv_onnx.apps import pictures
 from fc2conv_onnx.cli import main
-from fc2conv_onnx.layout import CHANNELS_LAST
+from fc2conv_onnx.model.layout import CHANNELS_LAST
 from test_cli import ENV, cli
 
 

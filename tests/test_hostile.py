@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import fc2conv_onnx
-from fc2conv_onnx import io, validate, writes
+from fc2conv_onnx.model import io, writes
+from fc2conv_onnx.prove import validate
 from fc2conv_onnx.errors import InputError, ResourceError
 from test_cli import cli
 from test_files import run

@@ -12,7 +12,7 @@ import pytest
 import fc2conv_onnx
 from conftest import FIXTURES
 from fc2conv_onnx import InputError
-from fc2conv_onnx.shapes import CONVERTED_KEY
+from fc2conv_onnx.rewrite.shapes import CONVERTED_KEY
 from test_cli import cli
 
 DISKS = FIXTURES / "disks.png"
@@ -254,7 +254,7 @@ def test_a_picture_is_read_as_it_is_shown_its_exif_orientation_applied(spot_find
     exif[0x0112] = 6  # shown turned 90 degrees clockwise
     sideways = tmp_path / "sideways.png"
     upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif.tobytes())
-    from fc2conv_onnx import pictures
+    from fc2conv_onnx.apps import pictures
     assert pictures.image_size(sideways) == upright.size
     expected = fc2conv_onnx.detect(spot_finder, [DISKS]).records
     found = fc2conv_onnx.detect(spot_finder, [sideways]).records
@@ -301,7 +301,8 @@ def test_the_api_says_input_error_for_arguments_of_the_wrong_kind(spot_finder, t
 #: file of the run is about to be written (the records are the first, the drawings follow).
 INTERRUPTED_DETECT = r"""
 import os, sys
-from fc2conv_onnx import cli, writes
+from fc2conv_onnx import cli
+from fc2conv_onnx.model import writes
 limit, number, count = int(sys.argv[1]), int(sys.argv[2]), [0]
 real = writes.check_output_path
 def check(output):
@@ -344,7 +345,7 @@ def test_a_signal_during_detect_draw_leaves_none_of_its_files(spot_finder, tmp_p
 def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, capsys, monkeypatch):
     import errno
 
-    from fc2conv_onnx import writes
+    from fc2conv_onnx.model import writes
 
     images = _pictures(tmp_path)
     out, folder = tmp_path / "found.json", tmp_path / "drawings"
@@ -395,7 +396,8 @@ def test_out_of_memory_reading_a_model_is_exit_6(tmp_path):
     "onnxruntime_pybind11_state.so: failed to map segment from shared object",
     "std::bad_alloc"])
 def test_onnxruntime_running_out_of_memory_is_exit_6_with_a_hint_for_the_command(message):
-    from fc2conv_onnx import maps, validate
+    from fc2conv_onnx.apps import maps
+    from fc2conv_onnx.prove import validate
 
     error = validate.failure(RuntimeError(message), "the model", original=True)
     assert error.exit_code == 6 and "--validate-size" in str(error)
@@ -444,7 +446,7 @@ def test_a_model_too_large_for_protobuf_on_standard_input_says_to_give_its_path(
     import io as streams
     import sys
 
-    from fc2conv_onnx import io
+    from fc2conv_onnx.model import io
 
     data = (FIXTURES / "spot_finder.onnx").read_bytes()
     monkeypatch.setattr(io, "MAX_MESSAGE_BYTES", len(data) - 1)  # as if it were 2 GiB

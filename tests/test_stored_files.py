@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 import fc2conv_onnx
-from fc2conv_onnx import InputError, stored_files, weights, writes
+from fc2conv_onnx import InputError
+from fc2conv_onnx.model import stored_files, weights, writes
 from fc2conv_onnx.cli import main
 from test_files import STEM, relocate, run, with_external_data
 

@@ -7,8 +7,8 @@ import pytest
 from equivalence import assert_equivalent
 
 import fc2conv_onnx
-from fc2conv_onnx import rewrite
-from fc2conv_onnx.validate import compare
+from fc2conv_onnx.rewrite import rewrite
+from fc2conv_onnx.prove.validate import compare
 
 
 def channels_last_kernel(weight, flattening):

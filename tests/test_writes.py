@@ -29,7 +29,8 @@ STEM = "dress_detector"
 #: when the conversion ends.
 STEPPER = r"""
 import os, signal, sys
-from fc2conv_onnx import cli, writes
+from fc2conv_onnx import cli
+from fc2conv_onnx.model import writes
 limit, number, count = int(sys.argv[3]), int(sys.argv[4]), [0]
 def counted(real):
     def call(*args, **kwargs):
@@ -268,7 +269,7 @@ def test_unusable_output_names_are_refused_up_front(fixture_path, tmp_path):
 def test_a_failed_commit_keeps_the_previous_pair_and_says_nothing_was_written(two_models, tmp_path, monkeypatch):
     """The model's rename is the one commit: when it fails, the previous pair is whole, the new data file is
     gone, and the error says nothing was written."""
-    from fc2conv_onnx import writes
+    from fc2conv_onnx.model import writes
 
     old, new, expected = two_models
     out = previous_pair(tmp_path / "commit", old)

@@ -1,0 +1,124 @@
+"""A converted model opened to run on pictures: which output to read, where its cells sit (the geometry stored
+in the model), and its map on a picture at any scale, from one onnxruntime session. `heatmap` and `detect`
+both stand on this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+
+from ..model import io
+from . import pictures
+from ..rewrite import shapes
+from ..prove import validate as validation
+from ..errors import InputError
+from ..plan.geometry import Geometry
+from ..model.layout import CHANNELS_LAST
+from ..model.registry import fact
+from ..model.weights import Weights
+
+def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
+    """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
+    the first: a detector's face probability, not its box regression."""
+    scores = [name for name in names if made_by_score_op(model, name)]
+    return (scores or list(names))[0]
+
+
+def made_by_score_op(model: onnx.ModelProto, name: str) -> bool:
+    """True when output `name` is made by a Softmax or Sigmoid: its values are probabilities, not logits."""
+    return any(name in node.output and fact(node, "score") for node in model.graph.node)
+
+
+@dataclass
+class MapModel:
+    """A converted model, its stored geometries and one session on it."""
+
+    model: onnx.ModelProto
+    #: Output name -> where its cells sit; outputs of unknown geometry are absent.
+    geometries: Dict[str, Geometry]
+    #: Output name -> why its geometry is unknown.
+    unknown: Dict[str, str]
+    #: Output name -> its layout (channels first or last).
+    layouts: Dict[str, str]
+    weights: Weights
+    #: Opened at the first run, once: every picture and scale runs in it.
+    session: Optional[validation.Session] = field(default=None, repr=False)
+
+    def placed(self, name: Optional[str], role: str = "output") -> str:
+        """`name` (default: the output that looks like class scores), if its cells can be placed on a
+        picture; else InputError saying why not."""
+        name = name or score_output(self.model, list(self.geometries) or list(self.unknown))
+        if name not in self.geometries:
+            known = self.unknown.get(name)
+            why = (f"its geometry is unknown: {known}" if known else "it has no geometry" if name in self.unknown or
+                   name in self.layouts else "the model has no such output")
+            others = f"; outputs with one: {', '.join(self.geometries)}" if self.geometries else ""
+            raise InputError(f"cannot place the cells of {role} '{name}' on the picture: {why}{others}")
+        return name
+
+    def channels(self, name: str) -> int:
+        """How many channels the input of output `name` takes."""
+        geometry = self.geometries[name]
+        dims = {i.name: i for i in self.model.graph.input}[geometry.input].type.tensor_type.shape.dim
+        return dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
+
+    def maps(self, picture, names: Sequence[str], preprocessing: pictures.Preprocessing,
+             where: str = "") -> Dict[str, np.ndarray]:
+        """The outputs `names` (one input, one geometry) run on `picture` (a Pillow image), each as its
+        [K, h, w] map of the one image, channels first whatever the model's layout. `where` ("at scale 0.5")
+        goes into the errors."""
+        return self.run(self.feed(picture, names[0], preprocessing, where), names, picture.size, where)
+
+    def feed(self, picture, name: str, preprocessing: pictures.Preprocessing, where: str = "") -> np.ndarray:
+        """`picture` as the input of output `name`: a batch of one, preprocessed; InputError for a picture the
+        model takes no cell of, or whose size its trunk does not take."""
+        geometry = self.geometries[name]
+        check_picture_size(picture.size, geometry, where)
+        return pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing)
+
+    def run(self, feed: np.ndarray, names: Sequence[str], size: Tuple[int, int],
+            where: str = "") -> Dict[str, np.ndarray]:
+        """The outputs `names` on `feed` (made by `feed` from a picture of `size`, width x height), each as in
+        `maps`."""
+        if self.session is None:
+            self.session = validation.open_session(self.model, self.weights, "the model", original=True,
+                                                   hint=_PICTURE_HINT)
+        try:
+            values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
+        except Exception as error:
+            raise validation.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
+                                     original=True, hint=_PICTURE_HINT) from None
+        return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
+                for name, value in zip(names, values)}
+
+
+#: What to try when a picture does not fit in memory.
+_PICTURE_HINT = "try a smaller picture, or fewer and smaller scales"
+
+
+def open_map_model(model: io.ModelSource, what: str = "the picture") -> MapModel:
+    """`model`, converted by this tool, ready to run; InputError for any other model (`what` needs
+    its geometry)."""
+    loaded = io.read_model(model)
+    marker = shapes.converted_marker(loaded.model)
+    if marker is None:
+        raise InputError(f"the model was not converted by fc2conv-onnx; convert it first ({what} needs its "
+                         "geometry)")
+    return MapModel(loaded.model, shapes.geometry_from_marker(marker), shapes.unknown_geometry_from_marker(marker),
+                    shapes.output_layouts_from_marker(marker), loaded.weights)
+
+
+def check_picture_size(size: Tuple[int, int], geometry: Geometry, where: str = "") -> None:
+    """Refuse a picture of `size` (width, height) that the model gives no cell for, or that its trunk does
+    not take."""
+    width, height = size
+    if len(geometry.window) != 2 or height < geometry.window[0] or width < geometry.window[1]:
+        raise InputError(f"image {width}x{height} (width x height){where} is smaller than the model's "
+                         f"{'x'.join(map(str, geometry.window))} window (height x width), or the model is not 2-D")
+    if geometry.size_step and not geometry.accepts((height, width)):
+        taken = geometry.nearest_taken((height, width))
+        raise InputError(f"image {width}x{height} (width x height){where} is not a size the model's trunk takes: it "
+                         f"takes {geometry.sizes_taken()} (height x width); crop or resize it to {taken[1]}x{taken[0]}")

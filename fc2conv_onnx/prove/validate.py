@@ -1,0 +1,561 @@
+"""Prove the conversion with onnxruntime: nothing is written unless these checks pass.
+
+Checks, on seeded random inputs:
+- training size: the original and the converted model give the same outputs ([N, K] vs [N, K, 1, ...]);
+- windows: on a larger input, the original model is cut at each head's source tensor into a trunk and a
+  head; the trunk runs once, the head runs on the training-size windows of the feature map ("crop and
+  forward", batched), and each result must equal the converted model's output at that window's location
+  (every location, or a seeded sample plus the corners when there are very many);
+- geometry: the output grid that `geometry` predicts from the graph is the one the window check's run gives.
+
+onnxruntime is imported here only, when a check runs, so importing the package stays light.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import asdict, dataclass
+from math import prod
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from ..model.io import MAX_INPUT_BYTES
+from ..plan.geometry import Geometry, HeadGeometry, Unknown, default_validation_size, trunk_geometry
+from ..model.layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
+from ..plan.plan import HeadPlan, Plan
+from ..model.registry import fact, is_op
+from ..rewrite.shapes import clear_inferred_shapes, export_like, free_input_dims
+from ..model.weights import Weights, nbytes_per_element
+
+logger = logging.getLogger(__name__)
+
+#: (rtol, atol) by output dtype. The error bound is atol + rtol * max|reference|: a Conv sums in another
+#: order than a Gemm, so agreement is judged against the output's scale, not element by element.
+TOLERANCES: Dict[np.dtype, Tuple[float, float]] = {
+    np.dtype(np.float64): (1e-9, 1e-12),
+    np.dtype(np.float32): (1e-4, 1e-5),
+    np.dtype(np.float16): (1e-2, 1e-3),
+}
+#: For an output that a QDQ model dequantizes: this many steps of its last DequantizeLinear's scale are added
+#: to the tolerance, so that a value landing on the other side of a rounding boundary is not a failure.
+QUANTIZATION_STEPS = 2
+#: Above this many output locations, the window check compares a seeded sample (plus every corner).
+MAX_LOCATIONS = 4096
+#: Feature windows are sent to the head in batches of at most this many bytes.
+BATCH_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    output: str
+    check: str  # "training size", "windows", "geometry" or "detections"
+    input_shape: Tuple[int, ...]
+    locations: int
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    passed: bool
+    detail: str = ""
+
+    def describe(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        if self.check in ("geometry", "detections"):
+            return f"{self.output}: {self.check}, input {list(self.input_shape)}: {self.detail} {verdict}"
+        where = f"{self.locations} location(s), input {list(self.input_shape)}"
+        text = (f"{self.output}: {self.check}, {where}: max abs error {self.max_abs:.3g}, "
+                f"relative {self.max_rel:.3g} (tolerance {self.tolerance:.3g}) {verdict}")
+        return text + (f" - {self.detail}" if self.detail else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ort():
+    import onnxruntime
+
+    # Its log lines (coloured, on stderr) would reach users of a successful run; its messages reach them
+    # through our errors instead (errors.runtime_message).
+    onnxruntime.set_default_logger_severity(4)
+    return onnxruntime
+
+
+#: Above this many serialized bytes, sessions use basic optimizations only (see `session`).
+HEAVY_MODEL_BYTES = 64 << 20
+
+
+class Session:
+    """An onnxruntime session on `model`, whose large tensors are fed as inputs from `weights`: onnxruntime
+    runs on the arrays `weights` holds (one copy, shared by every session), reads no file and gets no
+    serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs."""
+
+    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None) -> None:
+        ort = _ort()
+        weights = weights or Weights()
+        options = ort.SessionOptions()
+        # The models are checked as users run them, optimized: fully for light models, basic for weight-heavy
+        # ones, whose full optimization costs seconds at load time for the one or two runs a check makes.
+        # (Transforms that rewrite weights, such as NCHWc convolutions, cannot apply: here the weights are
+        # inputs.) tests/equivalence.py runs with optimizations off, so that way is covered too.
+        # A QDQ model is run as written (basic level: no fusion into integer kernels), so it computes the exact
+        # arithmetic it specifies: original and converted then agree to float rounding. Full optimization
+        # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
+        # quantization steps apart on the QDQ fixtures).
+        light = weights.embedded_size(model) < HEAVY_MODEL_BYTES and not is_quantized(model)
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
+                                            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        options.log_severity_level = 4
+        options.enable_cpu_mem_arena = False
+        # Sessions run one after another: a session's threads spin-waiting after its run would take a core
+        # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        runnable, self.weight_feeds = weights.as_inputs(model)
+        self.inner = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i for i in self.inner.get_inputs() if i.name not in self.weight_feeds]
+
+    def get_inputs(self) -> list:
+        return self._inputs
+
+    def get_outputs(self) -> list:
+        return self.inner.get_outputs()
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+        return self.inner.run(list(names), {**feeds, **self.weight_feeds})
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    return any(fact(node, "quantization") for node in model.graph.node)
+
+
+def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None) -> Dict[str, float]:
+    """Output name -> the step (largest scale) of the last DequantizeLinear on its way, for the outputs of a
+    QDQ model that has one; ops after it (Softmax, ...) change values by no more than a step or so."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {i.name: i for i in model.graph.initializer}
+    steps = {}
+    for output in model.graph.output:
+        name, seen = output.name, set()
+        while name in producers and name not in seen:
+            seen.add(name)
+            node = producers[name]
+            if is_op(node, "DequantizeLinear"):
+                if node.input[1] in constants:
+                    steps[output.name] = float(np.abs((weights or Weights()).array(constants[node.input[1]])).max())
+                break
+            name = node.input[0] if node.input else ""
+    return steps
+
+
+#: What to try when validation runs out of memory.
+VALIDATION_HINT = "try a smaller --validate-size"
+
+
+def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
+                 hint: str = VALIDATION_HINT) -> Session:
+    """A `Session` on `model`, or the one-line error of `failure`."""
+    try:
+        return Session(model, weights)
+    except Exception as error:
+        raise failure(error, what, original, hint) from None
+
+
+def _run(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
+         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
+    """Run `model` (or a session made for it) on `feeds`; a failure is the original's fault (`original`:
+    InputError), the conversion's (ValidationError), or the machine's (ResourceError, when memory runs out)."""
+    try:
+        runner = model if isinstance(model, Session) else Session(model, weights)
+        names = [o.name for o in runner.get_outputs()]
+        wanted = {i.name for i in runner.get_inputs()}
+        return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    except Exception as error:
+        raise failure(error, what, original) from None
+
+
+#: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
+_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation", "cannot allocate memory",
+                  "failed to map segment")  # the last: its library could not be loaded
+def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT) -> Fc2ConvError:
+    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError, with `hint`: what
+    the command's user can try), the input's fault (`original`: InputError, nothing can be proven against it)
+    or the conversion's (ValidationError)."""
+    message = runtime_message(error)
+    if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
+        return ResourceError(f"out of memory while running {what} ({message}); {hint}")
+    return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
+
+
+def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
+    """Input shapes at the training size: declared static dims; a symbolic batch is taken as 2."""
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(2)
+            else:
+                raise ValidationError(f"input '{value.name}' has a symbolic dim at axis {axis}; the training "
+                                      "size must be fixed in the original model to validate against it")
+        shapes[value.name] = tuple(dims)
+    return shapes
+
+
+def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
+                    weights: Optional[Weights] = None) -> Dict[str, Tuple[int, ...]]:
+    """The shapes the named tensors take when onnxruntime runs `model` once at its training size (batch 2 if
+    symbolic): for sizes that shape inference cannot follow through an exporter's shape arithmetic (timm's
+    TensorFlow-style "same" padding: Shape -> Gather -> Cast -> Div -> Ceil -> ... -> Pad). Empty when the
+    model does not run there."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in known)
+    try:
+        shapes = training_shapes(model)
+        values = _run(probe, random_feeds(model, shapes, np.random.default_rng(0)), "the model", weights)
+    except (ValidationError, InputError) as error:
+        logger.debug("no shapes observed: %s", error)
+        return {}
+    return {name: tuple(values[name].shape) for name in names if name in values}
+
+
+def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
+                 rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    feeds = {}
+    held = parameter_inputs([(name, shape) for name, shape in shapes.items()])
+    for value in model.graph.input:
+        if value.name not in shapes:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = shapes[value.name]
+        if np.issubdtype(dtype, np.floating):  # uniform in [-2, 2): cheap to draw for large frames
+            values = rng.random(shape, dtype=np.float32 if dtype != np.float64 else np.float64)
+            if value.name in held:  # a per-channel parameter (a variance, maybe): positive
+                feeds[value.name] = (values + 0.5).astype(dtype, copy=False)
+                continue
+            feeds[value.name] = (values * 4 - 2).astype(dtype, copy=False)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[value.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarray,
+            input_shape: Tuple[int, ...], locations: int, note: str = "", step: float = 0.0) -> OutputCheck:
+    """Compare one output; the candidate may carry trailing size-1 spatial axes ([N, K] vs [N, K, 1, 1]).
+    `step` is the output's quantization step (QDQ models), of which QUANTIZATION_STEPS are tolerated."""
+    if candidate.size != reference.size:
+        return OutputCheck(output, check, input_shape, locations, float("inf"), float("inf"), 0.0, False,
+                           f"shape {list(candidate.shape)} where {list(reference.shape)} was expected")
+    candidate = candidate.reshape(reference.shape)
+    rtol, atol = TOLERANCES.get(reference.dtype, (0.0, 0.0))  # other dtypes must match exactly
+    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
+    same_nan = np.array_equal(np.isnan(ref), np.isnan(cand))
+    finite = ~np.isnan(ref)
+    diff = np.abs(ref[finite] - cand[finite])
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(ref[finite]).max()) if diff.size else 0.0
+    tolerance = atol + rtol * scale + QUANTIZATION_STEPS * step
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    passed = same_nan and max_abs <= tolerance
+    return OutputCheck(output, check, input_shape, locations, max_abs, max_rel, tolerance, passed,
+                       note if same_nan else "NaN in different places")
+
+
+def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelProto, Session], *, seed: int = 0,
+                        weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
+                        per_location: Sequence[str] = (), origin: Optional[Mapping[str, str]] = None
+                        ) -> List[OutputCheck]:
+    """Original vs converted at the training size, every graph output but those in `per_location` (heads
+    whose global pool was removed give a map there, which only the window check can compare). Outputs in
+    `origin` (name -> layout) give several cells there (a finer stride): their first cell is compared."""
+    shapes = training_shapes(original)
+    feeds = random_feeds(original, shapes, np.random.default_rng(seed))
+    expected = _run(original, feeds, "the original model", weights, original=True)
+    actual = _run(converted, feeds, "the converted model", converted_weights or weights)
+    shape = next(iter(shapes.values()), ())
+    steps = quantization_steps(original, weights)
+    for name, layout in (origin or {}).items():
+        value = actual[name]
+        if value.ndim > 2:
+            corner = (0,) * (value.ndim - 2)
+            actual[name] = value[(slice(None),) + corner] if layout == CHANNELS_LAST else \
+                value[(slice(None), slice(None)) + corner]
+    return [compare(name, "training size", expected[name], actual[name], shape, 1, step=steps.get(name, 0.0))
+            for name in expected if name not in per_location]
+
+
+def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
+         free_inputs: Sequence[str] = (), batch_only: bool = False,
+         layouts: Optional[Mapping[str, str]] = None) -> onnx.ModelProto:
+    """The part of `model` between the named tensors, with the batch (and unless `batch_only`, the
+    spatial) dims of `free_inputs` made symbolic: a trunk that runs at any size, or a head that takes
+    any number of windows at once."""
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    if inputs:
+        graph.inputs = [tensors[name] for name in inputs]
+    graph.outputs = [tensors[name] for name in outputs]
+    if free_inputs:
+        free_input_dims(graph, free_inputs, batch_only=batch_only, layouts=layouts)
+        clear_inferred_shapes(graph)
+    return export_like(graph.cleanup(), model)
+
+
+Progress = Callable[[int, int], None]
+
+
+def window_check_shapes(original: onnx.ModelProto, plan: Plan, geometries: Sequence[HeadGeometry],
+                        size: Optional[Sequence[int]] = None) -> Dict[str, Tuple[int, ...]]:
+    """Input shapes for the window check: `size` (spatial) or, by default, a few strides larger than
+    the training size on every axis (see `geometry.default_validation_size`)."""
+    shapes = dict(training_shapes(original))
+    for name in plan.trunk_inputs:
+        layout = plan.input_layout(name)
+        training = spatial_dims(shapes[name], layout)
+        if size is None:
+            known = [g for g in map(trunk_geometry, geometries) if isinstance(g, Geometry) and g.input == name]
+            widest = max(known, key=lambda g: prod(g.stride), default=None)
+            spatial = default_validation_size(widest, training)
+        else:
+            spatial = tuple(size) if len(size) > 1 else tuple(size) * len(training)
+            if len(spatial) != len(training):
+                raise InputError(f"size {'x'.join(map(str, size))} has {len(spatial)} axes; input '{name}' has "
+                                 f"{len(training)} spatial axes ({'x'.join(map(str, training))} at training size)")
+            if any(s < t for s, t in zip(spatial, training)):
+                raise InputError(f"size {'x'.join(map(str, spatial))} is smaller than input '{name}''s training "
+                                 f"size {'x'.join(map(str, training))}")
+            for geometry in map(trunk_geometry, geometries):
+                if isinstance(geometry, Geometry) and geometry.input == name and not geometry.accepts(spatial):
+                    raise InputError(f"size {'x'.join(map(str, spatial))} is not one the trunk takes (its joined "
+                                     f"branches would disagree): it takes {geometry.sizes_taken()}, e.g. "
+                                     f"{'x'.join(map(str, geometry.nearest_taken(spatial)))}")
+        shapes[name] = with_spatial(shapes[name], layout, spatial)
+        image = next(v for v in original.graph.input if v.name == name)
+        size_bytes = prod(shapes[name]) * (nbytes_per_element(image.type.tensor_type.elem_type) or 1)
+        if size_bytes > MAX_INPUT_BYTES:
+            raise InputError(f"the window check's input {list(shapes[name])} would take {size_bytes / 2**30:.3g} GiB "
+                             f"(at most {MAX_INPUT_BYTES >> 30} GiB); give a smaller --validate-size")
+    return shapes
+
+
+def sample_locations(grid: Tuple[int, ...], limit: int, rng: np.random.Generator) -> Tuple[np.ndarray, str]:
+    """Flat indices of the grid cells to compare: all of them, or a seeded sample plus every corner."""
+    total = prod(grid)
+    if total <= limit:
+        return np.arange(total), ""
+    corners = {int(np.ravel_multi_index(c, grid)) for c in itertools.product(*((0, g - 1) for g in grid))}
+    rest = np.setdiff1d(np.arange(total), sorted(corners))
+    chosen = rng.choice(rest, size=max(limit - len(corners), 0), replace=False)
+    picked = np.sort(np.concatenate([np.array(sorted(corners)), chosen]))
+    return picked, (f"a seeded sample of {picked.size} of {total} locations, all {len(corners)} corners "
+                    "included")
+
+
+class _Head:
+    """The original head, cut at its source, run on many feature windows: batched when it allows it."""
+
+    def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str],
+                 weights: Optional[Weights] = None, any_size: bool = False) -> None:
+        self.source, self.outputs = source, list(outputs)
+        cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
+        self.what = f"the original head after '{source}'"
+        self.session = open_session(cut, weights, self.what, original=True)
+        self.one_per_call = False  # set when the head turns out not to take batches
+        self.verified = False  # one batch has been checked against its first window run alone
+
+    def run(self, crops: np.ndarray, per_window: int) -> List[np.ndarray]:
+        """Outputs for `crops` ([B * per_window, C, *window]), each as [B * per_window, features]."""
+        session = self.session
+        if not self.one_per_call and crops.shape[0] > per_window:
+            try:
+                values = session.run(self.outputs, {self.source: crops})
+                if not self.verified:
+                    alone = session.run(self.outputs, {self.source: crops[:per_window]})
+                    # A head that mixes windows (it bakes in its batch) is far off, not a rounding apart.
+                    self.verified = all(compare("", "", a, v[:per_window], (), 1).passed
+                                        for v, a in zip(values, alone))
+                if self.verified:
+                    return [v.reshape(v.shape[0], -1) for v in values]
+            except Exception:  # the head bakes in its batch size (e.g. Reshape [1, -1]): one window per call
+                pass
+            logger.info("the head of '%s' does not take windows in batches; running one per call", self.source)
+            self.one_per_call = True
+        try:
+            parts = [session.run(self.outputs, {self.source: crops[i:i + per_window]})
+                     for i in range(0, crops.shape[0], per_window)]
+        except Exception as error:
+            raise failure(error, f"{self.what} on a feature window", original=True) from None
+        return [np.concatenate([p[k].reshape(p[k].shape[0], -1) for p in parts]) for k in range(len(self.outputs))]
+
+
+def crop_and_forward(head: _Head, features: np.ndarray, window: Tuple[int, ...], grid: Tuple[int, ...],
+                     locations: np.ndarray, progress: Optional[Progress] = None,
+                     batch_bytes: int = BATCH_BYTES, step: Optional[Tuple[int, ...]] = None) -> List[np.ndarray]:
+    """The head on the feature window at each location: one [N, features, len(locations)] array per output.
+    With `step`, a window takes every step-th cell of a denser map (`--stride`)."""
+    step = step or (1,) * len(window)
+    n = features.shape[0]
+    crop_bytes = features.dtype.itemsize * n * features.shape[1] * prod(window)
+    batch = max(1, batch_bytes // crop_bytes)
+    results: List[List[np.ndarray]] = [[] for _ in head.outputs]
+    positions = np.stack(np.unravel_index(locations, grid), axis=1) if len(locations) else np.empty((0, len(grid)))
+    for begin in range(0, len(positions), batch):
+        chunk = positions[begin:begin + batch]
+        crops = np.concatenate([features[(slice(None), slice(None)) + tuple(slice(p, p + (w - 1) * d + 1, d)
+                                                                           for p, w, d in zip(pos, window, step))]
+                                for pos in chunk])
+        for k, value in enumerate(head.run(np.ascontiguousarray(crops), n)):
+            results[k].append(value.reshape(len(chunk), n, -1).transpose(1, 2, 0))
+        if progress is not None:
+            progress(begin + len(chunk), len(positions))
+    return [np.concatenate(parts, axis=2) for parts in results]
+
+
+def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
+                  geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
+                  max_locations: Optional[int] = None, progress: Optional[Progress] = None,
+                  weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
+                  converted_session: Optional[Session] = None) -> List[OutputCheck]:
+    """Converted model vs crop-and-forward on the original, at the locations of a larger input.
+
+    The original is cut at each head's source: its trunk runs once on the larger input, its head on the
+    training-size feature windows (batched); each result must equal the converted model's output at
+    that window's location. `original` must carry inferred shapes (the cuts need the tensors' types).
+    `weights` hold the original's external tensors, `converted_weights` (default: the same) the converted's.
+    """
+    geometries = tuple(geometries) or (Unknown("not computed"),) * len(plan.heads)
+    shapes = window_check_shapes(original, plan, geometries, size)
+    rng = np.random.default_rng(seed + 1)
+    feeds = random_feeds(original, shapes, rng)
+    input_shape = shapes[plan.trunk_inputs[0]]
+    actual = _run(converted_session or converted, feeds, f"the converted model at input size {list(input_shape)}",
+                  converted_weights or weights)
+    checks = []
+    steps = quantization_steps(original, weights)
+
+    def group(head: HeadPlan) -> Tuple[str, Tuple[int, ...], bool]:  # heads checked together
+        return head.source, head.window, head.slides
+
+    for source, window, slides in dict.fromkeys(map(group, plan.heads)):
+        heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
+        outputs = [o for i in heads for o in plan.heads[i].outputs]
+        trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
+        features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights, original=True)[source]
+        if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
+            window = tuple(features.shape[2:])
+        dilation = plan.densify.factor if plan.densify else (1,) * len(window)
+        if plan.densify:  # the head reads the converted model's denser trunk, every `dilation` cells
+            dense_trunk = _cut(converted, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
+            dense = _run(dense_trunk, feeds, f"the converted trunk up to '{source}'",
+                         converted_weights or weights)[source]
+            checks += _check_phase_zero(outputs, features, dense, dilation, input_shape)
+            features = dense
+        grid = tuple(f - (w - 1) * d for f, w, d in zip(features.shape[2:], window, dilation))
+        checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
+        locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
+        if not slides:
+            note = "global pool kept: the original head on the whole feature map"
+        # The head takes other sizes than its training one for a kept pool (the whole larger map) and a
+        # removed one (one location).
+        trained = plan.heads[heads[0]].spatial_shape
+        head = _Head(original, source, outputs, weights, any_size=window != trained)
+        expected = crop_and_forward(head, features, window, grid, locations, progress, step=dilation)
+        layouts = {o: plan.heads[i].output_layouts[o] for i in heads for o in plan.heads[i].outputs}
+        for name, reference in zip(outputs, expected):
+            value = actual[name]
+            if layouts[name] == CHANNELS_LAST and value.ndim > 2:
+                value = np.moveaxis(value, -1, 1)  # compare as [N, K, *spatial]
+            if value.shape[2:] != grid:
+                checks.append(OutputCheck(name, "windows", input_shape, len(locations), float("inf"),
+                                          float("inf"), 0.0, False, f"output grid {list(value.shape[2:])}, "
+                                          f"expected {list(grid)} (one cell per feature window)"))
+                continue
+            candidate = value.reshape(value.shape[:2] + (-1,))[:, :, locations]
+            checks.append(compare(name, "windows", reference.reshape(candidate.shape), candidate, input_shape,
+                                  len(locations), note, step=steps.get(name, 0.0)))
+    return checks
+
+
+def _check_phase_zero(outputs: Sequence[str], original: np.ndarray, dense: np.ndarray, dilation: Tuple[int, ...],
+                      input_shape: Tuple[int, ...]) -> List[OutputCheck]:
+    """The denser trunk's every `dilation`-th cell, from the first, is the original trunk's feature map (the
+    polyphase identity, padding included)."""
+    sampled = dense[(slice(None), slice(None)) + tuple(slice(0, f * d, d) for f, d in
+                                                       zip(original.shape[2:], dilation))]
+    if sampled.shape != original.shape:
+        return [OutputCheck(name, "denser trunk", input_shape, 0, float("inf"), float("inf"), 0.0, False,
+                            f"the denser map {list(dense.shape)} does not hold the original {list(original.shape)} "
+                            f"every {list(dilation)} cells") for name in outputs]
+    return [compare(name, "denser trunk", original, sampled, input_shape, prod(original.shape[2:]),
+                    "every cell of the original feature map, from the denser one") for name in outputs]
+
+
+def _check_geometry(geometry: HeadGeometry, shapes: Mapping[str, Tuple[int, ...]], outputs: Sequence[str],
+                    grid: Tuple[int, ...]) -> List[OutputCheck]:
+    """The grid the geometry predicts from the graph against the one a run gives. (At the training size
+    the run gives one cell, which the training-size check enforces; the default window-check size is
+    not the training size plus whole strides, so the size rules' rounding is exercised too.)"""
+    if not isinstance(geometry, Geometry):
+        return []
+    input_shape = shapes[geometry.input]
+    predicted = geometry.grid(geometry.input_spatial(input_shape))
+    passed = predicted == grid
+    detail = (f"{'x'.join(map(str, grid))} grid as predicted" if passed else
+              f"the geometry predicts a {list(predicted)} grid, a run gives {list(grid)}; please report this model")
+    return [OutputCheck(name, "geometry", input_shape, prod(grid), 0.0, 0.0, 0.0, passed, detail)
+            for name in outputs]
+
+
+def require_passed(checks: Sequence[OutputCheck]) -> None:
+    """Raise ValidationError naming the first failed check."""
+    for check in checks:
+        if not check.passed:
+            detail = check.detail or (f"max abs error {check.max_abs:.3g} > tolerance {check.tolerance:.3g} "
+                                      f"(relative {check.max_rel:.3g})")
+            raise ValidationError(f"output '{check.output}' of the converted model differs from the original "
+                                  f"({check.check}, input {list(check.input_shape)}): {detail}; nothing was written")
+
+
+def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
+             geometries: Sequence[HeadGeometry] = (), *, seed: int = 0, size: Optional[Sequence[int]] = None,
+             windows: bool = True, progress: Optional[Progress] = None,
+             window_reference: Optional[onnx.ModelProto] = None, weights: Optional[Weights] = None,
+             converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
+    """Run the checks; raise ValidationError on the first failure, else return the figures.
+
+    `size` is the spatial input size of the window check (default: a few strides larger than the
+    training size); `windows=False` skips that check. The window check cuts `window_reference` (the
+    normalized original, when normalizing changed the trunk's ops) or else `original`. `weights` hold the
+    original's external tensors, `converted_weights` (default: the same) the converted's.
+    """
+    per_location = [o for h in plan.heads if h.window != h.spatial_shape for o in h.outputs]
+    origin = {o: h.output_layouts[o] for h in plan.heads for o in h.outputs} if plan.densify else None
+    # One session of the converted model serves every check (its input sizes are free).
+    runner = open_session(converted, converted_weights or weights, "the converted model")
+    checks = check_training_size(original, runner, seed=seed, weights=weights,
+                                 per_location=per_location, origin=origin)
+    require_passed(checks)
+    sizes: List[Optional[Sequence[int]]] = []
+    if plan.trunk_inputs and per_location:  # heads that give a map at the training size: checked there too
+        image = plan.trunk_inputs[0]
+        sizes.append(tuple(spatial_dims(training_shapes(original)[image], plan.input_layout(image))))
+    if plan.trunk_inputs and windows and (size is None or tuple(size) not in sizes):
+        sizes.append(size)
+    for spatial in sizes:
+        checks += check_windows(window_reference or original, converted, plan, geometries, size=spatial, seed=seed,
+                                progress=progress, weights=weights, converted_weights=converted_weights,
+                                converted_session=runner)
+        require_passed(checks)
+    for check in checks:
+        logger.info("%s", check.describe())
+    return checks

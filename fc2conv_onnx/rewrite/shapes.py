@@ -1,0 +1,329 @@
+"""Give the rewritten graph its new shapes: symbolic batch and spatial input dims, re-inferred shapes,
+a checker pass, and a metadata entry that marks the model as converted and holds each head's geometry."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..version import __version__
+from ..errors import InputError, ValidationError, first_line
+from ..plan.geometry import Geometry, HeadGeometry
+from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, with_spatial
+from ..plan.plan import Plan
+from ..model.weights import check_model
+
+#: metadata_props key that marks a converted model (and makes converting it again a no-op).
+CONVERTED_KEY = "fc2conv_onnx.converted"
+
+BATCH_NAME = "N"
+#: The names shape inference (and tf2onnx) make up for dims nobody named.
+UNNAMED = re.compile(r"unk__\d+")
+SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def spatial_names(spatial_rank: int) -> Tuple[str, ...]:
+    return SPATIAL_NAMES.get(spatial_rank, tuple(f"S{i}" for i in range(spatial_rank)))
+
+
+def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: bool = False,
+                    layouts: Optional[Mapping[str, str]] = None) -> None:
+    """Make the batch (axis 0) and, unless `batch_only`, the spatial axes of the named inputs symbolic.
+    The spatial axes are 2 onwards, or 1 to the last but one for inputs that `layouts` says are
+    channels last."""
+    names = set(input_names)
+    layouts = layouts or {}
+    prefixed = len(names) > 1  # distinct symbols per input: their sizes need not match
+    for tensor in graph.inputs:
+        if tensor.name not in names or tensor.shape is None:
+            continue
+        prefix = f"{tensor.name}_" if prefixed else ""
+        shape = list(tensor.shape)
+        if not (isinstance(shape[0], str) and shape[0] and not UNNAMED.fullmatch(shape[0])):
+            shape[0] = prefix + BATCH_NAME  # (a batch the exporter named keeps its name)
+        if len(shape) >= 3 and not batch_only:
+            layout = layouts.get(tensor.name, CHANNELS_FIRST)
+            shape = list(with_spatial(shape, layout, [prefix + name for name in spatial_names(len(shape) - 2)]))
+        tensor.shape = shape
+
+
+def has_dynamic_image_input(model: onnx.ModelProto) -> bool:
+    """Whether an image input (rank 3 or more) has a symbolic dim besides the batch."""
+    initializers = {t.name for t in model.graph.initializer}
+    return any(len(i.type.tensor_type.shape.dim) >= 3 and
+               any(not d.HasField("dim_value") for d in list(i.type.tensor_type.shape.dim)[1:])
+               for i in model.graph.input if i.name not in initializers)
+
+
+def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.ModelProto:
+    """A copy of `model` whose image inputs have the static spatial size `size` (`--input-size`; one number
+    for every axis): the symbolic dims besides the batch are the spatial ones. An input whose size is
+    already fixed must match."""
+    initializers = {t.name for t in model.graph.initializer}
+    if len(size) == 1:  # one number: every spatial axis
+        ranks = {len(i.type.tensor_type.shape.dim) for i in model.graph.input if i.name not in initializers}
+        size = tuple(size) * max((r - 2 for r in ranks if r >= 3), default=1)
+    images = [i for i in model.graph.input if i.name not in initializers
+              and len(i.type.tensor_type.shape.dim) == len(size) + 2]
+    if not images:
+        raise InputError(f"input size {'x'.join(map(str, size))} has {len(size)} axes; no input of the model has "
+                         f"{len(size)} spatial axes")
+    fixed = model.__class__()
+    fixed.CopyFrom(model)
+    targets = {i.name: i for i in fixed.graph.input}
+    for image in images:
+        dims = targets[image.name].type.tensor_type.shape.dim
+        free = [axis for axis in range(1, len(dims)) if not dims[axis].HasField("dim_value")]
+        if not free:
+            static = [d.dim_value for d in dims]
+            if tuple(size) not in (tuple(static[2:]), tuple(static[1:-1])):
+                raise InputError(f"input '{image.name}' has the fixed shape {static}, which --input-size "
+                                 f"{'x'.join(map(str, size))} does not match; leave --input-size out")
+            continue
+        if len(free) != len(size):
+            raise InputError(f"input '{image.name}' has {len(free)} symbolic dims besides the batch; --input-size "
+                             f"can only fix {len(size)} spatial ones when the channel count is static")
+        for axis, value in zip(free, size):
+            dims[axis].Clear()
+            dims[axis].dim_value = int(value)
+    return fixed
+
+
+def unfollowed_shapes(model: onnx.ModelProto) -> List[str]:
+    """Tensors of rank 3 or more whose dims beyond the batch shape inference left symbolic although every
+    graph input's are static: the sizes an exporter's shape arithmetic hid (see validate.observed_shapes)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if any(not d.HasField("dim_value") for i in inputs for d in list(i.type.tensor_type.shape.dim)[1:]):
+        return []
+    return [v.name for v in model.graph.value_info if len(v.type.tensor_type.shape.dim) >= 3
+            and any(not d.HasField("dim_value") for d in list(v.type.tensor_type.shape.dim)[1:])]
+
+
+def with_observed_shapes(model: onnx.ModelProto, observed: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """`model` with the observed dims (all but a symbolic batch) written into its value_info."""
+    for value in model.graph.value_info:
+        if value.name in observed:
+            for dim, size in list(zip(value.type.tensor_type.shape.dim, observed[value.name]))[1:]:
+                dim.Clear()
+                dim.dim_value = int(size)
+    return model
+
+
+def clear_inferred_shapes(graph: gs.Graph) -> None:
+    """Forget the shape of every tensor but the graph inputs; they are stale once inputs change."""
+    inputs = {id(t) for t in graph.inputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
+            tensor.shape = None
+
+
+def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Export `graph`, keeping the original's model-level fields (which graphsurgeon does not carry)."""
+    model = gs.export_onnx(graph)
+    # IR 3 (Caffe2-era zoo) requires every initializer to be a graph input and every output to have a
+    # shape; graphsurgeon writes neither, and converted outputs have new shapes. IR 4 lifts both rules
+    # and changes nothing else, so such models come out as IR 4.
+    model.ir_version = max(original.ir_version, 4)
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(original, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    del model.graph.value_info[:]
+    return model
+
+
+def converted_marker(model: onnx.ModelProto) -> Optional[str]:
+    """The marker a previous conversion left in the model, if any."""
+    for prop in model.metadata_props:
+        if prop.key == CONVERTED_KEY:
+            return prop.value
+    return None
+
+
+def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
+    """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
+    return json.dumps({"version": __version__, "heads": [
+        {"outputs": list(head.outputs), "output_layout": head.output_layout,
+         "output_layouts": dict(head.output_layouts),
+         "source": head.source, "pooling": None if head.pool is None else head.pool.mode.name,
+         "geometry": where.to_dict()}
+        for head, where in zip(plan.heads, geometry)]})
+
+
+def _marker_heads(marker: str) -> List[dict]:
+    """The heads a converted marker lists, each checked against the schema this tool writes (a marker is a
+    file's contents: every read checks it); anything else is refused with exit 3."""
+    try:
+        if len(marker) > 1 << 24:
+            raise ValueError("it is larger than any marker this tool writes")
+        heads = json.loads(marker).get("heads", ())
+        if not isinstance(heads, list) or not all(_is_marker_head(head) for head in heads):
+            raise ValueError("a head is not an object with its outputs, layouts and geometry")
+        for head in heads:
+            if "stride" in head.get("geometry", {}):
+                Geometry.from_dict(head["geometry"])
+        return list(heads)
+    except (ValueError, AttributeError, TypeError, RecursionError) as error:
+        raise InputError(f"the model's '{CONVERTED_KEY}' metadata is damaged ({first_line(error)}); convert the "
+                         "original again") from None
+
+
+def _is_marker_head(head: object) -> bool:
+    def strings(values: object) -> bool:
+        return isinstance(values, list) and all(isinstance(v, str) for v in values)
+
+    if not isinstance(head, dict) or not strings(head.get("outputs", [])):
+        return False
+    layouts = head.get("output_layouts", {})
+    geometry = head.get("geometry", {})
+    return isinstance(layouts, dict) and all(isinstance(k, str) and v in (CHANNELS_FIRST, CHANNELS_LAST)
+                                             for k, v in layouts.items()) and \
+        head.get("output_layout", CHANNELS_FIRST) in (CHANNELS_FIRST, CHANNELS_LAST) and \
+        isinstance(geometry, dict) and isinstance(geometry.get("unknown", ""), str)
+
+
+def output_layouts_from_marker(marker: str) -> Dict[str, str]:
+    """Output name -> the layout its map is given in, from a converted marker."""
+    return {name: head.get("output_layouts", {}).get(name, head.get("output_layout", CHANNELS_FIRST))
+            for head in _marker_heads(marker) for name in head.get("outputs", ())}
+
+
+def unknown_geometry_from_marker(marker: str) -> Dict[str, str]:
+    """Output name -> why its geometry is unknown, from a converted marker."""
+    return {name: str(head.get("geometry", {}).get("unknown", "")) for head in _marker_heads(marker)
+            if "stride" not in head.get("geometry", {}) for name in head.get("outputs", ())}
+
+
+def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
+    """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
+    found = {}
+    for head in _marker_heads(marker):
+        values = head.get("geometry", {})
+        if "stride" in values:
+            try:
+                found.update(dict.fromkeys(head["outputs"], Geometry.from_dict(values)))
+            except (TypeError, ValueError, AttributeError, KeyError) as error:
+                raise InputError(f"the model's '{CONVERTED_KEY}' metadata has a damaged geometry "
+                                 f"({first_line(error)}); convert the original again") from None
+    return found
+
+
+#: Observes the shapes of the named tensors of a model at its training size and at twice it (None if a run
+#: fails): see `trunk_sizes.observed_at_two_sizes`.
+ShapesObserver = Callable[[onnx.ModelProto, Sequence[str]],
+                          Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]]
+
+
+def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Sequence[HeadGeometry],
+           observe: Optional[ShapesObserver] = None) -> onnx.ModelProto:
+    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker.
+    `observe` runs the model to give a shape to each output whose shape shape inference loses (see
+    `_observe_lost_outputs`)."""
+    free_input_dims(graph, plan.trunk_inputs, layouts=plan.input_layouts)
+    ranks = {name: len(tensor.shape) for name, tensor in graph.tensors().items()
+             if isinstance(tensor, gs.Variable) and tensor.shape is not None}
+    clear_inferred_shapes(graph)
+    model = export_like(graph, original)
+    model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        _give_lost_shapes_their_rank(model, ranks)
+        if observe is not None:
+            _observe_lost_outputs(model, observe)
+        name_output_dims(model, plan)
+        check_model(model, full_check=True)
+    except Exception as error:
+        raise ValidationError(f"the converted model does not pass the ONNX checker: {first_line(error)}") from None
+    return model
+
+
+def with_known_value_info(model: onnx.ModelProto, known: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the value_info of `known` for the tensors whose type or shape shape inference did not give
+    (before opset 13 it does not follow the shape arithmetic of a trunk made to follow the input's size;
+    the rewrite leaves each tensor's type and training-size shape as they were)."""
+    have = {v.name for v in model.graph.value_info if v.type.HasField("tensor_type")
+            and v.type.tensor_type.HasField("shape") and v.type.tensor_type.elem_type}
+    produced = {name for node in model.graph.node for name in node.output}
+    add = [v for v in known.graph.value_info if v.name not in have and v.name in produced]
+    if not add:
+        return model
+    kept = [v for v in model.graph.value_info if v.name in have]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept + add)
+    return model
+
+
+def _observe_lost_outputs(model: onnx.ModelProto, observe: ShapesObserver) -> None:
+    """Give each output whose shape shape inference lost (before opset 13 it does not follow a Reshape whose
+    target is computed, as a trunk made to follow the input's size has) the shape runs show: the dims
+    that are the same at the training size and at twice it are static, the others (and the batch) symbolic,
+    named by `name_output_dims`. Left as they are when a run fails (the checker then refuses the model)."""
+    lost = {v.name: v for v in model.graph.output if v.type.HasField("tensor_type")
+            and not v.type.tensor_type.HasField("shape")}
+    seen = observe(model, list(lost)) if lost else None
+    if seen is None:
+        return
+    for name, value in lost.items():
+        at_one, at_two = seen[0][name], seen[1][name]
+        shape = value.type.tensor_type.shape
+        for axis, (one, two) in enumerate(zip(at_one, at_two)):
+            dim = shape.dim.add()
+            if axis > 0 and one == two:
+                dim.dim_value = one
+
+
+def _give_lost_shapes_their_rank(model: onnx.ModelProto, ranks: Mapping[str, int]) -> None:
+    """Give the value_info entries that shape inference left without a shape (before opset 13 it does not
+    follow the shape arithmetic of a trunk made to follow the input's size) their rank, every dim unknown
+    (the checker wants a shape; tools that cut the model want the type); drop those of unknown rank."""
+    kept = []
+    for value in model.graph.value_info:
+        tensor = value.type.tensor_type if value.type.HasField("tensor_type") else None
+        if tensor is not None and not tensor.HasField("shape"):
+            if value.name not in ranks:
+                continue
+            tensor.shape.SetInParent()  # a scalar's shape has no dim, but it is there
+            for _ in range(ranks[value.name]):
+                tensor.shape.dim.add()
+        kept.append(value)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+
+
+#: The suffix of an output's spatial dim names: an input's `H` becomes `H_out` on the outputs' grid
+#: (`H_out2`, `H_out3`, ... for heads on other grids).
+OUTPUT_SUFFIX = "_out"
+
+
+def name_output_dims(model: onnx.ModelProto, plan: Plan) -> None:
+    """Give the converted outputs' symbolic dims names people can read, instead of shape inference's
+    `unk__N`: the batch keeps the input's name, and the outputs of heads on one grid (the same feature map,
+    window and sliding) share one set of spatial names, the input's with `OUTPUT_SUFFIX` (`H_out`, `W_out`).
+    Static dims (a kept global pool's 1x1) stay numbers."""
+    inputs = {value.name: value for value in model.graph.input}
+    batch = next((d.dim_param for name in plan.trunk_inputs if name in inputs
+                  for d in inputs[name].type.tensor_type.shape.dim[:1] if d.dim_param), BATCH_NAME)
+    grids: Dict[Tuple, str] = {}
+    outputs = {value.name: value for value in model.graph.output}
+    for head in plan.heads:
+        key = (head.source, head.window, head.slides)
+        suffix = grids.setdefault(key, OUTPUT_SUFFIX + (str(len(grids) + 1) if grids else ""))
+        for name in head.outputs:
+            if name not in outputs or not outputs[name].type.HasField("tensor_type"):
+                continue
+            dims = outputs[name].type.tensor_type.shape.dim
+            rank = len(dims)
+            if rank < 3:
+                continue
+            spatial = range(1, rank - 1) if head.output_layouts.get(name) == CHANNELS_LAST else range(2, rank)
+            if not dims[0].HasField("dim_value"):
+                dims[0].dim_param = batch
+            for axis, base in zip(spatial, spatial_names(rank - 2)):
+                if not dims[axis].HasField("dim_value"):
+                    dims[axis].dim_param = base + suffix
