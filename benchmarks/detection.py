@@ -46,7 +46,7 @@ from fc2conv_onnx.apps import detections
 from fc2conv_onnx import pictures  # noqa: E402
 from fc2conv_onnx.apps.detecting import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
-from fc2conv_onnx.prove.validate import Session  # noqa: E402
+from fc2conv_onnx.model.runtime import Session  # noqa: E402
 
 PAUSE = 0.1  # seconds, untimed, before each timed call
 

@@ -7,7 +7,7 @@ from .api import (Conversion, Detection, Detections, DetectionSettings, Heatmap,
                   convert_with_report, detect, heatmap, inspect, read_geometry, validate_pair, window_of)
 from .errors import Fc2ConvError, InputError, NothingToConvertError, ResourceError, ValidationError  # noqa: E402
 from .options import Options  # noqa: E402
-from .plan.geometry import Box, Geometry  # noqa: E402
+from .model.geometry import Box, Geometry  # noqa: E402
 from .apps.pictures import Preprocessing  # noqa: E402
 from .report import Report  # noqa: E402
 

@@ -14,11 +14,12 @@ import onnx_graphsurgeon as gs
 
 from .rewrite import atrous, detector_graph, shapes
 from .prove import detector_check
-from .model import io, writes
+from .model import io, marker, writes
 from .read import trunk_sizes
 from .prove import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
-from .plan.geometry import Box, Geometry, HeadGeometry, Unknown, default_validation_size, plan_geometry
+from .plan.geometry import default_validation_size, plan_geometry
+from .model.geometry import Box, Geometry, HeadGeometry, Unknown
 from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .apps.detecting import Detections, detect  # noqa: F401 (re-exported)
 from .apps.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
@@ -66,10 +67,10 @@ class _Planned:
 
 def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     model, weights = loaded.model, loaded.weights
-    marker = shapes.converted_marker(model)
-    if marker is not None:
+    stored = marker.converted_marker(model)
+    if stored is not None:
         raise NothingToConvertError("the model was already converted by fc2conv-onnx (metadata "
-                                    f"'{shapes.CONVERTED_KEY}'); nothing to do")
+                                    f"'{marker.CONVERTED_KEY}'); nothing to do")
     probe: Tuple[int, ...] = ()
     if options.training_size is not None:
         model = shapes.with_training_size(model, options.training_size)
@@ -346,11 +347,11 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, options: 
 
 def read_geometry(model: io.ModelSource) -> Dict[str, Geometry]:
     """The geometry stored in a converted model, by output name (outputs of unknown geometry are absent)."""
-    marker = shapes.converted_marker(io.read_model(model).model)
-    if marker is None:
+    stored = marker.converted_marker(io.read_model(model).model)
+    if stored is None:
         raise InputError("the model was not converted by fc2conv-onnx (no metadata "
-                         f"'{shapes.CONVERTED_KEY}'); convert it first")
-    return shapes.geometry_from_marker(marker)
+                         f"'{marker.CONVERTED_KEY}'); convert it first")
+    return marker.geometry_from_marker(stored)
 
 
 def window_of(model: io.ModelSource, cell: Sequence[int], output: Optional[str] = None) -> Box:

@@ -3,65 +3,14 @@ pipeline instead of the same keyword arguments through every function. Every CLI
 the same name and meaning."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple, Union
 
-from .apps.detections import DetectionSettings
+from .apps.detections import DetectionSettings, overridden  # noqa: F401 (the API applies its keywords so)
 from .errors import InputError
+from .model.layout import AUTO, OUTPUT_LAYOUTS  # noqa: F401 (re-exported)
+from .model.sizes import Size, Stride, parse_size, parse_stride_values
 from .plan.plan import KEEP_POOL, POOLINGS
-
-#: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
-#: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
-AUTO = "auto"
-OUTPUT_LAYOUTS = (AUTO, "channels_first", "channels_last")
-#: A spatial size: (512, 1024), "512x1024", "512,1024" or "512" (every axis).
-Size = Union[str, Sequence[int]]
-#: `stride`: 16 or "16" or "16x8" (per spatial axis).
-Stride = Union[int, str, Sequence[int]]
-
-
-def split_ints(text: str) -> Tuple[int, ...]:
-    """'512x1024', '512,1024' or '512' -> its integers; ValueError if they are not integers."""
-    return tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
-
-
-def parse_stride_values(value: Stride) -> Tuple[int, ...]:
-    """A stride's positive whole numbers (16, "16", "16x8"); how many the model needs is `atrous`'s check."""
-    return parse_size((value,) if isinstance(value, int) else value, "stride", "16 or 16x8")
-
-
-def parse_size(value: Size, what: str = "size", example: str = "512x1024") -> Tuple[int, ...]:
-    """A spatial size from text or a sequence; InputError unless it is positive integers."""
-    try:
-        size = split_ints(value) if isinstance(value, str) else tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} '{value}' is not a list of integers like {example}") from None
-    if not size or min(size) <= 0:
-        raise InputError(f"{what} '{value}' must be positive integers like {example}")
-    if max(size) > MAX_SIZE or len(size) > 3:
-        raise InputError(f"{what} '{value}' is more than this tool handles: at most 3 axes of at most {MAX_SIZE} "
-                         "pixels")
-    return size
-
-
-#: The largest spatial size a flag may ask for on one axis (a picture of 65536 x 65536 RGB floats is 48 GiB already;
-#: the 1 GiB cap on a model's input then applies to the whole).
-MAX_SIZE = 1 << 16
-
-
-R = TypeVar("R")
-
-
-def overridden(record: R, overrides: Optional[Mapping[str, Any]], what: str) -> R:
-    """The dataclass `record` with the API's keyword `overrides` applied (its checks run again); TypeError
-    naming an unknown one."""
-    overrides = dict(overrides or {})
-    known = {f.name for f in fields(record)}  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown {what}(s) {', '.join(unknown)}; they are {', '.join(sorted(known))}")
-    return replace(record, **overrides)  # type: ignore[type-var]
-
 
 @dataclass(frozen=True)
 class Options:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .errors import printable
-from .plan.geometry import Geometry, HeadGeometry
+from .model.geometry import Geometry, HeadGeometry
 from .plan.plan import Plan
 from .prove.validate import OutputCheck
 

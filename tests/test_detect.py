@@ -113,7 +113,7 @@ def test_every_scale_is_checked_before_anything_runs(converted, monkeypatch, tmp
 
 
 def test_boxes_are_windows_mapped_back_through_the_scale_and_clipped():
-    from fc2conv_onnx.plan.geometry import Geometry
+    from fc2conv_onnx.model.geometry import Geometry
     where = Geometry(input="image", stride=(4, 8), window=(32, 16), offset=(2, -3), receptive_field=(32, 16),
                      receptive_offset=(2, -3), feature_window=(8, 2))
     scores = np.zeros((1, 3, 4), np.float32)
@@ -261,8 +261,8 @@ def test_convert_refuses_detection_flags_without_emit_and_unusable_outputs(tmp_p
 def test_one_session_serves_every_picture_and_scale_and_progress_counts_the_runs(converted, monkeypatch):
     from fc2conv_onnx.apps import maps
     opened = []
-    real = maps.validation.open_session
-    monkeypatch.setattr(maps.validation, "open_session", lambda *a, **k: opened.append(1) or real(*a, **k))
+    real = maps.runtime.open_session
+    monkeypatch.setattr(maps.runtime, "open_session", lambda *a, **k: opened.append(1) or real(*a, **k))
     calls = []
     found = fc2conv_onnx.detect(converted[0], [DISKS, FIXTURES / "spots.png"], scales=(1, 0.5, 0.25),
                                 progress=lambda done, total: calls.append((done, total)))

@@ -16,8 +16,8 @@ from builders import layered_classifier
 from equivalence import run
 
 import fc2conv_onnx
-from fc2conv_onnx.plan.geometry import Geometry, Unknown
-from fc2conv_onnx.rewrite.shapes import CONVERTED_KEY
+from fc2conv_onnx.model.geometry import Geometry, Unknown
+from fc2conv_onnx.model.marker import CONVERTED_KEY
 
 
 def conv(rank, kernel, stride=1, pads=None, dilation=1, **extra):

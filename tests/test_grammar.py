@@ -13,6 +13,7 @@ import pytest
 
 import builders
 import fc2conv_onnx
+from fc2conv_onnx.model import runtime
 from conftest import FIXTURES
 from equivalence import (assert_equivalent, assert_one_prediction, cut, identity_reshapes_dropped, input_shape,
                          random_input, run)
@@ -356,9 +357,8 @@ def test_shufflenet_units_follow_the_input_size_and_keep_their_geometry(stem, mo
 
 
 def test_a_trunk_that_bakes_the_size_otherwise_is_refused_before_anything_runs(monkeypatch):
-    from fc2conv_onnx.prove import validate
 
-    monkeypatch.setattr(validate.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
+    monkeypatch.setattr(runtime.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
     with pytest.raises(InputError, match=r"Resize 'Resize_\d+' in the trunk fixes the size of its output"):
         fc2conv_onnx.convert(builders.baked_resize_trunk())
 
@@ -446,7 +446,6 @@ def test_a_flattening_of_a_channels_last_map_behind_a_slice_is_refused_before_an
     be read as channels first, and validation then failed in onnxruntime at the larger size. Now it is
     refused up front with the ops named; with only elementwise ops between, it converts."""
     from builders import ModelBuilder
-    from fc2conv_onnx.prove import validate
 
     def model(between: str) -> onnx.ModelProto:
         b = ModelBuilder(opset=13, seed=7)
@@ -461,7 +460,7 @@ def test_a_flattening_of_a_channels_last_map_behind_a_slice_is_refused_before_an
 
     converted = fc2conv_onnx.convert(model("Relu"))
     assert_equivalent(model("Relu"), converted, source="conv_5", sizes=[(1, 21, 23, 3)], channels_last=True)
-    monkeypatch.setattr(validate.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
+    monkeypatch.setattr(runtime.Session, "__init__", lambda *a, **k: pytest.fail("a session was made"))
     with pytest.raises(NothingToConvertError, match=r"Flatten 'Flatten_\d+' flattens a channels-last map \(made by "
                                                     r"Transpose 'Transpose_\d+', then Slice 'Slice_\d+'\)"):
         fc2conv_onnx.convert(model("Slice"))

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import fc2conv_onnx
+from fc2conv_onnx.model import runtime
 from fc2conv_onnx.model import io, writes
-from fc2conv_onnx.prove import validate
 from fc2conv_onnx.errors import InputError, ResourceError
 from test_cli import cli
 from test_files import run
@@ -209,14 +209,14 @@ def test_a_damaged_converted_marker_is_bad_input(fixture_path, tmp_path):
 ])
 def test_an_original_onnxruntime_cannot_run_is_bad_input_and_memory_is_a_resource(fixture_path, monkeypatch,
                                                                                   message, error):
-    real = validate.Session.__init__
+    real = runtime.Session.__init__
 
     def failing(self, model, weights=None):
         if not any(p.key == "fc2conv_onnx.converted" for p in model.metadata_props):
             raise RuntimeError(message)
         real(self, model, weights)
 
-    monkeypatch.setattr(validate.Session, "__init__", failing)
+    monkeypatch.setattr(runtime.Session, "__init__", failing)
     with pytest.raises(error) as raised:
         fc2conv_onnx.convert(str(fixture_path(STEM)))
     assert "ONNXRuntimeError" not in str(raised.value)

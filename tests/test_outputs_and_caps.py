@@ -10,9 +10,10 @@ import onnx
 import pytest
 
 import fc2conv_onnx
+from fc2conv_onnx.model import runtime
 from conftest import FIXTURES
 from fc2conv_onnx import InputError
-from fc2conv_onnx.rewrite.shapes import CONVERTED_KEY
+from fc2conv_onnx.model.marker import CONVERTED_KEY
 from test_cli import cli
 
 DISKS = FIXTURES / "disks.png"
@@ -397,11 +398,10 @@ def test_out_of_memory_reading_a_model_is_exit_6(tmp_path):
     "std::bad_alloc"])
 def test_onnxruntime_running_out_of_memory_is_exit_6_with_a_hint_for_the_command(message):
     from fc2conv_onnx.apps import maps
-    from fc2conv_onnx.prove import validate
 
-    error = validate.failure(RuntimeError(message), "the model", original=True)
+    error = runtime.failure(RuntimeError(message), "the model", original=True)
     assert error.exit_code == 6 and "--validate-size" in str(error)
-    error = validate.failure(RuntimeError(message), "the model on the picture", original=True,
+    error = runtime.failure(RuntimeError(message), "the model on the picture", original=True,
                              hint=maps._PICTURE_HINT)
     assert error.exit_code == 6 and "--validate-size" not in str(error)
 

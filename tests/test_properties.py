@@ -19,7 +19,7 @@ import fc2conv_onnx
 from builders import ModelBuilder
 from equivalence import assert_equivalent, input_shape
 from fc2conv_onnx import Fc2ConvError
-from fc2conv_onnx.plan.geometry import Geometry
+from fc2conv_onnx.model.geometry import Geometry
 
 FAST = settings(max_examples=int(os.environ.get("FC2CONV_EXAMPLES", "25")), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

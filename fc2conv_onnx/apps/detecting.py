@@ -11,12 +11,11 @@ import numpy as np
 
 from ..model import io, writes
 from . import pictures
-from .detections import (AUTO, Detection, DetectionSettings, best_first, candidates, checked_scales, pyramid,
-                         records_text)
+from .detections import (AUTO, Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
+                         pyramid, records_text)
 from ..errors import InputError, printable
-from ..plan.geometry import Geometry
+from ..model.geometry import Geometry
 from .maps import MapModel, check_picture_size, made_by_score_op, open_map_model
-from ..options import overridden
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called as progress(done, total) after each run of the model (one per picture and scale).

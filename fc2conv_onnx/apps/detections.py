@@ -19,13 +19,28 @@ import csv
 import io as text_io
 import json
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
 from ..errors import InputError
-from ..plan.geometry import Geometry
+from ..model.geometry import Geometry
+
+
+R = TypeVar("R")
+
+
+def overridden(record: R, overrides: Optional[Mapping[str, Any]], what: str) -> R:
+    """The dataclass `record` with the API's keyword `overrides` applied (its checks run again); TypeError
+    naming an unknown one."""
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(record)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {what}(s) {', '.join(unknown)}; they are {', '.join(sorted(known))}")
+    return replace(record, **overrides)  # type: ignore[type-var]
+
 
 #: `activation`: how an output's values become scores.
 AUTO, NO_ACTIVATION, SIGMOID, SOFTMAX = "auto", "none", "sigmoid", "softmax"

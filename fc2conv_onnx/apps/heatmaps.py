@@ -11,7 +11,7 @@ import numpy as np
 from ..model import io, writes
 from . import pictures
 from ..errors import InputError, printable
-from ..plan.geometry import Geometry
+from ..model.geometry import Geometry
 from .detections import checked_scales
 from .maps import check_picture_size, open_map_model
 

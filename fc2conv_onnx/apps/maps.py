@@ -12,10 +12,10 @@ import onnx
 
 from ..model import io
 from . import pictures
-from ..rewrite import shapes
-from ..prove import validate as validation
+from ..model import marker
+from ..model import runtime
 from ..errors import InputError
-from ..plan.geometry import Geometry
+from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 from ..model.registry import fact
 from ..model.weights import Weights
@@ -45,7 +45,7 @@ class MapModel:
     layouts: Dict[str, str]
     weights: Weights
     #: Opened at the first run, once: every picture and scale runs in it.
-    session: Optional[validation.Session] = field(default=None, repr=False)
+    session: Optional[runtime.Session] = field(default=None, repr=False)
 
     def placed(self, name: Optional[str], role: str = "output") -> str:
         """`name` (default: the output that looks like class scores), if its cells can be placed on a
@@ -84,12 +84,12 @@ class MapModel:
         """The outputs `names` on `feed` (made by `feed` from a picture of `size`, width x height), each as in
         `maps`."""
         if self.session is None:
-            self.session = validation.open_session(self.model, self.weights, "the model", original=True,
+            self.session = runtime.open_session(self.model, self.weights, "the model", original=True,
                                                    hint=_PICTURE_HINT)
         try:
             values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
         except Exception as error:
-            raise validation.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
+            raise runtime.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
                                      original=True, hint=_PICTURE_HINT) from None
         return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
                 for name, value in zip(names, values)}
@@ -103,12 +103,12 @@ def open_map_model(model: io.ModelSource, what: str = "the picture") -> MapModel
     """`model`, converted by this tool, ready to run; InputError for any other model (`what` needs
     its geometry)."""
     loaded = io.read_model(model)
-    marker = shapes.converted_marker(loaded.model)
-    if marker is None:
+    stored = marker.converted_marker(loaded.model)
+    if stored is None:
         raise InputError(f"the model was not converted by fc2conv-onnx; convert it first ({what} needs its "
                          "geometry)")
-    return MapModel(loaded.model, shapes.geometry_from_marker(marker), shapes.unknown_geometry_from_marker(marker),
-                    shapes.output_layouts_from_marker(marker), loaded.weights)
+    return MapModel(loaded.model, marker.geometry_from_marker(stored), marker.unknown_geometry_from_marker(stored),
+                    marker.output_layouts_from_marker(stored), loaded.weights)
 
 
 def check_picture_size(size: Tuple[int, int], geometry: Geometry, where: str = "") -> None:

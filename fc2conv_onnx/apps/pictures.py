@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
-from ..plan.geometry import Geometry
+from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 
 #: Colour map anchors, low to high (dark blue, blue, cyan, yellow, red): readable over photographs.

@@ -15,6 +15,15 @@ from .registry import fact, is_op
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 LAYOUTS = (CHANNELS_FIRST, CHANNELS_LAST)
+#: `output_layout`: "auto" (the layout of the image input: [N, *spatial, K] for tf2onnx's NHWC models,
+#: [N, K, *spatial] otherwise), "channels_first" or "channels_last".
+AUTO = "auto"
+OUTPUT_LAYOUTS = (AUTO, CHANNELS_FIRST, CHANNELS_LAST)
+#: The form of a head tensor. FLAT: [N, K], re-expressed as [N, K, *spatial] by the rewrite. MAP and
+#: MAP_LAST: a pooled map, [N, K, 1, ...] or [N, 1, ..., K], whose per-location ops stay as they are.
+FLAT = "flat"
+MAP = "map"
+MAP_LAST = "map_last"
 
 
 def to_channels_last(rank: int) -> Tuple[int, ...]:

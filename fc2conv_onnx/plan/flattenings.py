@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from .plan import Decline
 from ..read.shape_values import PROBE_BATCHES, NotEvaluable, describe_computation, evaluate
-from .values import constant_values
+from ..read.constants import constant_values
 
 
 def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, features: int,

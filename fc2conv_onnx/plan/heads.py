@@ -19,20 +19,22 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from math import prod
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import onnx_graphsurgeon as gs
 
 from .flattenings import reshape_flattens
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .linear import match_linear
-from .ops import CHANNEL_SLICE, LOCAL, HeadContext, entry, trunk_kind
-from ..options import AUTO
+from .ops import HeadContext
+from ..model.registry import CHANNEL_SLICE, LOCAL, entry
+from ..read.trunk_kinds import trunk_kind
+from ..model.layout import AUTO
 from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
                    PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
 from .pools import global_pool
 from ..model.registry import attach, fact, is_op
-from .values import axes_of, producer
+from ..read.constants import axes_of, producer
 from ..model.walks import upstream_inputs
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ import onnx_graphsurgeon as gs
 
 from .plan import Decline, LinearLayer, Quantized
 from ..model.registry import is_op
-from .values import constant_float_values, constant_or_dequantized, per_feature_vector
+from .values import constant_float_values, constant_or_dequantized
+from ..read.constants import per_feature_vector
 
 
 def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Optional[Quantized]], Decline]:

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import printable
-from ..model.layout import CHANNELS_FIRST
+from ..model.layout import CHANNELS_FIRST, FLAT, MAP, MAP_LAST  # noqa: F401 (the forms, defined with the layouts)
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,6 @@ class Decline:
     reason: str
 
 
-#: The form of a head tensor. FLAT: [N, K], re-expressed as [N, K, *spatial] by the rewrite. MAP and
-#: MAP_LAST: a pooled map, [N, K, 1, ...] or [N, 1, ..., K], whose per-location ops stay as they are.
-FLAT = "flat"
-MAP = "map"
-MAP_LAST = "map_last"
 
 
 class PoolMode:

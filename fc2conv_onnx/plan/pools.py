@@ -1,58 +1,14 @@
 """Global poolings: the ops that collapse every spatial axis, where a pooled head starts."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import onnx_graphsurgeon as gs
 
-from ..model.graph_names import free_name, taken_names
-from ..model.layout import CHANNELS_LAST, is_transpose, to_channels_first, to_channels_last
-from ..read.map_layouts import map_layouts
-from ..model.registry import fact, is_op
-from .ops import LOCAL, entry, trunk_kind, varies_over_space
+from ..model.registry import fact
+from ..read.constants import axes_of
+from ..read.pool_views import channels_last_region, pools_every_axis
 from .plan import FLAT, MAP, MAP_LAST, MODES, KEEP_POOL, GlobalPool, PoolMode
-from .values import axes_of, producer
-
-
-def _channels_last_region(data: gs.Tensor, pool: gs.Node) -> Optional[Tuple[gs.Tensor, Tuple[gs.Node, ...]]]:
-    """The channels-first map a channels-last tensor is computed from, and the nodes between: one Transpose
-    to channels last, then only per-location ops with constants that are the same at every location (tf2onnx
-    moves a Keras activation after the Transpose: Conv -> Transpose -> Add -> Clip -> Mul -> Mul -> pool).
-    Every tensor between must be read inside the region only. None if `data` is not computed so."""
-    rank = len(data.shape)
-    region: List[gs.Node] = []
-    sources: List[gs.Tensor] = []
-    stack, seen = [data], set()
-    while stack:
-        tensor = stack.pop()
-        node = producer(tensor)
-        if node is None or id(node) in seen:
-            if node is None:
-                return None
-            continue
-        seen.add(id(node))
-        region.append(node)
-        if is_transpose(node, to_channels_last(rank)):
-            if all(source is not node.inputs[0] for source in sources):
-                sources.append(node.inputs[0])
-            continue
-        found = entry(node)
-        if found is None or trunk_kind(node) != LOCAL or (found.parameters and not is_op(node, "Clip")):
-            return None
-        constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
-        if not is_op(node, "Clip") and any(varies_over_space(c.shape, rank - 2, MAP_LAST) for c in constants):
-            return None
-        stack.extend(t for t in node.inputs if t.name and not isinstance(t, gs.Constant))
-    inside = {id(n) for n in region} | {id(pool)}
-    leaks = [reader for n in region for out in n.outputs for reader in out.outputs if id(reader) not in inside]
-    if len(sources) != 1 or leaks:
-        return None
-    return sources[0], tuple(region)
-
-
-def _pools_every_axis(node: gs.Node) -> bool:
-    """GlobalAveragePool / GlobalMaxPool, as opposed to a reduction over the axes it is given."""
-    return is_op(node, "GlobalAveragePool", "GlobalMaxPool")
 
 
 def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> Optional[GlobalPool]:
@@ -67,7 +23,7 @@ def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> O
     if rank < 3:
         return None
     channels_first = frozenset(range(2, rank))
-    if _pools_every_axis(node):
+    if pools_every_axis(node):
         return GlobalPool(node.name, node.op, kind, data.name, output.name, MAP, mode, data.name)
     axes = axes_of(node)
     if axes is None:
@@ -77,49 +33,10 @@ def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> O
         return GlobalPool(node.name, node.op, kind, data.name, output.name, MAP if keeps else FLAT, mode, data.name)
     if axes != frozenset(range(1, rank - 1)):
         return None
-    found = _channels_last_region(data, node)
+    found = channels_last_region(data, node)
     if found is None:
         return None
     source, between = found
     # A lone Transpose is bypassed by the rewrite (it reads `source`); ops after it stay and are the head's.
     return GlobalPool(node.name, node.op, kind, source.name, output.name, MAP_LAST if keeps else FLAT, mode,
                       data.name, input_last=True, between=() if len(between) == 1 else tuple(n.name for n in between))
-
-
-def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
-    """Give a pool of a channels-last map that `global_pool` cannot trace to one Transpose (a residual net
-    done in NHWC by jax2onnx or Keras 3: the map is an Add of NHWC maps) a channels-first view to start at:
-
-        map (NHWC) ──▶ ReduceMean(axes [1, 2])    becomes    map ──▶ Transpose to NCHW ──▶ Transpose back ──▶ ReduceMean
-
-    The pair is the identity; the head then starts at the NCHW tensor, where the trunk can be cut, cropped
-    and slid like any other. Returns a note per pool.
-    """
-    notes: List[str] = []
-    layouts = None
-    for node in list(graph.nodes):
-        if not fact(node, "global_pool") or _pools_every_axis(node) or not node.inputs or node.inputs[0].shape is None:
-            continue
-        data = node.inputs[0]
-        rank = len(data.shape)
-        if rank < 3 or axes_of(node) != frozenset(range(1, rank - 1)) or _channels_last_region(data, node) is not None:
-            continue
-        layouts = layouts if layouts is not None else map_layouts(graph)
-        if layouts.get(data.name) != CHANNELS_LAST:
-            continue
-        shape = list(data.shape)
-        taken = taken_names(graph)
-        first = gs.Variable(free_name(taken, f"{data.name}/channels_first"), dtype=data.dtype,
-                            shape=[shape[0], shape[-1]] + shape[1:-1])
-        last = gs.Variable(free_name(taken, f"{data.name}/channels_last"), dtype=data.dtype, shape=shape)
-        for step, perm, source, target in (("first", to_channels_first(rank), data, first),
-                                           ("last", to_channels_last(rank), first, last)):
-            graph.nodes.append(gs.Node("Transpose", free_name(taken, f"{node.name}/to_channels_{step}"),
-                                       {"perm": list(perm)}, [source], [target]))
-        node.inputs[0] = last
-        notes.append(f"{node.op} '{node.name}' pools the channels-last map '{data.name}' (a join of channels-last "
-                     "maps); it now reads it through a Transpose to channels first and back, the identity, so the "
-                     "head starts at a channels-first map")
-    if notes:
-        graph.toposort()
-    return notes

@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from . import validate as validation
 from ..apps.detections import SIGMOID, DetectionSettings, best_first, candidates
 from ..rewrite.detector_graph import DetectorParts, standalone
 from ..errors import ValidationError
 from ..model.layout import CHANNELS_LAST, with_spatial
 from .validate import OutputCheck
+from ..model import runtime
 from ..model.weights import Weights
 
 #: Random maps fed to the detector alone, each a batch of BATCH images of about GRID x GRID cells (many
@@ -66,12 +66,12 @@ def _maps(rng: np.random.Generator, shape: Sequence[int], settings: DetectionSet
     return (centre + rng.normal(0.0, 1.0, shape)).astype(np.float32)
 
 
-def _ran(session: validation.Session, names: Sequence[str], feeds: Dict[str, np.ndarray], what: str) -> List:
-    """`session`'s outputs `names`, or the one-line error of `validate.failure` (the conversion's fault)."""
+def _ran(session: runtime.Session, names: Sequence[str], feeds: Dict[str, np.ndarray], what: str) -> List:
+    """`session`'s outputs `names`, or the one-line error of `runtime.failure` (the conversion's fault)."""
     try:
         return session.run(names, feeds)
     except Exception as error:
-        raise validation.failure(error, what, original=False) from None
+        raise runtime.failure(error, what, original=False) from None
 
 
 def _found(values: Sequence[np.ndarray]) -> Found:
@@ -110,7 +110,7 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
     image_dtype = helper.tensor_dtype_to_np_dtype(image_type)
     map_dtypes = {parts.scores: helper.tensor_dtype_to_np_dtype(parts.scores_type),
                   parts.regression: helper.tensor_dtype_to_np_dtype(parts.regression_type)}
-    alone = validation.open_session(standalone(parts, settings, opset, batch_shape, image_type, types[parts.scores],
+    alone = runtime.open_session(standalone(parts, settings, opset, batch_shape, image_type, types[parts.scores],
                                                types.get(parts.regression or "")), None, "the detector")
     span = float(max(parts.geometry.window))
     detail = []
@@ -129,7 +129,7 @@ def check_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detec
             raise ValidationError(f"the emitted detector does not give detect's detections ({difference})")
         detail.append(len(want[1]))
     # The whole model on a random picture: its own maps against its own detections.
-    whole = validation.open_session(model, weights, "the converted model with its detector")
+    whole = runtime.open_session(model, weights, "the converted model with its detector")
     picture = rng.uniform(0.0, 1.0, with_spatial([1, *input_shape[1:]], parts.geometry.layout, size))
     names = [parts.scores] + ([parts.regression] if parts.regression else []) + list(parts.outputs)
     ran = dict(zip(names, _ran(whole, names, {parts.geometry.input: picture.astype(image_dtype)},

@@ -15,7 +15,8 @@ from typing import Dict, Optional
 import onnx_graphsurgeon as gs
 
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, input_layout, is_transpose, to_channels_first, to_channels_last
-from ..plan.ops import LAST_AXIS, LOCAL, PAD, WINDOW, trunk_kind
+from ..model.registry import LAST_AXIS, LOCAL, PAD, WINDOW
+from .trunk_kinds import trunk_kind
 
 
 def _rank(tensor: gs.Tensor) -> int:

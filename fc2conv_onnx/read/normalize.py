@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
-from ..plan.pools import channels_first_views_before_pools
+from .pool_views import channels_first_views_before_pools
 from ..model.registry import fact, in_default_domain, is_op
 from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 

@@ -20,12 +20,13 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError
-from ..plan.geometry import Geometry, HeadGeometry, window_layer
+from ..plan.geometry import window_layer
+from ..model.geometry import Geometry, HeadGeometry
 from ..model.walks import trunk_nodes
-from ..plan.ops import (CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW, has_parameters,
-                  trunk_kind)
+from ..model.registry import CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW
+from ..read.trunk_kinds import has_parameters, trunk_kind
 from ..plan.plan import Densify, LayerChange, Plan, window_op
-from ..options import parse_stride_values
+from ..model.sizes import parse_stride_values
 from ..model.registry import REGISTRY, fact, is_op
 
 def parse_stride(value: Union[int, str, Sequence[int]], rank: int) -> Tuple[int, ...]:

@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..apps.detections import AUTO, SIGMOID, SOFTMAX, DetectionSettings, refuse_softmax_of_one
 from ..errors import InputError
-from ..plan.geometry import Geometry, HeadGeometry
+from ..model.geometry import Geometry, HeadGeometry
 from ..model.layout import CHANNELS_LAST
 from ..apps.maps import score_output
 from ..plan.plan import Plan

@@ -2,22 +2,18 @@
 a checker pass, and a metadata entry that marks the model as converted and holds each head's geometry."""
 from __future__ import annotations
 
-import json
 import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..version import __version__
 from ..errors import InputError, ValidationError, first_line
-from ..plan.geometry import Geometry, HeadGeometry
+from ..model.geometry import HeadGeometry
+from ..model.marker import CONVERTED_KEY, marker_json
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, with_spatial
 from ..plan.plan import Plan
 from ..model.weights import check_model
-
-#: metadata_props key that marks a converted model (and makes converting it again a no-op).
-CONVERTED_KEY = "fc2conv_onnx.converted"
 
 BATCH_NAME = "N"
 #: The names shape inference (and tf2onnx) make up for dims nobody named.
@@ -136,82 +132,6 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model.metadata_props.extend(original.metadata_props)
     del model.graph.value_info[:]
     return model
-
-
-def converted_marker(model: onnx.ModelProto) -> Optional[str]:
-    """The marker a previous conversion left in the model, if any."""
-    for prop in model.metadata_props:
-        if prop.key == CONVERTED_KEY:
-            return prop.value
-    return None
-
-
-def marker_json(plan: Plan, geometry: Sequence[HeadGeometry]) -> str:
-    """The converted marker: per head, its outputs, source tensor and geometry (or why it is unknown)."""
-    return json.dumps({"version": __version__, "heads": [
-        {"outputs": list(head.outputs), "output_layout": head.output_layout,
-         "output_layouts": dict(head.output_layouts),
-         "source": head.source, "pooling": None if head.pool is None else head.pool.mode.name,
-         "geometry": where.to_dict()}
-        for head, where in zip(plan.heads, geometry)]})
-
-
-def _marker_heads(marker: str) -> List[dict]:
-    """The heads a converted marker lists, each checked against the schema this tool writes (a marker is a
-    file's contents: every read checks it); anything else is refused with exit 3."""
-    try:
-        if len(marker) > 1 << 24:
-            raise ValueError("it is larger than any marker this tool writes")
-        heads = json.loads(marker).get("heads", ())
-        if not isinstance(heads, list) or not all(_is_marker_head(head) for head in heads):
-            raise ValueError("a head is not an object with its outputs, layouts and geometry")
-        for head in heads:
-            if "stride" in head.get("geometry", {}):
-                Geometry.from_dict(head["geometry"])
-        return list(heads)
-    except (ValueError, AttributeError, TypeError, RecursionError) as error:
-        raise InputError(f"the model's '{CONVERTED_KEY}' metadata is damaged ({first_line(error)}); convert the "
-                         "original again") from None
-
-
-def _is_marker_head(head: object) -> bool:
-    def strings(values: object) -> bool:
-        return isinstance(values, list) and all(isinstance(v, str) for v in values)
-
-    if not isinstance(head, dict) or not strings(head.get("outputs", [])):
-        return False
-    layouts = head.get("output_layouts", {})
-    geometry = head.get("geometry", {})
-    return isinstance(layouts, dict) and all(isinstance(k, str) and v in (CHANNELS_FIRST, CHANNELS_LAST)
-                                             for k, v in layouts.items()) and \
-        head.get("output_layout", CHANNELS_FIRST) in (CHANNELS_FIRST, CHANNELS_LAST) and \
-        isinstance(geometry, dict) and isinstance(geometry.get("unknown", ""), str)
-
-
-def output_layouts_from_marker(marker: str) -> Dict[str, str]:
-    """Output name -> the layout its map is given in, from a converted marker."""
-    return {name: head.get("output_layouts", {}).get(name, head.get("output_layout", CHANNELS_FIRST))
-            for head in _marker_heads(marker) for name in head.get("outputs", ())}
-
-
-def unknown_geometry_from_marker(marker: str) -> Dict[str, str]:
-    """Output name -> why its geometry is unknown, from a converted marker."""
-    return {name: str(head.get("geometry", {}).get("unknown", "")) for head in _marker_heads(marker)
-            if "stride" not in head.get("geometry", {}) for name in head.get("outputs", ())}
-
-
-def geometry_from_marker(marker: str) -> Dict[str, Geometry]:
-    """Output name -> Geometry, from a converted marker (outputs of unknown geometry are left out)."""
-    found = {}
-    for head in _marker_heads(marker):
-        values = head.get("geometry", {})
-        if "stride" in values:
-            try:
-                found.update(dict.fromkeys(head["outputs"], Geometry.from_dict(values)))
-            except (TypeError, ValueError, AttributeError, KeyError) as error:
-                raise InputError(f"the model's '{CONVERTED_KEY}' metadata has a damaged geometry "
-                                 f"({first_line(error)}); convert the original again") from None
-    return found
 
 
 #: Observes the shapes of the named tensors of a model at its training size and at twice it (None if a run
