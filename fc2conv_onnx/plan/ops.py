@@ -1,4 +1,4 @@
-"""What each op is, read in context: the head handlers and trunk kinds attached to the registry's entries.
+"""What each op becomes in a head, read in context: the head handlers attached to the registry's entries.
 
 - In a head, an entry's handler gets the node, the index of the input that carries head features and a
   `HeadContext` (how many features, and the tensor's form: FLAT [N, K], or a pooled MAP / MAP_LAST), and
