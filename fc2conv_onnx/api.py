@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from .rewrite import atrous, detector_graph, shapes
 from .prove import detector_check
-from .model import io, marker, writes
+from .model import graphs, io, marker, runtime, writes
 from .read import trunk_sizes
 from .prove import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
@@ -86,7 +86,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
     hidden = shapes.unfollowed_shapes(inferred)
     if hidden:  # sizes behind shape arithmetic: run the model once at its training size and read them
-        inferred = shapes.with_observed_shapes(inferred, validation.observed_shapes(inferred, hidden, weights))
+        inferred = shapes.with_observed_shapes(inferred, runtime.observed_shapes(inferred, hidden, weights))
     graph = gs.import_onnx(inferred)
     weights.attach(graph, inferred)
     notes = normalize(graph)
@@ -94,15 +94,15 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     _require_training_size(graph, plan, probe)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
-            graph, lambda: _skeleton(graph, inferred, weights), [h.source for h in plan.heads],
-            {name: plan.input_layout(name) for name in plan.trunk_inputs}, _shapes_run(weights)))
+            graph, inferred, weights, [h.source for h in plan.heads],
+            {name: plan.input_layout(name) for name in plan.trunk_inputs}))
     image = plan.trunk_inputs[0] if plan.trunk_inputs else None
     plan = replace(plan, normalized=notes, probe_size=tuple(
         spatial_dims(graph.tensors()[image].shape, plan.input_layout(image))) if probe and image else ())
     reference = inferred
     if notes:  # the trunk as rewritten; its tensors have the types and training-size shapes they had
         reference = shapes.with_known_value_info(
-            onnx.shape_inference.infer_shapes(_skeleton(graph, inferred, weights), data_prop=True), inferred)
+            onnx.shape_inference.infer_shapes(graphs.skeleton(graph, inferred, weights), data_prop=True), inferred)
     geometry = plan_geometry(graph, plan)
     _refuse_dropped_modes(plan, geometry, options)
     if options.stride is not None and plan.heads:
@@ -126,12 +126,6 @@ def _require_training_size(graph: gs.Graph, plan: Plan, probe: Tuple[int, ...]) 
             shown = "" if probed else f" {list(shape)}"
             raise InputError(f"input '{name}' has dynamic spatial dims{shown}; give the model's training size "
                              "with --input-size (API: input_size=), e.g. --input-size 224")
-
-
-def _skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:
-    """The graph as a ModelProto whose large weights stay where `weights` holds them."""
-    weights.hold(graph)
-    return shapes.export_like(graph.copy(), like)
 
 
 #: The size a dynamic-size model whose heads all keep their global pools is read and validated at.
@@ -213,27 +207,6 @@ def convert_with_report(model: io.ModelSource, options: Optional[Options] = None
     return Conversion(model=weights.embedded(converted), report=report)
 
 
-def _shapes_run(weights: Weights) -> trunk_sizes.ShapesRun:
-    """One run of a skeleton whose weights `weights` holds: the shapes the named tensors take."""
-    return lambda model, names: validation.observed_shapes(model, names, weights)
-
-
-def _observer(sized: onnx.ModelProto, plan: Plan, weights: Weights) -> shapes.ShapesObserver:
-    """Runs of a converted skeleton at the training size its image inputs have in `sized` (the model as
-    planned) and at twice it."""
-    training = {value.name: value for value in sized.graph.input}
-    layouts = {name: plan.input_layout(name) for name in plan.trunk_inputs}
-
-    def observe(model: onnx.ModelProto, names: Sequence[str]):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        for value in probe.graph.input:
-            if value.name in layouts and value.name in training:
-                value.type.CopyFrom(training[value.name].type)
-        return trunk_sizes.observed_at_two_sizes(probe, layouts, names, _shapes_run(weights))
-    return observe
-
-
 def _convert(model: io.ModelSource, options: Options,
              progress: Optional[validation.Progress]) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
@@ -244,8 +217,7 @@ def _convert(model: io.ModelSource, options: Options,
         raise nothing_to_convert(plan, _label(model))
     rewrite(planned.graph, plan)
     loaded.weights.hold(planned.graph)
-    converted = shapes.finish(planned.graph, loaded.model, plan, geometry,
-                              _observer(planned.inferred, plan, loaded.weights))
+    converted = shapes.finish(planned.graph, loaded.model, plan, geometry, planned.inferred, loaded.weights)
     checks = validation.validate(planned.inferred, converted, plan, geometry, seed=options.seed,
                                  size=options.window_size, windows=options.windows, progress=progress,
                                  window_reference=planned.reference,
@@ -277,7 +249,7 @@ def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Optio
     line = "detector appended: " + detector_graph.describe(parts, settings, probabilities)
     if not options.validate:
         return result, [], line
-    shape = validation.training_shapes(planned.inferred)[parts.geometry.input]
+    shape = runtime.training_shapes(planned.inferred)[parts.geometry.input]
     training = spatial_dims(shape, parts.geometry.layout)
     size = options.window_size or default_validation_size(parts.geometry, training)
     return result, detector_check.check_detector(result, parts, settings, tuple(size), shape, probabilities, weights,

@@ -211,10 +211,10 @@ def test_an_original_onnxruntime_cannot_run_is_bad_input_and_memory_is_a_resourc
                                                                                   message, error):
     real = runtime.Session.__init__
 
-    def failing(self, model, weights=None):
+    def failing(self, model, weights=None, *args):
         if not any(p.key == "fc2conv_onnx.converted" for p in model.metadata_props):
             raise RuntimeError(message)
-        real(self, model, weights)
+        real(self, model, weights, *args)
 
     monkeypatch.setattr(runtime.Session, "__init__", failing)
     with pytest.raises(error) as raised:

@@ -85,7 +85,7 @@ class MapModel:
         `maps`."""
         if self.session is None:
             self.session = runtime.open_session(self.model, self.weights, "the model", original=True,
-                                                   hint=_PICTURE_HINT)
+                                                hint=_PICTURE_HINT, use=runtime.PICTURES)
         try:
             values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
         except Exception as error:

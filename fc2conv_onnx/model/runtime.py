@@ -4,14 +4,18 @@ one-line errors. onnxruntime is imported here only, when a session is first made
 stays light."""
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
 
 from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from .layout import parameter_inputs
 from .registry import fact
 from .weights import Weights
+
+logger = logging.getLogger(__name__)
 
 
 def _ort():
@@ -27,12 +31,18 @@ def _ort():
 HEAVY_MODEL_BYTES = 64 << 20
 
 
+#: What a session is for, which sets its memory and threads. CHECK: a run or two, sessions one after another
+#: (validation, planning's probes). PICTURES: one session, many runs (heatmap, detect).
+CHECK, PICTURES = "check", "pictures"
+
+
 class Session:
     """An onnxruntime session on `model`, whose large tensors are fed as inputs from `weights`: onnxruntime
     runs on the arrays `weights` holds (one copy, shared by every session), reads no file and gets no
-    serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs."""
+    serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs.
+    `use` (CHECK or PICTURES) sets memory and threads for how it will be run."""
 
-    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None) -> None:
+    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK) -> None:
         ort = _ort()
         weights = weights or Weights()
         options = ort.SessionOptions()
@@ -48,10 +58,14 @@ class Session:
         options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
                                             ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
         options.log_severity_level = 4
-        options.enable_cpu_mem_arena = False
-        # Sessions run one after another: a session's threads spin-waiting after its run would take a core
-        # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if use == CHECK:
+            # Sessions run one after another: a session's threads spin-waiting after its run would take a core
+            # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes), and an
+            # arena would keep each one's peak memory until it is dropped.
+            options.enable_cpu_mem_arena = False
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # PICTURES: onnxruntime's defaults, as a hand loop has them: the arena reuses one run's buffers in the
+        # next, and threads spin briefly between runs.
         runnable, self.weight_feeds = weights.as_inputs(model)
         self.inner = ort.InferenceSession(runnable.SerializeToString(), options, providers=["CPUExecutionProvider"])
         self._inputs = [i for i in self.inner.get_inputs() if i.name not in self.weight_feeds]
@@ -75,10 +89,10 @@ VALIDATION_HINT = "try a smaller --validate-size"
 
 
 def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
-                 hint: str = VALIDATION_HINT) -> Session:
-    """A `Session` on `model`, or the one-line error of `failure`."""
+                 hint: str = VALIDATION_HINT, use: str = CHECK) -> Session:
+    """A `Session` on `model` for `use`, or the one-line error of `failure`."""
     try:
-        return Session(model, weights)
+        return Session(model, weights, use)
     except Exception as error:
         raise failure(error, what, original, hint) from None
 
@@ -96,3 +110,79 @@ def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_
     if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
         return ResourceError(f"out of memory while running {what} ({message}); {hint}")
     return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
+
+
+# --- feeds and single runs ------------------------------------------------------------------------------
+
+def run_once(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
+         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
+    """Run `model` (or a session made for it) once on `feeds`; a failure is the original's fault (`original`:
+    InputError), the conversion's (ValidationError), or the machine's (ResourceError, when memory runs out)."""
+    try:
+        runner = model if isinstance(model, Session) else Session(model, weights)
+        names = [o.name for o in runner.get_outputs()]
+        wanted = {i.name for i in runner.get_inputs()}
+        return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    except Exception as error:
+        raise failure(error, what, original) from None
+
+
+def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
+    """Input shapes at the training size: declared static dims; a symbolic batch is taken as 2."""
+    initializers = {i.name for i in model.graph.initializer}
+    shapes = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            elif axis == 0:
+                dims.append(2)
+            else:
+                raise ValidationError(f"input '{value.name}' has a symbolic dim at axis {axis}; the training "
+                                      "size must be fixed in the original model to validate against it")
+        shapes[value.name] = tuple(dims)
+    return shapes
+
+
+def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
+                    weights: Optional[Weights] = None) -> Dict[str, Tuple[int, ...]]:
+    """The shapes the named tensors take when onnxruntime runs `model` once at its training size (batch 2 if
+    symbolic): for sizes that shape inference cannot follow through an exporter's shape arithmetic (timm's
+    TensorFlow-style "same" padding: Shape -> Gather -> Cast -> Div -> Ceil -> ... -> Pad). Empty when the
+    model does not run there."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in known)
+    try:
+        shapes = training_shapes(model)
+        values = run_once(probe, random_feeds(model, shapes, np.random.default_rng(0)), "the model", weights)
+    except (ValidationError, InputError) as error:
+        logger.debug("no shapes observed: %s", error)
+        return {}
+    return {name: tuple(values[name].shape) for name in names if name in values}
+
+
+def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
+                 rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    feeds = {}
+    held = parameter_inputs([(name, shape) for name, shape in shapes.items()])
+    for value in model.graph.input:
+        if value.name not in shapes:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        shape = shapes[value.name]
+        if np.issubdtype(dtype, np.floating):  # uniform in [-2, 2): cheap to draw for large frames
+            values = rng.random(shape, dtype=np.float32 if dtype != np.float64 else np.float64)
+            if value.name in held:  # a per-channel parameter (a variance, maybe): positive
+                feeds[value.name] = (values + 0.5).astype(dtype, copy=False)
+                continue
+            feeds[value.name] = (values * 4 - 2).astype(dtype, copy=False)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[value.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds

@@ -26,11 +26,12 @@ from ..errors import InputError, ValidationError
 from ..model.io import MAX_INPUT_BYTES
 from ..plan.geometry import default_validation_size, trunk_geometry
 from ..model.geometry import Geometry, HeadGeometry, Unknown
-from ..model.layout import CHANNELS_LAST, parameter_inputs, spatial_dims, with_spatial
+from ..model.layout import CHANNELS_LAST, spatial_dims, with_spatial
 from ..plan.plan import HeadPlan, Plan
 from ..model.registry import is_op
-from ..rewrite.shapes import clear_inferred_shapes, export_like, free_input_dims
-from ..model.runtime import Session, failure, open_session
+from ..model.graphs import clear_inferred_shapes, export_like
+from ..rewrite.shapes import free_input_dims
+from ..model.runtime import Session, failure, open_session, random_feeds, run_once, training_shapes
 from ..model.weights import Weights, nbytes_per_element
 
 logger = logging.getLogger(__name__)
@@ -95,80 +96,6 @@ def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None
     return steps
 
 
-def _run(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
-         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
-    """Run `model` (or a session made for it) on `feeds`; a failure is the original's fault (`original`:
-    InputError), the conversion's (ValidationError), or the machine's (ResourceError, when memory runs out)."""
-    try:
-        runner = model if isinstance(model, Session) else Session(model, weights)
-        names = [o.name for o in runner.get_outputs()]
-        wanted = {i.name for i in runner.get_inputs()}
-        return dict(zip(names, runner.run(names, {k: v for k, v in feeds.items() if k in wanted})))
-    except Exception as error:
-        raise failure(error, what, original) from None
-
-
-def training_shapes(model: onnx.ModelProto) -> Dict[str, Tuple[int, ...]]:
-    """Input shapes at the training size: declared static dims; a symbolic batch is taken as 2."""
-    initializers = {i.name for i in model.graph.initializer}
-    shapes = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        dims = []
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value"):
-                dims.append(dim.dim_value)
-            elif axis == 0:
-                dims.append(2)
-            else:
-                raise ValidationError(f"input '{value.name}' has a symbolic dim at axis {axis}; the training "
-                                      "size must be fixed in the original model to validate against it")
-        shapes[value.name] = tuple(dims)
-    return shapes
-
-
-def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
-                    weights: Optional[Weights] = None) -> Dict[str, Tuple[int, ...]]:
-    """The shapes the named tensors take when onnxruntime runs `model` once at its training size (batch 2 if
-    symbolic): for sizes that shape inference cannot follow through an exporter's shape arithmetic (timm's
-    TensorFlow-style "same" padding: Shape -> Gather -> Cast -> Div -> Ceil -> ... -> Pad). Empty when the
-    model does not run there."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in known)
-    try:
-        shapes = training_shapes(model)
-        values = _run(probe, random_feeds(model, shapes, np.random.default_rng(0)), "the model", weights)
-    except (ValidationError, InputError) as error:
-        logger.debug("no shapes observed: %s", error)
-        return {}
-    return {name: tuple(values[name].shape) for name in names if name in values}
-
-
-def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
-                 rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    feeds = {}
-    held = parameter_inputs([(name, shape) for name, shape in shapes.items()])
-    for value in model.graph.input:
-        if value.name not in shapes:
-            continue
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        shape = shapes[value.name]
-        if np.issubdtype(dtype, np.floating):  # uniform in [-2, 2): cheap to draw for large frames
-            values = rng.random(shape, dtype=np.float32 if dtype != np.float64 else np.float64)
-            if value.name in held:  # a per-channel parameter (a variance, maybe): positive
-                feeds[value.name] = (values + 0.5).astype(dtype, copy=False)
-                continue
-            feeds[value.name] = (values * 4 - 2).astype(dtype, copy=False)
-        elif dtype == np.bool_:
-            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[value.name] = rng.integers(0, 10, shape).astype(dtype)
-    return feeds
-
-
 def compare(output: str, check: str, reference: np.ndarray, candidate: np.ndarray,
             input_shape: Tuple[int, ...], locations: int, note: str = "", step: float = 0.0) -> OutputCheck:
     """Compare one output; the candidate may carry trailing size-1 spatial axes ([N, K] vs [N, K, 1, 1]).
@@ -200,8 +127,8 @@ def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelPr
     `origin` (name -> layout) give several cells there (a finer stride): their first cell is compared."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
-    expected = _run(original, feeds, "the original model", weights, original=True)
-    actual = _run(converted, feeds, "the converted model", converted_weights or weights)
+    expected = run_once(original, feeds, "the original model", weights, original=True)
+    actual = run_once(converted, feeds, "the converted model", converted_weights or weights)
     shape = next(iter(shapes.values()), ())
     steps = quantization_steps(original, weights)
     for name, layout in (origin or {}).items():
@@ -358,7 +285,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
     rng = np.random.default_rng(seed + 1)
     feeds = random_feeds(original, shapes, rng)
     input_shape = shapes[plan.trunk_inputs[0]]
-    actual = _run(converted_session or converted, feeds, f"the converted model at input size {list(input_shape)}",
+    actual = run_once(converted_session or converted, feeds, f"the converted model at input size {list(input_shape)}",
                   converted_weights or weights)
     checks = []
     steps = quantization_steps(original, weights)
@@ -370,13 +297,13 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
         heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
         trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
-        features = _run(trunk, feeds, f"the original trunk up to '{source}'", weights, original=True)[source]
+        features = run_once(trunk, feeds, f"the original trunk up to '{source}'", weights, original=True)[source]
         if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
             window = tuple(features.shape[2:])
         dilation = plan.densify.factor if plan.densify else (1,) * len(window)
         if plan.densify:  # the head reads the converted model's denser trunk, every `dilation` cells
             dense_trunk = _cut(converted, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
-            dense = _run(dense_trunk, feeds, f"the converted trunk up to '{source}'",
+            dense = run_once(dense_trunk, feeds, f"the converted trunk up to '{source}'",
                          converted_weights or weights)[source]
             checks += _check_phase_zero(outputs, features, dense, dilation, input_shape)
             features = dense

@@ -19,7 +19,7 @@ run at the training size and at twice it, and the dims that did not change are t
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -28,7 +28,10 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, first_line
 from ..model.walks import trunk_nodes
 from ..model.layout import spatial_axes
+from ..model.graphs import skeleton
 from ..model.registry import fact, is_op
+from ..model.runtime import observed_shapes
+from ..model.weights import Weights
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +142,9 @@ def _baked(trunk: Sequence[gs.Node], dependence: Mapping[str, Tuple[bool, ...]],
     return None
 
 
-#: Runs a model once at the size its inputs declare: the shapes the named tensors take ({} if it fails).
-ShapesRun = Callable[[onnx.ModelProto, Sequence[str]], Dict[str, Tuple[int, ...]]]
-
-
 def observed_at_two_sizes(model: onnx.ModelProto, layouts: Mapping[str, str], names: Sequence[str],
-                          run: ShapesRun) -> Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]:
+                          weights: Optional[Weights] = None
+                          ) -> Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]:
     """The shapes of tensors `names` when `model`, cut to compute just them, runs at the size its image
     inputs (named in `layouts`) declare and at twice it; None when either run fails."""
     seen = []
@@ -155,7 +155,7 @@ def observed_at_two_sizes(model: onnx.ModelProto, layouts: Mapping[str, str], na
                 dims = value.type.tensor_type.shape.dim
                 for axis in spatial_axes(len(dims), layouts[value.name]):
                     dims[axis].dim_value *= factor
-        shapes = run(probe, names)
+        shapes = observed_shapes(probe, names, weights)
         if any(name not in shapes for name in names):
             return None
         seen.append(shapes)
@@ -163,10 +163,10 @@ def observed_at_two_sizes(model: onnx.ModelProto, layouts: Mapping[str, str], na
 
 
 def observed_dependence(model: onnx.ModelProto, layouts: Mapping[str, str], name: str,
-                        run: ShapesRun) -> Optional[Tuple[bool, ...]]:
+                        weights: Optional[Weights]) -> Optional[Tuple[bool, ...]]:
     """For each dim of tensor `name`, whether it changed between runs of `model` at the training size and at
     twice it (the image inputs' spatial dims doubled); None when either run fails."""
-    seen = observed_at_two_sizes(model, layouts, [name], run)
+    seen = observed_at_two_sizes(model, layouts, [name], weights)
     if seen is None or len(seen[0][name]) != len(seen[1][name]):
         return None
     return tuple(a != b for a, b in zip(seen[0][name], seen[1][name]))
@@ -190,25 +190,26 @@ def _cut_at(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     return probe
 
 
-def follow_input_size(graph: gs.Graph, export: Callable[[], onnx.ModelProto], sources: Sequence[str],
-                      layouts: Mapping[str, str], run: Optional[ShapesRun] = None) -> List[str]:
+def follow_input_size(graph: gs.Graph, like: onnx.ModelProto, weights: Weights, sources: Sequence[str],
+                      layouts: Mapping[str, str]) -> List[str]:
     """Make every trunk node that bakes the training size follow the input's size, or raise InputError
-    naming the first that cannot. `export()` gives the graph as a (weightless) ModelProto; `sources` are the
-    heads' source tensors; `layouts` the image inputs and their layouts; `run` observes shapes where shape
-    inference cannot follow them (see the module docstring). Returns a note per rewrite."""
+    naming the first that cannot. `like` is the model the graph was imported from, `weights` hold its large
+    tensors; `sources` are the heads' source tensors; `layouts` the image inputs and their layouts. Shapes
+    that shape inference cannot follow are observed by running the model (see the module docstring).
+    Returns a note per rewrite."""
     notes: List[str] = []
     passed: Set[str] = set()
     for _ in range(MAX_ROUNDS):
-        model = export()
+        model = skeleton(graph, like, weights)
         dependence = size_dependence(model, layouts)
         found = _baked(trunk_nodes(graph, sources), dependence, passed)
         if found is None:
             return notes
         node, follows = found
         note = _follow_reshape(graph, node, follows) if follows is not None else None
-        if note is None and run is not None and is_op(node, "Reshape") and (follows is None or any(follows)):
+        if note is None and is_op(node, "Reshape") and (follows is None or any(follows)):
             # Unknown dims count as following the image, and a lost shape may; a run tells which do.
-            seen = observed_dependence(model, layouts, node.inputs[0].name, run)
+            seen = observed_dependence(model, layouts, node.inputs[0].name, weights)
             logger.debug("dims of '%s' that follow the image: %s by shape inference, %s by running",
                          node.inputs[0].name, follows, seen)
             if seen is not None and follows is None and sum(seen) <= sum(dependence[node.outputs[0].name]):

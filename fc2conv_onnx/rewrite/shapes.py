@@ -3,7 +3,7 @@ a checker pass, and a metadata entry that marks the model as converted and holds
 from __future__ import annotations
 
 import re
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -13,7 +13,9 @@ from ..model.geometry import HeadGeometry
 from ..model.marker import CONVERTED_KEY, marker_json
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, with_spatial
 from ..plan.plan import Plan
-from ..model.weights import check_model
+from ..model.graphs import clear_inferred_shapes, export_like
+from ..model.weights import Weights, check_model
+from ..read.trunk_sizes import observed_at_two_sizes
 
 BATCH_NAME = "N"
 #: The names shape inference (and tf2onnx) make up for dims nobody named.
@@ -109,42 +111,11 @@ def with_observed_shapes(model: onnx.ModelProto, observed: Mapping[str, Sequence
     return model
 
 
-def clear_inferred_shapes(graph: gs.Graph) -> None:
-    """Forget the shape of every tensor but the graph inputs; they are stale once inputs change."""
-    inputs = {id(t) for t in graph.inputs}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
-            tensor.shape = None
-
-
-def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """Export `graph`, keeping the original's model-level fields (which graphsurgeon does not carry)."""
-    model = gs.export_onnx(graph)
-    # IR 3 (Caffe2-era zoo) requires every initializer to be a graph input and every output to have a
-    # shape; graphsurgeon writes neither, and converted outputs have new shapes. IR 4 lifts both rules
-    # and changes nothing else, so such models come out as IR 4.
-    model.ir_version = max(original.ir_version, 4)
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(original, field))
-    del model.metadata_props[:]
-    model.metadata_props.extend(original.metadata_props)
-    del model.graph.value_info[:]
-    return model
-
-
-#: Observes the shapes of the named tensors of a model at its training size and at twice it (None if a run
-#: fails): see `trunk_sizes.observed_at_two_sizes`.
-ShapesObserver = Callable[[onnx.ModelProto, Sequence[str]],
-                          Optional[Tuple[Dict[str, Tuple[int, ...]], Dict[str, Tuple[int, ...]]]]]
-
-
 def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Sequence[HeadGeometry],
-           observe: Optional[ShapesObserver] = None) -> onnx.ModelProto:
-    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker.
-    `observe` runs the model to give a shape to each output whose shape shape inference loses (see
-    `_observe_lost_outputs`)."""
+           sized: Optional[onnx.ModelProto] = None, weights: Optional[Weights] = None) -> onnx.ModelProto:
+    """Export the rewritten graph with symbolic input dims, fresh shapes, and the converted marker. With
+    `sized` (the model as planned, its image inputs at the training size) the model is run on `weights` to
+    give a shape to each output whose shape shape inference loses (see `_observe_lost_outputs`)."""
     free_input_dims(graph, plan.trunk_inputs, layouts=plan.input_layouts)
     ranks = {name: len(tensor.shape) for name, tensor in graph.tensors().items()
              if isinstance(tensor, gs.Variable) and tensor.shape is not None}
@@ -154,8 +125,8 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Seq
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         _give_lost_shapes_their_rank(model, ranks)
-        if observe is not None:
-            _observe_lost_outputs(model, observe)
+        if sized is not None:
+            _observe_lost_outputs(model, sized, plan, weights)
         name_output_dims(model, plan)
         check_model(model, full_check=True)
     except Exception as error:
@@ -179,14 +150,15 @@ def with_known_value_info(model: onnx.ModelProto, known: onnx.ModelProto) -> onn
     return model
 
 
-def _observe_lost_outputs(model: onnx.ModelProto, observe: ShapesObserver) -> None:
+def _observe_lost_outputs(model: onnx.ModelProto, sized: onnx.ModelProto, plan: Plan,
+                          weights: Optional[Weights]) -> None:
     """Give each output whose shape shape inference lost (before opset 13 it does not follow a Reshape whose
     target is computed, as a trunk made to follow the input's size has) the shape runs show: the dims
     that are the same at the training size and at twice it are static, the others (and the batch) symbolic,
     named by `name_output_dims`. Left as they are when a run fails (the checker then refuses the model)."""
     lost = {v.name: v for v in model.graph.output if v.type.HasField("tensor_type")
             and not v.type.tensor_type.HasField("shape")}
-    seen = observe(model, list(lost)) if lost else None
+    seen = _at_two_sizes(model, sized, plan, list(lost), weights) if lost else None
     if seen is None:
         return
     for name, value in lost.items():
@@ -196,6 +168,20 @@ def _observe_lost_outputs(model: onnx.ModelProto, observe: ShapesObserver) -> No
             dim = shape.dim.add()
             if axis > 0 and one == two:
                 dim.dim_value = one
+
+
+def _at_two_sizes(model: onnx.ModelProto, sized: onnx.ModelProto, plan: Plan, names: Sequence[str],
+                  weights: Optional[Weights]):
+    """The shapes of `names` when the converted `model` runs with its image inputs at the training size they
+    have in `sized`, and at twice it (see `trunk_sizes.observed_at_two_sizes`)."""
+    training = {value.name: value for value in sized.graph.input}
+    layouts = {name: plan.input_layout(name) for name in plan.trunk_inputs}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for value in probe.graph.input:
+        if value.name in layouts and value.name in training:
+            value.type.CopyFrom(training[value.name].type)
+    return observed_at_two_sizes(probe, layouts, names, weights)
 
 
 def _give_lost_shapes_their_rank(model: onnx.ModelProto, ranks: Mapping[str, int]) -> None:
