@@ -352,6 +352,11 @@ class Weights:
         light, moved = _external_as_inputs(model, self.knows)
         return light, {tensor.name: self.array(tensor) for tensor in moved}
 
+    def external_arrays(self, model: onnx.ModelProto) -> Dict[str, np.ndarray]:
+        """Tensor name -> C-contiguous array, for each initializer of `model` whose bytes are here."""
+        return {t.name: np.ascontiguousarray(self.array(t)) for t in model.graph.initializer
+                if t.data_location == TensorProto.EXTERNAL and self.knows(t)}
+
     def _write_payload(self, tensor: TensorProto, out: BinaryIO) -> None:
         held = self._held(tensor)
         if held is not None:
