@@ -14,6 +14,7 @@ from onnx import helper
 
 import fc2conv_onnx
 from fc2conv_onnx import api
+from fc2conv_onnx.model import graphs, runtime
 from fc2conv_onnx.prove import validate as validation
 
 
@@ -116,7 +117,7 @@ def test_sample_locations_is_seeded_and_includes_the_corners():
 
 def test_windows_in_batches_equal_windows_one_by_one(fixture_path):
     original = onnx.shape_inference.infer_shapes(onnx.load(str(fixture_path("two_heads"))))
-    trunk = validation.Session(validation._cut(original, (), ["features"], ["image"]))
+    trunk = runtime.Session(graphs.cut(original, ["features"], (), ["image"]))
     features = trunk.run(["features"], {"image": np.random.default_rng(0).standard_normal((1, 3, 40, 36))
                                         .astype(np.float32)})[0]
     grid = tuple(f - 4 + 1 for f in features.shape[2:])

@@ -68,9 +68,10 @@ class Session:
         # next, and threads spin briefly between runs.
         if use == PICTURES:
             # The weights as initializers onnxruntime is handed from memory (not copied from a file): it can
-            # pre-pack them for its kernels, as when it loads the file itself (measured: 0.97x a hand loop's
+            # pre-pack them for its kernels, as when it loads the file itself (measured: 0.99x a hand loop's
             # time per frame, against 1.3x with the weights fed as inputs; docs/speed.md).
-            runnable, self.weight_feeds = model, {}
+            runnable = model
+            self.weight_feeds: Dict[str, np.ndarray] = {}
             self._held = weights.external_arrays(model)
             options.add_external_initializers(list(self._held), [ort.OrtValue.ortvalue_from_numpy(a)
                                                                  for a in self._held.values()])

@@ -20,7 +20,6 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from ..errors import InputError, ValidationError
 from ..model.io import MAX_INPUT_BYTES
@@ -29,8 +28,7 @@ from ..model.geometry import Geometry, HeadGeometry, Unknown
 from ..model.layout import CHANNELS_LAST, spatial_dims, with_spatial
 from ..plan.plan import HeadPlan, Plan
 from ..model.registry import is_op
-from ..model.graphs import clear_inferred_shapes, export_like
-from ..rewrite.shapes import free_input_dims
+from ..model import graphs
 from ..model.runtime import Session, failure, open_session, random_feeds, run_once, training_shapes
 from ..model.weights import Weights, nbytes_per_element
 
@@ -141,23 +139,6 @@ def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelPr
             for name in expected if name not in per_location]
 
 
-def _cut(model: onnx.ModelProto, inputs: Sequence[str], outputs: Sequence[str],
-         free_inputs: Sequence[str] = (), batch_only: bool = False,
-         layouts: Optional[Mapping[str, str]] = None) -> onnx.ModelProto:
-    """The part of `model` between the named tensors, with the batch (and unless `batch_only`, the
-    spatial) dims of `free_inputs` made symbolic: a trunk that runs at any size, or a head that takes
-    any number of windows at once."""
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    if inputs:
-        graph.inputs = [tensors[name] for name in inputs]
-    graph.outputs = [tensors[name] for name in outputs]
-    if free_inputs:
-        free_input_dims(graph, free_inputs, batch_only=batch_only, layouts=layouts)
-        clear_inferred_shapes(graph)
-    return export_like(graph.cleanup(), model)
-
-
 Progress = Callable[[int, int], None]
 
 
@@ -214,7 +195,7 @@ class _Head:
     def __init__(self, original: onnx.ModelProto, source: str, outputs: Sequence[str],
                  weights: Optional[Weights] = None, any_size: bool = False) -> None:
         self.source, self.outputs = source, list(outputs)
-        cut = _cut(original, [source], outputs, [source], batch_only=not any_size)
+        cut = graphs.cut(original, outputs, [source], [source], batch_only=not any_size)
         self.what = f"the original head after '{source}'"
         self.session = open_session(cut, weights, self.what, original=True)
         self.one_per_call = False  # set when the head turns out not to take batches
@@ -296,13 +277,13 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
     for source, window, slides in dict.fromkeys(map(group, plan.heads)):
         heads = [i for i, h in enumerate(plan.heads) if group(h) == (source, window, slides)]
         outputs = [o for i in heads for o in plan.heads[i].outputs]
-        trunk = _cut(original, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
+        trunk = graphs.cut(original, [source], (), plan.trunk_inputs, layouts=plan.input_layouts)
         features = run_once(trunk, feeds, f"the original trunk up to '{source}'", weights, original=True)[source]
         if not slides:  # a kept global pool: one cell, the original head on the whole (larger) feature map
             window = tuple(features.shape[2:])
         dilation = plan.densify.factor if plan.densify else (1,) * len(window)
         if plan.densify:  # the head reads the converted model's denser trunk, every `dilation` cells
-            dense_trunk = _cut(converted, (), [source], plan.trunk_inputs, layouts=plan.input_layouts)
+            dense_trunk = graphs.cut(converted, [source], (), plan.trunk_inputs, layouts=plan.input_layouts)
             dense = run_once(dense_trunk, feeds, f"the converted trunk up to '{source}'",
                          converted_weights or weights)[source]
             checks += _check_phase_zero(outputs, features, dense, dilation, input_shape)

@@ -10,11 +10,12 @@ as graph inputs (IR < 4) are already kept out of the inputs by the graphsurgeon 
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..errors import first_line
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
 from .pool_views import channels_first_views_before_pools
@@ -39,67 +40,98 @@ def constant_node_value(node: gs.Node) -> Optional[np.ndarray]:
     return None
 
 
-def _evaluate(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
-    """The outputs of a node whose inputs are all constants, computed by onnx's reference evaluator (so any
-    op onnx defines folds, as onnx defines it); None when it cannot be evaluated."""
-    from onnx.reference import ReferenceEvaluator
-
-    # A copy of the node reading copies of its constants, their values loaded: the weights of a model read
-    # from a file stay in the file until read (weights.py), which the evaluator cannot do by itself.
-    inputs = [gs.Constant(t.name, np.asarray(t.values)) if isinstance(t, gs.Constant) else gs.Variable("")
-              for t in node.inputs]
-    outputs = [gs.Variable(t.name, dtype=t.dtype, shape=t.shape) for t in node.outputs]
-    single = gs.Graph(nodes=[gs.Node(node.op, node.name, dict(node.attrs), inputs, outputs)], inputs=[],
-                      outputs=outputs, opset=opset)
-    try:
-        model = gs.export_onnx(single, do_type_check=False)
-        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
-    except Exception as error:  # an op the evaluator does not implement: leave the node as it is
-        logger.debug("not folded: %s '%s' (%s)", node.op, node.name, error)
-        return None
-
-
-def produced_constant(node: gs.Node, opset: int) -> Optional[List[np.ndarray]]:
-    """The values a node produces when they follow from constants alone: a Constant node's value, or the
-    result of any standard op whose inputs are all constants (weights computed by Reshape, Transpose, Cast,
-    Identity, ConstantOfShape ... of initializers, as Caffe2-era and TorchScript exports do). None for
-    anything else."""
-    # Never folded (the registry's `folds`): ops whose result is not a function of their inputs, and the
-    # quantization ops of a QDQ model, whose quantized weights the rewrite keeps quantized.
-    if not in_default_domain(node) or fact(node, "folds") is False or not node.outputs:
-        return None
-    if is_op(node, "Constant"):
-        value = constant_node_value(node)
-        return None if value is None else [value]
-    if not node.inputs or not all(isinstance(t, gs.Constant) or not t.name for t in node.inputs):
-        return None
-    if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
-        return None  # If / Loop / Scan: not folded
-    return _evaluate(node, opset)
-
-
 def fold_constant_nodes(graph: gs.Graph) -> int:
-    """Turn the outputs of nodes that only read constants into graphsurgeon Constants (in graph order, so
-    chains fold too); return how many nodes were folded."""
-    folded = 0
+    """Turn the outputs of nodes that only read constants (or what such nodes make: chains fold too) into
+    graphsurgeon Constants; return how many nodes were folded. Every such node is evaluated in one run of
+    onnx's reference evaluator; if that run fails (an op it does not implement), node by node, leaving the
+    ones it cannot evaluate."""
     graph_outputs = {id(t) for t in graph.outputs}
     opset = int(graph.opset or 1)
     graph.toposort()
+    made: Dict[int, Optional[np.ndarray]] = {}  # id(tensor) -> its value (None: to be evaluated), for what folds
+    chain: List[gs.Node] = []
     for node in graph.nodes:
-        if any(id(t) in graph_outputs for t in node.outputs):
-            continue  # a graph output must stay a produced tensor
-        values = produced_constant(node, opset)
-        if values is None or len(values) != len(node.outputs):
+        if any(id(t) in graph_outputs for t in node.outputs) or not _may_fold(node):
             continue
+        if is_op(node, "Constant"):
+            value = constant_node_value(node)
+            if value is not None and len(node.outputs) == 1:
+                made[id(node.outputs[0])] = value
+            continue
+        if node.inputs and all(isinstance(t, gs.Constant) or not t.name or id(t) in made for t in node.inputs):
+            chain.append(node)
+            made.update((id(t), None) for t in node.outputs)  # its values come from the evaluation
+    values = _evaluate_chain(chain, opset, made) if chain else {}
+    folded = 0
+    for node in graph.nodes:
         outputs = list(node.outputs)
+        if not outputs or any(id(t) not in made or made[id(t)] is None and id(t) not in values for t in outputs):
+            continue
         node.outputs.clear()
-        for tensor, value in zip(outputs, values):
-            tensor.to_constant(value)
+        for tensor in outputs:
+            tensor.to_constant(values.get(id(tensor), made[id(tensor)]))
         folded += 1
     if folded:
         graph.cleanup()
         logger.debug("folded %d constant-only nodes into constant tensors", folded)
     return folded
+
+
+def _may_fold(node: gs.Node) -> bool:
+    """Never folded (the registry's `folds`): ops whose result is not a function of their inputs, the
+    quantization ops of a QDQ model (whose quantized weights the rewrite keeps quantized), nodes of other
+    domains, and If / Loop / Scan."""
+    return in_default_domain(node) and fact(node, "folds") is not False and bool(node.outputs) and \
+        not any(isinstance(v, gs.Graph) for v in node.attrs.values())
+
+
+def _evaluate_chain(chain: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.ndarray]]
+                    ) -> Dict[int, np.ndarray]:
+    """id(tensor) -> value for the outputs of `chain` (nodes in graph order that read constants, Constant
+    nodes' values in `made`, or one another's outputs): one evaluation of them all, else one per node."""
+    tensors = {id(t): t for node in chain for t in node.inputs + node.outputs}
+    try:
+        return _evaluate(chain, opset, made, tensors)
+    except Exception as error:  # an op the evaluator does not implement: node by node, to fold the others
+        logger.debug("folding node by node: %s", first_line(error))
+    values: Dict[int, np.ndarray] = {}
+    for node in chain:
+        if any(id(t) in made and made[id(t)] is None and id(t) not in values for t in node.inputs):
+            continue  # reads a value that could not be computed
+        try:
+            values.update(_evaluate([node], opset, {**made, **values}, tensors))
+        except Exception as error:
+            logger.debug("not folded: %s '%s' (%s)", node.op, node.name, first_line(error))
+    return values
+
+
+def _evaluate(nodes: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.ndarray]],
+              tensors: Dict[int, gs.Tensor]) -> Dict[int, np.ndarray]:
+    """The outputs of `nodes` (which read only constants and one another), computed by onnx's reference
+    evaluator, so any op onnx defines folds as onnx defines it."""
+    from onnx.reference import ReferenceEvaluator
+
+    # Copies of the nodes reading copies of their constants, their values loaded: the weights of a model
+    # read from a file stay in the file until read (weights.py), which the evaluator cannot do by itself.
+    copies: Dict[int, gs.Tensor] = {}
+
+    def copy(tensor: gs.Tensor) -> gs.Tensor:
+        if id(tensor) not in copies:
+            known = made.get(id(tensor))
+            if isinstance(tensor, gs.Constant):
+                copies[id(tensor)] = gs.Constant(tensor.name, np.asarray(tensor.values))
+            elif known is not None:
+                copies[id(tensor)] = gs.Constant(tensor.name, np.asarray(known))
+            else:
+                copies[id(tensor)] = gs.Variable(tensor.name, dtype=tensor.dtype, shape=tensor.shape)
+        return copies[id(tensor)]
+
+    copied = [gs.Node(n.op, n.name, dict(n.attrs), [copy(t) if t.name else gs.Variable("") for t in n.inputs],
+                      [copy(t) for t in n.outputs]) for n in nodes]
+    outputs = [copy(t) for n in nodes for t in n.outputs]
+    model = gs.export_onnx(gs.Graph(nodes=copied, inputs=[], outputs=outputs, opset=opset), do_type_check=False)
+    results = ReferenceEvaluator(model).run(None, {})
+    return {id(t): np.asarray(v) for t, v in zip((t for n in nodes for t in n.outputs), results)}
 
 
 def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, first_line
 from ..model.walks import trunk_nodes
 from ..model.layout import spatial_axes
-from ..model.graphs import skeleton
+from ..model.graphs import cut, skeleton
 from ..model.registry import fact, is_op
 from ..model.runtime import observed_shapes
 from ..model.weights import Weights
@@ -149,7 +149,7 @@ def observed_at_two_sizes(model: onnx.ModelProto, layouts: Mapping[str, str], na
     inputs (named in `layouts`) declare and at twice it; None when either run fails."""
     seen = []
     for factor in (1, 2):
-        probe = _cut_at(model, names)
+        probe = cut(model, names)
         for value in probe.graph.input:
             if value.name in layouts:
                 dims = value.type.tensor_type.shape.dim
@@ -170,24 +170,6 @@ def observed_dependence(model: onnx.ModelProto, layouts: Mapping[str, str], name
     if seen is None or len(seen[0][name]) != len(seen[1][name]):
         return None
     return tuple(a != b for a, b in zip(seen[0][name], seen[1][name]))
-
-
-def _cut_at(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` that computes only the tensors `names` (its outputs): the nodes after them, which
-    may not run at another size, are left out, and so are the training-size shapes a run would contradict."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    needed, kept = set(names), []
-    for node in reversed(probe.graph.node):  # a model's nodes are in topological order
-        if needed.intersection(node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    del probe.graph.node[:]
-    probe.graph.node.extend(reversed(kept))
-    del probe.graph.value_info[:]
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
-    return probe
 
 
 def follow_input_size(graph: gs.Graph, like: onnx.ModelProto, weights: Weights, sources: Sequence[str],

@@ -2,8 +2,7 @@
 a checker pass, and a metadata entry that marks the model as converted and holds each head's geometry."""
 from __future__ import annotations
 
-import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -11,41 +10,11 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, ValidationError, first_line
 from ..model.geometry import HeadGeometry
 from ..model.marker import CONVERTED_KEY, marker_json
-from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, with_spatial
+from ..model.layout import CHANNELS_LAST
 from ..plan.plan import Plan
-from ..model.graphs import clear_inferred_shapes, export_like
+from ..model.graphs import BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, spatial_names
 from ..model.weights import Weights, check_model
 from ..read.trunk_sizes import observed_at_two_sizes
-
-BATCH_NAME = "N"
-#: The names shape inference (and tf2onnx) make up for dims nobody named.
-UNNAMED = re.compile(r"unk__\d+")
-SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
-
-
-def spatial_names(spatial_rank: int) -> Tuple[str, ...]:
-    return SPATIAL_NAMES.get(spatial_rank, tuple(f"S{i}" for i in range(spatial_rank)))
-
-
-def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: bool = False,
-                    layouts: Optional[Mapping[str, str]] = None) -> None:
-    """Make the batch (axis 0) and, unless `batch_only`, the spatial axes of the named inputs symbolic.
-    The spatial axes are 2 onwards, or 1 to the last but one for inputs that `layouts` says are
-    channels last."""
-    names = set(input_names)
-    layouts = layouts or {}
-    prefixed = len(names) > 1  # distinct symbols per input: their sizes need not match
-    for tensor in graph.inputs:
-        if tensor.name not in names or tensor.shape is None:
-            continue
-        prefix = f"{tensor.name}_" if prefixed else ""
-        shape = list(tensor.shape)
-        if not (isinstance(shape[0], str) and shape[0] and not UNNAMED.fullmatch(shape[0])):
-            shape[0] = prefix + BATCH_NAME  # (a batch the exporter named keeps its name)
-        if len(shape) >= 3 and not batch_only:
-            layout = layouts.get(tensor.name, CHANNELS_FIRST)
-            shape = list(with_spatial(shape, layout, [prefix + name for name in spatial_names(len(shape) - 2)]))
-        tensor.shape = shape
 
 
 def has_dynamic_image_input(model: onnx.ModelProto) -> bool:
