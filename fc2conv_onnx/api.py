@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from .rewrite import atrous, detector_graph, shapes
 from .prove import detector_check
-from .model import graphs, io, marker, runtime, writes
+from .model import graphs, io, marker, runtime, work, writes
 from .read import trunk_sizes
 from .prove import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
@@ -81,13 +81,13 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         probe = (PROBE_SIZE,)
         model = shapes.with_training_size(model, probe)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = graphs.infer_shapes(model, data_prop=True)
     except Exception as error:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
     hidden = shapes.unfollowed_shapes(inferred)
     if hidden:  # sizes behind shape arithmetic: run the model once at its training size and read them
         inferred = shapes.with_observed_shapes(inferred, runtime.observed_shapes(inferred, hidden, weights))
-    graph = gs.import_onnx(inferred)
+    graph = graphs.import_graph(inferred)
     weights.attach(graph, inferred)
     notes = normalize(graph)
     plan = find_heads(graph, options.output_layout, options.pooling)
@@ -102,7 +102,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     reference = inferred
     if notes:  # the trunk as rewritten; its tensors have the types and training-size shapes they had
         reference = shapes.with_known_value_info(
-            onnx.shape_inference.infer_shapes(graphs.skeleton(graph, inferred, weights), data_prop=True), inferred)
+            graphs.infer_shapes(graphs.skeleton(graph, inferred, weights), data_prop=True), inferred)
     geometry = plan_geometry(graph, plan)
     _refuse_dropped_modes(plan, geometry, options)
     if options.stride is not None and plan.heads:
@@ -210,6 +210,7 @@ def convert_with_report(model: io.ModelSource, options: Optional[Options] = None
 def _convert(model: io.ModelSource, options: Options,
              progress: Optional[validation.Progress]) -> Tuple[onnx.ModelProto, Weights, Report]:
     """The converted skeleton, the weights it refers to, and the report (see `convert_with_report`)."""
+    work.start()
     loaded = io.read_model(model)
     planned = _plan(loaded, options)
     plan, geometry = planned.plan, planned.geometry
@@ -228,6 +229,7 @@ def _convert(model: io.ModelSource, options: Options,
         checks += proven
     report = Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=options.validate,
                     source=_label(model), detector=detector)
+    logger.info("the graph's work: %s", work.describe())
     return converted, loaded.weights, report
 
 

@@ -10,6 +10,7 @@ from typing import Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import work
 from .layout import CHANNELS_FIRST, with_spatial
 from .weights import Weights
 
@@ -47,6 +48,7 @@ def clear_inferred_shapes(graph: gs.Graph) -> None:
 
 def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Export `graph`, keeping the original's model-level fields (which graphsurgeon does not carry)."""
+    work.count(work.EXPORTS)
     model = gs.export_onnx(graph)
     # IR 3 (Caffe2-era zoo) requires every initializer to be a graph input and every output to have a
     # shape; graphsurgeon writes neither, and converted outputs have new shapes. IR 4 lifts both rules
@@ -60,6 +62,18 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     model.metadata_props.extend(original.metadata_props)
     del model.graph.value_info[:]
     return model
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """`model` as a graphsurgeon graph (counted: `work`)."""
+    work.count(work.IMPORTS)
+    return gs.import_onnx(model)
+
+
+def infer_shapes(model: onnx.ModelProto, **options) -> onnx.ModelProto:
+    """onnx's shape inference on `model` (counted: `work`)."""
+    work.count(work.INFERENCES)
+    return onnx.shape_inference.infer_shapes(model, **options)
 
 
 def skeleton(graph: gs.Graph, like: onnx.ModelProto, weights: Weights) -> onnx.ModelProto:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from . import work
 from .layout import parameter_inputs
 from .registry import fact
 from .weights import Weights
@@ -43,6 +44,7 @@ class Session:
     `use` (CHECK or PICTURES) sets memory and threads for how it will be run."""
 
     def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK) -> None:
+        work.count(work.SESSIONS)
         ort = _ort()
         weights = weights or Weights()
         options = ort.SessionOptions()

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import first_line
+from ..model import work
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
 from .pool_views import channels_first_views_before_pools
@@ -129,6 +130,7 @@ def _evaluate(nodes: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.
     copied = [gs.Node(n.op, n.name, dict(n.attrs), [copy(t) if t.name else gs.Variable("") for t in n.inputs],
                       [copy(t) for t in n.outputs]) for n in nodes]
     outputs = [copy(t) for n in nodes for t in n.outputs]
+    work.count(work.EXPORTS)
     model = gs.export_onnx(gs.Graph(nodes=copied, inputs=[], outputs=outputs, opset=opset), do_type_check=False)
     results = ReferenceEvaluator(model).run(None, {})
     return {id(t): np.asarray(v) for t, v in zip((t for n in nodes for t in n.outputs), results)}

@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, first_line
 from ..model.walks import trunk_nodes
 from ..model.layout import spatial_axes
-from ..model.graphs import cut, skeleton
+from ..model.graphs import cut, infer_shapes, skeleton
 from ..model.registry import fact, is_op
 from ..model.runtime import observed_shapes
 from ..model.weights import Weights
@@ -55,7 +55,7 @@ def size_dependence(model: onnx.ModelProto, layouts: Mapping[str, str]) -> Dict[
     for value in probe.graph.output:
         value.type.tensor_type.ClearField("shape")
     try:
-        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True)
+        inferred = infer_shapes(probe, data_prop=True)
     except Exception as error:
         logger.debug("shape inference at a symbolic size failed: %s", first_line(error))
         return {}

@@ -12,7 +12,8 @@ from ..model.geometry import HeadGeometry
 from ..model.marker import CONVERTED_KEY, marker_json
 from ..model.layout import CHANNELS_LAST
 from ..plan.plan import Plan
-from ..model.graphs import BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, spatial_names
+from ..model.graphs import (BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, infer_shapes,
+                            spatial_names)
 from ..model.weights import Weights, check_model
 from ..read.trunk_sizes import observed_at_two_sizes
 
@@ -92,7 +93,7 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Seq
     model = export_like(graph, original)
     model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        model = infer_shapes(model, strict_mode=True, data_prop=True)
         _give_lost_shapes_their_rank(model, ranks)
         if sized is not None:
             _observe_lost_outputs(model, sized, plan, weights)
