@@ -6,7 +6,7 @@ from .version import __version__  # noqa: E402, F401
 from .api import (Conversion, Detection, Detections, DetectionSettings, Heatmap, convert, convert_file,  # noqa: E402
                   convert_with_report, detect, heatmap, inspect, read_geometry, validate_pair, window_of)
 from .errors import Fc2ConvError, InputError, NothingToConvertError, ResourceError, ValidationError  # noqa: E402
-from .options import Options  # noqa: E402
+from .plan.options import Options  # noqa: E402
 from .model.geometry import Box, Geometry  # noqa: E402
 from .apps.pictures import Preprocessing  # noqa: E402
 from .report import Report  # noqa: E402

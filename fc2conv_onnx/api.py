@@ -26,7 +26,7 @@ from .apps.detections import Detection, DetectionSettings  # noqa: F401 (re-expo
 from .plan.heads import find_heads
 from .model.layout import spatial_dims
 from .read.normalize import normalize
-from .options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
+from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan.plan import KEEP_POOL, NO_POOL, Plan
 from .report import Report
 from .apps.maps import made_by_score_op
@@ -90,7 +90,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     graph = graphs.import_graph(inferred)
     weights.attach(graph, inferred)
     notes = normalize(graph)
-    plan = find_heads(graph, options.output_layout, options.pooling)
+    plan = find_heads(graph, options)
     _require_training_size(graph, plan, probe)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
@@ -219,8 +219,7 @@ def _convert(model: io.ModelSource, options: Options,
     rewrite(planned.graph, plan)
     loaded.weights.hold(planned.graph)
     converted = shapes.finish(planned.graph, loaded.model, plan, geometry, planned.inferred, loaded.weights)
-    checks = validation.validate(planned.inferred, converted, plan, geometry, seed=options.seed,
-                                 size=options.window_size, windows=options.windows, progress=progress,
+    checks = validation.validate(planned.inferred, converted, plan, geometry, options, progress=progress,
                                  window_reference=planned.reference,
                                  weights=loaded.weights) if options.validate else []
     detector = ""
@@ -311,8 +310,7 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, options: 
     if missing:
         raise ValidationError(f"the converted model has no output '{missing[0].name}' (outputs must keep "
                               "their names)")
-    checks = validation.validate(planned.inferred, candidate.model, plan, geometry, seed=options.seed,
-                                 size=options.window_size, windows=options.windows, progress=progress,
+    checks = validation.validate(planned.inferred, candidate.model, plan, geometry, options, progress=progress,
                                  window_reference=planned.reference, weights=reference.weights,
                                  converted_weights=candidate.weights)
     return Report(plan=plan, geometry=geometry, checks=tuple(checks), validated=True, source=_label(original),

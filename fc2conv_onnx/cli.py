@@ -29,7 +29,7 @@ from .model import writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .apps.detections import DetectionSettings, checked_scales
 from .apps.pictures import Preprocessing
-from .options import Options
+from .plan.options import Options
 from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
 from .report import Report
 from .model.writes import Terminated, signals_raise

@@ -27,6 +27,7 @@ from .flattenings import reshape_flattens
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .linear import match_linear
 from .ops import HeadContext
+from .options import Options
 from ..model.registry import CHANNEL_SLICE, LOCAL, entry
 from ..read.trunk_kinds import trunk_kind
 from ..model.layout import AUTO
@@ -404,13 +405,13 @@ class _Search:
             self.skipped.append(Skipped(node.name, node.op, "its result reaches no graph output"))
 
 
-def find_heads(graph: gs.Graph, output_layout: str = AUTO, pooling: str = KEEP_POOL) -> Plan:
-    """Plan the conversion of every head in `graph` (which is sorted, not otherwise changed).
-
-    `output_layout` is CHANNELS_FIRST ([N, K, *spatial]), CHANNELS_LAST ([N, *spatial, K]) or AUTO: channels
-    last for heads on an NHWC image input (tf2onnx), channels first otherwise. `pooling` says what becomes
-    of a global pooling that starts a head (see `plan.MODES`).
+def find_heads(graph: gs.Graph, options: Options = Options()) -> Plan:
+    """Plan the conversion of every head in `graph` (which is sorted, not otherwise changed), as `options`
+    ask: `output_layout` is CHANNELS_FIRST ([N, K, *spatial]), CHANNELS_LAST ([N, *spatial, K]) or AUTO:
+    channels last for heads on an NHWC image input (tf2onnx), channels first otherwise; `pooling` says what
+    becomes of a global pooling that starts a head (see `plan.MODES`).
     """
+    output_layout, pooling = options.output_layout, options.pooling
     if output_layout not in (AUTO,) + LAYOUTS:
         raise ValueError(f"output_layout must be one of {', '.join((AUTO,) + LAYOUTS)}, not {output_layout!r}")
     if pooling not in POOLINGS:

@@ -26,6 +26,7 @@ from ..model.io import MAX_INPUT_BYTES
 from ..plan.geometry import default_validation_size, trunk_geometry
 from ..model.geometry import Geometry, HeadGeometry, Unknown
 from ..model.layout import CHANNELS_LAST, spatial_dims, with_spatial
+from ..plan.options import Options
 from ..plan.plan import HeadPlan, Plan
 from ..model.registry import is_op
 from ..model import graphs
@@ -355,17 +356,18 @@ def require_passed(checks: Sequence[OutputCheck]) -> None:
 
 
 def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
-             geometries: Sequence[HeadGeometry] = (), *, seed: int = 0, size: Optional[Sequence[int]] = None,
-             windows: bool = True, progress: Optional[Progress] = None,
-             window_reference: Optional[onnx.ModelProto] = None, weights: Optional[Weights] = None,
-             converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
-    """Run the checks; raise ValidationError on the first failure, else return the figures.
+             geometries: Sequence[HeadGeometry] = (), options: Options = Options(), *,
+             progress: Optional[Progress] = None, window_reference: Optional[onnx.ModelProto] = None,
+             weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None) -> List[OutputCheck]:
+    """Run the checks `options` ask for; raise ValidationError on the first failure, else return the figures.
 
-    `size` is the spatial input size of the window check (default: a few strides larger than the
-    training size); `windows=False` skips that check. The window check cuts `window_reference` (the
-    normalized original, when normalizing changed the trunk's ops) or else `original`. `weights` hold the
-    original's external tensors, `converted_weights` (default: the same) the converted's.
+    `options.window_size` is the spatial input size of the window check (default: a few strides larger than
+    the training size), `options.windows` False skips that check, `options.seed` seeds the inputs. The
+    window check cuts `window_reference` (the normalized original, when normalizing changed the trunk's ops)
+    or else `original`. `weights` hold the original's external tensors, `converted_weights` (default: the
+    same) the converted's.
     """
+    seed, size, windows = options.seed, options.window_size, options.windows
     per_location = [o for h in plan.heads if h.window != h.spatial_shape for o in h.outputs]
     origin = {o: h.output_layouts[o] for h in plan.heads for o in h.outputs} if plan.densify else None
     # One session of the converted model serves every check (its input sizes are free).
