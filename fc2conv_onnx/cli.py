@@ -126,7 +126,7 @@ def _run_heatmap(args: argparse.Namespace):
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
     drawn = api.heatmap(args.model, args.image, _stdout() if args.output == STREAM else args.output,
-                        output_name=args.output_name, klass=args.klass, top=args.top,
+                        output_name=args.output_name, classes=args.classes, top=args.top,
                         preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
                         resize=args.resize, scales=args.scales)
     if args.output == STREAM:

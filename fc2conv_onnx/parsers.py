@@ -189,7 +189,8 @@ def _add_heatmap(commands: "argparse._SubParsersAction") -> None:
     heatmap.add_argument("-o", "--output", metavar="OUT", required=True,
                          help=f"where to write the PNG; {STREAM} for standard output (the summary then goes to stderr)")
     which = heatmap.add_mutually_exclusive_group()
-    which.add_argument("--class", dest="klass", type=_class_number, metavar="K", help="draw class (channel) K")
+    which.add_argument("--class", dest="classes", type=_class_numbers, metavar="K[,K...]",
+                       help="draw class (channel) K, or several, one panel each")
     which.add_argument("--top", type=_positive_int, metavar="N",
                        help="draw the N classes whose highest cell is highest, "
                        "one panel each. Default: the class with the highest cell")
@@ -339,6 +340,14 @@ def _class_number(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"'{text}' is not a class number (0, 1, ...)")
     return value
+
+
+def _class_numbers(text: str) -> tuple:
+    """--class of heatmap: distinct class numbers (0 or more), comma-separated."""
+    numbers = tuple(_class_number(part) for part in text.split(","))
+    if len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"'{text}' names a class twice")
+    return numbers
 
 
 def _floats(text: str) -> tuple:

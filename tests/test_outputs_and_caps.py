@@ -465,3 +465,17 @@ def test_the_apis_scales_are_checked_like_the_flag(spot_finder, tmp_path, scales
     with pytest.raises(InputError, match=words):
         fc2conv_onnx.heatmap(spot_finder, SPOTS, tmp_path / "h.png", scales=scales)
     assert not (tmp_path / "h.png").exists()
+
+
+def test_heatmap_takes_classes_as_detect_does(spot_finder, tmp_path, capsys):
+    by_list = fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "a.png", classes=[0])
+    by_old_name = fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "b.png", klass=0)
+    assert by_list.classes == by_old_name.classes == (0,)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    with pytest.raises(InputError, match="not both"):
+        fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "c.png", classes=[0], klass=0)
+    with pytest.raises(InputError, match="distinct"):
+        fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "c.png", classes=[0, 0])
+    code, stderr = run_in_process(capsys, "heatmap", spot_finder, DISKS, "-o", tmp_path / "d.png", "--class", "0,0")
+    assert code == 2 and "twice" in stderr
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()

@@ -57,17 +57,19 @@ class Heatmap:
 
 
 def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, BinaryIO], *,
-            output_name: Optional[str] = None, klass: Optional[int] = None, top: Optional[int] = None,
+            output_name: Optional[str] = None, classes: Optional[Union[int, Sequence[int]]] = None,
+            top: Optional[int] = None,
             preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
             value_range: Optional[Tuple[float, float]] = None,
             resize: Optional[Union[float, Tuple[int, int]]] = None,
-            scales: Optional[Sequence[float]] = None) -> Heatmap:
+            scales: Optional[Sequence[float]] = None, klass: Optional[int] = None) -> Heatmap:
     """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
     the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
     interpolated between cells, with a colour bar.
 
-    `klass` picks a class (channel) of the map, `top` the N classes whose highest cell is highest (one panel
-    each); by default the class with the highest cell. `preprocessing` turns pixels into the model's input
+    `classes` picks classes (channels) of the map, one panel each, as `detect`'s `classes` does (`klass`, one
+    class, is the older spelling); `top` the N classes whose highest cell is highest; by default the class
+    with the highest cell. `preprocessing` turns pixels into the model's input
     (scale, mean, std, channel order); `alpha` is the map's opacity; `value_range` fixes the colour bar's
     ends (default: the maps' min and max). `resize` (a factor, or (height, width)) resizes the image before
     the model sees it: objects should be about the model's window in size. `scales` runs the model on the
@@ -75,6 +77,12 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
     pixel the highest value among the scales. `output` is a file name (written atomically) or a binary file
     object (sys.stdout.buffer, ...), which gets the PNG's bytes.
     """
+    if klass is not None:
+        if classes is not None:
+            raise InputError("give classes or klass (its older spelling), not both")
+        classes = klass
+    if classes is not None and not isinstance(classes, (list, tuple)):
+        classes = [classes]  # type: ignore[list-item]
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
     if isinstance(output, (str, os.PathLike)):
@@ -95,7 +103,7 @@ def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, Bina
         scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
         runs.append((scaled, runner.maps(scaled, [name], preprocessing or pictures.Preprocessing(), _at(scale))[name]))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
-    chosen = pictures.choose(peaks[:, None, :], klass, top)  # by each class's highest cell at any scale
+    chosen = pictures.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
     maps = [(f"class {k}", pictures.over_scales(
         [pictures.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])) for scaled, scores in runs], size))

@@ -294,19 +294,22 @@ def bar_width(label_width: int) -> int:
     return 3 * BAR_MARGIN + BAR_STRIPE + label_width
 
 
-def choose(scores: np.ndarray, klass: Optional[int], top: Optional[int]) -> List[int]:
-    """The classes to draw from a [K, h, w] map: `klass`, the `top` ones by their highest cell, or (default)
+def choose(scores: np.ndarray, classes: Optional[Sequence[int]], top: Optional[int]) -> List[int]:
+    """The classes to draw from a [K, h, w] map: `classes`, the `top` ones by their highest cell, or (default)
     the single highest one (the only one, for K = 1)."""
     count = scores.shape[0]
-    for name, value in (("class", klass), ("top", top)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-            raise InputError(f"{name} {value!r} is not a whole number")
+    for value in list(classes or ()) + ([top] if top is not None else []):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise InputError(f"{'class' if value is not top else 'top'} {value!r} is not a whole number")
     if top is not None and top < 1:
         raise InputError(f"top {top} is not a positive number of classes")
-    if klass is not None:
-        if not 0 <= klass < count:
-            raise InputError(f"--class {klass}: the output has classes 0 to {count - 1}")
-        return [klass]
+    if classes is not None:
+        if not classes or len(set(classes)) != len(classes):
+            raise InputError(f"classes {list(classes)} must be distinct class numbers, at least one")
+        outside = [k for k in classes if not 0 <= k < count]
+        if outside:
+            raise InputError(f"--class {outside[0]}: the output has classes 0 to {count - 1}")
+        return [int(k) for k in classes]
     peaks = scores.reshape(count, -1).max(axis=1)
     return [int(k) for k in np.argsort(-peaks, kind="stable")[:max(1, top or 1)]]
 
