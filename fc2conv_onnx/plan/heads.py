@@ -115,8 +115,9 @@ def _joined(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
 
-def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
-    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
+def _flattened_source(node: gs.Node) -> Union[tuple, Decline]:
+    """What a flattening `node` reads, through a Transpose: (source, order, note, prelude, perm, its spatial
+    shape), or the Decline that says why it cannot start a head."""
     source, order, note, moved, perm = _read_through_transpose(node)
     shape = spatial_source_shape(source)
     if isinstance(shape, Decline):
@@ -124,6 +125,15 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
     hidden = _refuse_hidden_channels_last(node, source, order)
     if hidden is not None:
         return hidden
+    return source, order, note, moved, perm, shape
+
+
+def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
+    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
+    found = _flattened_source(node)
+    if isinstance(found, Decline):
+        return found
+    source, order, note, moved, perm, shape = found
     axis = node.attrs.get("axis", 1)
     if axis < 0:
         axis += len(shape) + 1
@@ -143,13 +153,10 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     A literal batch size (e.g. `view(1, -1)`) is accepted when it equals the training batch; the
     converted model then takes any batch, and the plan says so.
     """
-    source, order, transpose_note, moved, perm = _read_through_transpose(node)
-    shape = spatial_source_shape(source)
-    if isinstance(shape, Decline):
-        return shape
-    hidden = _refuse_hidden_channels_last(node, source, order)
-    if hidden is not None:
-        return hidden
+    found = _flattened_source(node)
+    if isinstance(found, Decline):
+        return found
+    source, order, transpose_note, moved, perm, shape = found
     note = reshape_flattens(node, prod(shape), f"[N, {', '.join(map(str, shape))}]")
     if isinstance(note, Decline):
         return note
