@@ -8,8 +8,8 @@ the tool refuses is then a missing or wrong entry, in one place, not an op known
 
 The facts are data, in the table at the end of this module (as OnnxSlim keeps its patterns' opset ranges).
 The functions that read a node in context are attached by the modules that define them, with `attach`:
-head handlers and trunk kinds (`ops`), flattening matchers (`heads`), shape evaluators (`shape_values`).
-This module imports nothing from the package, so every module can ask it.
+head handlers (`plan.ops`), trunk kinds (`read.trunk_kinds`), flattening matchers (`plan.heads`), shape
+evaluators (`read.shape_values`). This module imports nothing from the package, so every module can ask it.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 A pooled head starts where a global pool (GlobalAveragePool, ReduceMean over the spatial axes, ...) makes
 a map stop being spatial; the `--pooling` mode says what the pool becomes. A flattening head starts at a
 Gemm/MatMul that reads a flattened feature map of the training size; that first layer becomes a Conv
-whose kernel is the whole map. Every op after the start is read by its entry in the op registry (`ops`),
+whose kernel is the whole map. Every op after the start is read by its entry in the op registry (`plan.ops`),
 which says what it becomes at every location or declines with a reason.
 
 Every Gemm/MatMul that does not end up in a converted head is reported with a reason.

@@ -62,7 +62,7 @@ def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.Mode
 
 def unfollowed_shapes(model: onnx.ModelProto) -> List[str]:
     """Tensors of rank 3 or more whose dims beyond the batch shape inference left symbolic although every
-    graph input's are static: the sizes an exporter's shape arithmetic hid (see validate.observed_shapes)."""
+    graph input's are static: the sizes an exporter's shape arithmetic hid (see runtime.observed_shapes)."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if any(not d.HasField("dim_value") for i in inputs for d in list(i.type.tensor_type.shape.dim)[1:]):
