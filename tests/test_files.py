@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
-from fc2conv_onnx.model import io, weights
+from fc2conv_onnx.model import io, skeleton, weights
 from fc2conv_onnx.errors import ResourceError
 from conftest import FIXTURES
 from test_cli import cli
@@ -63,7 +63,7 @@ def test_a_model_is_read_without_its_large_weights_and_written_back_bit_exact(fi
     loaded = io.read_model(source)
     original = onnx.load(str(source))
     detached = [t.name for t in loaded.model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    big = [t.name for t in original.graph.initializer if len(t.raw_data) >= weights.DETACH_BYTES]
+    big = [t.name for t in original.graph.initializer if len(t.raw_data) >= skeleton.DETACH_BYTES]
     assert detached == big and big  # the skeleton holds no large raw_data
     assert loaded.model.ByteSize() < original.ByteSize() / 4
     for tensor in loaded.model.graph.initializer:

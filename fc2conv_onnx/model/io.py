@@ -14,7 +14,8 @@ from google.protobuf.message import Message
 from onnx import TensorProto
 
 from ..errors import InputError, ResourceError, first_line, printable
-from .weights import SUB_BYTE_TYPES, Weights, check_model, nbytes_per_element, read_skeleton, tensor_nbytes
+from .skeleton import SUB_BYTE_TYPES, nbytes_per_element, read_skeleton, tensor_nbytes
+from .weights import Weights, check_model
 
 #: What a model may be given as: a path, a ModelProto, its serialized bytes, a binary file object, the
 #: `ONNXProgram` that `torch.onnx.export(..., dynamo=True)` returns, or an `onnx_ir` model.

@@ -1,30 +1,18 @@
 """Where the bytes of large tensors live, so that a model is never held in memory more than once.
 
-A model read from a file is parsed into a *skeleton*: every node, attribute and small tensor, but no large
-initializer data. Each large initializer stays where it is - inside the .onnx file (its `raw_data` bytes)
-or in an external-data file - and is marked as external data in the skeleton; `Weights` knows where its
-bytes are and reads them only when a stage asks for the values (the heads read their FC weights, nothing
-reads the trunk's for the conversion), once, into a read-only array that every later reader shares.
-Arrays made during the conversion (the new kernels) are *held*: kept as numpy arrays and never copied into
-a TensorProto. Writing streams every tensor's bytes from its file or array straight to the output,
-embedded in the .onnx file or as external data next to it. Validation runs onnxruntime on the same arrays,
-fed as graph inputs (`Weights.as_inputs`).
-
-Protobuf's wire format is walked by hand to find the `raw_data` bytes (ModelProto.graph = field 7,
-GraphProto.initializer = 5, TensorProto.raw_data = 9): the python protobuf API cannot parse a message
-while leaving one field's bytes on disk, and `onnx.load(path, load_external_data=False)` holds every
-embedded byte (1098 MiB to read a 528 MiB model, against 57 MiB here; docs/scale.md).
-tests/test_hostile.py proves this reader gives what `onnx.load` + `numpy_helper.to_array` give for every
-storage form.
+A model read from a file is a skeleton (`skeleton`): its large initializers stay where they are, as
+`FileRange`s. `Weights` knows where their bytes are and reads them only when a stage asks for the values
+(the heads read their FC weights, nothing reads the trunk's for the conversion), once, into a read-only
+array that every later reader shares. Arrays made during the conversion (the new kernels) are *held*: kept
+as numpy arrays and never copied into a TensorProto. Writing streams every tensor's bytes from its file or
+array straight to the output, embedded in the .onnx file or as external data next to it. Validation runs
+onnxruntime on the same arrays, fed as graph inputs (`Weights.as_inputs`).
 """
 from __future__ import annotations
 
 import io as _io
-import mmap
 import os
 import uuid
-from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -34,12 +22,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values takes
 from onnx import TensorProto
 
-from ..errors import InputError, printable
-from .stored_files import StoredFile, external_file, model_file
+from ..errors import InputError
+from .skeleton import (DETACH_BYTES, GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, FileRange, StoredFile,
+                       external_entries, external_range, field_header, tensor_nbytes)
 
-#: Initializers with at least this many bytes of data are kept out of the skeleton (onnx's own default
-#: threshold for external data).
-DETACH_BYTES = 1024
 #: A model whose serialized size would reach this is written with external data: protobuf cannot read a
 #: message of 2 GiB or more (a margin is kept for the skeleton).
 EMBEDDED_LIMIT = (2 << 30) - (64 << 20)
@@ -48,191 +34,8 @@ EMBEDDED_LIMIT = (2 << 30) - (64 << 20)
 PAGE_ALIGN_BYTES = 64 << 10
 COPY_CHUNK = 16 << 20
 
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
 #: The start of a held array's location (see `Weights.held`).
 _HELD = "\0held:"
-_LENGTH_DELIMITED = 2
-
-
-@dataclass(frozen=True)
-class FileRange:
-    """`length` bytes at `offset` of `file`."""
-
-    file: StoredFile
-    offset: int
-    length: int
-
-    @property
-    def path(self) -> Path:
-        return self.file.path
-
-
-# --- protobuf wire format -------------------------------------------------------------------------------
-
-def _varint(buf, pos: int, end: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= end or shift > 63:
-            raise InputError("a protobuf varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int) -> Iterator[Tuple[int, int, int, int, int]]:
-    """(field number, wire type, field start, value start, value end) of each field in buf[start:end]."""
-    pos = start
-    while pos < end:
-        tag, value_start = _varint(buf, pos, end)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, value_end = _varint(buf, value_start, end)
-        elif wire == 1:
-            value_end = value_start + 8
-        elif wire == 5:
-            value_end = value_start + 4
-        elif wire == _LENGTH_DELIMITED:
-            length, value_start = _varint(buf, value_start, end)
-            value_end = value_start + length
-        else:
-            raise InputError(f"protobuf wire type {wire} in field {number}")
-        if number == 0 or value_end > end:
-            raise InputError("a protobuf field runs past the end")
-        yield number, wire, pos, value_start, value_end
-        pos = value_end
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field_header(number: int, length: int) -> bytes:
-    """Tag and length of a length-delimited field."""
-    return _encode_varint(number << 3 | _LENGTH_DELIMITED) + _encode_varint(length)
-
-
-# --- reading ---------------------------------------------------------------------------------------------
-
-def read_skeleton(path: Path) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
-    """Parse the model at `path` without its large initializers' `raw_data`: each becomes an external-data
-    reference in the skeleton, and its FileRange (inside `path`) is returned by tensor name."""
-    with open(path, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
-        if size == 0:
-            raise InputError("the file is empty")
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            buf = memoryview(mapped)
-            try:
-                return _split(buf, size, model_file(path, stream.fileno()))
-            finally:
-                buf.release()
-
-
-def _split(buf: memoryview, size: int, source: StoredFile) -> Tuple[onnx.ModelProto, Dict[str, FileRange]]:
-    model_parts: List[bytes] = []
-    graph_parts: List[bytes] = []
-    tensors: List[bytes] = []
-    ranges: Dict[str, FileRange] = {}
-    for number, wire, start, value_start, value_end in _fields(buf, 0, size):
-        if number != _MODEL_GRAPH or wire != _LENGTH_DELIMITED:
-            model_parts.append(bytes(buf[start:value_end]))
-            continue
-        for g_number, g_wire, g_start, g_value_start, g_value_end in _fields(buf, value_start, value_end):
-            if g_number != _GRAPH_INITIALIZER or g_wire != _LENGTH_DELIMITED:
-                graph_parts.append(bytes(buf[g_start:g_value_end]))
-                continue
-            header: List[bytes] = []
-            raw: Optional[Tuple[int, int]] = None
-            for t_number, t_wire, t_start, t_value_start, t_value_end in _fields(buf, g_value_start, g_value_end):
-                if t_number == _TENSOR_RAW_DATA and t_wire == _LENGTH_DELIMITED \
-                        and t_value_end - t_value_start >= DETACH_BYTES:
-                    raw = (t_value_start, t_value_end - t_value_start)
-                else:
-                    header.append(bytes(buf[t_start:t_value_end]))
-            tensor = TensorProto.FromString(b"".join(header))
-            if raw is not None and tensor.data_location == TensorProto.EXTERNAL:
-                raise InputError(f"initializer '{tensor.name}' is marked as external data but also holds its "
-                                 "bytes (raw_data); onnx and onnxruntime would read the file, so it is ambiguous")
-            if raw is not None:
-                expected = tensor_nbytes(tensor)
-                if expected is not None and expected != raw[1]:
-                    raise InputError(f"initializer '{tensor.name}' holds {raw[1]} bytes, but its shape "
-                                     f"{list(tensor.dims)} and type need {expected}")
-                if tensor.name in ranges:
-                    raise InputError(f"two initializers are named '{tensor.name}'")
-                ranges[tensor.name] = FileRange(source, *raw)
-                del tensor.external_data[:]
-                tensor.data_location = TensorProto.EXTERNAL
-                tensor.external_data.add(key="location", value=source.path.name)
-                tensor.external_data.add(key="offset", value=str(raw[0]))
-                tensor.external_data.add(key="length", value=str(raw[1]))
-            tensors.append(tensor.SerializeToString())
-    graph = b"".join(graph_parts + [_field_header(_GRAPH_INITIALIZER, len(t)) + t for t in tensors])
-    skeleton = b"".join(model_parts) + _field_header(_MODEL_GRAPH, len(graph)) + graph
-    return onnx.ModelProto.FromString(skeleton), ranges
-
-
-def _external_entries(tensor: TensorProto) -> Dict[str, str]:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
-def external_range(tensor: TensorProto, folder: Path, label: str,
-                   files: Optional[Dict[str, StoredFile]] = None) -> FileRange:
-    """Where an external-data tensor's bytes are, refused with a one-line reason where onnx's opener refuses
-    the location (`stored_files`), or if the file is too short for them. Nothing is read here. `files`
-    caches the checked files by location."""
-    entries = _external_entries(tensor)
-    location = entries.get("location", "")
-    shown = location if len(location) <= 120 else location[:100] + f"... ({len(location)} characters)"
-    where = f"input {label}: tensor '{tensor.name}' has external data at '{printable(shown)}'"
-    if not location:
-        raise InputError(f"input {label}: tensor '{tensor.name}' has external data with no location")
-    files = {} if files is None else files
-    if location not in files:
-        files[location] = external_file(folder, location, where)
-    stored = files[location]
-    try:
-        offset = int(entries.get("offset", "0"))
-        length = int(entries["length"]) if "length" in entries else stored.size - offset
-    except ValueError:
-        raise InputError(f"{where} with an offset or length that is not a number") from None
-    expected = tensor_nbytes(tensor)
-    if offset < 0 or length < 0 or offset + length > stored.size:
-        raise InputError(f"{where}: bytes {offset}..{offset + length} are past the end of the file")
-    if expected is not None and length != expected:
-        raise InputError(f"{where}: {length} bytes, but its shape and type need {expected}")
-    return FileRange(stored, offset, length)
-
-
-def nbytes_per_element(data_type: int) -> Optional[int]:
-    """Bytes per element of an ONNX tensor type (None for strings and sub-byte types)."""
-    if data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or data_type in SUB_BYTE_TYPES:
-        return None
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize or None
-    except Exception:
-        return None
-
-
-def tensor_nbytes(tensor: TensorProto) -> Optional[int]:
-    """The raw byte size of a tensor's data from its dims and type (None for strings and sub-byte types).
-    Python integers: absurd dims must not wrap around."""
-    itemsize = nbytes_per_element(tensor.data_type)
-    return None if itemsize is None else prod(int(d) for d in tensor.dims) * itemsize
-
-
-SUB_BYTE_TYPES = {getattr(TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, name)}
 
 
 def _tensors_besides_initializers(model: onnx.ModelProto) -> Iterator[TensorProto]:
@@ -303,7 +106,7 @@ class Weights:
     def _held(self, tensor: TensorProto) -> Optional[np.ndarray]:
         if tensor.data_location != TensorProto.EXTERNAL:
             return None
-        location = _external_entries(tensor).get("location", "")
+        location = external_entries(tensor).get("location", "")
         return self.held.get(location) if location.startswith(_HELD) else None
 
     def knows(self, tensor: TensorProto) -> bool:
@@ -439,7 +242,7 @@ class Weights:
         for tensor, ours in self._tensors(model):
             if not ours:
                 body = tensor.SerializeToString()
-                parts.append((_field_header(_GRAPH_INITIALIZER, len(body)) + body, None))
+                parts.append((field_header(GRAPH_INITIALIZER, len(body)) + body, None))
                 continue
             header = TensorProto()
             header.CopyFrom(tensor)
@@ -447,13 +250,13 @@ class Weights:
             header.ClearField("data_location")
             head = header.SerializeToString()
             size = self.payload_size(tensor)
-            body_head = head + _field_header(_TENSOR_RAW_DATA, size)
-            parts.append((_field_header(_GRAPH_INITIALIZER, len(body_head) + size) + body_head, tensor))
+            body_head = head + field_header(TENSOR_RAW_DATA, size)
+            parts.append((field_header(GRAPH_INITIALIZER, len(body_head) + size) + body_head, tensor))
         graph_bytes = graph.SerializeToString()
         graph_length = len(graph_bytes) + sum(len(h) + (self.payload_size(t) if t is not None else 0)
                                               for h, t in parts)
         out.write(rest.SerializeToString())
-        out.write(_field_header(_MODEL_GRAPH, graph_length))
+        out.write(field_header(MODEL_GRAPH, graph_length))
         out.write(graph_bytes)
         for header_bytes, payload in parts:
             out.write(header_bytes)

@@ -31,7 +31,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Un
 import onnx
 
 from ..errors import ClosedOutputError, InputError, ResourceError, printable
-from .weights import EMBEDDED_LIMIT, Weights, read_skeleton
+from .skeleton import read_skeleton
+from .weights import EMBEDDED_LIMIT, Weights
 
 try:
     import fcntl

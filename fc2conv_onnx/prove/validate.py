@@ -31,7 +31,8 @@ from ..plan.plan import HeadPlan, Plan
 from ..model.registry import is_op
 from ..model import graphs
 from ..model.runtime import Session, failure, open_session, random_feeds, run_once, training_shapes
-from ..model.weights import Weights, nbytes_per_element
+from ..model.skeleton import nbytes_per_element
+from ..model.weights import Weights
 
 logger = logging.getLogger(__name__)
 
