@@ -28,8 +28,19 @@ def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
 
 
 def made_by_score_op(model: onnx.ModelProto, name: str) -> bool:
-    """True when output `name` is made by a Softmax or Sigmoid: its values are probabilities, not logits."""
-    return any(name in node.output and fact(node, "score") for node in model.graph.node)
+    """True when output `name` is made by a Softmax or Sigmoid, maybe behind ops that only move its values
+    (Transpose, Reshape, Flatten, Squeeze, Identity: the Transpose a channels-last model has after its
+    Softmax): its values are probabilities, not logits."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    node, seen = producers.get(name), set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if fact(node, "score"):
+            return True
+        if not fact(node, "keeps_values") or not node.input:
+            return False
+        node = producers.get(node.input[0])
+    return False
 
 
 @dataclass

@@ -59,7 +59,8 @@ class OpEntry:
     score: bool = False
     #: Only the shape of its input is read (Shape): the shape evaluator does not evaluate that input.
     reads_shape_only: bool = False
-    #: Changes only the rank or type of a value (shape arithmetic: a single dim passes through unchanged).
+    #: Moves or retypes values without computing new ones (Reshape, Transpose, Squeeze, Cast...): a single dim
+    #: of shape arithmetic passes through unchanged, and a score behind them is still a score.
     keeps_values: bool = False
     #: Attached: what the op becomes in a head: handler(node, index, context) -> Step | Decline.
     head: Optional[Callable] = None
@@ -162,8 +163,8 @@ declare("Shape", trunk=SHAPE_OF, reads_shape_only=True)
 declare("Size", trunk=SHAPE_OF)
 declare("Slice", "Split", shaped_by_inputs=True)
 declare("Concat")
-declare("Transpose")
-declare("Flatten")
+declare("Transpose", keeps_values=True)
+declare("Flatten", keeps_values=True)
 declare("Squeeze", "Unsqueeze", keeps_values=True)
 declare("Reshape", trunk=REGROUP, shaped_by_inputs=True, keeps_values=True)
 declare("GlobalAveragePool", trunk=GLOBAL, global_pool="average")

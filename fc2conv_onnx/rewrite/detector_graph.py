@@ -239,6 +239,9 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
     name = settings.output_name or score_output(model, [n for n in placed if isinstance(placed[n][1], Geometry)]
                                                 or list(placed))
     outputs = {o.name: o for o in model.graph.output}
+    if settings.regression and settings.regression == name:
+        raise InputError(f"--emit-detections: '{name}' cannot be both the score output and the regression; "
+                         "--regression names the output with the box offsets (4 channels), --output-name the scores")
     parts = {}
     for role, wanted in (("scores", name), ("regression", settings.regression)):
         if not wanted:
