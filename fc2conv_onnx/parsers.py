@@ -6,7 +6,7 @@ import argparse
 import math
 
 from . import __version__
-from .apps.detections import ACTIVATIONS
+from .apps.detections import ACTIVATIONS, OVERLAPS
 from .model.layout import OUTPUT_LAYOUTS
 from .model.sizes import MAX_SIZE
 from .plan.plan import KEEP_POOL, POOLINGS
@@ -262,7 +262,7 @@ def _picture_flags(parser: argparse.ArgumentParser) -> None:
 
 #: The flags that set a DetectionSettings (detect, convert --emit-detections), by field.
 DETECTION_FLAGS = {"output_name": "--output-name", "classes": "--class", "threshold": "--threshold", "iou": "--iou",
-                    "regression": "--regression", "activation": "--activation"}
+                   "overlap": "--overlap", "regression": "--regression", "activation": "--activation"}
 
 
 def _detection_flags(parser: argparse.ArgumentParser, when: str) -> None:
@@ -277,8 +277,12 @@ def _detection_flags(parser: argparse.ArgumentParser, when: str) -> None:
     group.add_argument("--threshold", type=_number, metavar="T",
                        help=f"{when}a cell is a candidate when its score is above T (default 0.5)")
     group.add_argument("--iou", type=_number, metavar="I",
-                       help=f"{when}a box overlapping a better box of its class by more than I (intersection over "
-                            "union) is dropped, across scales (default 0.5)")
+                       help=f"{when}a box overlapping a better box of its class by more than I is dropped, across "
+                            "scales (default 0.5)")
+    group.add_argument("--overlap", choices=OVERLAPS,
+                       help=f"{when}what --iou measures the intersection against: union (default: IoU) or smaller "
+                            "(the smaller box, so that a box inside a better one goes too, as cascaded face "
+                            "detectors suppress across scales)")
     group.add_argument("--regression", metavar="OUTPUT",
                        help=f"{when}a box-regression output with 4 channels on the scores' grid: corner offsets x1, "
                             "y1, x2, y2 as fractions of the window's width and height, added to the window's corners "

@@ -83,3 +83,32 @@ def test_a_detector_whose_outputs_share_names_with_the_model_builds_or_says_why(
     with pytest.raises(fc2conv_onnx.InputError, match="both the score output and the regression"):
         fc2conv_onnx.convert_with_report(source, emit_detections=fc2conv_onnx.DetectionSettings(
             output_name="boxes", regression="boxes"))
+
+
+def test_overlap_against_the_smaller_box_drops_a_box_inside_a_better_one():
+    from fc2conv_onnx.apps.detections import SMALLER, suppressed
+
+    # The two boxes MTCNN's second stage gives on docs/detect_face.jpg, at two scales of the pyramid: IoU
+    # 0.49, but 84% of the smaller one lies in the better one.
+    boxes = np.asarray([[162.2, 81.1, 283.9, 202.8], [178.8, 65.0, 276.3, 162.5]], np.float32)
+    scores = np.asarray([0.987, 0.971], np.float32)
+    assert suppressed(boxes, scores, 0.5) == [0, 1]
+    assert suppressed(boxes, scores, 0.5, SMALLER) == [0]
+
+
+def test_detect_takes_overlap_smaller_and_the_in_graph_detector_refuses_it(tmp_path):
+    from test_cli import cli
+
+    code, stdout, stderr = cli("detect", _converted_spots(tmp_path), FIXTURES / "disks.png", "-o", tmp_path / "d.json",
+                               "--overlap", "smaller")
+    assert code == 0 and "over the smaller box" in stdout, stderr
+    code, _, stderr = cli("convert", FIXTURES / "spot_finder.onnx", "-o", tmp_path / "x.onnx", "--emit-detections",
+                          "--overlap", "smaller")
+    assert code == 3 and "NonMaxSuppression measures intersection over union only" in stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def _converted_spots(tmp_path):
+    out = tmp_path / "spots.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
+    return out

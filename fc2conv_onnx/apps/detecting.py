@@ -11,8 +11,8 @@ import numpy as np
 
 from ..model import io, writes
 from . import pictures
-from .detections import (AUTO, Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
-                         pyramid, records_text)
+from .detections import (AUTO, UNION, Detection, DetectionSettings, best_first, candidates, checked_scales,
+                         overridden, pyramid, records_text)
 from ..errors import InputError, printable
 from ..model.geometry import Geometry
 from .maps import MapModel, check_picture_size, made_by_score_op, open_map_model
@@ -42,7 +42,8 @@ class Detections:
         s = self.settings
         which = "each cell's best class" if s.classes is None else f"class(es) {', '.join(map(str, s.classes))}"
         regression = f", boxes moved by '{s.regression}'" if s.regression else ""
-        lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap (IoU) up to "
+        measure = "IoU" if s.overlap == UNION else "over the smaller box"
+        lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap ({measure}) up to "
                  f"{s.iou:g}{regression}): {len(self.records)} in {len(self.scales)} picture(s)"]
         for image, scales in self.scales.items():
             count = sum(1 for r in self.records if r.image == image)
@@ -163,7 +164,7 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
             if progress is not None:
                 progress(done, total)
     logits = settings.activation == AUTO and not made_by_score_op(runner.model, name)
-    return Detections(best_first(found, settings.iou), settings, geometry, plans, logits)
+    return Detections(best_first(found, settings.iou, settings.overlap), settings, geometry, plans, logits)
 
 
 def _where(image: str, scale: float) -> str:

@@ -45,6 +45,11 @@ def overridden(record: R, overrides: Optional[Mapping[str, Any]], what: str) -> 
 #: `activation`: how an output's values become scores.
 AUTO, NO_ACTIVATION, SIGMOID, SOFTMAX = "auto", "none", "sigmoid", "softmax"
 ACTIVATIONS = (AUTO, NO_ACTIVATION, SIGMOID, SOFTMAX)
+#: `overlap`: what two boxes' intersection is measured against in the suppression. UNION: intersection over
+#: union (IoU). SMALLER: intersection over the smaller box's area, which also drops a box lying inside a
+#: better one, as cascaded face detectors (MTCNN) do across the scales of a pyramid.
+UNION, SMALLER = "union", "smaller"
+OVERLAPS = (UNION, SMALLER)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,9 @@ class DetectionSettings:
         classes: the classes (channels) to detect; default: every class, each cell giving only its best one
             (give the object classes of a model with a background class, e.g. (1,)).
         threshold: a cell is a candidate when its score is above this.
-        iou: a box overlapping a better box of its class by more than this (intersection over union) is
-            dropped.
+        iou: a box overlapping a better box of its class by more than this is dropped.
+        overlap: what the overlap is measured against: "union" (default: IoU) or "smaller" (the smaller
+            box's area, so that a box inside a better one goes too).
         regression: an output with 4 channels on the scores' grid: corner offsets (x1, y1, x2, y2) as
             fractions of the window's width and height, added to the window's corners (cascaded face
             detectors' convention).
@@ -72,6 +78,7 @@ class DetectionSettings:
     iou: float = 0.5
     regression: Optional[str] = None
     activation: str = AUTO
+    overlap: str = UNION
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -93,6 +100,8 @@ class DetectionSettings:
             raise InputError(f"threshold {self.threshold} is not a number")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
+        if self.overlap not in OVERLAPS:
+            raise InputError(f"overlap '{self.overlap}' is not one of {', '.join(OVERLAPS)}")
 
     def with_output(self, name: str) -> "DetectionSettings":
         return replace(self, output_name=name)
@@ -157,25 +166,26 @@ def clipped(boxes: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return np.minimum(np.maximum(boxes, np.float32(0)), high)
 
 
-def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Intersection over union of `box` [4] with each of `others` [n, 4] (0 where either is empty)."""
+def iou(box: np.ndarray, others: np.ndarray, overlap: str = UNION) -> np.ndarray:
+    """Intersection over union of `box` [4] with each of `others` [n, 4] (0 where either is empty); with
+    `overlap` SMALLER, over the smaller of the two areas."""
     width = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
     inter = width * height
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    union = area + areas - inter
+    measure = area + areas - inter if overlap == UNION else np.minimum(area, areas)
     empty = (area <= 0) | (areas <= 0)
-    return np.where(empty, 0.0, inter / np.where(union > 0, union, 1.0))
+    return np.where(empty, 0.0, inter / np.where(measure > 0, measure, 1.0))
 
 
-def suppressed(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> List[int]:
-    """Greedy non-maximum suppression: the indices kept, best first; a box is dropped when its IoU with a
-    kept box is above `threshold`."""
+def suppressed(boxes: np.ndarray, scores: np.ndarray, threshold: float, overlap: str = UNION) -> List[int]:
+    """Greedy non-maximum suppression: the indices kept, best first; a box is dropped when its overlap
+    (`iou`) with a kept box is above `threshold`."""
     order = np.argsort(-scores, kind="stable")
     kept: List[int] = []
     for index in order:
-        if not kept or iou(boxes[index], boxes[kept]).max() <= threshold:
+        if not kept or iou(boxes[index], boxes[kept], overlap).max() <= threshold:
             kept.append(int(index))
     return kept
 
@@ -219,7 +229,7 @@ def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geom
                                                 cells.tolist())]
 
 
-def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detection]:
+def best_first(found: Sequence[Detection], iou_threshold: float, overlap: str = UNION) -> List[Detection]:
     """Non-maximum suppression per image and class (across scales), then every kept detection best first."""
     groups: Dict[Tuple[str, int], List[Detection]] = {}
     for detection in found:
@@ -228,7 +238,7 @@ def best_first(found: Sequence[Detection], iou_threshold: float) -> List[Detecti
     for group in groups.values():
         boxes = np.asarray([d.box for d in group], np.float32)
         scores = np.asarray([d.score for d in group], np.float32)
-        kept += [group[i] for i in suppressed(boxes, scores, iou_threshold)]
+        kept += [group[i] for i in suppressed(boxes, scores, iou_threshold, overlap)]
     return sorted(kept, key=lambda d: -d.score)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..apps.detections import AUTO, SIGMOID, SOFTMAX, DetectionSettings, refuse_softmax_of_one
+from ..apps.detections import AUTO, SIGMOID, SOFTMAX, UNION, DetectionSettings, refuse_softmax_of_one
 from ..errors import InputError
 from ..model.geometry import Geometry, HeadGeometry
 from ..model.layout import CHANNELS_LAST
@@ -239,6 +239,10 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
     name = settings.output_name or score_output(model, [n for n in placed if isinstance(placed[n][1], Geometry)]
                                                 or list(placed))
     outputs = {o.name: o for o in model.graph.output}
+    if settings.overlap != UNION:
+        raise InputError(f"--emit-detections cannot measure overlap against the {settings.overlap} box: ONNX's "
+                         "NonMaxSuppression measures intersection over union only; use --overlap union, or detect "
+                         "(which can)")
     if settings.regression and settings.regression == name:
         raise InputError(f"--emit-detections: '{name}' cannot be both the score output and the regression; "
                          "--regression names the output with the box offsets (4 channels), --output-name the scores")
