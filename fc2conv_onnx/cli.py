@@ -34,6 +34,8 @@ from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
 from .report import Report
 from .model.writes import Terminated, signals_raise
 
+logger = logging.getLogger(__name__)
+
 def _detection_settings(args: argparse.Namespace) -> DetectionSettings:
     given = {field: getattr(args, field) for field in DETECTION_FLAGS if getattr(args, field) is not None}
     try:
@@ -158,10 +160,23 @@ def _check_scales(scales: Optional[tuple]) -> None:
 
 
 def _preprocessing(args: argparse.Namespace) -> Preprocessing:
+    scale = args.scale
+    if args.older_scale is not None:
+        if scale is not None:
+            raise UsageError("--scale is the older spelling of --pixel-scale: give one of them")
+        logger.warning(
+            "--scale %g divides the pixels (now spelled --pixel-scale); the scales of an image pyramid are --scales",
+            args.older_scale)
+        scale = args.older_scale
     try:
-        return Preprocessing(scale=args.scale, mean=args.mean, std=args.std, channels=args.channels)
+        preprocessing = Preprocessing(scale=255.0 if scale is None else scale, mean=args.mean, std=args.std,
+                                      channels=args.channels)
     except InputError as error:
         raise UsageError(str(error)) from None
+    unusual = preprocessing.unusual()
+    if unusual:
+        logger.warning("%s", unusual)
+    return preprocessing
 
 
 def _run_detect(args: argparse.Namespace):
@@ -279,7 +294,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter(f"{PROG}: %(message)s"))
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
-    logging.basicConfig(level=level, handlers=[handler])
+    # The package's own loggers, not the root one: a program (or a test) that calls main() again, or has
+    # configured logging its own way, still gets this run's lines, once.
+    package = logging.getLogger(__package__)
+    package.handlers, package.propagate = [handler], False
+    package.setLevel(level)
     run: Callable[[argparse.Namespace], Report] = _RUNS[args.command]
     _silence_graphsurgeon()
     try:

@@ -251,7 +251,10 @@ def _add_detect(commands: "argparse._SubParsersAction") -> None:
 
 def _picture_flags(parser: argparse.ArgumentParser) -> None:
     """How pixels become the model's input (heatmap, detect)."""
-    parser.add_argument("--scale", type=_number, default=255.0, help="pixels are divided by this (default 255)")
+    parser.add_argument("--pixel-scale", dest="scale", type=_number, metavar="S",
+                        help="pixels (0..255) are divided by this first (default 255, giving 0..1; 1 keeps 0..255)")
+    parser.add_argument("--scale", dest="older_scale", type=_number, metavar="S",
+                        help="the older spelling of --pixel-scale (not a pyramid scale: that is --scales)")
     parser.add_argument("--mean", type=_floats, default=(0.0,), metavar="M[,M,M]",
                         help="subtracted after scaling, per channel (e.g. 0.485,0.456,0.406; default 0)")
     parser.add_argument("--std", type=_floats, default=(1.0,), metavar="S[,S,S]",

@@ -50,6 +50,23 @@ class Preprocessing:
         if self.channels not in ("rgb", "bgr", "gray"):
             raise InputError(f"channels {self.channels!r} is not rgb, bgr or gray")
 
+    def unusual(self) -> str:
+        """What to tell a user whose numbers turn every pixel (0..255) into nearly one value or into values far
+        from any a network is trained on (a mean in pixel units after the default division by 255: all
+        inputs about -1, and no detections), with what to try; '' when they look usable."""
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        low, high = (0.0 / self.scale - mean) / std, (255.0 / self.scale - mean) / std
+        span = float(np.abs(high - low).min())
+        far = float(np.minimum(np.abs(low), np.abs(high)).max())
+        if span >= 0.1 and far <= 10.0:
+            return ""
+        shown = ", ".join(f"{a:.3g}..{b:.3g}" for a, b in zip(np.atleast_1d(low), np.atleast_1d(high)))
+        hint = (" (--mean and --std look like pixel units: give --pixel-scale 1)"
+                if self.scale != 1.0 and float(np.abs(mean).max()) > 1.0 else "")
+        what = "nearly one value" if span < 0.1 else "values far from any a network is usually trained on"
+        return (f"--pixel-scale {self.scale:g}, --mean and --std turn pixels 0..255 into {shown}: {what}; the "
+                f"model may find nothing{hint}")
+
 
 def colour(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] -> RGB uint8, along the COLOURS anchors."""

@@ -1,0 +1,51 @@
+"""Preprocessing flags that cannot be confused: the pixel divisor is --pixel-scale (--scale, one letter from the
+pyramid's --scales, stays as its older spelling and says so), and numbers that turn every pixel into nearly
+one value (a mean in pixel units after the default division by 255) are warned about with what to try."""
+from __future__ import annotations
+
+import pytest
+
+import fc2conv_onnx
+from conftest import FIXTURES
+from fc2conv_onnx.apps.pictures import Preprocessing
+from test_outputs_and_caps import run_in_process
+
+
+@pytest.fixture(scope="module")
+def spots(tmp_path_factory):
+    out = tmp_path_factory.mktemp("spots") / "spots.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
+    return out
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--mean", "127.5", "--std", "128"], "give --pixel-scale 1"),
+    (["--pixel-scale", "1", "--mean", "127.5", "--std", "128"], ""),
+    (["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"], ""),
+    ([], ""),
+    (["--scale", "1", "--mean", "127.5", "--std", "128"], "older spelling" and "now spelled --pixel-scale"),
+])
+def test_detect_warns_about_numbers_that_flatten_the_picture(spots, tmp_path, capsys, flags, warned):
+    code, stderr = run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "d.json", *flags)
+    assert code == 0
+    assert (warned in stderr) if warned else stderr == "", stderr
+
+
+def test_the_older_and_newer_spelling_together_are_a_usage_error(spots, tmp_path, capsys):
+    code, stderr = run_in_process(capsys, "heatmap", spots, FIXTURES / "disks.png", "-o", tmp_path / "h.png",
+                                  "--scale", "1", "--pixel-scale", "1")
+    assert code == 2 and "give one of them" in stderr
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_the_older_spelling_still_divides_the_pixels(spots, tmp_path, capsys):
+    assert run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "a.json",
+                          "--scale", "255")[0] == 0
+    assert run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "b.json")[0] == 0
+    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
+
+
+def test_unusual_says_nothing_for_usual_numbers():
+    assert Preprocessing().unusual() == ""
+    assert Preprocessing(scale=1.0, mean=127.5, std=128.0).unusual() == ""
+    assert "nearly one value" in Preprocessing(mean=127.5, std=128.0).unusual()
