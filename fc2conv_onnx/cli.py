@@ -307,8 +307,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Fc2ConvError as error:
         if args.json:
             _print_report(error.report, args, error)
-        elif error.report is not None and args.command == "inspect" and not args.quiet:
-            print(error.report.to_text())
+        elif error.report is not None and args.command == "inspect" and not args.quiet and not error.report.plan.heads:
+            print(error.report.to_text())  # what was found and why none converts (a refused mode needs no plan)
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return error.exit_code
     except (KeyboardInterrupt, Terminated) as stop:

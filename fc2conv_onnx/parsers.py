@@ -245,7 +245,7 @@ def _add_detect(commands: "argparse._SubParsersAction") -> None:
                          help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
     _detection_flags(detect, "")
     _picture_flags(detect)
-    _talk_flags(detect)
+    _talk_flags(detect, json=False)
     detect.set_defaults(json=False)
 
 
@@ -402,10 +402,10 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
     _talk_flags(parser)
 
 
-def _talk_flags(parser: argparse.ArgumentParser, top: bool = False) -> None:
+def _talk_flags(parser: argparse.ArgumentParser, top: bool = False, json: bool = True) -> None:
     """-v and -q, taken before the command or after it: a command's own flags default to nothing (SUPPRESS),
-    so that they do not undo the same flag given before the command."""
+    so that they do not undo the same flag given before the command. `json`: whether the command has --json."""
     default = False if top else argparse.SUPPRESS
     parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log each step to stderr")
     parser.add_argument("-q", "--quiet", action="store_true", default=default,
-                        help="print no report (errors still go to stderr; --json still prints)")
+                        help="print no report (errors still go to stderr" + ("; --json still prints)" if json else ")"))

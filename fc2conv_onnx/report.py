@@ -56,7 +56,8 @@ class Report:
                                                       if self.external_data else ""))
         # Each line escaped on its own, so that a name holding a newline cannot forge a line; the plan
         # escapes its own lines.
-        return "\n".join([*map(printable, before), self.plan.describe(), *map(printable, after)])
+        heads_are = "checked against the converted model" if self.compared_with else "to convert"
+        return "\n".join([*map(printable, before), self.plan.describe(heads_are), *map(printable, after)])
 
     def to_dict(self) -> Dict[str, Any]:
         return {

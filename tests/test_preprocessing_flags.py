@@ -49,3 +49,20 @@ def test_unusual_says_nothing_for_usual_numbers():
     assert Preprocessing().unusual() == ""
     assert Preprocessing(scale=1.0, mean=127.5, std=128.0).unusual() == ""
     assert "nearly one value" in Preprocessing(mean=127.5, std=128.0).unusual()
+
+
+def test_help_and_reports_say_what_the_command_does(tmp_path, capsys):
+    from fc2conv_onnx import cli as command_line
+
+    with pytest.raises(SystemExit):
+        command_line.main(["detect", "--help"])
+    assert "--json" not in capsys.readouterr().out  # detect has no --json
+    converted = tmp_path / "dress.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "dress_detector.onnx", converted)
+    assert command_line.main(["validate", str(FIXTURES / "dress_detector.onnx"), str(converted)]) == 0
+    out = capsys.readouterr().out
+    assert "1 head(s) checked against the converted model" in out and "to convert" not in out
+    # a --pooling mode the head cannot have: the refusal, not the plan of another mode
+    assert command_line.main(["inspect", str(FIXTURES / "dress_detector.onnx"), "--pooling", "none"]) == 4
+    printed = capsys.readouterr()
+    assert printed.out == "" and "--pooling none cannot apply" in printed.err

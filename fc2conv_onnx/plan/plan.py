@@ -468,7 +468,8 @@ class Plan:
     def input_layout(self, name: str) -> str:
         return self.input_layouts.get(name, CHANNELS_FIRST)
 
-    def describe(self) -> str:
+    def describe(self, heads_are: str = "to convert") -> str:
+        """The plan in lines; `heads_are` says what the heads are to the reader ("to convert", "checked")."""
         shown = self.normalized if len(self.normalized) <= MAX_NOTES_SHOWN + 1 else self.normalized[:MAX_NOTES_SHOWN]
         lines = [f"normalized: {note}" for note in shown]
         if len(shown) < len(self.normalized):  # ShuffleNetV2 has 32: the report would be mostly these
@@ -481,7 +482,7 @@ class Plan:
                          "images (an exporter left them as inputs); validated with values in [0.5, 1.5)")
         if self.densify:
             lines.append(self.densify.describe())
-        lines.append(f"{len(self.heads)} head(s) to convert" + (":" if self.heads else ""))
+        lines.append(f"{len(self.heads)} head(s) {heads_are}" + (":" if self.heads else ""))
         skipped = [f"{len(self.skipped)} node(s) left as they are:"] if self.skipped else []
         skipped += [f"  {s.describe()}" for s in self.skipped]
         # Each line is escaped on its own (a name may hold a newline); a head escapes its own lines.
