@@ -182,7 +182,7 @@ def _add_heatmap(commands: "argparse._SubParsersAction") -> None:
                     "'fc2conv-onnx[heatmap]') and write OUT.png: the image with the class map over it, each cell "
                     "at the centre of the input window it stands for (the stride, window and offset stored in "
                     "MODEL), interpolated between cells, and a colour bar. The image is the model's input as it "
-                    "is: pixels / --scale, minus --mean, over --std, in --channels order.",
+                    "is: pixels / --pixel-scale, minus --mean, over --std, in --channels order.",
         epilog=exit_codes("heatmap"))
     heatmap.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
     heatmap.add_argument("image", metavar="IMAGE", help="the picture (at least the training size)")
@@ -220,7 +220,7 @@ def _add_detect(commands: "argparse._SubParsersAction") -> None:
                     "--regression output, clip it to the picture, and suppress overlapping boxes per class across "
                     "scales (--iou). Writes the detections, best first, to OUT: JSON (a list of {image, box: [x1, y1, "
                     "x2, y2], score, class, scale, cell}) or, for a .csv name, CSV. Needs Pillow: pip install "
-                    "'fc2conv-onnx[heatmap]'. The image is the model's input as it is: pixels / --scale, minus "
+                    "'fc2conv-onnx[heatmap]'. The image is the model's input as it is: pixels / --pixel-scale, minus "
                     "--mean, over --std, in --channels order.",
         epilog=exit_codes("detect"))
     detect.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
