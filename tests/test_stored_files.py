@@ -166,3 +166,13 @@ def test_a_data_file_cut_short_before_its_weights_are_read_is_exit_3(fixture_pat
     _swap_after_the_check(monkeypatch, lambda: os.truncate(data, data.stat().st_size // 2))
     code, stderr = _convert(capsys, path, tmp_path / "out.onnx")
     assert code == 3 and "changed during the run" in stderr and "Traceback" not in stderr, stderr
+
+
+def test_a_model_file_removed_before_its_weights_are_read_is_exit_3(fixture_path, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    path = tmp_path / "model.onnx"
+    shutil.copy(fixture_path(STEM), path)  # its large weights stay in the file until read
+    _swap_after_the_check(monkeypatch, lambda: path.unlink())
+    code, stderr = _convert(capsys, path, tmp_path / "out.onnx")
+    assert code == 3 and "changed during the run" in stderr and "Traceback" not in stderr, stderr

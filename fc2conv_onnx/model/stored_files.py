@@ -48,8 +48,14 @@ class StoredFile:
 
     def open(self) -> int:
         """A descriptor of the file, refused if it is no longer the file that was checked."""
-        handle = (os.open(self.path, _READ_FLAGS) if self.location is None
-                  else open_beneath(self.folder, self.location, f"'{printable(str(self.path))}'"))
+        if self.location is None:
+            try:
+                handle = os.open(self.path, _READ_FLAGS)
+            except OSError as error:
+                raise InputError(f"'{printable(str(self.path))}' changed during the run (it cannot be opened now: "
+                                 f"{error.strerror or error}); nothing was written") from None
+        else:
+            handle = open_beneath(self.folder, self.location, f"'{printable(str(self.path))}'")
         if _identity(handle) != self.identity:
             os.close(handle)
             raise InputError(f"'{printable(str(self.path))}' changed during the run (it was replaced or written "
