@@ -23,7 +23,7 @@ def spots(tmp_path_factory):
     (["--pixel-scale", "1", "--mean", "127.5", "--std", "128"], ""),
     (["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"], ""),
     ([], ""),
-    (["--scale", "1", "--mean", "127.5", "--std", "128"], "older spelling" and "now spelled --pixel-scale"),
+    (["--scale", "1", "--mean", "127.5", "--std", "128"], "now spelled --pixel-scale"),
 ])
 def test_detect_warns_about_numbers_that_flatten_the_picture(spots, tmp_path, capsys, flags, warned):
     code, stderr = run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "d.json", *flags)

@@ -99,7 +99,7 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
     Args:
         model: a model converted by fc2conv-onnx (a path, ModelProto, ...; see `convert`).
         images: picture files (PNG, JPEG, ...; needs Pillow).
-        settings: a `DetectionSettings` (output, classes, threshold, iou, regression, activation); keyword
+        settings: a `DetectionSettings` (output, classes, threshold, iou, overlap, regression, activation); keyword
             arguments named like its fields override it.
         scales: the scales to run at (1, 0.5, 0.25: each picture resized by each); default: 1 only, the
             pictures as they are. Or instead

@@ -127,7 +127,7 @@ def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_
 # --- feeds and single runs ------------------------------------------------------------------------------
 
 def run_once(model: Union[onnx.ModelProto, Session], feeds: Mapping[str, np.ndarray], what: str,
-         weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
+             weights: Optional[Weights] = None, original: bool = False) -> Dict[str, np.ndarray]:
     """Run `model` (or a session made for it) once on `feeds`; a failure is the original's fault (`original`:
     InputError), the conversion's (ValidationError), or the machine's (ResourceError, when memory runs out)."""
     try:
@@ -180,6 +180,7 @@ def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
 
 def random_feeds(model: onnx.ModelProto, shapes: Mapping[str, Tuple[int, ...]],
                  rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Seeded random inputs of `shapes` for `model`'s inputs."""
     feeds = {}
     held = parameter_inputs([(name, shape) for name, shape in shapes.items()])
     for value in model.graph.input:

@@ -31,7 +31,7 @@ def expected(scores: np.ndarray, offsets: Optional[np.ndarray], parts: DetectorP
     for n in range(scores.shape[0]):
         found += candidates(scores[n], None if offsets is None else offsets[n], parts.geometry, settings, str(n), 1.0,
                             (1.0, 1.0), size)
-    kept = best_first(found, settings.iou)
+    kept = best_first(found, settings.iou, settings.overlap)
     return (np.asarray([d.box for d in kept], np.float32).reshape(-1, 4),
             np.asarray([d.score for d in kept], np.float32), np.asarray([d.klass for d in kept], np.int64),
             np.asarray([int(d.image) for d in kept], np.int64))

@@ -66,8 +66,8 @@ def fold_constant_nodes(graph: gs.Graph) -> int:
     folded = 0
     for node in graph.nodes:
         outputs = list(node.outputs)
-        if not outputs or any(id(t) not in made or made[id(t)] is None and id(t) not in values for t in outputs):
-            continue
+        if not outputs or any(id(t) not in made or (made[id(t)] is None and id(t) not in values) for t in outputs):
+            continue  # not foldable, or its evaluation failed
         node.outputs.clear()
         for tensor in outputs:
             tensor.to_constant(values.get(id(tensor), made[id(tensor)]))
@@ -90,9 +90,8 @@ def _evaluate_chain(chain: Sequence[gs.Node], opset: int, made: Dict[int, Option
                     ) -> Dict[int, np.ndarray]:
     """id(tensor) -> value for the outputs of `chain` (nodes in graph order that read constants, Constant
     nodes' values in `made`, or one another's outputs): one evaluation of them all, else one per node."""
-    tensors = {id(t): t for node in chain for t in node.inputs + node.outputs}
     try:
-        return _evaluate(chain, opset, made, tensors)
+        return _evaluate(chain, opset, made)
     except Exception as error:  # an op the evaluator does not implement: node by node, to fold the others
         logger.debug("folding node by node: %s", first_line(error))
     values: Dict[int, np.ndarray] = {}
@@ -100,14 +99,13 @@ def _evaluate_chain(chain: Sequence[gs.Node], opset: int, made: Dict[int, Option
         if any(id(t) in made and made[id(t)] is None and id(t) not in values for t in node.inputs):
             continue  # reads a value that could not be computed
         try:
-            values.update(_evaluate([node], opset, {**made, **values}, tensors))
+            values.update(_evaluate([node], opset, {**made, **values}))
         except Exception as error:
             logger.debug("not folded: %s '%s' (%s)", node.op, node.name, first_line(error))
     return values
 
 
-def _evaluate(nodes: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.ndarray]],
-              tensors: Dict[int, gs.Tensor]) -> Dict[int, np.ndarray]:
+def _evaluate(nodes: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.ndarray]]) -> Dict[int, np.ndarray]:
     """The outputs of `nodes` (which read only constants and one another), computed by onnx's reference
     evaluator, so any op onnx defines folds as onnx defines it."""
     from onnx.reference import ReferenceEvaluator
