@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fc2conv_onnx  # noqa: E402
+from fc2conv_onnx.model import graphs  # noqa: E402
 from fc2conv_onnx.prove import validate as validation  # noqa: E402
 from models import MODELS, free_batch, hand_convert, multiply_accumulates  # noqa: E402
 
@@ -82,8 +83,8 @@ def bench_model(label: str, build, frame, rounds: int, threads: int) -> List[str
     output = original.graph.output[0].name
     image_name = original.graph.input[0].name
     window = conversion.report.plan.heads[0].spatial_shape
-    trunk = validation._cut(inferred, (), [SOURCE], [image_name])
-    head = validation._cut(inferred, [SOURCE], [output], [SOURCE], batch_only=True)
+    trunk = graphs.cut(inferred, [SOURCE], (), [image_name])
+    head = graphs.cut(inferred, [output], [SOURCE], [SOURCE], batch_only=True)
     s = {name: session(model, threads) for name, model in
          [("converted", converted), ("hand", hand), ("trunk", trunk), ("head", head),
           ("original", free_batch(original))]}
