@@ -1,19 +1,36 @@
-"""fc2conv-onnx: make an exported CNN classifier fully convolutional, proven equivalent with onnxruntime."""
+"""fc2conv-onnx: make an exported CNN classifier fully convolutional, proven equivalent with onnxruntime.
+
+The public names are imported when first used: `detect`, `heatmap` and the command line's `--help` start
+without onnx (about a second to import), which only the converter needs."""
 from __future__ import annotations
 
-from .version import __version__  # noqa: E402, F401
+from importlib import import_module
+from typing import Any
 
-from .api import (Conversion, Detection, Detections, DetectionSettings, Heatmap, convert, convert_file,  # noqa: E402
-                  convert_with_report, detect, heatmap, inspect, read_geometry, validate_pair, window_of)
-from .errors import Fc2ConvError, InputError, NothingToConvertError, ResourceError, ValidationError  # noqa: E402
-from .plan.options import Options  # noqa: E402
-from .model.geometry import Box, Geometry  # noqa: E402
-from .apps.pictures import Preprocessing  # noqa: E402
-from .report import Report  # noqa: E402
+from .version import __version__
 
-__all__ = [
-    "__version__", "convert", "convert_with_report", "convert_file", "inspect", "validate_pair",
-    "read_geometry", "window_of", "heatmap", "detect", "Detection", "Detections", "DetectionSettings",
-    "Conversion", "Report", "Geometry", "Box", "Heatmap", "Preprocessing",
-    "Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError", "Options",
-]
+#: Public name -> the module that defines it.
+_HOMES = {
+    **dict.fromkeys(["convert", "convert_with_report", "convert_file", "inspect", "validate_pair", "read_geometry",
+                     "window_of", "Conversion"], ".api"),
+    "detect": ".apps.detecting", "Detections": ".apps.detecting", "heatmap": ".apps.heatmaps",
+    "Heatmap": ".apps.heatmaps", "Detection": ".apps.detections", "DetectionSettings": ".apps.detections",
+    **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
+                    ".errors"),
+    "Options": ".plan.options", "Box": ".model.geometry", "Geometry": ".model.geometry",
+    "Preprocessing": ".apps.pictures", "Report": ".report",
+}
+
+__all__ = ["__version__", *_HOMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_HOMES[name], __name__), name)
+    globals()[name] = value  # found once; later reads do not come here
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_HOMES))

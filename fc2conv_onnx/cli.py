@@ -22,17 +22,21 @@ import signal
 import sys
 import time
 from dataclasses import fields
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from . import api
 from .model import writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .apps.detections import DetectionSettings, checked_scales
 from .apps.pictures import Preprocessing
 from .plan.options import Options
 from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
-from .report import Report
 from .model.writes import Terminated, signals_raise
+
+if TYPE_CHECKING:
+    from .report import Report
+
+# The converter (and onnx, a second to import) is imported by the commands that convert, not at start:
+# detect, heatmap and --help run without it.
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,8 @@ def _model_source(name: str):
 
 
 def _run_convert(args: argparse.Namespace) -> Report:
+    from . import api
+
     given = [flag for field, flag in DETECTION_FLAGS.items() if getattr(args, field) is not None]
     if given and not args.emit_detections:
         raise UsageError(f"{given[0]} sets the detector of --emit-detections; add --emit-detections or leave it out")
@@ -107,6 +113,8 @@ def _run_convert(args: argparse.Namespace) -> Report:
 
 
 def _run_validate(args: argparse.Namespace) -> Report:
+    from . import api
+
     if args.original == args.converted == STREAM:
         raise UsageError(f"only one of ORIGINAL and CONVERTED can be {STREAM} (standard input)")
     return api.validate_pair(_model_source(args.original), _model_source(args.converted), _options(args),
@@ -114,6 +122,8 @@ def _run_validate(args: argparse.Namespace) -> Report:
 
 
 def _run_inspect(args: argparse.Namespace) -> Report:
+    from . import api
+
     report = api.inspect(_model_source(args.input), _options(args))
     if not report.plan.heads:
         raise api.nothing_to_convert(report.plan, args.input)
@@ -127,10 +137,12 @@ def _run_heatmap(args: argparse.Namespace):
     value_range = args.value_range
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
-    drawn = api.heatmap(args.model, args.image, _stdout() if args.output == STREAM else args.output,
-                        output_name=args.output_name, classes=args.classes, top=args.top,
-                        preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
-                        resize=args.resize, scales=args.scales)
+    from .apps.heatmaps import heatmap
+
+    drawn = heatmap(args.model, args.image, _stdout() if args.output == STREAM else args.output,
+                    output_name=args.output_name, classes=args.classes, top=args.top,
+                    preprocessing=_preprocessing(args), alpha=args.alpha, value_range=value_range,
+                    resize=args.resize, scales=args.scales)
     if args.output == STREAM:
         drawn.output = "standard output"
     return drawn
@@ -195,9 +207,11 @@ def _run_detect(args: argparse.Namespace):
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
         [(f"--draw's drawing of {image}", drawing) for image, drawing in drawings]
     writes.refuse_writing_over(outputs, [("the model", args.model)] + [("the picture", image) for image in args.images])
-    found = api.detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
-                       max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
-                       progress=_progress("runs"))
+    from .apps.detecting import detect
+
+    found = detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
+                   max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
+                   progress=_progress("runs"))
     made = _make_folder(args.draw) if args.draw and len(args.images) > 1 else None
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
@@ -275,6 +289,8 @@ class _PrintableFormatter(logging.Formatter):
 _RUNS: Dict[str, Callable[[argparse.Namespace], Any]] = {
     "convert": _run_convert, "validate": _run_validate, "inspect": _run_inspect, "heatmap": _run_heatmap,
     "detect": _run_detect}
+#: The commands that read a model with onnx and graphsurgeon (the others run a converted one in onnxruntime).
+_CONVERTER_COMMANDS = ("convert", "validate", "inspect")
 
 
 def _silence_graphsurgeon() -> None:
@@ -300,7 +316,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     package.handlers, package.propagate = [handler], False
     package.setLevel(level)
     run: Callable[[argparse.Namespace], Report] = _RUNS[args.command]
-    _silence_graphsurgeon()
+    if args.command in _CONVERTER_COMMANDS:
+        _silence_graphsurgeon()
     try:
         with signals_raise():  # SIGTERM unwinds like Ctrl-C: temporaries (written or validation's) go
             report = run(args)

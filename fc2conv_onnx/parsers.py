@@ -9,7 +9,7 @@ from . import __version__
 from .apps.detections import ACTIVATIONS, OVERLAPS
 from .model.layout import OUTPUT_LAYOUTS
 from .model.sizes import MAX_SIZE
-from .plan.plan import KEEP_POOL, POOLINGS
+from .plan.options import KEEP_POOL, POOLINGS
 
 PROG = "fc2conv-onnx"
 #: The name that means standard input (for a model) or standard output (convert's, heatmap's, detect's OUT).

@@ -1,7 +1,9 @@
 """The command line: exit codes, one-line errors, no tracebacks, nothing written on failure."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +18,38 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
 def cli(*args):
-    """Run the real program (python -m fc2conv_onnx) so tracebacks and exit codes are the real ones."""
+    """Run the program's `main` in this process: (exit code, standard output, standard error). An exception
+    that escapes main (which would be a traceback) fails the test; tests of the process itself (signals,
+    closed streams, standard input, start-up) use `cli_process`."""
+    out, err = _Captured(), _Captured()
+    package = logging.getLogger("fc2conv_onnx")
+    kept = package.handlers, package.propagate, package.level
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        code = main(list(map(str, args)))
+    except SystemExit as done:  # argparse: --help, --version and usage errors
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 2
+    finally:
+        sys.stdout, sys.stderr = streams
+        package.handlers, package.propagate = kept[0], kept[1]
+        package.setLevel(kept[2])
+    return code, out.text(), err.text()
+
+
+class _Captured(io.TextIOWrapper):
+    """A text stream with a binary `buffer`, as the process's own standard streams are."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8", errors="replace", write_through=True)
+
+    def text(self) -> str:
+        self.flush()
+        return self.buffer.getvalue().decode("utf-8", errors="replace")
+
+
+def cli_process(*args):
+    """Run the real program (python -m fc2conv_onnx) in a process of its own."""
     done = subprocess.run([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], capture_output=True,
                           text=True, env=ENV, timeout=120)
     return done.returncode, done.stdout, done.stderr

@@ -262,8 +262,8 @@ def test_convert_refuses_detection_flags_without_emit_and_unusable_outputs(tmp_p
 def test_one_session_serves_every_picture_and_scale_and_progress_counts_the_runs(converted, monkeypatch):
     from fc2conv_onnx.apps import maps
     opened = []
-    real = maps.runtime.open_session
-    monkeypatch.setattr(maps.runtime, "open_session", lambda *a, **k: opened.append(1) or real(*a, **k))
+    real = maps.ort.file_session
+    monkeypatch.setattr(maps.ort, "file_session", lambda *a, **k: opened.append(1) or real(*a, **k))
     calls = []
     found = fc2conv_onnx.detect(converted[0], [DISKS, FIXTURES / "spots.png"], scales=(1, 0.5, 0.25),
                                 progress=lambda done, total: calls.append((done, total)))

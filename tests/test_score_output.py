@@ -58,6 +58,32 @@ def test_heatmap_and_detect_pick_the_score_by_default(converted, tmp_path):
     assert all(0.0 <= r.score <= 1.0 for r in found.records)
 
 
+def test_the_marker_names_the_scores_and_an_older_marker_is_read_from_the_graph(converted, tmp_path):
+    """detect reads which outputs are scores from the marker (without onnx); a model converted before the
+    marker named them is read from its graph, from a file or in memory alike."""
+    import json
+
+    from fc2conv_onnx.model.marker import CONVERTED_KEY
+
+    model = onnx.load(str(converted))
+    prop = next(p for p in model.metadata_props if p.key == CONVERTED_KEY)
+    assert json.loads(prop.value)["score_outputs"] == ["softmax_1"]
+    older = json.loads(prop.value)
+    del older["score_outputs"]
+    prop.value = json.dumps(older)
+    onnx.save(model, str(tmp_path / "older.onnx"))
+    for source in (tmp_path / "older.onnx", model, model.SerializeToString()):
+        found = fc2conv_onnx.detect(source, [FIXTURES / "disks.png"], threshold=0.5)
+        assert found.settings.output_name == "softmax_1" and not found.logits
+        drawn = fc2conv_onnx.heatmap(source, FIXTURES / "disks.png", tmp_path / "h.png")
+        assert drawn.model_output == "softmax_1"
+    older["score_outputs"] = "softmax_1"  # damaged: not a list
+    prop.value = json.dumps(older)
+    onnx.save(model, str(tmp_path / "damaged.onnx"))
+    with pytest.raises(fc2conv_onnx.InputError, match="damaged"):
+        fc2conv_onnx.detect(tmp_path / "damaged.onnx", [FIXTURES / "disks.png"])
+
+
 def test_the_in_graph_detector_takes_the_score_by_default(tmp_path):
     source = _nhwc_face_classifier(tmp_path / "face.onnx")
     conversion = fc2conv_onnx.convert_with_report(source, emit_detections=True)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from io import BytesIO
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..model import io, writes
+from ..model import writes
 from . import pictures
 from .detections import (AUTO, UNION, Detection, DetectionSettings, best_first, candidates, checked_scales,
                          overridden, pyramid, records_text)
 from ..errors import InputError, printable
 from ..model.geometry import Geometry
-from .maps import MapModel, check_picture_size, made_by_score_op, open_map_model
+from .maps import MapModel, check_picture_size, open_map_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called as progress(done, total) after each run of the model (one per picture and scale).
@@ -87,7 +87,7 @@ class Detections:
         return buffer.getvalue()
 
 
-def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional[DetectionSettings] = None, *,
+def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionSettings] = None, *,
            scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[pictures.Preprocessing] = None, progress: Optional[Progress] = None,
@@ -163,7 +163,7 @@ def detect(model: io.ModelSource, images: Sequence[PathLike], settings: Optional
             done += 1
             if progress is not None:
                 progress(done, total)
-    logits = settings.activation == AUTO and not made_by_score_op(runner.model, name)
+    logits = settings.activation == AUTO and name not in runner.scores
     return Detections(best_first(found, settings.iou, settings.overlap), settings, geometry, plans, logits)
 
 

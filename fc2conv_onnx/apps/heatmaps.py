@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..model import io, writes
+from ..model import writes
 from . import pictures
 from ..errors import InputError, printable
 from ..model.geometry import Geometry
@@ -56,7 +56,7 @@ class Heatmap:
                 "geometry": self.geometry.to_dict()}
 
 
-def heatmap(model: io.ModelSource, image: PathLike, output: Union[PathLike, BinaryIO], *,
+def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
             output_name: Optional[str] = None, classes: Optional[Union[int, Sequence[int]]] = None,
             top: Optional[int] = None,
             preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,

@@ -1,33 +1,40 @@
 """A converted model opened to run on pictures: which output to read, where its cells sit (the geometry stored
 in the model), and its map on a picture at any scale, from one onnxruntime session. `heatmap` and `detect`
 both stand on this.
+
+A model file is opened by onnxruntime alone (its metadata holds the geometry and which outputs are scores),
+as a hand-written loop would open it: detect and heatmap import neither onnx nor graphsurgeon. A model given
+in memory (a ModelProto, bytes, a file object) is read as the converter reads it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
-import onnx
 
-from ..model import io
 from . import pictures
-from ..model import marker
-from ..model import runtime
-from ..errors import InputError
+from ..model import marker, ort
+from ..errors import InputError, printable
 from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 from ..model.registry import fact
-from ..model.weights import Weights
+from ..model.stored_files import check_input_file
 
-def score_output(model: onnx.ModelProto, names: Sequence[str]) -> str:
+if TYPE_CHECKING:
+    import onnx
+
+
+def score_output(model: "onnx.ModelProto", names: Sequence[str]) -> str:
     """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
     the first: a detector's face probability, not its box regression."""
     scores = [name for name in names if made_by_score_op(model, name)]
     return (scores or list(names))[0]
 
 
-def made_by_score_op(model: onnx.ModelProto, name: str) -> bool:
+def made_by_score_op(model: "onnx.ModelProto", name: str) -> bool:
     """True when output `name` is made by a Softmax or Sigmoid, maybe behind ops that only move its values
     (Transpose, Reshape, Flatten, Squeeze, Identity: the Transpose a channels-last model has after its
     Softmax): its values are probabilities, not logits."""
@@ -47,21 +54,23 @@ def made_by_score_op(model: onnx.ModelProto, name: str) -> bool:
 class MapModel:
     """A converted model, its stored geometries and one session on it."""
 
-    model: onnx.ModelProto
     #: Output name -> where its cells sit; outputs of unknown geometry are absent.
     geometries: Dict[str, Geometry]
     #: Output name -> why its geometry is unknown.
     unknown: Dict[str, str]
     #: Output name -> its layout (channels first or last).
     layouts: Dict[str, str]
-    weights: Weights
-    #: Opened at the first run, once: every picture and scale runs in it.
-    session: Optional[runtime.Session] = field(default=None, repr=False)
+    #: The outputs made by a Softmax or Sigmoid (probabilities, not logits).
+    scores: FrozenSet[str]
+    #: The onnxruntime session every picture and scale runs in (`run`, `get_inputs` as onnxruntime's).
+    session: Any
 
     def placed(self, name: Optional[str], role: str = "output") -> str:
         """`name` (default: the output that looks like class scores), if its cells can be placed on a
         picture; else InputError saying why not."""
-        name = name or score_output(self.model, list(self.geometries) or list(self.unknown))
+        if not name:
+            names = list(self.geometries) or list(self.unknown)
+            name = ([n for n in names if n in self.scores] or names)[0]
         if name not in self.geometries:
             known = self.unknown.get(name)
             why = (f"its geometry is unknown: {known}" if known else "it has no geometry" if name in self.unknown or
@@ -71,10 +80,11 @@ class MapModel:
         return name
 
     def channels(self, name: str) -> int:
-        """How many channels the input of output `name` takes."""
+        """How many channels the input of output `name` takes (0 if its shape does not say)."""
         geometry = self.geometries[name]
-        dims = {i.name: i for i in self.model.graph.input}[geometry.input].type.tensor_type.shape.dim
-        return dims[-1 if geometry.layout == CHANNELS_LAST else 1].dim_value
+        shape = {i.name: i.shape for i in self.session.get_inputs()}[geometry.input]
+        channels = shape[-1 if geometry.layout == CHANNELS_LAST else 1]
+        return channels if isinstance(channels, int) else 0
 
     def maps(self, picture, names: Sequence[str], preprocessing: pictures.Preprocessing,
              where: str = "") -> Dict[str, np.ndarray]:
@@ -94,14 +104,11 @@ class MapModel:
             where: str = "") -> Dict[str, np.ndarray]:
         """The outputs `names` on `feed` (made by `feed` from a picture of `size`, width x height), each as in
         `maps`."""
-        if self.session is None:
-            self.session = runtime.open_session(self.model, self.weights, "the model", original=True,
-                                                hint=_PICTURE_HINT, use=runtime.PICTURES)
         try:
             values = self.session.run(list(names), {self.geometries[names[0]].input: feed})
         except Exception as error:
-            raise runtime.failure(error, f"the model on the {size[0]}x{size[1]} image{where}",
-                                     original=True, hint=_PICTURE_HINT) from None
+            raise ort.failure(error, f"the model on the {size[0]}x{size[1]} image{where}", original=True,
+                              hint=_PICTURE_HINT) from None
         return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
                 for name, value in zip(names, values)}
 
@@ -110,16 +117,40 @@ class MapModel:
 _PICTURE_HINT = "try a smaller picture, or fewer and smaller scales"
 
 
-def open_map_model(model: io.ModelSource, what: str = "the picture") -> MapModel:
-    """`model`, converted by this tool, ready to run; InputError for any other model (`what` needs
-    its geometry)."""
-    loaded = io.read_model(model)
-    stored = marker.converted_marker(loaded.model)
+def open_map_model(model: Any, what: str = "the picture") -> MapModel:
+    """`model` (a path, or any source `convert` takes), converted by this tool, in a session made for many
+    runs; InputError for any other model (`what` needs its geometry)."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        check_input_file(path, f"'{printable(str(path))}'")
+        session = ort.file_session(path, ort.PICTURES, "the model", _PICTURE_HINT)
+        stored = session.get_modelmeta().custom_metadata_map.get(marker.CONVERTED_KEY)
+        graph = lambda: _graph_of_file(path)  # noqa: E731 (read only for a marker older than its score record)
+    else:
+        from ..model import io, runtime  # a model in memory: onnx is already there
+
+        loaded = io.read_model(model)
+        stored = marker.converted_marker(loaded.model)
+        session = None if stored is None else runtime.open_session(
+            loaded.model, loaded.weights, "the model", original=True, hint=_PICTURE_HINT, use=ort.PICTURES)
+        graph = lambda: loaded.model  # noqa: E731
     if stored is None:
         raise InputError(f"the model was not converted by fc2conv-onnx; convert it first ({what} needs its "
                          "geometry)")
-    return MapModel(loaded.model, marker.geometry_from_marker(stored), marker.unknown_geometry_from_marker(stored),
-                    marker.output_layouts_from_marker(stored), loaded.weights)
+    geometries = marker.geometry_from_marker(stored)
+    unknown = marker.unknown_geometry_from_marker(stored)
+    scores = marker.score_outputs_from_marker(stored)
+    if scores is None:
+        scores = [name for name in [*geometries, *unknown] if made_by_score_op(graph(), name)]
+    return MapModel(geometries, unknown, marker.output_layouts_from_marker(stored), frozenset(scores), session)
+
+
+def _graph_of_file(path: Path) -> "onnx.ModelProto":
+    """The graph of the model file at `path`, without its weights (for a marker written before markers named the
+    score outputs)."""
+    from ..model.skeleton import read_skeleton
+
+    return read_skeleton(path)[0]
 
 
 def check_picture_size(size: Tuple[int, int], geometry: Geometry, where: str = "") -> None:

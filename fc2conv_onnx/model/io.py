@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -15,6 +14,7 @@ from onnx import TensorProto
 
 from ..errors import InputError, ResourceError, first_line, printable
 from .skeleton import SUB_BYTE_TYPES, nbytes_per_element, read_skeleton, tensor_nbytes
+from .stored_files import check_input_file
 from .weights import Weights, check_model
 
 #: What a model may be given as: a path, a ModelProto, its serialized bytes, a binary file object, the
@@ -49,7 +49,7 @@ def read_model(source: ModelSource) -> Loaded:
     else:
         path = Path(source)
         label = f"'{printable(str(path))}'"
-        _check_input_file(path, label)
+        check_input_file(path, label)
         try:
             model, ranges = read_skeleton(path)
         except InputError as error:
@@ -114,20 +114,6 @@ def _parse(data: bytes, label: str) -> onnx.ModelProto:
         return onnx.ModelProto.FromString(data)
     except Exception as error:  # protobuf raises several types for damaged bytes
         raise InputError(f"input {label} is not a readable ONNX model ({first_line(error)})") from None
-
-
-def _check_input_file(path: Path, label: str) -> None:
-    """Refuse an input that is missing or not a regular file (a FIFO or a device would block or never end)."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"input {label} does not exist") from None
-    except (OSError, ValueError) as error:  # a name too long, a NUL byte in it, no permission
-        raise InputError(f"input {label} cannot be read ({getattr(error, 'strerror', None) or error})") from None
-    if stat.S_ISDIR(status.st_mode):
-        raise InputError(f"input {label} is a directory, not an ONNX file")
-    if not stat.S_ISREG(status.st_mode):
-        raise InputError(f"input {label} is not a regular file (a device, FIFO or socket); give an .onnx file")
 
 
 def _check_strings(message) -> Optional[str]:

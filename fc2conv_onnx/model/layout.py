@@ -6,11 +6,12 @@ therefore lists the features in (H, W, C) order. These helpers are 1, 2 and 3-D 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Set, Tuple
-
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING, List, Optional, Sequence, Set, Tuple
 
 from .registry import fact, is_op
+
+if TYPE_CHECKING:  # the names are read by the CLI's parser and the apps, which start without onnx
+    import onnx_graphsurgeon as gs
 
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
@@ -73,6 +74,8 @@ def parameter_inputs(inputs: Sequence[Tuple[str, Optional[Sequence]]]) -> Set[st
 
 def _per_channel_operand(tensor: gs.Tensor) -> bool:
     """A constant, or a parameter graph input, that broadcasts along the last (channel) axis alone."""
+    import onnx_graphsurgeon as gs
+
     static = isinstance(tensor, gs.Constant) or (not tensor.inputs and is_parameter_shape(tensor.shape))
     return static and tensor.shape is not None and all(d == 1 for d in tensor.shape[:-1])
 

@@ -4,14 +4,15 @@ read checks it against the schema this tool writes, and anything else is bad inp
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
-
-import onnx
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from ..errors import InputError, first_line
 from ..version import __version__
 from .geometry import Geometry, HeadGeometry
 from .layout import CHANNELS_FIRST, CHANNELS_LAST
+
+if TYPE_CHECKING:  # read by detect and heatmap, which start without onnx
+    import onnx
 
 #: metadata_props key that marks a converted model (and makes converting it again a no-op).
 CONVERTED_KEY = "fc2conv_onnx.converted"
@@ -25,10 +26,11 @@ def converted_marker(model: onnx.ModelProto) -> Optional[str]:
     return None
 
 
-def marker_json(plan: Any, geometry: Sequence[HeadGeometry]) -> str:
+def marker_json(plan: Any, geometry: Sequence[HeadGeometry], score_outputs: Sequence[str] = ()) -> str:
     """The converted marker: per head of `plan` (a `Plan`), its outputs, source tensor and geometry (or why it
-    is unknown)."""
-    return json.dumps({"version": __version__, "heads": [
+    is unknown); and the outputs made by a Softmax or Sigmoid (probabilities: detect and heatmap read them
+    by default, and learn it here without reading the graph)."""
+    return json.dumps({"version": __version__, "score_outputs": list(score_outputs), "heads": [
         {"outputs": list(head.outputs), "output_layout": head.output_layout,
          "output_layouts": dict(head.output_layouts),
          "source": head.source, "pooling": None if head.pool is None else head.pool.mode.name,
@@ -66,6 +68,19 @@ def _is_marker_head(head: object) -> bool:
                                              for k, v in layouts.items()) and \
         head.get("output_layout", CHANNELS_FIRST) in (CHANNELS_FIRST, CHANNELS_LAST) and \
         isinstance(geometry, dict) and isinstance(geometry.get("unknown", ""), str)
+
+
+def score_outputs_from_marker(marker: str) -> Optional[List[str]]:
+    """The outputs made by a Softmax or Sigmoid, from a converted marker; None when the marker is older than
+    this record (the graph must be read to know)."""
+    _marker_heads(marker)  # the marker is checked whole at every read
+    found = json.loads(marker).get("score_outputs")
+    if found is None:
+        return None
+    if not isinstance(found, list) or not all(isinstance(name, str) for name in found):
+        raise InputError(f"the model's '{CONVERTED_KEY}' metadata is damaged (its score outputs are not a list of "
+                         "names); convert the original again")
+    return found
 
 
 def output_layouts_from_marker(marker: str) -> Dict[str, str]:

@@ -1,7 +1,6 @@
-"""Running a model in onnxruntime, for every stage that does (planning's shape probes, validation, maps and
-detection): sessions that run on the arrays `Weights` holds, and onnxruntime's failures as this tool's
-one-line errors. onnxruntime is imported here only, when a session is first made, so importing the package
-stays light."""
+"""Running a model held in memory in onnxruntime, for every stage that does (planning's shape probes,
+validation, and maps of a model given as bytes or a ModelProto): sessions that run on the arrays `Weights`
+holds, single runs and their feeds. The settings per use and the failures as one-line errors are `ort`'s."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +9,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx
 
-from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from ..errors import InputError, ValidationError
 from . import work
+from .ort import CHECK, PICTURES, VALIDATION_HINT, failure, onnxruntime, session_options  # noqa: F401 (re-exported)
 from .layout import parameter_inputs
 from .registry import fact
 from .weights import Weights
@@ -19,22 +19,8 @@ from .weights import Weights
 logger = logging.getLogger(__name__)
 
 
-def _ort():
-    import onnxruntime
-
-    # Its log lines (coloured, on stderr) would reach users of a successful run; its messages reach them
-    # through our errors instead (errors.runtime_message).
-    onnxruntime.set_default_logger_severity(4)
-    return onnxruntime
-
-
 #: Above this many serialized bytes, sessions use basic optimizations only (see `session`).
 HEAVY_MODEL_BYTES = 64 << 20
-
-
-#: What a session is for, which sets its memory and threads. CHECK: a run or two, sessions one after another
-#: (validation, planning's probes). PICTURES: one session, many runs (heatmap, detect).
-CHECK, PICTURES = "check", "pictures"
 
 
 class Session:
@@ -45,9 +31,8 @@ class Session:
 
     def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK) -> None:
         work.count(work.SESSIONS)
-        ort = _ort()
+        ort = onnxruntime()
         weights = weights or Weights()
-        options = ort.SessionOptions()
         # The models are checked as users run them, optimized: fully for light models, basic for weight-heavy
         # ones, whose full optimization costs seconds at load time for the one or two runs a check makes.
         # (Transforms that rewrite weights, such as NCHWc convolutions, cannot apply: here the weights are
@@ -57,17 +42,7 @@ class Session:
         # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
         # quantization steps apart on the QDQ fixtures).
         light = weights.embedded_size(model) < HEAVY_MODEL_BYTES and not is_quantized(model)
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if light else
-                                            ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
-        options.log_severity_level = 4
-        if use == CHECK:
-            # Sessions run one after another: a session's threads spin-waiting after its run would take a core
-            # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes), and an
-            # arena would keep each one's peak memory until it is dropped.
-            options.enable_cpu_mem_arena = False
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # PICTURES: onnxruntime's defaults, as a hand loop has them: the arena reuses one run's buffers in the
-        # next, and threads spin briefly between runs.
+        options = session_options(use, full_optimization=light)
         if use == PICTURES:
             # The weights as initializers onnxruntime is handed from memory (not copied from a file): it can
             # pre-pack them for its kernels, as when it loads the file itself (measured: 0.99x a hand loop's
@@ -96,10 +71,6 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     return any(fact(node, "quantization") for node in model.graph.node)
 
 
-#: What to try when validation runs out of memory.
-VALIDATION_HINT = "try a smaller --validate-size"
-
-
 def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
                  hint: str = VALIDATION_HINT, use: str = CHECK) -> Session:
     """A `Session` on `model` for `use`, or the one-line error of `failure`."""
@@ -107,21 +78,6 @@ def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, 
         return Session(model, weights, use)
     except Exception as error:
         raise failure(error, what, original, hint) from None
-
-
-#: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
-_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation", "cannot allocate memory",
-                  "failed to map segment")  # the last: its library could not be loaded
-
-
-def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT) -> Fc2ConvError:
-    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError, with `hint`: what
-    the command's user can try), the input's fault (`original`: InputError, nothing can be proven against it)
-    or the conversion's (ValidationError)."""
-    message = runtime_message(error)
-    if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
-        return ResourceError(f"out of memory while running {what} ({message}); {hint}")
-    return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
 
 
 # --- feeds and single runs ------------------------------------------------------------------------------

@@ -177,3 +177,17 @@ def _pread_into(handle: int, view: memoryview, offset: int) -> int:
     data = os.pread(handle, len(view), offset)
     view[:len(data)] = data
     return len(data)
+
+
+def check_input_file(path: Path, label: str) -> None:
+    """Refuse an input that is missing or not a regular file (a FIFO or a device would block or never end)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input {label} does not exist") from None
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte in it, no permission
+        raise InputError(f"input {label} cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(f"input {label} is a directory, not an ONNX file")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(f"input {label} is not a regular file (a device, FIFO or socket); give an .onnx file")

@@ -26,13 +26,14 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
-
-import onnx
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import ClosedOutputError, InputError, ResourceError, printable
-from .skeleton import read_skeleton
-from .weights import EMBEDDED_LIMIT, Weights
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .weights import Weights
 
 try:
     import fcntl
@@ -162,6 +163,8 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     (set-user-ID, set-group-ID and sticky bits excepted). A file the input is read from that changed since
     it was read is refused before the commit (`Weights.check_unchanged`).
     """
+    from .weights import EMBEDDED_LIMIT  # here, not above: detect and heatmap write bytes, without onnx
+
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
     if external_data is None:
@@ -316,6 +319,8 @@ def _data_files_of(path: Path) -> List[Path]:
     if not path.is_file():
         return []
     try:
+        from .skeleton import read_skeleton
+
         model, _ = read_skeleton(path)
     except Exception:  # not a model, or damaged: nothing of its is removed
         return []

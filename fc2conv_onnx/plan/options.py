@@ -10,7 +10,10 @@ from ..apps.detections import DetectionSettings, overridden  # noqa: F401 (the A
 from ..errors import InputError
 from ..model.layout import AUTO, OUTPUT_LAYOUTS  # noqa: F401 (re-exported)
 from ..model.sizes import Size, Stride, parse_size, parse_stride_values
-from .plan import KEEP_POOL, POOLINGS
+
+#: What becomes of a global pooling that starts a head (see `Options.pooling`); plan.MODES holds each one.
+KEEP_POOL, WINDOW_POOL, NO_POOL = "keep", "window", "none"
+POOLINGS = (KEEP_POOL, WINDOW_POOL, NO_POOL)
 
 @dataclass(frozen=True)
 class Options:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import printable
 from ..model.layout import CHANNELS_FIRST, FLAT, MAP, MAP_LAST  # noqa: F401 (the forms, defined with the layouts)
+from .options import KEEP_POOL, NO_POOL, POOLINGS, WINDOW_POOL  # noqa: F401 (named with the options)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def window_op(kind: str) -> str:
 class KeepPool(PoolMode):
     """The pool stays: one prediction per image, at any input size."""
 
-    name, slides = "keep", False
+    name, slides = KEEP_POOL, False
 
     def replacement(self, kind, spatial, dilation):
         return "Global" + window_op(kind), {}
@@ -69,7 +70,7 @@ class KeepPool(PoolMode):
 class WindowPool(PoolMode):
     """A pool the size of the training feature map, stride 1: the classifier at every window."""
 
-    name = "window"
+    name = WINDOW_POOL
 
     def replacement(self, kind, spatial, dilation):
         attrs: Dict[str, Any] = {"kernel_shape": list(spatial), "strides": [1] * len(spatial)}
@@ -85,7 +86,7 @@ class WindowPool(PoolMode):
 class NoPool(PoolMode):
     """The pool goes: the head at every feature location (class activation maps)."""
 
-    name = "none"
+    name = NO_POOL
 
     def window(self, spatial):
         return (1,) * len(spatial)
@@ -98,8 +99,7 @@ class NoPool(PoolMode):
 
 
 MODES: Dict[str, PoolMode] = {mode.name: mode for mode in (KeepPool(), WindowPool(), NoPool())}
-KEEP_POOL, WINDOW_POOL, NO_POOL = "keep", "window", "none"
-POOLINGS = tuple(MODES)
+assert tuple(MODES) == POOLINGS, "each pooling the options name has its mode here"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 from ..errors import InputError, ValidationError, first_line
 from ..model.geometry import HeadGeometry
 from ..model.marker import CONVERTED_KEY, marker_json
+from ..apps.maps import made_by_score_op
 from ..model.layout import CHANNELS_LAST
 from ..plan.plan import Plan
 from ..model.graphs import (BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, infer_shapes,
@@ -91,7 +92,8 @@ def finish(graph: gs.Graph, original: onnx.ModelProto, plan: Plan, geometry: Seq
              if isinstance(tensor, gs.Variable) and tensor.shape is not None}
     clear_inferred_shapes(graph)
     model = export_like(graph, original)
-    model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry))
+    scores = [name for head in plan.heads for name in head.outputs if made_by_score_op(model, name)]
+    model.metadata_props.add(key=CONVERTED_KEY, value=marker_json(plan, geometry, scores))
     try:
         model = infer_shapes(model, strict_mode=True, data_prop=True)
         _give_lost_shapes_their_rank(model, ranks)

@@ -1,0 +1,71 @@
+"""onnxruntime as this tool uses it, without onnx: its import, the session settings for each use, sessions on
+a model file, and its failures as this tool's one-line errors. `detect` and `heatmap` run converted models
+through this module alone, so they start without importing onnx (about a second, mostly ml_dtypes);
+`runtime` builds the sessions that run on a graph in memory on top of it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
+from . import work
+
+#: What a session is for, which sets its memory and threads. CHECK: a run or two, sessions one after another
+#: (validation, planning's probes). PICTURES: one session, many runs (heatmap, detect).
+CHECK, PICTURES = "check", "pictures"
+
+#: What to try when validation runs out of memory.
+VALIDATION_HINT = "try a smaller --validate-size"
+
+
+def onnxruntime() -> Any:
+    """The onnxruntime module, imported at the first session (importing the package stays light)."""
+    import onnxruntime as ort
+
+    # Its log lines (coloured, on stderr) would reach users of a successful run; its messages reach them
+    # through our errors instead (errors.runtime_message).
+    ort.set_default_logger_severity(4)
+    return ort
+
+
+def session_options(use: str, full_optimization: bool = True) -> Any:
+    """onnxruntime's SessionOptions for `use`; `full_optimization` False keeps to the basic graph level."""
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if full_optimization else
+                                        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    options.log_severity_level = 4
+    if use == CHECK:
+        # Sessions run one after another: a session's threads spin-waiting after its run would take a core
+        # from the next one (measured: 30-50 ms each time, see the project's benchmarking notes), and an
+        # arena would keep each one's peak memory until it is dropped.
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # PICTURES: onnxruntime's defaults, as a hand loop has them: the arena reuses one run's buffers in the
+    # next, and threads spin briefly between runs.
+    return options
+
+
+def file_session(path: Path, use: str, what: str, hint: str) -> Any:
+    """An onnxruntime session on the model file `path` (onnxruntime reads it and its external data itself,
+    as a hand-written loop does), or the one-line error of `failure`."""
+    work.count(work.SESSIONS)
+    try:
+        return onnxruntime().InferenceSession(str(path), session_options(use), providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise failure(error, what, True, hint) from None
+
+
+#: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
+_OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad allocation", "cannot allocate memory",
+                  "failed to map segment")  # the last: its library could not be loaded
+
+
+def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT) -> Fc2ConvError:
+    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError, with `hint`: what
+    the command's user can try), the input's fault (`original`: InputError, nothing can be proven against it)
+    or the conversion's (ValidationError)."""
+    message = runtime_message(error)
+    if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
+        return ResourceError(f"out of memory while running {what} ({message}); {hint}")
+    return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
