@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "fixtures"))
 import fc2conv_onnx  # noqa: E402
 from fc2conv_onnx.apps import detections
 from fc2conv_onnx.apps import pictures  # noqa: E402
-from fc2conv_onnx.apps.detecting import SCALE_STEP  # noqa: E402
+from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
 from fc2conv_onnx.model.runtime import Session  # noqa: E402
 

@@ -13,7 +13,7 @@ from .version import __version__
 _HOMES = {
     **dict.fromkeys(["convert", "convert_with_report", "convert_file", "inspect", "validate_pair", "read_geometry",
                      "window_of", "Conversion"], ".api"),
-    "detect": ".apps.detecting", "Detections": ".apps.detecting", "heatmap": ".apps.heatmaps",
+    "detect": ".apps.detecting", "Detector": ".apps.detector", "Detections": ".apps.detecting", "heatmap": ".apps.heatmaps",
     "Heatmap": ".apps.heatmaps", "Detection": ".apps.detections", "DetectionSettings": ".apps.detections",
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
                     ".errors"),

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 from .model import writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .apps.detections import DetectionSettings, checked_scales
-from .apps.pictures import Preprocessing
+from .apps.pictures import Preprocessing, picture_files
 from .plan.options import Options
 from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
 from .model.writes import Terminated, signals_raise
@@ -200,19 +200,21 @@ def _run_detect(args: argparse.Namespace):
         _check_stdout("the detections", binary=False)
     if args.draw == "":
         raise UsageError("--draw needs a PNG or a folder, not an empty name")
-    if args.draw and len(args.images) > 1 and os.path.exists(args.draw) and not os.path.isdir(args.draw):
+    images = picture_files(args.images)  # folders and patterns: the pictures in them
+    several = images != args.images[:1]  # more than one picture, or a folder or pattern of any
+    if args.draw and several and os.path.exists(args.draw) and not os.path.isdir(args.draw):
         raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
     settings = _detection_settings(args)
-    drawings = _drawings(args.images, args.draw)
+    drawings = _drawings(images, args.draw, several)
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
         [(f"--draw's drawing of {image}", drawing) for image, drawing in drawings]
-    writes.refuse_writing_over(outputs, [("the model", args.model)] + [("the picture", image) for image in args.images])
+    writes.refuse_writing_over(outputs, [("the model", args.model)] + [("the picture", image) for image in images])
     from .apps.detecting import detect
 
-    found = detect(args.model, args.images, settings, scales=args.scales, min_size=args.min_size,
+    found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
                    progress=_progress("runs"))
-    made = _make_folder(args.draw) if args.draw and len(args.images) > 1 else None
+    made = _make_folder(args.draw) if args.draw and several else None
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
             if args.output != STREAM:
@@ -231,12 +233,12 @@ def _run_detect(args: argparse.Namespace):
     return found
 
 
-def _drawings(images: List[str], draw: Optional[str]) -> List[tuple]:
+def _drawings(images: List[str], draw: Optional[str], several: bool) -> List[tuple]:
     """(picture, PNG to draw it in) for --draw: the PNG for one picture, else (or when it names a folder) one
     per picture in the folder, named after the picture."""
     if not draw:
         return []
-    if len(images) == 1 and not os.path.isdir(draw):
+    if not several and not os.path.isdir(draw):
         return [(images[0], draw)]
     names = [os.path.splitext(os.path.basename(image))[0] + ".png" for image in images]
     twice = sorted({n for n in names if names.count(n) > 1})

@@ -224,7 +224,9 @@ def _add_detect(commands: "argparse._SubParsersAction") -> None:
                     "--mean, over --std, in --channels order.",
         epilog=exit_codes("detect"))
     detect.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
-    detect.add_argument("images", metavar="IMAGE", nargs="+", help="the pictures (PNG, JPEG, ...)")
+    detect.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="the pictures (PNG, JPEG, ...): files, folders (the pictures in them, not in their "
+                             "subfolders) or quoted patterns ('frames/*.jpg'); one session runs them all")
     detect.add_argument("-o", "--output", metavar="OUT", required=True,
                         help="where to write the detections: .csv for CSV, else JSON; - for JSON on standard output "
                              "(the summary then goes to stderr)")

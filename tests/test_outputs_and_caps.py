@@ -273,8 +273,10 @@ def test_a_picture_of_several_frames_is_refused_saying_so(spot_finder, tmp_path)
 
 
 def test_a_folder_or_a_fifo_given_as_a_picture_says_what_it_is(spot_finder, tmp_path):
-    with pytest.raises(InputError, match="is a folder, not a picture"):
+    with pytest.raises(InputError, match="folder .* holds no picture"):  # detect reads the pictures in a folder
         fc2conv_onnx.detect(spot_finder, [tmp_path])
+    with pytest.raises(InputError, match="is a folder, not a picture"):
+        fc2conv_onnx.heatmap(spot_finder, tmp_path, tmp_path / "h.png")
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="not a regular file"):

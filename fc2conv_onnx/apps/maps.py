@@ -117,13 +117,14 @@ class MapModel:
 _PICTURE_HINT = "try a smaller picture, or fewer and smaller scales"
 
 
-def open_map_model(model: Any, what: str = "the picture") -> MapModel:
+def open_map_model(model: Any, what: str = "the picture", threads: Optional[int] = None) -> MapModel:
     """`model` (a path, or any source `convert` takes), converted by this tool, in a session made for many
-    runs; InputError for any other model (`what` needs its geometry)."""
+    runs (on `threads` threads: default one per core); InputError for any other model (`what` needs its
+    geometry)."""
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         check_input_file(path, f"'{printable(str(path))}'")
-        session = ort.file_session(path, ort.PICTURES, "the model", _PICTURE_HINT)
+        session = ort.file_session(path, ort.PICTURES, "the model", _PICTURE_HINT, threads)
         stored = session.get_modelmeta().custom_metadata_map.get(marker.CONVERTED_KEY)
         graph = lambda: _graph_of_file(path)  # noqa: E731 (read only for a marker older than its score record)
     else:
@@ -132,7 +133,8 @@ def open_map_model(model: Any, what: str = "the picture") -> MapModel:
         loaded = io.read_model(model)
         stored = marker.converted_marker(loaded.model)
         session = None if stored is None else runtime.open_session(
-            loaded.model, loaded.weights, "the model", original=True, hint=_PICTURE_HINT, use=ort.PICTURES)
+            loaded.model, loaded.weights, "the model", original=True, hint=_PICTURE_HINT, use=ort.PICTURES,
+            threads=threads)
         graph = lambda: loaded.model  # noqa: E731
     if stored is None:
         raise InputError(f"the model was not converted by fc2conv-onnx; convert it first ({what} needs its "

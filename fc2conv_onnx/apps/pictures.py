@@ -121,6 +121,50 @@ def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
     return image
 
 
+#: What a folder is searched for: the files with these extensions (in any case), the formats Pillow reads.
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def picture_files(given: Sequence[Union[str, "os.PathLike[str]"]]) -> List[str]:
+    """The picture files `given` names, in order: a file as it is; a folder, the pictures in it (not in its
+    subfolders), by name; a pattern (*, ?, [...]) that names no file, the pictures it matches, by name.
+    InputError for a folder or pattern that holds no picture."""
+    import glob
+
+    found: List[str] = []
+    for item in given:
+        name = os.fspath(item)
+        if os.path.isdir(name):
+            inside = sorted(os.path.join(name, entry) for entry in os.listdir(name))
+            what = f"folder '{name}'"
+        elif not os.path.exists(name) and glob.has_magic(name):
+            inside, what = sorted(glob.glob(name)), f"pattern '{name}'"
+        else:
+            found.append(name)
+            continue
+        pictures = [path for path in inside if path.lower().endswith(PICTURE_EXTENSIONS) and os.path.isfile(path)]
+        if not pictures:
+            raise InputError(f"{what} holds no picture ({', '.join(PICTURE_EXTENSIONS)})")
+        found += pictures
+    return found
+
+
+def from_array(pixels, name: str):
+    """A picture given as pixels (uint8, H x W x C with C 1, 3 or 4, or H x W: Ray Data's `image` column) as a
+    Pillow image, taken as it is (no EXIF: an array has none); InputError naming `name` otherwise."""
+    Image, _ = _pillow()
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise InputError(f"picture {name} has {pixels.dtype} pixels; give uint8 pixels (0..255), as read_images "
+                         "gives them")
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[-1] not in (3, 4)) or 0 in pixels.shape:
+        raise InputError(f"picture {name} is an array of shape {list(pixels.shape)}; give height x width x "
+                         "channels (1, 3 or 4)")
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
 #: EXIF orientations that turn the stored raster by 90 degrees (its width and height swap when shown).
 _QUARTER_TURNS = (5, 6, 7, 8)
 

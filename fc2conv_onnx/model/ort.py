@@ -5,7 +5,7 @@ through this module alone, so they start without importing onnx (about a second,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
 from . import work
@@ -28,10 +28,13 @@ def onnxruntime() -> Any:
     return ort
 
 
-def session_options(use: str, full_optimization: bool = True) -> Any:
-    """onnxruntime's SessionOptions for `use`; `full_optimization` False keeps to the basic graph level."""
+def session_options(use: str, full_optimization: bool = True, threads: Optional[int] = None) -> Any:
+    """onnxruntime's SessionOptions for `use`; `full_optimization` False keeps to the basic graph level;
+    `threads`: the threads one run uses (default: onnxruntime's, one per core)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if full_optimization else
                                         ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     options.log_severity_level = 4
@@ -46,12 +49,12 @@ def session_options(use: str, full_optimization: bool = True) -> Any:
     return options
 
 
-def file_session(path: Path, use: str, what: str, hint: str) -> Any:
+def file_session(path: Path, use: str, what: str, hint: str, threads: Optional[int] = None) -> Any:
     """An onnxruntime session on the model file `path` (onnxruntime reads it and its external data itself,
     as a hand-written loop does), or the one-line error of `failure`."""
     work.count(work.SESSIONS)
     try:
-        return onnxruntime().InferenceSession(str(path), session_options(use), providers=["CPUExecutionProvider"])
+        return onnxruntime().InferenceSession(str(path), session_options(use, threads=threads), providers=["CPUExecutionProvider"])
     except Exception as error:
         raise failure(error, what, True, hint) from None
 

@@ -29,7 +29,8 @@ class Session:
     serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs.
     `use` (CHECK or PICTURES) sets memory and threads for how it will be run."""
 
-    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK) -> None:
+    def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK,
+                 threads: Optional[int] = None) -> None:
         work.count(work.SESSIONS)
         ort = onnxruntime()
         weights = weights or Weights()
@@ -42,7 +43,7 @@ class Session:
         # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
         # quantization steps apart on the QDQ fixtures).
         light = weights.embedded_size(model) < HEAVY_MODEL_BYTES and not is_quantized(model)
-        options = session_options(use, full_optimization=light)
+        options = session_options(use, full_optimization=light, threads=threads)
         if use == PICTURES:
             # The weights as initializers onnxruntime is handed from memory (not copied from a file): it can
             # pre-pack them for its kernels, as when it loads the file itself (measured: 0.99x a hand loop's
@@ -72,10 +73,11 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
-                 hint: str = VALIDATION_HINT, use: str = CHECK) -> Session:
-    """A `Session` on `model` for `use`, or the one-line error of `failure`."""
+                 hint: str = VALIDATION_HINT, use: str = CHECK, threads: Optional[int] = None) -> Session:
+    """A `Session` on `model` for `use` (with `threads`, see `ort.session_options`), or the one-line error of
+    `failure`."""
     try:
-        return Session(model, weights, use)
+        return Session(model, weights, use, threads)
     except Exception as error:
         raise failure(error, what, original, hint) from None
 
