@@ -9,7 +9,7 @@ in memory (a ModelProto, bytes, a file object) is read as the converter reads it
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
@@ -64,6 +64,9 @@ class MapModel:
     scores: FrozenSet[str]
     #: The onnxruntime session every picture and scale runs in (`run`, `get_inputs` as onnxruntime's).
     session: Any
+    #: The last input made (`feed`), reused for the next one of its size: one picture at a time, so a MapModel
+    #: serves one thread.
+    _buffer: Optional[np.ndarray] = field(default=None, repr=False)
 
     def placed(self, name: Optional[str], role: str = "output") -> str:
         """`name` (default: the output that looks like class scores), if its cells can be placed on a
@@ -98,7 +101,10 @@ class MapModel:
         model takes no cell of, or whose size its trunk does not take."""
         geometry = self.geometries[name]
         check_picture_size(picture.size, geometry, where)
-        return pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing)
+        feed = pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing, self._buffer)
+        if geometry.layout != CHANNELS_LAST:
+            self._buffer = feed[0]  # written over by the next picture of this size, once this one has run
+        return feed
 
     def run(self, feed: np.ndarray, names: Sequence[str], size: Tuple[int, int],
             where: str = "") -> Dict[str, np.ndarray]:

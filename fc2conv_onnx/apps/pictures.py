@@ -267,8 +267,12 @@ def in_mode(image, mode: str):
     return image if image.mode == mode else image.convert(mode)
 
 
-def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.ndarray:
-    """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed."""
+def model_input(image, channels: int, layout: str, prep: Preprocessing,
+                buffer: Optional[np.ndarray] = None) -> np.ndarray:
+    """The image as a batch of one, [1, C, H, W] or [1, H, W, C], float32, preprocessed. `buffer` (a
+    [C, H, W] float32 array, the last call's, say) is written over when it has that shape: a frame-sized
+    array made anew for every run is fresh memory whose pages fault in as it is filled (measured: model_input
+    2.3x slower, detect 1.17x a hand loop instead of 1.01x)."""
     mode = model_mode(channels, prep)
     pixels = np.asarray(in_mode(image, mode))  # 8 bits: 256 values a channel
     if mode == "L":
@@ -276,7 +280,8 @@ def model_input(image, channels: int, layout: str, prep: Preprocessing) -> np.nd
     elif prep.channels == "bgr":
         pixels = pixels[..., ::-1]
     table = value_table(prep, pixels.shape[-1])
-    planes = np.empty((pixels.shape[-1],) + pixels.shape[:2], np.float32)
+    shape = (pixels.shape[-1],) + pixels.shape[:2]
+    planes = buffer if buffer is not None and buffer.shape == shape else np.empty(shape, np.float32)
     for channel, plane in enumerate(planes):  # 'clip': the indices are known to be in range, and it is 3x faster
         np.take(table[channel], pixels[..., channel], out=plane, mode="clip")
     return planes[None] if layout != CHANNELS_LAST else np.ascontiguousarray(planes.transpose(1, 2, 0))[None]
