@@ -7,8 +7,8 @@ frame, objects 128 to 512 pixels (7 scales); the spot finder fixture (32x32 wind
 disks scene tiled 4x4 (1024x1536), objects 32 to 256 pixels (10 scales); and the CaffeNet-shaped classifier
 of benchmarks/models.py (227x227, random weights, 1000 classes, softmax; class 1) on a 640x640 noise picture,
 objects 227 to 640 pixels (5 scales): light models, where preparing the pictures weighs most, and a heavy
-one. Per round, in rotated order with an untimed pause before each timed call (sessions do not spin, as in
-`detect`):
+one. Per round, in rotated order with an untimed pause before each timed call (every session made as
+`detect` makes it):
 
   pyramid      fc2conv_onnx.detect(model, [picture], min_size=..., max_size=...), everything included:
                reading the model and the picture, a fresh session, resizing, preprocessing, the runs, boxes
@@ -46,7 +46,7 @@ from fc2conv_onnx.apps import detections
 from fc2conv_onnx.apps import pictures  # noqa: E402
 from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
-from fc2conv_onnx.model.runtime import Session  # noqa: E402
+from fc2conv_onnx.model import ort  # noqa: E402
 
 PAUSE = 0.1  # seconds, untimed, before each timed call
 
@@ -107,19 +107,21 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
     prep = pictures.Preprocessing()
     feeds = [pictures.model_input(picture if s == 1.0 else pictures.resized(picture, s), runner.channels(name),
                                   geometry.layout, prep) for s in scales]
-    emitted_model = onnx.load(str(emitted))
 
     # Every method starts from a fresh session, as `detect` does (onnxruntime's first run at each input size
     # costs more than later ones); opening it is timed only in `pyramid`, `singles` and `open session`.
     def open_session():
-        return lambda: Session(open_map_model(converted).model, runner.weights)
+        return lambda: open_map_model(converted)
+
+    def fresh():
+        return open_map_model(converted).session  # as detect makes it
 
     def passes():
-        session = Session(runner.model, runner.weights)
+        session = fresh()
         return lambda: [session.run(outputs, {geometry.input: feed}) for feed in feeds]
 
     def user_loop():
-        session = Session(runner.model, runner.weights)
+        session = fresh()
 
         def loop():
             for s in scales:
@@ -132,11 +134,11 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
         return lambda: [fc2conv_onnx.detect(converted, [case["picture"]], settings, scales=(s,)) for s in scales]
 
     def in_graph():
-        detector = Session(emitted_model)
+        detector = ort.file_session(emitted, ort.PICTURES, "the in-graph detector", "")
         return lambda: detector.run(["boxes", "scores"], {geometry.input: feeds[0]})
 
     def map_and_numpy():
-        session = Session(runner.model, runner.weights)
+        session = fresh()
 
         def steps():
             maps = [v[0] for v in session.run(outputs, {geometry.input: feeds[0]})]
@@ -177,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
     print(f"{platform.machine()}, {platform.processor() or 'cpu'}, onnxruntime {onnxruntime.__version__}, "
-          f"default intra-op threads, no spinning; {args.rounds} rounds; scale step {SCALE_STEP}")
+          f"sessions as detect makes them (onnxruntime's defaults); {args.rounds} rounds; scale step {SCALE_STEP}")
     with tempfile.TemporaryDirectory() as folder:
         for case in cases(Path(folder)):
             run_case(case, Path(folder), args.rounds)

@@ -147,7 +147,7 @@ def test_unconverted_models_and_small_or_broken_images_are_refused(spot_model, t
 
 
 def test_the_readme_picture_is_what_the_commands_make(tmp_path):
-    """docs/heatmap.png comes from the README's two commands (compared away from the text labels, whose
+    """docs/heatmap.png comes from the two commands in docs/heatmap.md (compared away from the text labels, whose
     font, and so the colour bar's width, differs between Pillow versions)."""
     model = tmp_path / "spot_fcn.onnx"
     assert cli("convert", FIXTURES / "bright_spot_detector.onnx", "-o", model, "--stride", "2")[0] == 0

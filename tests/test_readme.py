@@ -33,7 +33,24 @@ def test_python_examples_run(tmp_path, monkeypatch, capsys):
     assert (best.box, round(best.score, 2), best.klass, best.scale, best.cell) == ((336.0, 32.0, 368.0, 64.0), 0.93,
                                                                                      0, 1.0, (8, 84))
     assert (tmp_path / "disks.csv").read_text().count("\n") == 7
-    assert [o.name for o in namespace["detector"].graph.output][-4:] == ["boxes", "scores", "classes", "batch_index"]
+    assert [o.name for o in namespace["in_graph"].graph.output][-4:] == ["boxes", "scores", "classes", "batch_index"]
+    columns = namespace["columns"]
+    assert list(columns["path"]) == ["fixtures/disks.png"] * len(namespace["found"].records) and \
+        sorted(columns["score"].tolist(), reverse=True) == [r.score for r in namespace["found"].records]
+
+
+def test_the_sample_output_is_what_the_first_command_prints(tmp_path, monkeypatch):
+    """The README's sample is the first command's output, line for line (error figures aside: they are float
+    rounding, which differs between CPUs)."""
+    from test_cli import cli
+
+    (tmp_path / "fixtures").symlink_to(FIXTURES)
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli("convert", "fixtures/dress_detector.onnx", "-o", "dress_detector_fcn.onnx")
+    sample = README[README.index("model: fixtures/dress_detector.onnx"):]
+    sample = sample[:sample.index("```")]
+    figures = r"max abs error \S+, relative \S+"
+    assert code == 0 and re.sub(figures, "", stdout) == re.sub(figures, "", sample)
 
 
 def test_readme_exit_codes_match_the_errors():
