@@ -1,6 +1,6 @@
 """Pictures per second of detection in one process and on Ray Data, side by side in one run.
 
-    python benchmarks/scale_out.py [--frames 300] [--size 480x640]      (about 2 minutes; needs '.[ray]')
+    python benchmarks/scale_out.py [--frames 300] [--size 480x640]      (about 1 minute; needs '.[ray]')
 
 The converted dress detector (fixtures/dress_detector.onnx) on N noise frames saved as PNG, one scale. Three
 ways, each over all the frames, everything included (reading, decoding, runs, boxes):
