@@ -38,20 +38,27 @@ def hand_loop(model: Path, frames) -> int:
     return found
 
 
+def converted_and_frames(folder: Path, count: int, size) -> tuple:
+    """The dress detector converted into `folder`, and `count` seeded noise frames of `size` (height, width)
+    saved there as PNG."""
+    model = folder / "dress_fcn.onnx"
+    fc2conv_onnx.convert_file(FIXTURE, model)
+    rng = np.random.default_rng(0)
+    frames = []
+    for index in range(count):
+        path = folder / f"frame{index:04d}.png"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        frames.append(str(path))
+    return model, frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        model = Path(folder) / "dress_fcn.onnx"
-        fc2conv_onnx.convert_file(FIXTURE, model)
-        rng = np.random.default_rng(0)
-        frames = []
-        for index in range(args.frames):
-            path = Path(folder) / f"frame{index}.png"
-            Image.fromarray(rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8)).save(path)
-            frames.append(str(path))
+        model, frames = converted_and_frames(Path(folder), args.frames, (512, 1024))
         methods = {"detect": lambda: len(fc2conv_onnx.detect(model, frames).records),
                    "hand loop": lambda: hand_loop(model, frames)}
         times = {key: [] for key in methods}

@@ -22,13 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fc2conv_onnx  # noqa: E402
+from frames import converted_and_frames  # noqa: E402 (benchmarks/, the script's own folder)
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "dress_detector.onnx"
 #: Each way also runs on this many frames first: the difference is its rate once started.
 FEW = 32
 
@@ -46,6 +44,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--size", default="480x640", help="frame height x width")
     args = parser.parse_args()
+    if args.frames < 4 * FEW:
+        parser.error(f"--frames must be at least {4 * FEW}: the rate past the first {FEW} frames needs many more")
     import ray
 
     cores = os.cpu_count() or 1
@@ -53,14 +53,7 @@ def main() -> None:
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as folder:
-        model = Path(folder) / "dress_fcn.onnx"
-        fc2conv_onnx.convert_file(FIXTURE, model)
-        rng = np.random.default_rng(0)
-        frames = []
-        for index in range(args.frames):
-            path = Path(folder) / f"frame{index:04d}.png"
-            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
-            frames.append(str(path))
+        model, frames = converted_and_frames(Path(folder), args.frames, (height, width))
         ways = {"detect, 1 process": lambda some: len(fc2conv_onnx.detect(model, some).records),
                 "Ray, 1 actor": lambda some: on_ray(ray, model, some, 1, cores),
                 f"Ray, {cores} actors": lambda some: on_ray(ray, model, some, cores, 1)}

@@ -16,7 +16,8 @@ def first_line(error: BaseException) -> str:
 #: onnxruntime's decorations around a message: terminal colour codes, its error-code prefix, and the
 #: source file and function that raised it.
 _RUNTIME_NOISE = (re.compile(r"\x1b\[[0-9;]*m"), re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*"),
-                  re.compile(r"/\S*onnxruntime_src/\S+:\d+\s+[^()\s]*(\([^)]*\))?\s*"))
+                  re.compile(r"/\S*onnxruntime_src/\S+:\d+\s+[^()\s]*(\([^)]*\))?\s*"),
+                  re.compile(r"^Load model from .* failed:\s*"))  # the file is named by our words already
 
 
 #: Control characters (C0, DEL, C1): names and strings from a model are shown with these escaped, so that a

@@ -16,3 +16,13 @@ def fixture_path():
         return FIXTURES / f"{stem}.onnx"
 
     return path
+
+
+@pytest.fixture(scope="session")
+def spot_finder(tmp_path_factory):
+    """The spot finder fixture converted once for the run (read only: a test that changes it copies it first)."""
+    import fc2conv_onnx
+
+    out = tmp_path_factory.mktemp("spot_finder") / "spot_finder_fcn.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
+    return out

@@ -16,13 +16,6 @@ PICTURES = [FIXTURES / "disks.png", FIXTURES / "spots.png"]
 SETTINGS = dict(min_size=32, max_size=128, scale_step=2, regression="box", threshold=0.5)
 
 
-@pytest.fixture(scope="module")
-def spot_finder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("detector") / "spots_fcn.onnx"
-    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
-    return out
-
-
 def _rows_of(found, key):
     """detect's records as the Detector's columns, picture by picture."""
     return [(key(r.image), *r.box, r.score, r.klass, r.scale, *r.cell) for r in found.records]
@@ -127,3 +120,18 @@ def test_detect_takes_folders_and_patterns_of_pictures(spot_finder, tmp_path):
     assert code == 3 and "holds no picture" in stderr and not (tmp_path / "e.json").exists()
     code, _, stderr = cli("detect", spot_finder, str(tmp_path / "*.gif"), "-o", tmp_path / "e.json")
     assert code == 3 and "pattern" in stderr and "holds no picture" in stderr
+
+
+def test_a_model_file_onnxruntime_cannot_load_is_refused_in_one_line(spot_finder, tmp_path):
+    """detect opens a model file with onnxruntime alone: a file that is not a model, empty or cut short is exit
+    3, in the tool's words and without onnxruntime's decorations."""
+    from test_cli import cli
+
+    forms = {"text.onnx": b"not a model\n", "empty.onnx": b"", "cut.onnx": spot_finder.read_bytes()[:3000]}
+    for name, data in forms.items():
+        (tmp_path / name).write_bytes(data)
+        code, stdout, stderr = cli("detect", tmp_path / name, PICTURES[0], "-o", tmp_path / "d.json")
+        assert code == 3 and stderr.count("\n") == 1, stderr
+        assert f"model '{tmp_path / name}' does not load in onnxruntime: " in stderr
+        assert "Load model from" not in stderr and "ONNXRuntimeError" not in stderr
+    assert not (tmp_path / "d.json").exists()

@@ -19,13 +19,6 @@ from test_cli import cli
 DISKS = FIXTURES / "disks.png"
 
 
-@pytest.fixture(scope="module")
-def spot_finder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("converted") / "spots.onnx"
-    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", path)
-    return path
-
-
 def forged(path, tmp_path, change) -> str:
     """A copy of the converted model whose marker's first head's geometry is changed by `change`."""
     model = onnx.load(str(path))
@@ -139,17 +132,6 @@ def test_the_draw_folder_is_not_made_when_the_run_is_refused(spot_finder, tmp_pa
     assert code == 3 and not folder.exists()
 
 
-def run_in_process(capsys, *args):
-    """The CLI in this process (what is tested is the flags, not the process): (exit code, stderr)."""
-    from fc2conv_onnx import cli as command_line
-
-    try:
-        code = command_line.main([str(a) for a in args])
-    except SystemExit as stop:  # argparse's own refusals
-        code = stop.code
-    return code, capsys.readouterr().err
-
-
 SPOTS = FIXTURES / "spots.png"
 
 
@@ -163,7 +145,7 @@ SPOTS = FIXTURES / "spots.png"
     (["--scale-step", "1.0000001", "--min-size", "32", "--max-size", "256"], 3, "more than the 100 this tool runs"),
 ])
 def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
-    got, stderr = run_in_process(capsys, "detect", spot_finder, SPOTS, "-o", tmp_path / "x.json", *flags)
+    got, _, stderr = cli("detect", spot_finder, SPOTS, "-o", tmp_path / "x.json", *flags)
     assert got == code and words in stderr, stderr
     assert not (tmp_path / "x.json").exists()
 
@@ -175,16 +157,16 @@ def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, fla
     (["--range=nan,1"], 2, "finite"), (["--alpha", "nan"], 2, "finite"),
 ])
 def test_heatmap_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
-    got, stderr = run_in_process(capsys, "heatmap", spot_finder, SPOTS, "-o", tmp_path / "x.png", *flags)
+    got, _, stderr = cli("heatmap", spot_finder, SPOTS, "-o", tmp_path / "x.png", *flags)
     assert got == code and words in stderr, stderr
     assert not (tmp_path / "x.png").exists()
 
 
 def test_an_input_size_is_capped_like_a_declared_one(capsys, tmp_path):
     exported = FIXTURES / "exported" / "torch_dynamic_hw.onnx"
-    code, stderr = run_in_process(capsys, "convert", exported, "-o", tmp_path / "x.onnx", "--input-size", "10000")
+    code, _, stderr = cli("convert", exported, "-o", tmp_path / "x.onnx", "--input-size", "10000")
     assert code == 3 and "at most 1 GiB" in stderr, stderr
-    code, stderr = run_in_process(capsys, "convert", exported, "-o", tmp_path / "x.onnx", "--input-size",
+    code, _, stderr = cli("convert", exported, "-o", tmp_path / "x.onnx", "--input-size",
                                   "99999999999999999999")
     assert code == 2 and "at most 3 axes of at most 65536" in stderr, stderr  # a flag's value: exit 2
     assert not (tmp_path / "x.onnx").exists()
@@ -362,7 +344,7 @@ def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_pat
         return real(stream)
 
     monkeypatch.setattr(writes, "_sync", full_at_the_third)
-    code, stderr = run_in_process(capsys, "detect", spot_finder, *images, "-o", out, "--draw", folder)
+    code, _, stderr = cli("detect", spot_finder, *images, "-o", out, "--draw", folder)
     assert code == 6 and "nothing was written" in stderr, stderr
     assert out.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["found.json", "pictures"]
@@ -440,7 +422,7 @@ def test_graphsurgeons_log_never_reaches_the_user(monkeypatch, capsys, tmp_path)
 ])
 def test_a_value_wrong_in_itself_is_2_and_one_the_model_lacks_is_3(spot_finder, tmp_path, capsys, args, code):
     args = [str(a).format(tmp=tmp_path, model=spot_finder) for a in args]
-    got, stderr = run_in_process(capsys, *args)
+    got, _, stderr = cli(*args)
     assert got == code and "error:" in stderr.splitlines()[-1] and "Traceback" not in stderr, stderr
 
 
@@ -453,7 +435,7 @@ def test_a_model_too_large_for_protobuf_on_standard_input_says_to_give_its_path(
     data = (FIXTURES / "spot_finder.onnx").read_bytes()
     monkeypatch.setattr(io, "MAX_MESSAGE_BYTES", len(data) - 1)  # as if it were 2 GiB
     monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": streams.BytesIO(data)})())
-    code, stderr = run_in_process(capsys, "convert", "-", "-o", tmp_path / "o.onnx")
+    code, _, stderr = cli("convert", "-", "-o", tmp_path / "o.onnx")
     assert code == 3 and "give the model's file path" in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "o.onnx").exists()
 
@@ -478,6 +460,6 @@ def test_heatmap_takes_classes_as_detect_does(spot_finder, tmp_path, capsys):
         fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "c.png", classes=[0], klass=0)
     with pytest.raises(InputError, match="distinct"):
         fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "c.png", classes=[0, 0])
-    code, stderr = run_in_process(capsys, "heatmap", spot_finder, DISKS, "-o", tmp_path / "d.png", "--class", "0,0")
+    code, _, stderr = cli("heatmap", spot_finder, DISKS, "-o", tmp_path / "d.png", "--class", "0,0")
     assert code == 2 and "twice" in stderr
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "d.png").exists()

@@ -8,14 +8,7 @@ import pytest
 import fc2conv_onnx
 from conftest import FIXTURES
 from fc2conv_onnx.apps.pictures import Preprocessing
-from test_outputs_and_caps import run_in_process
-
-
-@pytest.fixture(scope="module")
-def spots(tmp_path_factory):
-    out = tmp_path_factory.mktemp("spots") / "spots.onnx"
-    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
-    return out
+from test_cli import cli
 
 
 @pytest.mark.parametrize("flags, warned", [
@@ -25,23 +18,23 @@ def spots(tmp_path_factory):
     ([], ""),
     (["--scale", "1", "--mean", "127.5", "--std", "128"], "now spelled --pixel-scale"),
 ])
-def test_detect_warns_about_numbers_that_flatten_the_picture(spots, tmp_path, capsys, flags, warned):
-    code, stderr = run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "d.json", *flags)
+def test_detect_warns_about_numbers_that_flatten_the_picture(spot_finder, tmp_path, capsys, flags, warned):
+    code, _, stderr = cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "d.json", *flags)
     assert code == 0
     assert (warned in stderr) if warned else stderr == "", stderr
 
 
-def test_the_older_and_newer_spelling_together_are_a_usage_error(spots, tmp_path, capsys):
-    code, stderr = run_in_process(capsys, "heatmap", spots, FIXTURES / "disks.png", "-o", tmp_path / "h.png",
+def test_the_older_and_newer_spelling_together_are_a_usage_error(spot_finder, tmp_path, capsys):
+    code, _, stderr = cli("heatmap", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "h.png",
                                   "--scale", "1", "--pixel-scale", "1")
     assert code == 2 and "give one of them" in stderr
     assert not (tmp_path / "h.png").exists()
 
 
-def test_the_older_spelling_still_divides_the_pixels(spots, tmp_path, capsys):
-    assert run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "a.json",
+def test_the_older_spelling_still_divides_the_pixels(spot_finder, tmp_path, capsys):
+    assert cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "a.json",
                           "--scale", "255")[0] == 0
-    assert run_in_process(capsys, "detect", spots, FIXTURES / "disks.png", "-o", tmp_path / "b.json")[0] == 0
+    assert cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "b.json")[0] == 0
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
 
 

@@ -29,13 +29,6 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def spot_finder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scale_out") / "spots_fcn.onnx"
-    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
-    return out
-
-
 def _detects_rows(model, pictures, key=str):
     found = fc2conv_onnx.detect(model, pictures, **SETTINGS)
     return sorted((key(r.image), *r.box, r.score, r.klass, r.scale) for r in found.records)

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import fc2conv_onnx
 from conftest import FIXTURES
 
 _HEAVY = ("onnx", "onnx_graphsurgeon", "ml_dtypes")
@@ -28,13 +27,6 @@ def _run(*args):
     done = subprocess.run([sys.executable, "-c", _PROGRAM.format(heavy=_HEAVY), *map(str, args)],
                           capture_output=True, text=True, timeout=120)
     return done.stderr.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def spot_finder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("startup") / "spots_fcn.onnx"
-    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", out)
-    return out
 
 
 @pytest.mark.parametrize("args", [

@@ -129,8 +129,9 @@ def open_map_model(model: Any, what: str = "the picture", threads: Optional[int]
     geometry)."""
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        check_input_file(path, f"'{printable(str(path))}'")
-        session = ort.file_session(path, ort.PICTURES, "the model", _PICTURE_HINT, threads)
+        label = f"'{printable(str(path))}'"
+        check_input_file(path, label)
+        session = ort.file_session(path, ort.PICTURES, f"model {label}", _PICTURE_HINT, threads)
         stored = session.get_modelmeta().custom_metadata_map.get(marker.CONVERTED_KEY)
         graph = lambda: _graph_of_file(path)  # noqa: E731 (read only for a marker older than its score record)
     else:

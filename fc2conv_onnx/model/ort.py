@@ -56,7 +56,7 @@ def file_session(path: Path, use: str, what: str, hint: str, threads: Optional[i
     try:
         return onnxruntime().InferenceSession(str(path), session_options(use, threads=threads), providers=["CPUExecutionProvider"])
     except Exception as error:
-        raise failure(error, what, True, hint) from None
+        raise failure(error, what, True, hint, doing="load") from None
 
 
 #: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
@@ -64,11 +64,12 @@ _OUT_OF_MEMORY = ("bad_alloc", "failed to allocate", "out of memory", "bad alloc
                   "failed to map segment")  # the last: its library could not be loaded
 
 
-def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT) -> Fc2ConvError:
-    """The one-line error for `what` failing in onnxruntime: out of memory (ResourceError, with `hint`: what
-    the command's user can try), the input's fault (`original`: InputError, nothing can be proven against it)
-    or the conversion's (ValidationError)."""
+def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_HINT,
+            doing: str = "run") -> Fc2ConvError:
+    """The one-line error for `what` failing in onnxruntime (to `doing`: "run", or "load"): out of memory
+    (ResourceError, with `hint`: what the command's user can try), the input's fault (`original`: InputError,
+    nothing can be proven against it) or the conversion's (ValidationError)."""
     message = runtime_message(error)
     if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
         return ResourceError(f"out of memory while running {what} ({message}); {hint}")
-    return (InputError if original else ValidationError)(f"{what} does not run in onnxruntime: {message}")
+    return (InputError if original else ValidationError)(f"{what} does not {doing} in onnxruntime: {message}")
