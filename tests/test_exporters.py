@@ -201,6 +201,31 @@ def test_a_computed_shape_that_is_not_a_flatten_is_declined():
     assert "gives [8, -1] at batch 2" in plan.skipped[0].reason
 
 
+def test_shape_arithmetic_is_run_as_onnx_defines_it():
+    """A computed flatten is evaluated by onnx's reference evaluator, so any standard op in the arithmetic is
+    read (Max and ReduceProd over a Slice of the shape: view(x.size(0), max(C*H*W, 1))), and the result is
+    proven as always."""
+    from builders import ModelBuilder, trunk
+
+    def built():
+        b = ModelBuilder(opset=13, seed=5)
+        x = trunk(b, b.input("image", ["N", 3, 16, 12]), [3, 4, 8], rank=2)
+        shape = b.node("Shape", [x])
+        batch = b.node("Unsqueeze", [b.node("Gather", [shape, b.const("zero", np.array(0))]),
+                                     b.const("axes", np.array([0]))])
+        rest = b.node("ReduceProd", [b.node("Slice", [shape, b.const("s", np.array([1])), b.const("e", np.array([4]))])],
+                      keepdims=1)
+        features = b.node("Max", [rest, b.const("one", np.array([1]))])
+        b.gemm(b.node("Reshape", [x, b.node("Concat", [batch, features], axis=0)]), 8 * 4 * 3, 5,
+               output=b.output("logits", ["N", 5]))
+        return b.build("computed_max")
+
+    model = built()
+    plan = fc2conv_onnx.inspect(model).plan
+    assert len(plan.heads) == 1 and "Slice -> ReduceProd -> Max" in plan.heads[0].flattening.note
+    assert_equivalent(model, fc2conv_onnx.convert(model), sizes=[(1, 3, 16 + 8, 12 + 8)])
+
+
 @pytest.mark.parametrize("stem", ["caffe2_alexnet_opset9_inputs", "caffe2_alexnet_like", "caffe2_batchnorm_head"])
 def test_initializers_listed_as_inputs_are_not_image_inputs(stem):
     original = load(stem)

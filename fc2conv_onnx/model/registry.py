@@ -3,13 +3,15 @@
 Every stage asks here, never compares op types itself (`is_op`, `entry`, `fact`): what an op is in a head
 (a linear layer, a flattening, a global pool, a per-location step), what it is in the trunk (local, a window,
 a join...), whether normalize may fold it, whether its output is shaped by its inputs' values, from which opset
-its pool takes dilations, whether it makes scores, how the shape evaluator computes it. An exporter spelling
+its pool takes dilations, whether it makes scores. An exporter spelling
 the tool refuses is then a missing or wrong entry, in one place, not an op known in one list and not another.
 
 The facts are data, in the table at the end of this module (as OnnxSlim keeps its patterns' opset ranges).
 The functions that read a node in context are attached by the modules that define them, with `attach`:
-head handlers (`plan.ops`), trunk kinds (`read.trunk_kinds`), flattening matchers (`plan.heads`), shape
-evaluators (`read.shape_values`). This module imports nothing from the package, so every module can ask it.
+head handlers (`plan.ops`), trunk kinds (`read.trunk_kinds`), flattening matchers (`plan.heads`). How an op
+computes its values is onnx's own reference evaluator's (`read.reference`): folding constants and the shape
+arithmetic before a Reshape both run it. This module imports nothing from the package, so every module can ask
+it.
 """
 from __future__ import annotations
 
@@ -57,17 +59,16 @@ class OpEntry:
     quantization: bool = False
     #: Makes class scores from logits (Softmax, Sigmoid): the output apps draw or detect on.
     score: bool = False
-    #: Only the shape of its input is read (Shape): the shape evaluator does not evaluate that input.
+    #: Only the shape of its input is read (Shape): the shape arithmetic feeds that input, never computes it.
     reads_shape_only: bool = False
     #: Moves or retypes values without computing new ones (Reshape, Transpose, Squeeze, Cast...): a single dim
     #: of shape arithmetic passes through unchanged, and a score behind them is still a score.
     keeps_values: bool = False
     #: Attached: what the op becomes in a head: handler(node, index, context) -> Step | Decline.
     head: Optional[Callable] = None
-    #: Attached: matcher(node) -> Flattening | Decline | None, when a first linear layer reads the op's output.
+    #: Attached: matcher(node, opset) -> Flattening | Decline | None, when a first linear layer reads the op's
+    #: output.
     flattening: Optional[Callable] = None
-    #: Attached: evaluator(node, operands, batch) -> array, for the shape evaluator.
-    shape_value: Optional[Callable] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,9 +84,9 @@ def declare(*ops: str, **facts: Any) -> None:
 
 
 def attach(what: str, *ops: str, value: Optional[Callable] = None):
-    """Attach a function (`what`: "head", "trunk", "flattening" or "shape_value") to declared ops; usable as a
-    decorator, or with `value`."""
-    if what not in ("head", "trunk", "flattening", "shape_value"):
+    """Attach a function (`what`: "head", "trunk" or "flattening") to declared ops; usable as a decorator, or
+    with `value`."""
+    if what not in ("head", "trunk", "flattening"):
         raise ValueError(f"cannot attach {what!r}")
 
     def attached(function: Callable) -> Callable:
@@ -173,7 +174,7 @@ declare("GlobalLpPool", trunk=GLOBAL)  # the p-norm has no windowed twin that th
 declare("ReduceMean", global_pool="average")
 declare("ReduceMax", global_pool="max")
 declare("ReduceMin", "ReduceSum", "ReduceL2", "ReduceSumSquare", "ReduceProd")
-# Shape arithmetic and ops met on the way (read by the shape evaluator, normalize, trunk_sizes, apps).
+# Shape arithmetic and ops met on the way (read by the shape arithmetic, normalize, trunk_sizes, apps).
 declare("Gather", "Constant")
 declare("Expand", "Tile", "Resize", "Upsample", "ConstantOfShape", "Range", "Crop", shaped_by_inputs=True)
 declare("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",

@@ -27,8 +27,9 @@ def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, featur
     return (keeps_batch or literal) and second in (-1, features), literal and not keeps_batch
 
 
-def reshape_flattens(node: gs.Node, features: int, described: str) -> Union[str, Decline]:
-    """Whether Reshape `node` gives [batch, features] from its input: a note on how, or why not."""
+def reshape_flattens(node: gs.Node, features: int, described: str, opset: int) -> Union[str, Decline]:
+    """Whether Reshape `node` (of a graph at `opset`) gives [batch, features] from its input: a note on how,
+    or why not."""
     data = node.inputs[0]
     if len(node.inputs) < 2:
         return Decline(f"Reshape '{node.name}' has no shape input")
@@ -44,12 +45,14 @@ def reshape_flattens(node: gs.Node, features: int, described: str) -> Union[str,
         note = f"the Reshape fixes batch size {target[0]}; the converted model takes any batch" if literal else ""
     else:
         computation = describe_computation(node.inputs[1])
-        for size in (batch,) if isinstance(batch, int) else PROBE_BATCHES:
-            try:
-                target = [int(v) for v in evaluate(node.inputs[1], size).reshape(-1)]
-            except NotEvaluable as why:
-                return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which cannot be "
-                               f"evaluated at the training size: {why}")
+        sizes = (batch,) if isinstance(batch, int) else PROBE_BATCHES
+        try:
+            targets = evaluate(node.inputs[1], sizes, opset)
+        except NotEvaluable as why:
+            return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which cannot be "
+                           f"evaluated at the training size: {why}")
+        for size, value in zip(sizes, targets):
+            target = [int(v) for v in value.reshape(-1)]
             if not _flattens(target, size, data.shape, features, allow_zero)[0]:
                 return Decline(f"Reshape '{node.name}' takes its shape from {computation}, which gives {target} "
                                f"at batch {size}: not a flattening of {flattened}")

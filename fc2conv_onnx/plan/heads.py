@@ -128,8 +128,9 @@ def _flattened_source(node: gs.Node) -> Union[tuple, Decline]:
     return source, order, note, moved, perm, shape
 
 
-def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
-    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx)."""
+def match_flatten(node: gs.Node, opset: int) -> Union[Flattening, Decline, None]:
+    """Flatten(axis=1): PyTorch `torch.flatten(x, 1)`, Keras/ONNX Flatten (after a Transpose, keras2onnx). (A
+    flattening matcher takes the graph's opset; a Flatten's meaning does not depend on it.)"""
     found = _flattened_source(node)
     if isinstance(found, Decline):
         return found
@@ -144,7 +145,7 @@ def match_flatten(node: gs.Node) -> Union[Flattening, Decline, None]:
                       prelude=moved, perm=perm)
 
 
-def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
+def match_reshape(node: gs.Node, opset: int) -> Union[Flattening, Decline, None]:
     """Reshape to [N, C*H*W]: a constant shape ([N, -1], [0, -1], [-1, C*H*W], [N, C*H*W]), or one
     computed from the trunk's shape (TorchScript `view(x.size(0), -1)`: Shape -> Gather -> Unsqueeze ->
     Concat; tf2onnx Flatten: Shape -> Gather -> Cast -> Slice -> Concat -> Cast), which is evaluated at
@@ -157,7 +158,7 @@ def match_reshape(node: gs.Node) -> Union[Flattening, Decline, None]:
     if isinstance(found, Decline):
         return found
     source, order, transpose_note, moved, perm, shape = found
-    note = reshape_flattens(node, prod(shape), f"[N, {', '.join(map(str, shape))}]")
+    note = reshape_flattens(node, prod(shape), f"[N, {', '.join(map(str, shape))}]", opset)
     if isinstance(note, Decline):
         return note
     return Flattening(node=node.name, op="Reshape", source=source.name, source_shape=shape, order=order,
@@ -210,7 +211,7 @@ def _first_layer(node: gs.Node, opset: int,
     if source is None:
         raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
     matcher = fact(source, "flattening")
-    flattening = matcher(source) if matcher is not None else None
+    flattening = matcher(source, opset) if matcher is not None else None
     if flattening is None and fact(source, "global_pool"):
         axes = sorted(axes_of(source) or ())
         raise _Decline(f"input '{data.name}' comes from {source.op} '{source.name}' over axes {axes}, which is not a "

@@ -312,7 +312,7 @@ def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough
         if kept is not None:
             return kept
         shape = list(node.inputs[0].shape or [])
-        note = reshape_flattens(node, ctx.features, f"the pooled {shape}")
+        note = reshape_flattens(node, ctx.features, f"the pooled {shape}", ctx.opset)
         if isinstance(note, Decline):
             return note
     if ctx.form == MAP_LAST:

@@ -16,11 +16,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import first_line
-from ..model import work
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
 from .pool_views import channels_first_views_before_pools
 from ..model.registry import fact, in_default_domain, is_op
+from .reference import evaluate as evaluate_nodes
 from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _evaluate_chain(chain: Sequence[gs.Node], opset: int, made: Dict[int, Option
     """id(tensor) -> value for the outputs of `chain` (nodes in graph order that read constants, Constant
     nodes' values in `made`, or one another's outputs): one evaluation of them all, else one per node."""
     try:
-        return _evaluate(chain, opset, made)
+        return evaluate_nodes(chain, opset, made)
     except Exception as error:  # an op the evaluator does not implement: node by node, to fold the others
         logger.debug("folding node by node: %s", first_line(error))
     values: Dict[int, np.ndarray] = {}
@@ -99,39 +99,10 @@ def _evaluate_chain(chain: Sequence[gs.Node], opset: int, made: Dict[int, Option
         if any(id(t) in made and made[id(t)] is None and id(t) not in values for t in node.inputs):
             continue  # reads a value that could not be computed
         try:
-            values.update(_evaluate([node], opset, {**made, **values}))
+            values.update(evaluate_nodes([node], opset, {**made, **values}))
         except Exception as error:
             logger.debug("not folded: %s '%s' (%s)", node.op, node.name, first_line(error))
     return values
-
-
-def _evaluate(nodes: Sequence[gs.Node], opset: int, made: Dict[int, Optional[np.ndarray]]) -> Dict[int, np.ndarray]:
-    """The outputs of `nodes` (which read only constants and one another), computed by onnx's reference
-    evaluator, so any op onnx defines folds as onnx defines it."""
-    from onnx.reference import ReferenceEvaluator
-
-    # Copies of the nodes reading copies of their constants, their values loaded: the weights of a model
-    # read from a file stay in the file until read (weights.py), which the evaluator cannot do by itself.
-    copies: Dict[int, gs.Tensor] = {}
-
-    def copy(tensor: gs.Tensor) -> gs.Tensor:
-        if id(tensor) not in copies:
-            known = made.get(id(tensor))
-            if isinstance(tensor, gs.Constant):
-                copies[id(tensor)] = gs.Constant(tensor.name, np.asarray(tensor.values))
-            elif known is not None:
-                copies[id(tensor)] = gs.Constant(tensor.name, np.asarray(known))
-            else:
-                copies[id(tensor)] = gs.Variable(tensor.name, dtype=tensor.dtype, shape=tensor.shape)
-        return copies[id(tensor)]
-
-    copied = [gs.Node(n.op, n.name, dict(n.attrs), [copy(t) if t.name else gs.Variable("") for t in n.inputs],
-                      [copy(t) for t in n.outputs]) for n in nodes]
-    outputs = [copy(t) for n in nodes for t in n.outputs]
-    work.count(work.EXPORTS)
-    model = gs.export_onnx(gs.Graph(nodes=copied, inputs=[], outputs=outputs, opset=opset), do_type_check=False)
-    results = ReferenceEvaluator(model).run(None, {})
-    return {id(t): np.asarray(v) for t, v in zip((t for n in nodes for t in n.outputs), results)}
 
 
 def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
@@ -164,7 +135,7 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
     return notes
 
 
-def _gathers_every_element_in_order(indices: gs.Tensor, shape: Sequence) -> bool:
+def _gathers_every_element_in_order(indices: gs.Tensor, shape: Sequence, opset: int) -> bool:
     """Whether Gather `indices` are arange(size).reshape(shape) of a tensor of `shape`: constant indices, or
     (on a symbolic batch) indices computed from the batch, evaluated at two batch sizes."""
     if not all(isinstance(d, int) for d in shape[1:]):
@@ -173,7 +144,8 @@ def _gathers_every_element_in_order(indices: gs.Tensor, shape: Sequence) -> bool
         given = [(np.asarray(indices.values), tuple(shape))] if isinstance(shape[0], int) else []
     else:
         try:
-            given = [(evaluate(indices, batch), (batch,) + tuple(shape[1:])) for batch in PROBE_BATCHES]
+            given = [(value, (batch,) + tuple(shape[1:]))
+                     for batch, value in zip(PROBE_BATCHES, evaluate(indices, PROBE_BATCHES, opset))]
         except NotEvaluable:
             return False
     return bool(given) and all(tuple(order.shape) == wanted and
@@ -198,7 +170,7 @@ def identity_gathers_removed(graph: gs.Graph) -> List[str]:
             continue
         source = reshape.inputs[0]
         if np.asarray(reshape.inputs[1].values).reshape(-1).tolist() != [-1] or source.shape is None or \
-                not _gathers_every_element_in_order(indices, source.shape):
+                not _gathers_every_element_in_order(indices, source.shape, int(graph.opset or 1)):
             continue
         result = gather.outputs[0]
         if result in graph.outputs:
