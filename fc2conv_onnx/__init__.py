@@ -13,7 +13,8 @@ from .version import __version__
 _HOMES = {
     **dict.fromkeys(["convert", "convert_with_report", "convert_file", "inspect", "validate_pair", "read_geometry",
                      "window_of", "Conversion"], ".api"),
-    "detect": ".apps.detecting", "Detector": ".apps.detector", "Detections": ".apps.detecting", "heatmap": ".apps.heatmaps",
+    "detect": ".apps.detecting", "Detections": ".apps.detecting", "Detector": ".apps.detector",
+    "heatmap": ".apps.heatmaps",
     "Heatmap": ".apps.heatmaps", "Detection": ".apps.detections", "DetectionSettings": ".apps.detections",
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
                     ".errors"),

@@ -54,7 +54,8 @@ def file_session(path: Path, use: str, what: str, hint: str, threads: Optional[i
     as a hand-written loop does), or the one-line error of `failure`."""
     work.count(work.SESSIONS)
     try:
-        return onnxruntime().InferenceSession(str(path), session_options(use, threads=threads), providers=["CPUExecutionProvider"])
+        return onnxruntime().InferenceSession(str(path), session_options(use, threads=threads),
+                                              providers=["CPUExecutionProvider"])
     except Exception as error:
         raise failure(error, what, True, hint, doing="load") from None
 
