@@ -49,7 +49,8 @@ class Detector:
 
     The model is opened at the first call, once, and never pickled: a detector sent to a worker opens it
     there (the model's file must be reachable from the worker). `threads` sets onnxruntime's threads per
-    run (default one per core: give cores / workers when several share a machine).
+    run (default one per core: give cores / workers when several share a machine). One detector serves one
+    thread at a time (it writes each picture's input over the last one), as Ray's actors call it.
     """
 
     def __init__(self, model: Any, settings: Optional[DetectionSettings] = None, *,
