@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Container, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,10 +28,15 @@ if TYPE_CHECKING:
 
 
 def score_output(model: "onnx.ModelProto", names: Sequence[str]) -> str:
-    """Of the outputs `names`, the first that looks like class scores (made by a Softmax or Sigmoid), else
-    the first: a detector's face probability, not its box regression."""
-    scores = [name for name in names if made_by_score_op(model, name)]
-    return (scores or list(names))[0]
+    """Of the outputs `names` of `model`, the one `first_score` picks, read from the graph."""
+    return first_score(names, {name for name in names if made_by_score_op(model, name)})
+
+
+def first_score(names: Sequence[str], scores: Container[str]) -> str:
+    """Of the outputs `names`, the first of `scores` (made by a Softmax or Sigmoid), else the first: a
+    detector's face probability, not its box regression. The one rule wherever an output is chosen (heatmap,
+    detect from the marker; --emit-detections from the graph)."""
+    return ([name for name in names if name in scores] or list(names))[0]
 
 
 def made_by_score_op(model: "onnx.ModelProto", name: str) -> bool:
@@ -71,9 +76,7 @@ class MapModel:
     def placed(self, name: Optional[str], role: str = "output") -> str:
         """`name` (default: the output that looks like class scores), if its cells can be placed on a
         picture; else InputError saying why not."""
-        if not name:
-            names = list(self.geometries) or list(self.unknown)
-            name = ([n for n in names if n in self.scores] or names)[0]
+        name = name or first_score(list(self.geometries) or list(self.unknown), self.scores)
         if name not in self.geometries:
             known = self.unknown.get(name)
             why = (f"its geometry is unknown: {known}" if known else "it has no geometry" if name in self.unknown or
