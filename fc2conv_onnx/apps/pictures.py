@@ -75,12 +75,17 @@ def colour(values: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(values, positions, COLOURS[:, c]) for c in range(3)], axis=-1).astype(np.uint8)
 
 
-def _pillow():
+def _pillow(drawing: bool = False):
+    """Pillow's Image module, and its ImageDraw when `drawing` (else None: ImageDraw loads FreeType, about 12 ms
+    of a detect run that draws nothing)."""
     try:
-        from PIL import Image, ImageDraw
+        from PIL import Image
+
+        if drawing:
+            from PIL import ImageDraw
     except ImportError:
         raise InputError("the heatmap command needs Pillow: pip install 'fc2conv-onnx[heatmap]'") from None
-    return Image, ImageDraw
+    return Image, ImageDraw if drawing else None
 
 
 def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
@@ -348,7 +353,7 @@ def render(image, maps: Sequence[Tuple[str, Layer]], alpha: float, ends: Tuple[f
     """The picture: one panel per (label, map spread over the image) - the image with the map over it - side
     by side, and a colour bar from `ends[0]` to `ends[1]`. A small image is drawn `enlargement(image)` times
     larger, in blocks of pixels, so that the picture is at least MIN_LONG_SIDE pixels on its long side."""
-    Image, ImageDraw = _pillow()
+    Image, ImageDraw = _pillow(drawing=True)
     base = np.asarray(image.convert("RGB"), dtype=np.float64)
     height, width = base.shape[:2]
     factor = enlargement(image)
@@ -415,7 +420,7 @@ BOX_COLOURS = ((230, 25, 25), (0, 200, 220), (250, 220, 0), (220, 0, 220), (40, 
 def draw_boxes(image, boxes: Sequence[Tuple[Tuple[float, float, float, float], str, int]]):
     """The picture with each (box x1, y1, x2, y2 in its pixels, label, class) drawn as a rectangle in its
     class's colour, its label above it; enlarged like `render` (at least MIN_LONG_SIDE pixels, whole factor)."""
-    Image, ImageDraw = _pillow()
+    Image, ImageDraw = _pillow(drawing=True)
     factor = enlargement(image)
     width, height = image.size
     picture = image.convert("RGB").resize((width * factor, height * factor), Image.NEAREST)

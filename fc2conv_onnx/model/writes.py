@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import re
-import secrets
 import signal
 import stat
 import sys
@@ -136,7 +135,7 @@ _ADDED = 18
 
 
 def _new_data_file_name(output: Path) -> str:
-    return f"{output.name}.{secrets.token_hex(6)}.data"
+    return f"{output.name}.{os.urandom(6).hex()}.data"  # as secrets.token_hex, without hashlib's import
 
 
 def _is_data_file_name(output: Path, name: str, older_forms: bool = False) -> bool:
