@@ -23,8 +23,8 @@ print(code, [m for m in {heavy!r} if m in sys.modules], file=sys.stderr)
 """
 
 
-def _run(*args):
-    done = subprocess.run([sys.executable, "-c", _PROGRAM.format(heavy=_HEAVY), *map(str, args)],
+def _run(*args, heavy=_HEAVY):
+    done = subprocess.run([sys.executable, "-c", _PROGRAM.format(heavy=heavy), *map(str, args)],
                           capture_output=True, text=True, timeout=120)
     return done.stderr.strip().splitlines()[-1]
 
@@ -42,3 +42,11 @@ def test_running_a_converted_model_and_asking_for_help_do_not_import_onnx(args, 
 def test_converting_imports_onnx_as_it_must(tmp_path):
     """The check above can fail: a command that reads a model with onnx is seen doing so."""
     assert _run("inspect", FIXTURES / "spot_finder.onnx") == f"0 {list(_HEAVY)}"
+
+
+def test_detect_loads_pillows_drawing_only_to_draw(spot_finder, tmp_path):
+    """ImageDraw loads FreeType (12 ms of a run): detect without --draw does without it."""
+    plain = ("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "d.json")
+    assert _run(*plain, heavy=("PIL.ImageDraw",)) == "0 []"
+    assert _run(*plain, "--draw", tmp_path / "d.png", heavy=("PIL.ImageDraw",)) == "0 ['PIL.ImageDraw']"
+
