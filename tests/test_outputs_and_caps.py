@@ -144,7 +144,7 @@ SPOTS = FIXTURES / "spots.png"
     (["--min-size", "1e-300"], 3, "more than the 100 this tool runs"),
     (["--scale-step", "1.0000001", "--min-size", "32", "--max-size", "256"], 3, "more than the 100 this tool runs"),
 ])
-def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
+def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, flags, code, words):
     got, _, stderr = cli("detect", spot_finder, SPOTS, "-o", tmp_path / "x.json", *flags)
     assert got == code and words in stderr, stderr
     assert not (tmp_path / "x.json").exists()
@@ -156,13 +156,13 @@ def test_detect_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, fla
     (["--top", "0"], 2, "positive whole number"), (["--top", "-5"], 2, "positive whole number"),
     (["--range=nan,1"], 2, "finite"), (["--alpha", "nan"], 2, "finite"),
 ])
-def test_heatmap_numbers_are_finite_and_capped(spot_finder, tmp_path, capsys, flags, code, words):
+def test_heatmap_numbers_are_finite_and_capped(spot_finder, tmp_path, flags, code, words):
     got, _, stderr = cli("heatmap", spot_finder, SPOTS, "-o", tmp_path / "x.png", *flags)
     assert got == code and words in stderr, stderr
     assert not (tmp_path / "x.png").exists()
 
 
-def test_an_input_size_is_capped_like_a_declared_one(capsys, tmp_path):
+def test_an_input_size_is_capped_like_a_declared_one(tmp_path):
     exported = FIXTURES / "exported" / "torch_dynamic_hw.onnx"
     code, _, stderr = cli("convert", exported, "-o", tmp_path / "x.onnx", "--input-size", "10000")
     assert code == 3 and "at most 1 GiB" in stderr, stderr
@@ -327,7 +327,7 @@ def test_a_signal_during_detect_draw_leaves_none_of_its_files(spot_finder, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures"]  # no records, no folder, no temporaries
 
 
-def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, capsys, monkeypatch):
+def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, monkeypatch):
     import errno
 
     from fc2conv_onnx.model import writes
@@ -420,13 +420,13 @@ def test_graphsurgeons_log_never_reaches_the_user(monkeypatch, capsys, tmp_path)
     (("heatmap", "{model}", SPOTS, "-o", "{tmp}/h.png", "--class", "99"), 3),  # not the model's
     (("detect", "{model}", SPOTS, "-o", "{tmp}/d.json", "--class", "99"), 3),
 ])
-def test_a_value_wrong_in_itself_is_2_and_one_the_model_lacks_is_3(spot_finder, tmp_path, capsys, args, code):
+def test_a_value_wrong_in_itself_is_2_and_one_the_model_lacks_is_3(spot_finder, tmp_path, args, code):
     args = [str(a).format(tmp=tmp_path, model=spot_finder) for a in args]
     got, _, stderr = cli(*args)
     assert got == code and "error:" in stderr.splitlines()[-1] and "Traceback" not in stderr, stderr
 
 
-def test_a_model_too_large_for_protobuf_on_standard_input_says_to_give_its_path(monkeypatch, capsys, tmp_path):
+def test_a_model_too_large_for_protobuf_on_standard_input_says_to_give_its_path(monkeypatch, tmp_path):
     import io as streams
     import sys
 
@@ -451,7 +451,7 @@ def test_the_apis_scales_are_checked_like_the_flag(spot_finder, tmp_path, scales
     assert not (tmp_path / "h.png").exists()
 
 
-def test_heatmap_takes_classes_as_detect_does(spot_finder, tmp_path, capsys):
+def test_heatmap_takes_classes_as_detect_does(spot_finder, tmp_path):
     by_list = fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "a.png", classes=[0])
     by_old_name = fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "b.png", klass=0)
     assert by_list.classes == by_old_name.classes == (0,)

@@ -18,20 +18,20 @@ from test_cli import cli
     ([], ""),
     (["--scale", "1", "--mean", "127.5", "--std", "128"], "now spelled --pixel-scale"),
 ])
-def test_detect_warns_about_numbers_that_flatten_the_picture(spot_finder, tmp_path, capsys, flags, warned):
+def test_detect_warns_about_numbers_that_flatten_the_picture(spot_finder, tmp_path, flags, warned):
     code, _, stderr = cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "d.json", *flags)
     assert code == 0
     assert (warned in stderr) if warned else stderr == "", stderr
 
 
-def test_the_older_and_newer_spelling_together_are_a_usage_error(spot_finder, tmp_path, capsys):
+def test_the_older_and_newer_spelling_together_are_a_usage_error(spot_finder, tmp_path):
     code, _, stderr = cli("heatmap", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "h.png",
                                   "--scale", "1", "--pixel-scale", "1")
     assert code == 2 and "give one of them" in stderr
     assert not (tmp_path / "h.png").exists()
 
 
-def test_the_older_spelling_still_divides_the_pixels(spot_finder, tmp_path, capsys):
+def test_the_older_spelling_still_divides_the_pixels(spot_finder, tmp_path):
     assert cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "a.json",
                           "--scale", "255")[0] == 0
     assert cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "b.json")[0] == 0
