@@ -2,6 +2,7 @@
 run, and what it found as records to save or draw."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, fields
 from io import BytesIO
@@ -128,12 +129,12 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
     # memory at a time.
     plans = {image: detector.scales_for(pictures.image_size(image), image) for image in names}
-    total, done = sum(len(s) for s in plans.values()), [0]
+    total, runs = sum(len(s) for s in plans.values()), itertools.count(1)
 
     def after_run() -> None:
-        done[0] += 1
+        done = next(runs)
         if progress is not None:
-            progress(done[0], total)
+            progress(done, total)
 
     found: List[Detection] = []
     for image in names:

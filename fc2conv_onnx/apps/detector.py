@@ -133,11 +133,11 @@ class Detector:
         return best_first(self.candidates(picture, key), self.settings.iou, self.settings.overlap)
 
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-        keys, column, sources = _rows(batch)
+        keys, column, sources, files = _rows(batch)
         found: List[Tuple[int, Detection]] = []
         for index, (key, source) in enumerate(zip(keys, sources)):
             name = str(key)
-            picture = pictures.read_image(source) if sources is keys else pictures.from_array(source, f"'{name}'")
+            picture = pictures.read_image(source) if files else pictures.from_array(source, f"'{name}'")
             found += [(index, record) for record in self.find(picture, name)]
         rows = np.asarray([index for index, _ in found], np.int64)
         boxes = np.asarray([record.box for _, record in found], np.float32).reshape(-1, 4)
@@ -160,9 +160,9 @@ class Detector:
             yield scale, scaled.size, opened.runner.feed(scaled, opened.name, self.preprocessing, _where(key, scale))
 
 
-def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any]]:
-    """(each picture's key, the key's column name, each picture's source: its pixels, or the keys themselves
-    when they are the pictures' files)."""
+def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any], bool]:
+    """(each picture's key, the key's column name, each picture's source, whether the sources are files (the
+    keys themselves) rather than pixels)."""
     if not isinstance(batch, Mapping):
         raise InputError(f"a batch is a dict of columns (Ray Data's numpy batch format), not a "
                          f"{type(batch).__name__}")
@@ -180,9 +180,10 @@ def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any]]:
                          f"{', '.join(map(repr, batch)) or 'none'}")
     if len(keys) != len(sources):
         raise InputError(f"the batch's '{column}' column has {len(keys)} rows and its pictures {len(sources)}")
-    if sources is keys and not all(isinstance(p, (str, os.PathLike)) for p in keys):
+    files = "image" not in batch
+    if files and not all(isinstance(p, (str, os.PathLike)) for p in keys):
         raise InputError("the batch's 'path' column must hold picture paths (str)")
-    return keys, column, sources
+    return keys, column, sources, files
 
 
 def _where(key: str, scale: float) -> str:

@@ -64,8 +64,10 @@ def evaluate(tensor: gs.Tensor, batches: Sequence[int], opset: int) -> List[np.n
         symbolic = [(axis, d) for axis, d in enumerate(t.shape) if not isinstance(d, int) and axis > 0]
         if symbolic:
             raise NotEvaluable(f"'{name}' has the symbolic dim {symbolic[0][1]!r} at axis {symbolic[0][0]}")
-    if not nodes:
-        return [np.asarray(tensor.values)] * len(batches) if isinstance(tensor, gs.Constant) else []
+    if isinstance(tensor, gs.Constant):
+        return [np.asarray(tensor.values)] * len(batches)
+    if not nodes:  # an omitted optional input: nothing to evaluate, so nothing may pass for a value
+        raise NotEvaluable(f"'{tensor.name}' is not computed by any node")
     try:
         run = evaluator(nodes, opset, {}, inputs=list(shaped.values()), outputs=[tensor])
         return [np.asarray(run.run(None, {name: _zeros(t, batch) for name, t in shaped.items()})[0])
