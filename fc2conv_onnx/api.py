@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from .rewrite import atrous, detector_graph, shapes
 from .prove import detector_check
-from .model import graphs, io, marker, runtime, work, writes
+from .model import graphs, guard, io, marker, runtime, work, writes
 from .read import trunk_sizes
 from .prove import validate as validation
 from .errors import InputError, NothingToConvertError, ValidationError, first_line
@@ -267,19 +267,22 @@ def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None
                  external_data: Optional[bool] = None, **overrides) -> Report:
     """Convert the model at `src` and write it to `dst` atomically; return the report.
 
-    The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` (or
-    one of its external-data files) only with `in_place=True`. `external_data`: None (default) writes the
-    weights next to `dst` (`dst` + ".<12 hex digits>.data", a new name for every write) when `src` has
-    external data or the model reaches 2 GiB, else inside `dst`;
-    True or False forces either. Nothing is written if any step fails, and a previous `dst` is kept.
+    The weights are streamed from `src` to `dst`, never all in memory at once. `dst` may be `src` only with
+    `in_place=True`, and is never one of its external-data files (`guard.check_outputs`). `external_data`:
+    None (default) writes the weights next to `dst` (`dst` + ".<12 hex digits>.data", a new name for every
+    write) when `src` has external data or the model reaches 2 GiB, else inside `dst`; True or False forces
+    either. Nothing is written if any step fails, and a previous `dst` is kept; the data files of a `dst`
+    it replaces are left in place (docs/guarantees.md).
     `options` and keyword overrides as in `convert_with_report`.
     """
     options = Options.of(options, overrides)
-    if isinstance(src, (str, os.PathLike)) and writes.same_file(src, dst) and not in_place:
-        raise InputError(f"output '{dst}' is the input file; choose another output path or give --in-place")
-    writes.check_output_path(dst)
+    reads = guard.Reads()
+    if isinstance(src, (str, os.PathLike)):
+        reads.add_model("the model", src)
+    guard.check_outputs([("output", dst)], reads, may_replace=src if in_place else None,
+                        replace_hint=", or give --in-place (API: in_place=True) to replace the model")
     converted, weights, report = _convert(src, options, progress)
-    data = writes.save_model(converted, weights, dst, external_data=external_data, overwrite_input=in_place)
+    data = writes.save_model(converted, weights, dst, external_data=external_data)
     report.output = str(dst)
     report.external_data = None if data is None else str(data)
     return report

@@ -15,18 +15,18 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from .model import writes
+from .model import guard, writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .apps.detections import DetectionSettings, checked_scales
+from .apps.detections import DetectionSettings, checked_scales, json_text
 from .apps.pictures import Preprocessing, picture_files
 from .plan.options import Options
 from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
@@ -65,12 +65,11 @@ class _ProgressBar:
         width = 30
         filled = width * done // max(total, 1)
         end = "\n" if done >= total else ""
-        print(f"\r{PROG}: {self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end,
-              file=sys.stderr, flush=True)
+        _say(f"\r{PROG}: {self.what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end)
 
 
 def _progress(what: str = "windows") -> Optional[_ProgressBar]:
-    return _ProgressBar(what) if sys.stderr.isatty() else None
+    return _ProgressBar(what) if sys.stderr is not None and sys.stderr.isatty() else None
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -100,6 +99,8 @@ def _run_convert(args: argparse.Namespace) -> Report:
     if given and not args.emit_detections:
         raise UsageError(f"{given[0]} sets the detector of --emit-detections; add --emit-detections or leave it out")
     if args.output != STREAM:
+        if args.input == STREAM:  # `convert - -o m.onnx < m.onnx`: the file behind standard input is read too
+            guard.check_outputs([("-o", args.output)], guard.Reads().add_stream("standard input's file", 0))
         return api.convert_file(_model_source(args.input), args.output, _options(args), progress=_progress(),
                                 in_place=args.in_place, external_data=args.external_data)
     if args.external_data or args.in_place:
@@ -157,7 +158,7 @@ def _check_stdout(what: str, binary: bool = True) -> None:
     """`-o -`, before any work: standard output must be open, and not a terminal if `what` is binary."""
     if _stdout() is None:
         raise ClosedOutputError(f"-o {STREAM}: standard output is closed; nothing was done")
-    if binary and sys.stdout.isatty():
+    if binary and sys.stdout is not None and sys.stdout.isatty():
         raise UsageError(f"-o {STREAM} writes {what} to standard output, which is a terminal here; pipe it to a "
                          "program or give a file name")
 
@@ -202,19 +203,21 @@ def _run_detect(args: argparse.Namespace):
         raise UsageError("--draw needs a PNG or a folder, not an empty name")
     images = picture_files(args.images)  # folders and patterns: the pictures in them
     several = images != args.images[:1]  # more than one picture, or a folder or pattern of any
-    if args.draw and several and os.path.exists(args.draw) and not os.path.isdir(args.draw):
-        raise UsageError(f"--draw {args.draw}: with several pictures it is a folder, and this is a file")
+    into_folder = bool(args.draw) and (several or os.path.isdir(args.draw) or args.draw.endswith(("/", os.sep)))
+    if into_folder and os.path.exists(args.draw) and not os.path.isdir(args.draw):
+        raise UsageError(f"--draw {printable(args.draw)}: with several pictures it is a folder, and this is a file")
     settings = _detection_settings(args)
-    drawings = _drawings(images, args.draw, several)
+    drawings = _drawings(images, args.draw, into_folder)
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
-        [(f"--draw's drawing of {image}", drawing) for image, drawing in drawings]
-    writes.refuse_writing_over(outputs, [("the model", args.model)] + [("the picture", image) for image in images])
+        [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
+    guard.check_outputs(outputs, guard.pictures_read(args.model, images),
+                        folder_to_make=args.draw if into_folder else None)
     from .apps.detecting import detect
 
     found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=_preprocessing(args),
                    progress=_progress("runs"))
-    made = _make_folder(args.draw) if args.draw and several else None
+    made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
             if args.output != STREAM:
@@ -224,8 +227,8 @@ def _run_detect(args: argparse.Namespace):
                 group.add(found.drawing(image), drawing)
                 found.drawn += (str(drawing),)
     except BaseException:
-        if made:
-            _remove_if_empty(made)
+        for folder in reversed(made):  # innermost first: a run leaves no folder it made
+            _remove_if_empty(folder)
         raise
     if args.output == STREAM:
         writes.write_stream(found.text().encode(), _stdout())
@@ -233,32 +236,46 @@ def _run_detect(args: argparse.Namespace):
     return found
 
 
-def _drawings(images: List[str], draw: Optional[str], several: bool) -> List[tuple]:
+def _drawings(images: List[str], draw: Optional[str], into_folder: bool) -> List[tuple]:
     """(picture, PNG to draw it in) for --draw: the PNG for one picture, else (or when it names a folder) one
     per picture in the folder, named after the picture."""
     if not draw:
         return []
-    if not several and not os.path.isdir(draw):
+    if not into_folder:
         return [(images[0], draw)]
     names = [os.path.splitext(os.path.basename(image))[0] + ".png" for image in images]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
     if twice:
-        raise UsageError(f"--draw {draw}: two pictures would be drawn as {twice[0]}; give them distinct names")
+        raise UsageError(f"--draw {printable(draw)}: two pictures would be drawn as {printable(twice[0])}; give "
+                         "them distinct names")
     return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
 
 
-def _make_folder(draw: str) -> Optional[str]:
-    """The --draw folder, made once every check has passed (a refused run leaves none); returns it if this
-    run made it, so that a run that fails after can remove it."""
-    if os.path.isdir(draw):
-        return None
-    try:
-        os.makedirs(draw)
-    except FileExistsError:
-        return None
-    except OSError as error:
-        raise InputError(f"--draw {draw}: cannot make the folder ({error.strerror})") from None
-    return draw
+def _make_folders(draw: str) -> List[str]:
+    """The --draw folder and any missing folders above it, made once every check has passed (a refused run
+    leaves none); returns those this run made, outermost first, so that a run that fails after can remove
+    them."""
+    missing = []
+    folder = os.path.normpath(draw)
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    made: List[str] = []
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            for done in reversed(made):
+                _remove_if_empty(done)
+            raise InputError(f"--draw {printable(draw)}: cannot make the folder '{printable(folder)}' "
+                             f"({error.strerror})") from None
+        made.append(folder)
+    return made
 
 
 def _remove_if_empty(folder: str) -> None:
@@ -269,22 +286,48 @@ def _remove_if_empty(folder: str) -> None:
 
 
 def _print_report(report: Optional[Report], args: argparse.Namespace, error: Optional[Fc2ConvError] = None) -> None:
-    """The report on stdout (on stderr when stdout carries the model), as text unless -q, or as JSON."""
+    """The report on stdout (on stderr when stdout carries the model), as text unless -q, or as JSON; through
+    the checked writer (ClosedOutputError or ResourceError when the stream fails)."""
     stream = sys.stderr if getattr(args, "output", None) == STREAM else sys.stdout
     if args.json:
         payload = report.to_dict() if report is not None else {}
         if error is not None:
             payload["error"] = {"message": str(error), "exit_code": error.exit_code}
-        print(json.dumps(payload, indent=2, default=str), file=stream)
+        writes.write_text(json_text(payload) + "\n", stream, "the report's stream")
     elif report is not None and not args.quiet:
-        print(report.to_text(), file=stream)
+        writes.write_text(report.to_text() + "\n", stream, "the report's stream")
 
 
-class _PrintableFormatter(logging.Formatter):
-    """Log lines with control characters escaped: they carry names from the model."""
+def _finish(report: Any, args: argparse.Namespace) -> int:
+    """The report of a run that succeeded, and the exit code. A report that cannot be written (a full disk, a
+    reader gone) does not undo a result already written to a file (exit 0, and a note on stderr); when the
+    report is the result (inspect, validate, detect without -o), its exit code is the stream's (6 or 7)."""
+    try:
+        _print_report(report, args)
+    except Fc2ConvError as error:
+        written = [getattr(report, name, None) for name in ("output", "written")] + list(getattr(report, "drawn", ()))
+        if any(path and path != "standard output" for path in written):
+            _say(f"{PROG}: note: the report was not written ({error}); the result was written")
+            return 0
+        _say(f"{PROG}: error: {error}")
+        return error.exit_code
+    return 0
 
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
+
+def _say(text: str, end: str = "\n") -> None:
+    """A line on stderr, for people; nothing when stderr is closed or failing (there is no one to tell)."""
+    try:
+        writes.write_text(text + end, sys.stderr, "standard error")
+    except Fc2ConvError:
+        pass
+
+
+class _StderrHandler(logging.Handler):
+    """Log lines on stderr through `_say`: control characters escaped (they carry names from the model), bytes
+    the stream cannot encode escaped, and a closed stderr ignored."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(printable(self.format(record)))
 
 
 #: What each command runs.
@@ -305,12 +348,13 @@ def _silence_graphsurgeon() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    _occupy_closed_descriptors()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose and args.quiet:
         parser.error("-v and -q cannot go together")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter(f"{PROG}: %(message)s"))
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     # The package's own loggers, not the root one: a program (or a test) that calls main() again, or has
     # configured logging its own way, still gets this run's lines, once.
@@ -324,25 +368,46 @@ def main(argv: Optional[List[str]] = None) -> int:
         with signals_raise():  # SIGTERM unwinds like Ctrl-C: temporaries (written or validation's) go
             report = run(args)
     except Fc2ConvError as error:
-        if args.json:
-            _print_report(error.report, args, error)
-        elif error.report is not None and args.command == "inspect" and not args.quiet and not error.report.plan.heads:
-            print(error.report.to_text())  # what was found and why none converts (a refused mode needs no plan)
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        try:
+            if args.json:
+                _print_report(error.report, args, error)
+            elif error.report is not None and args.command == "inspect" and not args.quiet and \
+                    not error.report.plan.heads:  # what was found and why none converts
+                writes.write_text(error.report.to_text() + "\n", sys.stdout, "standard output")
+        except Fc2ConvError:
+            pass  # the error's own exit code says what went wrong first
+        _say(f"{PROG}: error: {error}")
         return error.exit_code
     except (KeyboardInterrupt, Terminated) as stop:
-        print(f"{PROG}: interrupted; temporaries removed, and any previous output is as it was or wholly "
-              "replaced, never partial", file=sys.stderr)
+        _say(f"{PROG}: interrupted; temporaries removed, and any previous output is as it was or wholly "
+             "replaced, never partial")
         return 128 + (stop.number if isinstance(stop, Terminated) else signal.SIGINT)
     except MemoryError:
-        print(f"{PROG}: error: out of memory; nothing was written", file=sys.stderr)
+        _say(f"{PROG}: error: out of memory; nothing was written")
         return ResourceError.exit_code
     except Exception as error:  # a bug: one line, and the way to see more
         message = printable(" ".join(str(error).split()))
-        print(f"{PROG}: internal error ({type(error).__name__}: {message}); nothing was written. "
-              "Please report it with the model if you can.", file=sys.stderr)
+        _say(f"{PROG}: internal error ({type(error).__name__}: {message}); nothing was written. "
+             "Please report it with the model if you can.")
         if args.verbose:
             raise
         return 1
-    _print_report(report, args)
-    return 0
+    return _finish(report, args)
+
+
+def _occupy_closed_descriptors() -> None:
+    """A process started with standard input, output or error closed (`2>&-`) would give their numbers to the
+    next files it opens - a model being written, say - and whatever writes to "standard error" (onnxruntime
+    does, below Python) would write into that file. They are pointed at /dev/null first; Python's own view of
+    them (None: closed) stays as it was."""
+    for number in (0, 1, 2):
+        try:
+            os.fstat(number)
+        except OSError:
+            try:
+                handle = os.open(os.devnull, os.O_RDWR)
+                if handle != number:
+                    os.dup2(handle, number)
+                    os.close(handle)
+            except OSError:
+                pass

@@ -202,12 +202,12 @@ def test_in_place_with_external_data_replaces_both_files(fixture_path, tmp_path)
     os.chmod(path, 0o600)
     os.chmod(tmp_path / "model.onnx.data", 0o640)
     assert cli("convert", path, "-o", path, "--in-place")[0] == 0
-    # The new data file takes a fresh name (the old one is referred to until the model's rename commits),
-    # and the replaced one is removed; both keep the permissions of the files they replace.
+    # The new data file takes a fresh name (the old one is referred to until the model's rename commits);
+    # the replaced one is left (a copy of the old model may name it); the files keep the model's permissions.
     [data] = data_files(tmp_path, "model.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", data]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "model.onnx.data", data])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / data).stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / data).stat().st_mode) == 0o600
     np.testing.assert_allclose(run(path)[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -221,12 +221,13 @@ def test_the_output_never_writes_over_the_inputs_data_file(fixture_path, tmp_pat
     assert report.external_data == str(tmp_path / first)
     assert (tmp_path / "out.onnx.data").read_bytes() == data
     np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
-    # Converted again over that output: the input's data file is kept, the replaced output's removed.
+    # Converted again over that output: the input's data file is kept, and so is the replaced output's (a
+    # copy of that model may name it); the new one takes a new name.
     fc2conv_onnx.convert_file(path, tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx.data").read_bytes() == data
-    [second] = data_files(tmp_path)
-    assert second != first  # a name is never used twice
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "out.onnx", second, "out.onnx.data"])
+    second = (set(data_files(tmp_path)) - {first}).pop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", "out.onnx", first, second,
+                                                                 "out.onnx.data"])
     np.testing.assert_allclose(run(tmp_path / "out.onnx")[0].reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -268,9 +269,10 @@ def test_damaged_files_get_one_line(fixture_path, tmp_path, damage):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, tmp_path):
-    """The tool writes OUT and its data file in OUT's folder: a link at OUT is replaced, a link at OUT.data is
-    left alone (the data file takes a free name), so nothing outside the folder changes."""
+def test_a_link_at_the_output_is_refused_and_a_link_at_a_data_name_left_alone(fixture_path, tmp_path):
+    """A rename onto a link would replace the link, not the file it names (as root, `-o /dev/stdout` replaced
+    the system's link): a link at OUT is refused before any work. A link at a data file's name is never
+    written through (the data file takes a free name), so nothing outside the folder changes."""
     outside = _outside_copy(tmp_path)
     (outside / "model.onnx").write_bytes(b"keep me")
     (outside / "data").write_bytes(b"keep me too")
@@ -278,9 +280,13 @@ def test_symlinks_at_the_output_are_replaced_not_written_through(fixture_path, t
     folder.mkdir()
     os.symlink(outside / "model.onnx", folder / "out.onnx")
     os.symlink(outside / "data", folder / "out.onnx.data")
+    code, _, stderr = cli("convert", fixture_path(STEM), "-o", folder / "out.onnx", "--external-data")
+    assert code == 3 and "symbolic link" in stderr and stderr.count("\n") == 1, stderr
+    assert (folder / "out.onnx").is_symlink() and (outside / "model.onnx").read_bytes() == b"keep me"
+    os.unlink(folder / "out.onnx")
     fc2conv_onnx.convert_file(fixture_path(STEM), folder / "out.onnx", external_data=True)
     assert (outside / "model.onnx").read_bytes() == b"keep me" and (outside / "data").read_bytes() == b"keep me too"
-    assert not (folder / "out.onnx").is_symlink() and (folder / "out.onnx.data").is_symlink()
+    assert (folder / "out.onnx.data").is_symlink()
     assert len(data_files(folder)) == 1
     onnx.checker.check_model(str(folder / "out.onnx"), full_check=True)
 

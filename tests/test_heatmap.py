@@ -78,7 +78,7 @@ def test_the_default_output_is_the_one_with_class_scores_and_preprocessing_takes
                                  preprocessing=pictures.Preprocessing(mean=127.5 / 255, std=0.5))
     assert drawn.model_output == "probabilities"
     assert 0.0 <= drawn.data_range[0] <= drawn.data_range[1] <= 1.0 and drawn.value_range == drawn.data_range
-    with pytest.raises(fc2conv_onnx.InputError, match="not a number"):
+    with pytest.raises(fc2conv_onnx.InputError, match="mean must be a number"):
         pictures.Preprocessing(mean="grey")
 
 

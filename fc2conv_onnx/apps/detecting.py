@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from io import BytesIO
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..model import writes
+from ..model import arguments, guard, writes
 from . import pictures
 from .detections import AUTO, UNION, Detection, DetectionSettings, best_first, records_text
 from .detector import Detector
@@ -33,6 +33,8 @@ class Detections:
     logits: bool = False
     written: Optional[str] = None
     drawn: Tuple[str, ...] = ()
+    #: What the run read (the model, its data files, the pictures): never written over by `save` or `draw`.
+    reads: guard.Reads = field(default_factory=guard.Reads, repr=False, compare=False)
 
     def to_text(self) -> str:
         s = self.settings
@@ -65,12 +67,16 @@ class Detections:
         return records_text(self.records, None if path is None else str(path))
 
     def save(self, path: PathLike) -> None:
-        """Write the records to `path` (CSV for a .csv name, else JSON), atomically."""
+        """Write the records to `path` (CSV for a .csv name, else JSON), atomically; never over the model, its
+        data files or a picture (InputError)."""
+        guard.check_outputs([("the records' file", path)], self.reads)
         writes.save_bytes(self.text(path).encode(), path)
         self.written = str(path)
 
     def draw(self, image: PathLike, output: PathLike) -> None:
-        """Write a PNG of `image` with the boxes found on it and their class and score."""
+        """Write a PNG of `image` with the boxes found on it and their class and score; never over the model, its
+        data files or a picture (InputError)."""
+        guard.check_outputs([("the drawing", output)], self.reads)
         writes.save_bytes(self.drawing(image), output)
         self.drawn += (str(output),)
 
@@ -112,18 +118,18 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
         `.save(path)` / `.draw(image, png)` to write them.
     """
+    arguments.callable_or_none(progress, "progress")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
-    if not all(isinstance(image, (str, os.PathLike)) for image in images):
-        raise InputError("images must be picture paths (str or os.PathLike)")
+    if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
+            not all(isinstance(image, (str, os.PathLike)) for image in images):
+        raise InputError("images must be picture paths (str or os.PathLike), one or a list of them")
     names = pictures.picture_files(images)
     if not names:
         raise InputError("no picture given")
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise InputError(f"picture '{twice[0]}' is given twice")
+    _refuse_twice(names)
     opened = detector.opened
     # Every picture's header first, and every scale checked (a missing or unreadable picture, or one the model
     # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
@@ -141,4 +147,20 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         found += detector.candidates(pictures.read_image(image), image, plans[image], after_run)
     settings = opened.settings
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
-    return Detections(best_first(found, settings.iou, settings.overlap), settings, opened.geometry, plans, logits)
+    return Detections(best_first(found, settings.iou, settings.overlap), settings, opened.geometry, plans, logits,
+                      reads=guard.pictures_read(model, names))
+
+
+def _refuse_twice(names: Sequence[str]) -> None:
+    """Refuse a picture given twice, under one spelling or two ('a.png', './a.png', a link to it): it would run
+    twice and its records count double."""
+    seen: Dict[Tuple[int, int], str] = {}
+    for name in names:
+        try:
+            status = os.stat(name)
+        except (OSError, ValueError):
+            continue  # read later, where a missing picture is refused in its own words
+        first = seen.setdefault((status.st_dev, status.st_ino), name)
+        if first is not name:
+            same = "" if first == name else f" (as '{printable(first)}')"
+            raise InputError(f"picture '{printable(name)}' is given twice{same}")

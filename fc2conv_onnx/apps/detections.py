@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar,
 import numpy as np
 
 from ..errors import InputError
+from ..model import arguments
 from ..model.geometry import Geometry
 
 
@@ -81,23 +82,15 @@ class DetectionSettings:
     overlap: str = UNION
 
     def __post_init__(self) -> None:
-        if self.classes is not None:
-            try:
-                classes = tuple(int(k) for k in np.atleast_1d(np.asarray(self.classes)))
-            except (TypeError, ValueError):
-                raise InputError(f"classes {self.classes!r} are not class numbers") from None
-            if not classes or min(classes) < 0 or len(set(classes)) != len(classes):
-                raise InputError(f"classes {self.classes!r} must be distinct class numbers from 0")
-            object.__setattr__(self, "classes", classes)  # frozen: normalized once, here
+        if self.classes is not None:  # frozen: normalized once, here
+            object.__setattr__(self, "classes", arguments.class_numbers(self.classes))
         for name in ("threshold", "iou"):
-            try:
-                object.__setattr__(self, name, float(getattr(self, name)))
-            except (TypeError, ValueError):
-                raise InputError(f"{name} {getattr(self, name)!r} is not a number") from None
+            object.__setattr__(self, name, arguments.number(getattr(self, name), name))
+        for name in ("output_name", "regression"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise InputError(f"{name} must be an output's name (a string), not {getattr(self, name)!r}")
         if not 0.0 <= self.iou <= 1.0:
             raise InputError(f"iou {self.iou} is not between 0 and 1")
-        if not np.isfinite(self.threshold):
-            raise InputError(f"threshold {self.threshold} is not a number")
         if self.activation not in ACTIVATIONS:
             raise InputError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
         if self.overlap not in OVERLAPS:
@@ -252,12 +245,12 @@ def checked_scales(scales: Any) -> Tuple[float, ...]:
     if isinstance(scales, (str, bytes)) or not hasattr(scales, "__iter__"):
         raise InputError(f"scales must be a sequence of positive factors, not a {type(scales).__name__}")
     scales = tuple(scales)
-    if not scales or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
-                             for s in scales):
-        raise InputError(f"scales must be positive factors, not {', '.join(map(str, scales)) or 'none'}")
+    if not scales:
+        raise InputError("scales must be positive factors, not none")
+    scales = tuple(arguments.number(s, "scales", positive=True) for s in scales)
     if len(scales) > MAX_SCALES:
         raise InputError(f"scales: at most {MAX_SCALES} factors, not {len(scales)}")
-    return tuple(float(s) for s in scales)
+    return scales
 
 
 def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optional[float] = None,
@@ -296,9 +289,33 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
     return tuple(scales)
 
 
+def finite(value: Any) -> Any:
+    """`value` (numbers, lists, dicts of them) with every float that is not finite as None: JSON has no
+    infinity (a logit output can be inf), and `Infinity` would make the file unreadable to strict parsers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(payload: Any, indent: Optional[int] = None) -> str:
+    """Strict JSON (no NaN or Infinity: `finite`), ASCII: a name of non-UTF-8 bytes (os.fsdecode's lone
+    surrogates) is written as its \\udcXX escape, which json.loads and os.fsencode turn back into the bytes."""
+    return json.dumps(finite(payload), indent=indent, default=str, allow_nan=False)
+
+
 def as_json(records: Sequence[Detection]) -> str:
     """A JSON list, one record per line."""
-    return "[" + ",".join("\n " + json.dumps(r.to_dict()) for r in records) + "\n]\n"
+    return "[" + ",".join("\n " + json_text(r.to_dict()) for r in records) + "\n]\n"
+
+
+def escaped_name(name: str) -> str:
+    """A file name as text any reader takes: bytes that are not UTF-8 (lone surrogates, as os.fsdecode gives
+    them) written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def as_csv(records: Sequence[Detection]) -> str:
@@ -306,7 +323,8 @@ def as_csv(records: Sequence[Detection]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in records:
-        writer.writerow([r.image, *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale), *r.cell])
+        writer.writerow([escaped_name(r.image), *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale),
+                         *r.cell])
     return buffer.getvalue()
 
 

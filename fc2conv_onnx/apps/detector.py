@@ -5,7 +5,9 @@ batches of rows (Ray Data's `map_batches`), so it opens its model lazily and pic
 """
 from __future__ import annotations
 
+import numbers
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -15,6 +17,7 @@ from . import pictures
 from .detections import (Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
                          pyramid)
 from ..errors import InputError
+from ..model import arguments
 from ..model.geometry import Geometry
 from .maps import MapModel, check_picture_size, open_map_model
 
@@ -49,8 +52,8 @@ class Detector:
 
     The model is opened at the first call, once, and never pickled: a detector sent to a worker opens it
     there (the model's file must be reachable from the worker). `threads` sets onnxruntime's threads per
-    run (default one per core: give cores / workers when several share a machine). One detector serves one
-    thread at a time (it writes each picture's input over the last one), as Ray's actors call it.
+    run (default one per core: give cores / workers when several share a machine). A detector may be called
+    from several threads at once: each thread has its own input buffer, and one session serves them all.
     """
 
     def __init__(self, model: Any, settings: Optional[DetectionSettings] = None, *,
@@ -59,34 +62,47 @@ class Detector:
                  preprocessing: Optional[pictures.Preprocessing] = None, threads: Optional[int] = None,
                  **overrides: Any) -> None:
         self.model = model
-        self.settings = overridden(settings or DetectionSettings(), overrides, "detection setting")
+        base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
+        self.settings = overridden(base, overrides, "detection setting")
         if scales is not None and (min_size, max_size, scale_step) != (None, None, None):
             raise InputError("give either scales or object sizes (min size, max size, scale step), not both")
         self.scales = None if scales is None else checked_scales(scales)
-        self.sizes = (min_size, max_size, scale_step)
-        self.preprocessing = preprocessing or pictures.Preprocessing()
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise InputError(f"threads must be a whole number of at least 1, not {threads!r}")
-        self.threads = threads
+        self.sizes = (arguments.optional_number(min_size, "min_size", positive=True),
+                      arguments.optional_number(max_size, "max_size", positive=True),
+                      arguments.optional_number(scale_step, "scale_step", positive=True))
+        self.preprocessing = arguments.of_type(preprocessing, pictures.Preprocessing, "preprocessing") or \
+            pictures.Preprocessing()
+        self.threads = None if threads is None else arguments.whole(threads, "threads", 1, arguments.MAX_THREADS)
         self._opened: Optional[_Opened] = None
+        self._opening = threading.Lock()
 
     def __getstate__(self) -> Dict[str, Any]:
-        return {**self.__dict__, "_opened": None}  # a session does not pickle; a worker opens its own
+        # A session does not pickle, nor does a lock; a worker opens its own.
+        return {**self.__dict__, "_opened": None, "_opening": None}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state, _opening=threading.Lock())
 
     @property
     def opened(self) -> _Opened:
-        """The model, opened at the first use: its session, which output is read, and its geometry."""
+        """The model, opened at the first use (once, whichever thread comes first): its session, which output
+        is read, and its geometry."""
         if self._opened is None:
-            runner = open_map_model(self.model, "detect", self.threads)
-            name = runner.placed(self.settings.output_name)
-            geometry = runner.geometries[name]
-            if len(geometry.window) != 2:
-                raise InputError(f"detect reads pictures; output '{name}' is on a {len(geometry.window)}-D grid")
-            settings = self.settings.with_output(name)
-            outputs = [name] + _regression(runner, settings, geometry)
-            mode = pictures.model_mode(runner.channels(name), self.preprocessing)
-            self._opened = _Opened(runner, name, outputs, geometry, settings, mode)
+            with self._opening:
+                if self._opened is None:
+                    self._opened = self._open()
         return self._opened
+
+    def _open(self) -> _Opened:
+        runner = open_map_model(self.model, "detect", self.threads)
+        name = runner.placed(self.settings.output_name)
+        geometry = runner.geometries[name]
+        if len(geometry.window) != 2:
+            raise InputError(f"detect reads pictures; output '{name}' is on a {len(geometry.window)}-D grid")
+        settings = self.settings.with_output(name)
+        outputs = [name] + _regression(runner, settings, geometry)
+        mode = pictures.model_mode(runner.channels(name), self.preprocessing)
+        return _Opened(runner, name, outputs, geometry, settings, mode)
 
     def scales_for(self, size: Tuple[int, int], key: str) -> Tuple[float, ...]:
         """The scales a picture of `size` (width, height) runs at, each checked to be one the model takes
@@ -178,6 +194,12 @@ def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any], 
     else:
         raise InputError(f"a batch needs a 'path' column (picture files) or an 'image' column (pixels); it has "
                          f"{', '.join(map(repr, batch)) or 'none'}")
+    for name, values in ((column, keys), ("image" if "image" in batch else column, sources)):
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise InputError(f"the batch's '{name}' column must hold one value per row (a list or array), not "
+                             f"a {type(values).__name__}")
+    if not all(isinstance(key, (str, bytes, numbers.Number, np.generic)) for key in keys):
+        raise InputError(f"the batch's '{column}' column must hold one name or number per row (a picture's key)")
     if len(keys) != len(sources):
         raise InputError(f"the batch's '{column}' column has {len(keys)} rows and its pictures {len(sources)}")
     files = "image" not in batch

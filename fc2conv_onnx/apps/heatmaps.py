@@ -8,7 +8,7 @@ from typing import Any, BinaryIO, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..model import writes
+from ..model import arguments, guard, writes
 from . import pictures
 from ..errors import InputError, printable
 from ..model.geometry import Geometry
@@ -81,13 +81,20 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
         if classes is not None:
             raise InputError("give classes or klass (its older spelling), not both")
         classes = klass
-    if classes is not None and not isinstance(classes, (list, tuple)):
-        classes = [classes]  # type: ignore[list-item]
+    if classes is not None:
+        classes = list(arguments.class_numbers(classes))
+    if top is not None:
+        top = arguments.whole(top, "top", 1)
+    alpha = arguments.number(alpha, "alpha")
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
+    if value_range is not None:
+        value_range = arguments.numbers_of(value_range, "value_range")  # type: ignore[assignment]
+        if len(value_range) != 2 or value_range[0] >= value_range[1]:
+            raise InputError(f"value_range must be (low, high) with low < high, not {value_range}")
+    arguments.of_type(preprocessing, pictures.Preprocessing, "preprocessing")
     if isinstance(output, (str, os.PathLike)):
-        inputs = [("the picture", image)] + ([("the model", model)] if isinstance(model, (str, os.PathLike)) else [])
-        writes.refuse_writing_over([("the heatmap", output)], inputs)
+        guard.check_outputs([("the heatmap", output)], guard.pictures_read(model, [image]))
     runner = open_map_model(model)
     name = runner.placed(output_name)
     geometry = runner.geometries[name]

@@ -9,6 +9,7 @@ in memory (a ModelProto, bytes, a file object) is read as the converter reads it
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Container, Dict, FrozenSet, Optional, Sequence, Tuple
@@ -69,9 +70,9 @@ class MapModel:
     scores: FrozenSet[str]
     #: The onnxruntime session every picture and scale runs in (`run`, `get_inputs` as onnxruntime's).
     session: Any
-    #: The last input made (`feed`), reused for the next one of its size: one picture at a time, so a MapModel
-    #: serves one thread.
-    _buffer: Optional[np.ndarray] = field(default=None, repr=False)
+    #: Per thread, the last input made (`feed`), reused for the next one of its size: each thread writes over
+    #: its own (onnxruntime's `run` may be called from several threads at once).
+    _buffers: threading.local = field(default_factory=threading.local, repr=False)
 
     def placed(self, name: Optional[str], role: str = "output") -> str:
         """`name` (default: the output that looks like class scores), if its cells can be placed on a
@@ -104,9 +105,10 @@ class MapModel:
         model takes no cell of, or whose size its trunk does not take."""
         geometry = self.geometries[name]
         check_picture_size(picture.size, geometry, where)
-        feed = pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing, self._buffer)
+        buffer = getattr(self._buffers, "last", None)
+        feed = pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing, buffer)
         if geometry.layout != CHANNELS_LAST:
-            self._buffer = feed[0]  # written over by the next picture of this size, once this one has run
+            self._buffers.last = feed[0]  # written over by this thread's next picture of this size
         return feed
 
     def run(self, feed: np.ndarray, names: Sequence[str], size: Tuple[int, int],

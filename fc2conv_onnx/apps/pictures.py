@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
+from ..model import arguments
 from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 
@@ -38,14 +39,10 @@ class Preprocessing:
     channels: str = "rgb"
 
     def __post_init__(self) -> None:
-        for name in ("mean", "std"):
-            given = getattr(self, name)
-            try:
-                values = tuple(float(v) for v in (given if isinstance(given, (tuple, list, np.ndarray)) else (given,)))
-            except (TypeError, ValueError):
-                raise InputError(f"{name} {given!r} is not a number or a list of numbers") from None
-            object.__setattr__(self, name, values)  # frozen: set once, here
-        if not float(self.scale) or 0 in np.atleast_1d(self.std):
+        for name in ("mean", "std"):  # frozen: set once, here
+            object.__setattr__(self, name, arguments.numbers_of(getattr(self, name), name))
+        object.__setattr__(self, "scale", arguments.number(self.scale, "scale"))
+        if not self.scale or 0 in self.std:  # type: ignore[operator]
             raise InputError("scale and std must not be 0")
         if self.channels not in ("rgb", "bgr", "gray"):
             raise InputError(f"channels {self.channels!r} is not rgb, bgr or gray")

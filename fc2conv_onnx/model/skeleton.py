@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -24,13 +24,11 @@ from onnx import TensorProto
 
 from ..errors import InputError, printable
 from .stored_files import StoredFile, external_file, model_file
+from .wire import GRAPH_INITIALIZER, LENGTH_DELIMITED, MODEL_GRAPH, TENSOR_RAW_DATA, field_header, fields
 
 #: Initializers with at least this many bytes of data are kept out of the skeleton (onnx's own default
 #: threshold for external data).
 DETACH_BYTES = 1024
-
-MODEL_GRAPH, GRAPH_INITIALIZER, TENSOR_RAW_DATA = 7, 5, 9
-_LENGTH_DELIMITED = 2
 
 
 @dataclass(frozen=True)
@@ -44,61 +42,6 @@ class FileRange:
     @property
     def path(self) -> Path:
         return self.file.path
-
-
-# --- protobuf wire format -------------------------------------------------------------------------------
-
-def _varint(buf, pos: int, end: int) -> Tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if pos >= end or shift > 63:
-            raise InputError("a protobuf varint runs past the end")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int) -> Iterator[Tuple[int, int, int, int, int]]:
-    """(field number, wire type, field start, value start, value end) of each field in buf[start:end]."""
-    pos = start
-    while pos < end:
-        tag, value_start = _varint(buf, pos, end)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, value_end = _varint(buf, value_start, end)
-        elif wire == 1:
-            value_end = value_start + 8
-        elif wire == 5:
-            value_end = value_start + 4
-        elif wire == _LENGTH_DELIMITED:
-            length, value_start = _varint(buf, value_start, end)
-            value_end = value_start + length
-        else:
-            raise InputError(f"protobuf wire type {wire} in field {number}")
-        if number == 0 or value_end > end:
-            raise InputError("a protobuf field runs past the end")
-        yield number, wire, pos, value_start, value_end
-        pos = value_end
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def field_header(number: int, length: int) -> bytes:
-    """Tag and length of a length-delimited field."""
-    return _encode_varint(number << 3 | _LENGTH_DELIMITED) + _encode_varint(length)
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -123,18 +66,18 @@ def _split(buf: memoryview, size: int, source: StoredFile) -> Tuple[onnx.ModelPr
     graph_parts: List[bytes] = []
     tensors: List[bytes] = []
     ranges: Dict[str, FileRange] = {}
-    for number, wire, start, value_start, value_end in _fields(buf, 0, size):
-        if number != MODEL_GRAPH or wire != _LENGTH_DELIMITED:
+    for number, wire, start, value_start, value_end in fields(buf, 0, size):
+        if number != MODEL_GRAPH or wire != LENGTH_DELIMITED:
             model_parts.append(bytes(buf[start:value_end]))
             continue
-        for g_number, g_wire, g_start, g_value_start, g_value_end in _fields(buf, value_start, value_end):
-            if g_number != GRAPH_INITIALIZER or g_wire != _LENGTH_DELIMITED:
+        for g_number, g_wire, g_start, g_value_start, g_value_end in fields(buf, value_start, value_end):
+            if g_number != GRAPH_INITIALIZER or g_wire != LENGTH_DELIMITED:
                 graph_parts.append(bytes(buf[g_start:g_value_end]))
                 continue
             header: List[bytes] = []
             raw: Optional[Tuple[int, int]] = None
-            for t_number, t_wire, t_start, t_value_start, t_value_end in _fields(buf, g_value_start, g_value_end):
-                if t_number == TENSOR_RAW_DATA and t_wire == _LENGTH_DELIMITED \
+            for t_number, t_wire, t_start, t_value_start, t_value_end in fields(buf, g_value_start, g_value_end):
+                if t_number == TENSOR_RAW_DATA and t_wire == LENGTH_DELIMITED \
                         and t_value_end - t_value_start >= DETACH_BYTES:
                     raw = (t_value_start, t_value_end - t_value_start)
                 else:

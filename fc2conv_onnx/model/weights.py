@@ -23,8 +23,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values t
 from onnx import TensorProto
 
 from ..errors import InputError
-from .skeleton import (DETACH_BYTES, GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, FileRange, StoredFile,
-                       external_entries, external_range, field_header, tensor_nbytes)
+from .skeleton import DETACH_BYTES, FileRange, StoredFile, external_entries, external_range, tensor_nbytes
+from .wire import GRAPH_INITIALIZER, MODEL_GRAPH, TENSOR_RAW_DATA, field_header
 
 #: A model whose serialized size would reach this is written with external data: protobuf cannot read a
 #: message of 2 GiB or more (a margin is kept for the skeleton).
@@ -97,11 +97,6 @@ class Weights:
                 raise InputError(f"input {label}: tensor '{tensor.name}' keeps its data in '{where.path.name}' but "
                                  "is not an initializer of the main graph; external data is read for those only")
         return weights
-
-    def reads_from(self, path: Path) -> bool:
-        """Whether `path` is the input model or one of the files its weights are read from."""
-        real = Path(os.path.realpath(path))
-        return real == self.source or any(where.path == real for where in self.ranges.values())
 
     def _held(self, tensor: TensorProto) -> Optional[np.ndarray]:
         if tensor.data_location != TensorProto.EXTERNAL:

@@ -3,15 +3,18 @@ previous result or the complete new one.
 
 A model with external data is a pair, `OUT` and its data file. Every write gives its data file a new name,
 `OUT.<12 hex digits>.data`, made exclusively: a name is never reused, so a reader that loaded an older `OUT`
-finds its own data file or none at all (if the older pair has been removed since), never another
-conversion's weights under the name it expects. The model is written to a temporary file and renamed onto
-`OUT`: that rename is the one commit. Only then is the data file the previous `OUT` referred to removed. A
-failure or a signal before the commit removes what this run made and leaves the previous pair as it was.
+finds its own data file, never another conversion's weights under the name it expects. The model is written
+to a temporary file and renamed onto `OUT`: that rename is the one commit. A failure or a signal before the
+commit removes what this run made and leaves the previous pair as it was.
 
-A kill (which no code can catch) leaves at worst an orphan: a temporary `.OUT.*.tmp` or a data file `OUT`
-does not refer to. Every file a write makes is locked (flock) until the write ends, and the next write into
-`OUT` removes the files of these names that no run holds and `OUT` does not refer to. Concurrent runs to one
-output end with the pair of whichever committed last.
+A run deletes only what it made itself. The data file of a model that `OUT` replaces is left where it is: a
+copy of that model, or the model renamed, may still name it, and no run can know (the report says which file
+was left). A kill (which no code can catch) can leave a temporary `.OUT.*.tmp` or a new data file; while a
+run writes them, each is locked (flock) and carries the extended attribute `user.fc2conv_onnx.uncommitted`,
+which is removed just before the commit. A later write into `OUT` removes only files of these names that
+carry that attribute and that no run holds: a file this tool committed, or any file of the user's, never
+carries it. (On a file system without extended attributes, leftovers are not recognised and stay.)
+Concurrent runs to one output end with the pair of whichever committed last.
 """
 from __future__ import annotations
 
@@ -25,9 +28,11 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..errors import ClosedOutputError, InputError, ResourceError, printable
+from .guard import check_output_path
+from .wire import external_locations
 
 if TYPE_CHECKING:
     import onnx
@@ -47,25 +52,24 @@ PathLike = Union[str, "os.PathLike[str]"]
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 
 
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """True when two paths name the same file (also through links), whether or not b exists yet."""
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):
-        try:
-            return Path(a).resolve() == Path(b).resolve()
-        except (OSError, ValueError):
-            return os.path.abspath(a) == os.path.abspath(b)
-
-
 def write_stream(data: bytes, stream: Any, what: str = "standard output") -> None:
-    """Write all of `data` to a binary stream and flush it, or fail saying how much went: no space (exit 6) or a
-    reader that went away (exit 7), never "written" after a short write."""
+    """Write all of `data` to a binary stream and flush it, or fail saying so: no space (exit 6) or a reader that
+    went away (exit 7), never "written" after a short write. A write that takes fewer bytes than it was given
+    (a pipe, a non-blocking descriptor) is repeated for the rest; one that takes none is a failure."""
     if stream is None:
         raise ClosedOutputError(f"{what} is closed; nothing was written")
+    view = memoryview(data)
     try:
-        stream.write(data)
+        while view:
+            done = stream.write(view)
+            if not done:  # None: a non-blocking stream took nothing; 0: nothing more can go
+                raise ClosedOutputError(f"{what} took {len(data) - len(view)} of the {len(data)} bytes and no "
+                                        "more; what its reader got is incomplete")
+            view = view[done:]
         stream.flush()
+    except ClosedOutputError:
+        _detach(stream)
+        raise
     except (BrokenPipeError, ValueError) as error:  # EPIPE; ValueError: the stream object was closed
         _detach(stream)
         raise ClosedOutputError(f"{what} was closed before the {len(data)} bytes were all written ({error}); what "
@@ -79,70 +83,39 @@ def write_stream(data: bytes, stream: Any, what: str = "standard output") -> Non
                                 "incomplete") from None
 
 
-def _detach(stream: Any) -> None:
-    """After a failed write to standard output, point it at /dev/null: Python would otherwise try the same write
-    again when it exits and print a second, raw error."""
+def write_text(text: str, stream: Any, what: str) -> None:
+    """Write `text` to a text stream (standard output, standard error) through `write_stream`: in the stream's
+    own encoding, anything it cannot encode (a file name of non-UTF-8 bytes, a name on an ASCII terminal)
+    written as a backslash escape, never an error."""
+    if stream is None:
+        raise ClosedOutputError(f"{what} is closed; nothing was written")
+    encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
-        if stream in (sys.stdout.buffer, sys.stdout):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-    except (OSError, ValueError, AttributeError):
+        stream.flush()  # what went through the text layer before (a log line) stays in order
+    except (OSError, ValueError):
         pass
+    write_stream(text.encode(encoding, "backslashreplace"), getattr(stream, "buffer", stream), what)
 
 
-def refuse_writing_over(outputs: Sequence[Tuple[str, PathLike]], inputs: Sequence[Tuple[str, PathLike]]) -> None:
-    """Refuse (exit 3, before any work) an output that is one of the command's inputs or another of its outputs,
-    compared as files (device and inode, through links and other spellings of the path): `detect M P -o P`,
-    `heatmap M P -o M`, a --draw drawing named like a picture it reads. Each pair is (what it is, its path)."""
-    for index, (what, output) in enumerate(outputs):
-        for other, path in list(inputs) + list(outputs[:index]):
-            if same_file(path, output):
-                kind = "an input" if (other, path) in inputs else "another of its outputs"
-                raise InputError(f"{what} {printable(str(output))} is {other} {printable(str(path))}, {kind}; "
-                                 "the command never writes over what it reads or writes: give another name")
-
-
-def check_output_path(output: PathLike) -> Path:
-    """Refuse, before any work is done, an output path that cannot be written: a folder, a missing or
-    read-only folder, a name too long for the folder's file system, or a device, FIFO or socket (or a link
-    to one), which a rename would replace by a regular file."""
-    path = Path(output)
-    shown = printable(str(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        if path.is_dir():
-            raise InputError(f"output '{shown}' is a directory; give a file name")
-        if not folder.is_dir():
-            raise InputError(f"output folder '{printable(str(folder))}' does not exist")
-        if not os.access(folder, os.W_OK):
-            raise InputError(f"output folder '{printable(str(folder))}' is not writable")
-        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-            raise InputError(f"output '{shown}' is a device, FIFO or socket (or a link to one), not a file; give "
-                             "a file name")
-        longest = os.pathconf(folder, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
-    except (OSError, ValueError) as error:
-        raise InputError(f"output '{shown}' cannot be used ({getattr(error, 'strerror', None) or error})") from None
-    # The longest name written next to it: 'OUT.<12 hex>.data' ('.OUT.xxxxxxxx.tmp' is shorter).
-    if len(os.fsencode(path.name)) + _ADDED > longest:
-        raise InputError(f"output name '{printable(path.name[:60])}...' is too long ({len(path.name)} characters; the "
-                         f"file system takes {longest}, and the tool adds up to {_ADDED})")
-    return path
-
-
-#: The characters a data file's name adds to OUT's: '.' + 12 hex digits + '.data'.
-_ADDED = 18
+def _detach(stream: Any) -> None:
+    """After a failed write to standard output or error, point it at /dev/null: Python would otherwise try the
+    same write again when it exits and print a second, raw error."""
+    for standard in (sys.stdout, sys.stderr):
+        try:
+            if standard is not None and stream in (standard, getattr(standard, "buffer", None)):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, standard.fileno())
+                os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def _new_data_file_name(output: Path) -> str:
     return f"{output.name}.{os.urandom(6).hex()}.data"  # as secrets.token_hex, without hashlib's import
 
 
-def _is_data_file_name(output: Path, name: str, older_forms: bool = False) -> bool:
-    """Whether `name` is one this tool gives a data file of `output`; `older_forms` adds the names earlier
-    versions gave (OUT.data, OUT.1.data, ...), which are removed only when the replaced model refers to them."""
-    pattern = r"\.[0-9a-f]{12}\.data" + (r"|\.data|\.[1-9][0-9]?\.data" if older_forms else "")
-    return re.fullmatch(re.escape(output.name) + f"(?:{pattern})", name) is not None
+def _is_data_file_name(output: Path, name: str) -> bool:
+    return re.fullmatch(re.escape(output.name) + r"\.[0-9a-f]{12}\.data", name) is not None
 
 
 def _is_temporary_name(output: Path, name: str) -> bool:
@@ -150,17 +123,17 @@ def _is_temporary_name(output: Path, name: str) -> bool:
 
 
 def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
-               external_data: Optional[bool] = None, overwrite_input: bool = False) -> Optional[Path]:
+               external_data: Optional[bool] = None) -> Optional[Path]:
     """Write `model` to `output` with one commit point (see the module's text), streaming each weight from
-    where it is; return the external-data file written, if any.
+    where it is; return the external-data file written, if any. Whether `output` may be written at all (not a
+    file the run reads) is the caller's check (`guard.check_outputs`).
 
     `external_data`: None writes the weights next to the model (`OUT.<12 hex>.data`) when the input had
     external data or the model would reach protobuf's 2 GiB limit, else inside it; True or False forces
-    either. The input model is replaced only with `overwrite_input`; a data file the input is read from is
-    never written over, and is removed after the commit (as the replaced pair's) only with
-    `overwrite_input`. A replaced file keeps its owner (where the user may give it) and its permission bits
-    (set-user-ID, set-group-ID and sticky bits excepted). A file the input is read from that changed since
-    it was read is refused before the commit (`Weights.check_unchanged`).
+    either. The data files of a model this replaces are left (see the module's text). A replaced file keeps
+    its owner (where the user may give it) and its permission bits (set-user-ID, set-group-ID and sticky bits
+    excepted). A file the input is read from that changed since it was read is refused before the commit
+    (`Weights.check_unchanged`).
     """
     from .weights import EMBEDDED_LIMIT  # here, not above: detect and heatmap write bytes, without onnx
 
@@ -171,12 +144,6 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     elif not external_data and weights.embedded_size(model) >= EMBEDDED_LIMIT:
         raise InputError("the converted model is too large for one protobuf message (2 GiB); write it with "
                          "external data")
-    if not overwrite_input and weights.reads_from(path):
-        raise InputError(f"output '{printable(str(path))}' is a file the input model is read from; choose another "
-                         "output path or give --in-place")
-    # The replaced model's data files, removed after the commit; never one the input is read from, unless
-    # it is replaced in place.
-    previous = [name for name in _data_files_of(path) if overwrite_input or not weights.reads_from(name)]
     like = _FileLike.of(path)
     with _disk_errors(path), _transaction() as files:
         remove_orphans(path)
@@ -184,7 +151,7 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
         model_temporary = files.temporary(folder, path.name, like)
         with open(model_temporary, "wb") as out:
             if external_data:
-                data_path = files.new_data_file(folder, path, _FileLike.of(previous[0]) if previous else like)
+                data_path = files.new_data_file(folder, path, like)
                 with open(data_path, "r+b") as data:
                     weights.write_external(model, out, data, data_path.name)
                     _sync(data)
@@ -192,12 +159,25 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
                 weights.write_embedded(model, out)
             _sync(out)
         weights.check_unchanged()  # what was read and validated is what the files still hold
+        replaced = _data_files_named(path)
+        if data_path is not None:
+            files.unmark(data_path)  # from here on, never taken for a killed run's leftover
         with _signals_held():
             os.replace(model_temporary, path)  # the commit
             files.committed()
-            _remove_replaced(previous, keep=data_path)
-        remove_orphans(path)  # a run that raced with this one may have left its data file
+            files.unmark(model_temporary, committed=True)
+    for left in replaced:
+        logger.warning("'%s', a data file of the model '%s' replaced, is left in place: a copy or a renamed copy "
+                       "of that model may still name it; remove it once none does", left, path)
     return data_path
+
+
+def _data_files_named(path: Path) -> List[Path]:
+    """The data files the model now at `path` names, for the note that they are left."""
+    if not path.is_file():
+        return []
+    folder = path.parent if str(path.parent) else Path(".")
+    return [folder / name for name in sorted(external_locations(path)) if (folder / name).is_file()]
 
 
 def save_bytes(data: bytes, output: PathLike) -> Path:
@@ -234,6 +214,7 @@ class Group:
             for done, (name, path) in enumerate(self._pending):
                 try:
                     os.replace(name, path)
+                    self._files.unmark(name, committed=True)
                 except OSError as error:
                     written = ", ".join(printable(str(p)) for _, p in self._pending[:done]) or "none"
                     raise InputError(f"cannot write '{printable(str(path))}' ({error.strerror or error}); of this "
@@ -252,9 +233,9 @@ def together() -> Iterator[Group]:
 
 
 def remove_orphans(output: Path) -> None:
-    """Remove what killed runs into `output` left next to it: temporaries and data files of this tool's
-    names that no running write holds (each write locks its files until it ends) and that the model at
-    `output` does not refer to (read after the locks are taken). Failures are logged: nothing depends on it."""
+    """Remove what killed runs into `output` left next to it: temporaries and data files of this tool's names
+    that carry the uncommitted mark and that no running write holds (each write locks its files until it
+    ends). Nothing is removed by its name alone. Failures are logged: nothing depends on it."""
     if fcntl is None:
         return
     folder = output.parent if str(output.parent) else Path(".")
@@ -262,26 +243,49 @@ def remove_orphans(output: Path) -> None:
         names = [n for n in os.listdir(folder) if _is_temporary_name(output, n) or _is_data_file_name(output, n)]
     except OSError:
         return
-    held: List[Tuple[str, int]] = []
-    try:
-        for name in names:
-            handle = _lock_if_free(folder / name)
-            if handle is not None:
-                held.append((name, handle))
-        if not held:
-            return
-        referenced = {p.name for p in _data_files_of(output)}
-        for name, handle in held:
-            if name not in referenced:
-                try:
-                    os.unlink(folder / name)
-                    logger.info("removed '%s', left by a run that did not end", name)
-                except OSError as error:
-                    logger.warning("could not remove '%s', left by a run that did not end: %s", name,
-                                   error.strerror or error)
-    finally:
-        for _, handle in held:
+    for name in names:
+        handle = _lock_if_free(folder / name)
+        if handle is None:
+            continue
+        try:
+            if _is_marked(handle):
+                os.unlink(folder / name)
+                logger.info("removed '%s', left by a run that did not end", name)
+        except OSError as error:
+            logger.warning("could not remove '%s', left by a run that did not end: %s", name,
+                           error.strerror or error)
+        finally:
             os.close(handle)
+
+
+#: The extended attribute a write's files carry until just before its commit.
+_UNCOMMITTED = "user.fc2conv_onnx.uncommitted"
+
+
+def _mark(handle: int) -> None:
+    """Mark a new file as uncommitted; on a file system without extended attributes it stays unmarked (and
+    a kill's leftover of it is then never removed)."""
+    try:
+        os.setxattr(handle, _UNCOMMITTED, b"1")
+    except (OSError, AttributeError):
+        pass
+
+
+def _unmark(handle: int) -> None:
+    try:
+        os.removexattr(handle, _UNCOMMITTED)
+    except AttributeError:  # no extended attributes on this system: never marked
+        pass
+    except OSError as error:
+        if error.errno not in (errno.ENODATA, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP):
+            raise  # a committed file must never carry the mark: fail before the commit
+
+
+def _is_marked(handle: int) -> bool:
+    try:
+        return os.getxattr(handle, _UNCOMMITTED) == b"1"
+    except (OSError, AttributeError):
+        return False
 
 
 def _lock_if_free(path: Path) -> Optional[int]:
@@ -309,37 +313,6 @@ def _names(path: Path, handle: int) -> bool:
     except OSError:
         return False
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-def _data_files_of(path: Path) -> List[Path]:
-    """The data files next to `path` that the model there refers to and that this tool would have named:
-    the ones to remove once a new model replaces it. Empty if `path` is not a readable model; a file the
-    tool did not name is never removed."""
-    if not path.is_file():
-        return []
-    try:
-        from .skeleton import read_skeleton
-
-        model, _ = read_skeleton(path)
-    except Exception:  # not a model, or damaged: nothing of its is removed
-        return []
-    named: Set[str] = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
-                       if entry.key == "location" and _is_data_file_name(path, entry.value, older_forms=True)}
-    return [path.parent / name for name in sorted(named)]
-
-
-def _remove_replaced(previous: List[Path], keep: Optional[Path]) -> None:
-    """After the commit: remove the replaced model's data files. A failure here loses nothing (the new pair
-    is complete), so it is logged, not raised."""
-    for name in previous:
-        if keep is not None and name == keep:
-            continue
-        try:
-            os.unlink(name)
-        except FileNotFoundError:  # another run's cleanup was first
-            pass
-        except OSError as error:
-            logger.warning("could not remove the replaced data file '%s': %s", name, error.strerror or error)
 
 
 class _FileLike:
@@ -377,6 +350,7 @@ class _Files:
     def __init__(self) -> None:
         self.made: List[str] = []
         self.locks: List[int] = []
+        self.handles: Dict[str, int] = {}  # by the name each file was made under
 
     def temporary(self, folder: Path, target: str, like: _FileLike) -> str:
         """A new empty file next to `target`, owned and permitted like the file it replaces."""
@@ -386,6 +360,8 @@ class _Files:
                 self.made.append(name)
                 self.locks.append(handle)
             if self._lock(name, handle):
+                _mark(handle)
+                self.handles[name] = handle
                 like.give(handle)
                 return name
 
@@ -401,6 +377,8 @@ class _Files:
                 self.made.append(str(target))
                 self.locks.append(handle)
             if self._lock(str(target), handle):
+                _mark(handle)
+                self.handles[str(target)] = handle
                 like.give(handle)
                 return target
 
@@ -413,6 +391,19 @@ class _Files:
             return True
         self.made.remove(name)
         return False
+
+    def unmark(self, name: Union[str, Path], committed: bool = False) -> None:
+        """The file `name` made stops carrying the uncommitted mark: a data file just before the commit (a kill
+        from there on leaves, at worst, a file no later run removes), a temporary just after its rename (a
+        committed name is never one the sweep looks at, so a kill between leaves nothing it would take)."""
+        handle = self.handles.get(str(name))
+        if handle is None:
+            return
+        try:
+            _unmark(handle)
+        except OSError:
+            if not committed:
+                raise
 
     def committed(self) -> None:
         self.made.clear()

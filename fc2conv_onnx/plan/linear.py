@@ -23,6 +23,9 @@ def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Op
     values = found.values if isinstance(found, Quantized) else found
     if values.ndim != 2:
         return Decline(f"weight {label} '{node.inputs[index].name}' has shape {list(values.shape)}, not 2-D")
+    if 0 in values.shape:
+        return Decline(f"weight {label} '{node.inputs[index].name}' is empty (shape {list(values.shape)}): a layer "
+                       "with no output features (no classes) or no inputs gives an empty map")
     if isinstance(found, Quantized):
         return found.dequantized(), found
     return found, None
