@@ -13,11 +13,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .rewrite import atrous, detector_graph, shapes
-from .prove import detector_check
+from .prove import detector_check, marker_check
 from .model import graphs, guard, io, marker, runtime, work, writes
 from .read import trunk_sizes
 from .prove import validate as validation
-from .errors import InputError, NothingToConvertError, ValidationError, first_line
+from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
 from .plan.geometry import default_validation_size, plan_geometry
 from .model.geometry import Box, Geometry, HeadGeometry, Unknown
 from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
@@ -281,6 +281,8 @@ def convert_file(src: PathLike, dst: PathLike, options: Optional[Options] = None
         reads.add_model("the model", src)
     guard.check_outputs([("output", dst)], reads, may_replace=src if in_place else None,
                         replace_hint=", or give --in-place (API: in_place=True) to replace the model")
+    if external_data:
+        writes.check_data_file_name(dst)
     converted, weights, report = _convert(src, options, progress)
     data = writes.save_model(converted, weights, dst, external_data=external_data)
     report.output = str(dst)
@@ -308,11 +310,16 @@ def validate_pair(original: io.ModelSource, converted: io.ModelSource, options: 
     plan, geometry = planned.plan, planned.geometry
     if not plan.heads:
         raise nothing_to_convert(plan, _label(original))
+    if isinstance(original, (str, os.PathLike)) and isinstance(converted, (str, os.PathLike)) and \
+            guard.Reads().add("ORIGINAL", original).what(converted, guard.identity_of(converted)):
+        raise InputError(f"ORIGINAL and CONVERTED are the same file ('{printable(os.fspath(converted))}'); give the "
+                         "converted model as CONVERTED")
     names = {o.name for o in candidate.model.graph.output}
     missing = [o for o in reference.model.graph.output if o.name not in names]
     if missing:
         raise ValidationError(f"the converted model has no output '{missing[0].name}' (outputs must keep "
                               "their names)")
+    marker_check.check_marker(candidate.model, plan, geometry)
     checks = validation.validate(planned.inferred, candidate.model, plan, geometry, options, progress=progress,
                                  window_reference=planned.reference, weights=reference.weights,
                                  converted_weights=candidate.weights)

@@ -131,7 +131,17 @@ def _run_inspect(args: argparse.Namespace) -> Report:
     return report
 
 
+def _no_stdin_for_pictures(args: argparse.Namespace, pictures: List[str]) -> None:
+    """detect and heatmap open the model file with onnxruntime (which finds its data files next to it) and read
+    pictures as files: '-' (standard input) is neither."""
+    if args.model == STREAM or STREAM in pictures:
+        what = "the model" if args.model == STREAM else "a picture"
+        raise UsageError(f"{args.command} reads {what} from a file: '{STREAM}' (standard input) is taken only as "
+                         "the model of convert, validate and inspect")
+
+
 def _run_heatmap(args: argparse.Namespace):
+    _no_stdin_for_pictures(args, [args.image])
     if args.output == STREAM:
         _check_stdout("the PNG")
     _check_scales(args.scales)
@@ -193,6 +203,7 @@ def _preprocessing(args: argparse.Namespace) -> Preprocessing:
 
 
 def _run_detect(args: argparse.Namespace):
+    _no_stdin_for_pictures(args, args.images)
     sizes = {"--min-size": args.min_size, "--max-size": args.max_size, "--scale-step": args.scale_step}
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")

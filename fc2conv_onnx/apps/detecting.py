@@ -134,7 +134,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     # Every picture's header first, and every scale checked (a missing or unreadable picture, or one the model
     # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
     # memory at a time.
-    plans = {image: detector.scales_for(pictures.image_size(image), image) for image in names}
+    sizes = {image: pictures.image_size(image) for image in names}
+    plans = {image: detector.scales_for(sizes[image], image) for image in names}
     total, runs = sum(len(s) for s in plans.values()), itertools.count(1)
 
     def after_run() -> None:
@@ -144,7 +145,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
 
     found: List[Detection] = []
     for image in names:
-        found += detector.candidates(pictures.read_image(image), image, plans[image], after_run)
+        found += detector.candidates(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
     settings = opened.settings
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
     return Detections(best_first(found, settings.iou, settings.overlap), settings, opened.geometry, plans, logits,

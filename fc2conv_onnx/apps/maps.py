@@ -23,6 +23,7 @@ from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 from ..model.registry import fact
 from ..model.stored_files import check_input_file
+from ..model.wire import external_locations
 
 if TYPE_CHECKING:
     import onnx
@@ -120,6 +121,9 @@ class MapModel:
         except Exception as error:
             raise ort.failure(error, f"the model on the {size[0]}x{size[1]} image{where}", original=True,
                               hint=_PICTURE_HINT) from None
+        for name, value in zip(names, values):
+            if name in self.scores:
+                _check_probabilities(name, value)
         return {name: np.moveaxis(value[0], -1, 0) if self.layouts.get(name) == CHANNELS_LAST else value[0]
                 for name, value in zip(names, values)}
 
@@ -136,6 +140,10 @@ def open_map_model(model: Any, what: str = "the picture", threads: Optional[int]
         path = Path(model)
         label = f"'{printable(str(path))}'"
         check_input_file(path, label)
+        for location in sorted(external_locations(path)):  # in this tool's words, not onnxruntime's
+            if not (path.parent / location).is_file():
+                raise InputError(f"model {label} keeps weights in '{printable(location)}', which is not a file next "
+                                 "to it (missing, or a folder or device): copy the model with its data files")
         session = ort.file_session(path, ort.PICTURES, f"model {label}", _PICTURE_HINT, threads)
         stored = session.get_modelmeta().custom_metadata_map.get(marker.CONVERTED_KEY)
         graph = lambda: _graph_of_file(path)  # noqa: E731 (read only for a marker older than its score record)
@@ -156,7 +164,39 @@ def open_map_model(model: Any, what: str = "the picture", threads: Optional[int]
     scores = marker.score_outputs_from_marker(stored)
     if scores is None:
         scores = [name for name in [*geometries, *unknown] if made_by_score_op(graph(), name)]
-    return MapModel(geometries, unknown, marker.output_layouts_from_marker(stored), frozenset(scores), session)
+    layouts = marker.output_layouts_from_marker(stored)
+    _check_names(session, geometries, [*geometries, *unknown, *layouts, *scores])
+    return MapModel(geometries, unknown, layouts, frozenset(scores), session)
+
+
+def _check_names(session: Any, geometries: Dict[str, Geometry], outputs: Sequence[str]) -> None:
+    """Every name the marker holds must be in the model: an input each geometry places cells on, and each
+    output it describes (a forged or stale marker is refused here, never run)."""
+    inputs = {i.name for i in session.get_inputs()}
+    present = {o.name for o in session.get_outputs()}
+    for name, geometry in geometries.items():
+        if geometry.input not in inputs:
+            raise InputError(f"the model's '{marker.CONVERTED_KEY}' metadata places output '{printable(name)}' on "
+                             f"input '{printable(geometry.input)}', which the model does not have; convert the "
+                             "original again")
+    for name in outputs:
+        if name not in present:
+            raise InputError(f"the model's '{marker.CONVERTED_KEY}' metadata describes output '{printable(name)}', "
+                             "which the model does not have; convert the original again")
+
+
+#: How far float rounding takes a Softmax's or Sigmoid's value past [0, 1].
+_ROUNDING = 1e-4
+
+
+def _check_probabilities(name: str, values: np.ndarray) -> None:
+    """An output the marker calls a probability (made by a Softmax or Sigmoid) must give values in [0, 1]: a
+    marker naming another output (a box regression) would make its values scores."""
+    low, high = float(np.min(values, initial=0.0)), float(np.max(values, initial=0.0))
+    if not (low >= -_ROUNDING and high <= 1 + _ROUNDING):
+        raise InputError(f"output '{printable(name)}' is marked as probabilities (made by a Softmax or Sigmoid) but "
+                         f"gives values from {low:.4g} to {high:.4g}: the model's '{marker.CONVERTED_KEY}' metadata "
+                         "does not match its graph; convert the original again")
 
 
 def _graph_of_file(path: Path) -> "onnx.ModelProto":

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, printable
 from ..model import arguments
 from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
@@ -85,13 +85,16 @@ def _pillow(drawing: bool = False):
     return Image, ImageDraw if drawing else None
 
 
-def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
+def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True,
+               expected: Optional[Tuple[int, int]] = None):
     """The image at `path` as a Pillow image, or InputError. `load=False` reads only its header (its size and
     mode; the pixels are decoded when first used).
 
     Pictures are taken as people see them: an EXIF orientation (a phone's portrait photo is stored sideways) is
     applied, as every viewer does, so boxes are in the pixels of the picture shown. A file of several frames (an
-    animated GIF, a multi-page TIFF) is refused: which frame is meant is the user's to say.
+    animated GIF, a multi-page TIFF) is refused: which frame is meant is the user's to say. Pixels beyond
+    MAX_PIXELS are refused before they are decoded; `expected` (width, height as shown, from an earlier
+    `image_size`) refuses a picture replaced by one of another size since.
     """
     Image, _ = _pillow()
     path = Path(path)
@@ -107,7 +110,16 @@ def read_image(path: Union[str, "os.PathLike[str]"], load: bool = True):
             image = Image.open(path)
             frames = getattr(image, "n_frames", 1)
             if load and frames == 1:
+                # The cap holds where the pixels are decoded: a 20 KB PNG of 1-bit pixels can be 13000 x 13000.
+                width, height = image.size
+                check_pixels(width, height, f"'{printable(str(path))}' as stored")
+                if expected is not None and _shown_size(image) != tuple(expected):
+                    raise InputError(f"image '{printable(str(path))}' changed during the run: it was "
+                                   f"{expected[0]}x{expected[1]} when its header was read, and is now "
+                                   f"{'x'.join(map(str, _shown_size(image)))}; run again once it is complete")
                 image.load()
+    except InputError:
+        raise
     except Exception as error:
         raise InputError(f"image '{path}' is not a readable picture ({error})") from None
     if frames != 1:
@@ -137,10 +149,13 @@ def picture_files(given: Sequence[Union[str, "os.PathLike[str]"]]) -> List[str]:
     for item in given:
         name = os.fspath(item)
         if os.path.isdir(name):
-            inside = sorted(os.path.join(name, entry) for entry in os.listdir(name))
-            what = f"folder '{name}'"
+            try:
+                inside = sorted(os.path.join(name, entry) for entry in os.listdir(name))
+            except OSError as error:
+                raise InputError(f"folder '{printable(name)}' cannot be listed ({error.strerror or error})") from None
+            what = f"folder '{printable(name)}'"
         elif not os.path.exists(name) and glob.has_magic(name):
-            inside, what = sorted(glob.glob(name)), f"pattern '{name}'"
+            inside, what = sorted(glob.glob(name)), f"pattern '{printable(name)}'"
         else:
             found.append(name)
             continue
@@ -209,9 +224,14 @@ def image_size(path: Union[str, "os.PathLike[str]"]) -> Tuple[int, int]:
     """(width, height) of the picture at `path` as shown (EXIF orientation applied), from its header (for a PNG,
     its chunk headers); InputError if it is not a picture."""
     with read_image(path, load=False) as image:
-        width, height = image.size
-        turn = _png_orientation(Path(path)) if image.format == "PNG" else _orientation(image)
-        return (height, width) if turn in _QUARTER_TURNS else (width, height)
+        return _shown_size(image)
+
+
+def _shown_size(image) -> Tuple[int, int]:
+    """(width, height) of an opened picture as shown, its EXIF orientation applied (read from its header)."""
+    width, height = image.size
+    turn = _png_orientation(Path(image.filename)) if image.format == "PNG" else _orientation(image)
+    return (height, width) if turn in _QUARTER_TURNS else (width, height)
 
 
 def resized(image, resize: Union[float, Tuple[int, int]]):

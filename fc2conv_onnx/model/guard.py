@@ -95,7 +95,7 @@ def check_outputs(outputs: Iterable[Tuple[str, PathLike]], reads: Reads,
     for what, output in outputs:
         path = check_output_path(output, folder_made=to_make is not None and
                                   os.path.normpath(os.path.dirname(os.fspath(output)) or ".") == to_make)
-        identity = _existing_identity(path)
+        identity = identity_of(path)
         shown = printable(os.fspath(output))
         read = reads.what(path, identity)
         if read and not (allowed is not None and identity == allowed):
@@ -107,7 +107,8 @@ def check_outputs(outputs: Iterable[Tuple[str, PathLike]], reads: Reads,
         seen[key] = f"{what} '{shown}'"
 
 
-def _existing_identity(path: Path) -> Optional[Identity]:
+def identity_of(path: PathLike) -> Optional[Identity]:
+    """The (device, inode) of the file at `path`, links followed; None if there is none."""
     try:
         return _identity(os.stat(path))
     except (OSError, ValueError):

@@ -53,11 +53,39 @@ def file_session(path: Path, use: str, what: str, hint: str, threads: Optional[i
     """An onnxruntime session on the model file `path` (onnxruntime reads it and its external data itself,
     as a hand-written loop does), or the one-line error of `failure`."""
     work.count(work.SESSIONS)
+    source: Any = str(path)
+    if not _encodable(source):
+        source = _bytes_of_unnameable(path, what)
     try:
-        return onnxruntime().InferenceSession(str(path), session_options(use, threads=threads),
+        return onnxruntime().InferenceSession(source, session_options(use, threads=threads),
                                               providers=["CPUExecutionProvider"])
     except Exception as error:
         raise failure(error, what, True, hint, doing="load") from None
+
+
+def _encodable(name: str) -> bool:
+    """Whether onnxruntime can be given `name`: its binding takes UTF-8 text, and a file name of other bytes
+    (os.fsdecode's lone surrogates) is not."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bytes_of_unnameable(path: Path, what: str) -> bytes:
+    """The bytes of a model file whose name onnxruntime cannot take: they are given instead, which is the same
+    model unless it names external-data files (found relative to the model's path, which onnxruntime then
+    does not have): those are refused in this tool's words."""
+    from .wire import external_locations
+
+    if external_locations(path):
+        raise InputError(f"{what}: its file name is not valid UTF-8, which onnxruntime cannot open, and its weights "
+                         "are in external-data files it would find by that name; rename the model's file")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{what} cannot be read ({error.strerror or error})") from None
 
 
 #: onnxruntime's words for an allocation that failed (a thread it could not start included: ENOMEM's text).
@@ -72,5 +100,5 @@ def failure(error: Exception, what: str, original: bool, hint: str = VALIDATION_
     nothing can be proven against it) or the conversion's (ValidationError)."""
     message = runtime_message(error)
     if isinstance(error, MemoryError) or any(words in message.lower() for words in _OUT_OF_MEMORY):
-        return ResourceError(f"out of memory while running {what} ({message}); {hint}")
+        return ResourceError(f"out of memory while running {what}; {hint}")
     return (InputError if original else ValidationError)(f"{what} does not {doing} in onnxruntime: {message}")

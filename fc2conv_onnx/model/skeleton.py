@@ -96,7 +96,10 @@ def _split(buf: memoryview, size: int, source: StoredFile) -> Tuple[onnx.ModelPr
                 ranges[tensor.name] = FileRange(source, *raw)
                 del tensor.external_data[:]
                 tensor.data_location = TensorProto.EXTERNAL
-                tensor.external_data.add(key="location", value=source.path.name)
+                # Where the bytes are is `ranges`; the location only names the file, in text a protobuf string
+                # takes (a file name of non-UTF-8 bytes escaped).
+                tensor.external_data.add(key="location", value=source.path.name.encode(
+                    "utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
                 tensor.external_data.add(key="offset", value=str(raw[0]))
                 tensor.external_data.add(key="length", value=str(raw[1]))
             tensors.append(tensor.SerializeToString())
@@ -130,7 +133,9 @@ def external_range(tensor: TensorProto, folder: Path, label: str,
     except ValueError:
         raise InputError(f"{where} with an offset or length that is not a number") from None
     expected = tensor_nbytes(tensor)
-    if offset < 0 or length < 0 or offset + length > stored.size:
+    if offset < 0 or length < 0:
+        raise InputError(f"{where} with a negative offset or length ({offset}, {length})")
+    if offset + length > stored.size:
         raise InputError(f"{where}: bytes {offset}..{offset + length} are past the end of the file")
     if expected is not None and length != expected:
         raise InputError(f"{where}: {length} bytes, but its shape and type need {expected}")

@@ -144,6 +144,8 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
     elif not external_data and weights.embedded_size(model) >= EMBEDDED_LIMIT:
         raise InputError("the converted model is too large for one protobuf message (2 GiB); write it with "
                          "external data")
+    if external_data:
+        check_data_file_name(path)
     like = _FileLike.of(path)
     with _disk_errors(path), _transaction() as files:
         remove_orphans(path)
@@ -170,6 +172,17 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
         logger.warning("'%s', a data file of the model '%s' replaced, is left in place: a copy or a renamed copy "
                        "of that model may still name it; remove it once none does", left, path)
     return data_path
+
+
+def check_data_file_name(output: PathLike) -> None:
+    """A model names its data file in UTF-8 text (a protobuf string): an output whose name is other bytes cannot
+    have one."""
+    try:
+        os.fspath(output).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"output '{printable(os.fspath(output))}' is not a valid UTF-8 name, and a model names its "
+                         "external-data file in UTF-8: give a UTF-8 name, or write the weights inside the model") \
+            from None
 
 
 def _data_files_named(path: Path) -> List[Path]:
