@@ -43,11 +43,16 @@ _EXITS = (
                       "     head cannot have, or already converted"}),
     ("5", {"convert": "validation failed: not equivalent (or the detector of --emit-detections\n"
                       "     does not give detect's boxes), nothing written",
-           "validate": "not equivalent (the first failed check is printed)"}),
-    ("6", {"convert": "out of memory or disk space, nothing written", "validate": "out of memory",
+           "validate": "not equivalent (the first failed check is printed), or CONVERTED's metadata\n"
+                       "     does not match its graph"}),
+    ("6", {"convert": "out of memory or disk space, nothing written",
+           "validate": "out of memory, or the report's stream is full",
+           "inspect": "the report's stream is full",
            "heatmap": "out of memory or disk space, nothing written",
            "detect": "out of memory or disk space, nothing written"}),
     ("7", {"convert": "-o -: standard output closed before the model was all written",
+           "validate": "standard output closed before the report was all written",
+           "inspect": "standard output closed before the report was all written",
            "heatmap": "-o -: standard output closed before the PNG was all written",
            "detect": "-o -: standard output closed before the detections were all written"}),
     ("130, 143", {"convert": "interrupted (Ctrl-C, SIGTERM); a previous OUT is kept whole",
@@ -66,7 +71,7 @@ def exit_codes(command: str) -> str:
 EXIT_CODES = """exit codes (see each command's --help):
   0  success    1  internal error    2  usage error    3  bad input
   4  nothing to convert    5  not equivalent    6  out of memory or disk space
-  130, 143  interrupted"""
+  7  a stream's reader went away    130, 143  interrupted"""
 
 SIZE_HELP = ("spatial input size of the window check, e.g. 512x1024 (one number: every axis); at least the "
              "training size. Default: a few strides larger than the training size (2 more on the first axis, "
