@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from .model import guard, writes
+from .model import guard, ort, writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
 from .apps.detections import DetectionSettings, checked_scales, json_text
 from .apps.pictures import Preprocessing, picture_files
@@ -372,6 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     package = logging.getLogger(__package__)
     package.handlers, package.propagate = [handler], False
     package.setLevel(level)
+    ort.QUIET_IMPORT["on"] = True  # the process is this command's: onnxruntime's import line goes nowhere
     run: Callable[[argparse.Namespace], Report] = _RUNS[args.command]
     if args.command in _CONVERTER_COMMANDS:
         _silence_graphsurgeon()

@@ -200,3 +200,14 @@ def test_a_folder_that_cannot_be_listed_is_bad_input(spot_finder, tmp_path, monk
     monkeypatch.setattr(pictures.os, "listdir", refused)
     code, _, stderr = cli("detect", spot_finder, tmp_path / "closed", "-o", tmp_path / "x.json")
     assert code == 3 and "cannot be listed (Permission denied)" in stderr, stderr
+
+
+def test_onnxruntimes_import_line_never_reaches_the_terminal(spot_finder, tmp_path):
+    """onnxruntime 1.32 writes a coloured warning to descriptor 2 while it is imported whenever HOME is not
+    writable ("Failed to persist telemetry device ID"), before any of its settings can be made."""
+    env = {**ENV, "HOME": "/dev/null/not-a-folder"}
+    for args in (("detect", spot_finder, DISKS, "-o", tmp_path / "x.json", "-q"),
+                 ("convert", FIXTURES / "spot_finder.onnx", "-o", tmp_path / "m.onnx", "-q")):
+        done = subprocess.run([sys.executable, "-m", "fc2conv_onnx", *map(str, args)], capture_output=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0 and done.stderr == b"", done.stderr

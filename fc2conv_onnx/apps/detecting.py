@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from io import BytesIO
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -35,6 +36,8 @@ class Detections:
     drawn: Tuple[str, ...] = ()
     #: What the run read (the model, its data files, the pictures): never written over by `save` or `draw`.
     reads: guard.Reads = field(default_factory=guard.Reads, repr=False, compare=False)
+    _index: Optional[Tuple[List[Detection], int, Dict[str, List[Detection]]]] = field(
+        default=None, init=False, repr=False, compare=False)
 
     def to_text(self) -> str:
         s = self.settings
@@ -43,9 +46,9 @@ class Detections:
         measure = "IoU" if s.overlap == UNION else "over the smaller box"
         lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap ({measure}) up to "
                  f"{s.iou:g}{regression}): {len(self.records)} in {len(self.scales)} picture(s)"]
+        counts = Counter(r.image for r in self.records)
         for image, scales in self.scales.items():
-            count = sum(1 for r in self.records if r.image == image)
-            lines.append(f"  {image}: {count}, at scale(s) {', '.join(f'{v:.4g}' for v in scales)}")
+            lines.append(f"  {image}: {counts[image]}, at scale(s) {', '.join(f'{v:.4g}' for v in scales)}")
         if self.logits:
             lines.append(f"scores: '{s.output_name}' is not made by a Softmax or Sigmoid, so its values are taken as "
                          "they are (logits; the threshold is in their units); --activation sigmoid or softmax makes "
@@ -61,6 +64,16 @@ class Detections:
         return {"settings": settings, "logits": self.logits, "local": self.geometry.local,
                 "scales": {image: list(scales) for image, scales in self.scales.items()},
                 "detections": [r.to_dict() for r in self.records], "written": self.written, "drawn": list(self.drawn)}
+
+    def _on(self, image: str) -> List[Detection]:
+        """The records on `image`, from an index made once for all the pictures drawn (not a pass over every
+        record per picture: 10,000 pictures drawn would be 10,000 passes)."""
+        if self._index is None or self._index[0] is not self.records or self._index[1] != len(self.records):
+            index: Dict[str, List[Detection]] = {}
+            for record in self.records:
+                index.setdefault(record.image, []).append(record)
+            self._index = (self.records, len(self.records), index)
+        return self._index[2].get(image, [])
 
     def text(self, path: Optional[PathLike] = None) -> str:
         """The records as the file `path` would hold them: CSV for a .csv name, else JSON."""
@@ -83,7 +96,7 @@ class Detections:
     def drawing(self, image: PathLike) -> bytes:
         """A PNG of `image` with the boxes found on it and their class and score."""
         picture = pictures.read_image(image)
-        boxes = [(r.box, f"{r.klass}: {r.score:.2f}", r.klass) for r in self.records if r.image == str(image)]
+        boxes = [(r.box, f"{r.klass}: {r.score:.2f}", r.klass) for r in self._on(str(image))]
         buffer = BytesIO()
         pictures.draw_boxes(picture, boxes).save(buffer, format="PNG")
         return buffer.getvalue()

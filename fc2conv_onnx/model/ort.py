@@ -4,8 +4,12 @@ through this module alone, so they start without importing onnx (about a second,
 `runtime` builds the sessions that run on a graph in memory on top of it."""
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..errors import Fc2ConvError, InputError, ResourceError, ValidationError, runtime_message
 from . import work
@@ -18,14 +22,41 @@ CHECK, PICTURES = "check", "pictures"
 VALIDATION_HINT = "try a smaller --validate-size"
 
 
+#: Set by the command line, which owns its process: onnxruntime's first import runs with the process's standard
+#: error pointed at /dev/null. Its import writes a line of its own there, in colour, where no setting reaches
+#: it yet ("Failed to persist telemetry device ID", whenever HOME is not writable).
+QUIET_IMPORT = {"on": False}
+
+
 def onnxruntime() -> Any:
     """The onnxruntime module, imported at the first session (importing the package stays light)."""
+    if QUIET_IMPORT["on"] and "onnxruntime" not in sys.modules:
+        with _standard_error_silenced():
+            importlib.import_module("onnxruntime")
     import onnxruntime as ort
 
     # Its log lines (coloured, on stderr) would reach users of a successful run; its messages reach them
     # through our errors instead (errors.runtime_message).
     ort.set_default_logger_severity(4)
     return ort
+
+
+@contextmanager
+def _standard_error_silenced() -> Iterator[None]:
+    """Descriptor 2 pointed at /dev/null for the block (below Python: onnxruntime writes to it directly)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error at all: nothing to silence
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def session_options(use: str, full_optimization: bool = True, threads: Optional[int] = None) -> Any:

@@ -114,12 +114,18 @@ def _new_data_file_name(output: Path) -> str:
     return f"{output.name}.{os.urandom(6).hex()}.data"  # as secrets.token_hex, without hashlib's import
 
 
-def _is_data_file_name(output: Path, name: str) -> bool:
-    return re.fullmatch(re.escape(output.name) + r"\.[0-9a-f]{12}\.data", name) is not None
+#: The names a write gives the files it makes next to OUT: its temporary, its data file.
+_TEMPORARY_NAME = re.compile(r"\.(?P<output>.+)\.[A-Za-z0-9_]{8}\.tmp", re.DOTALL)
+_DATA_FILE_NAME = re.compile(r"(?P<output>.+)\.[0-9a-f]{12}\.data", re.DOTALL)
 
 
-def _is_temporary_name(output: Path, name: str) -> bool:
-    return re.fullmatch(re.escape(f".{output.name}.") + r"[A-Za-z0-9_]{8}\.tmp", name) is not None
+def _output_named_by(name: str) -> Optional[str]:
+    """The OUT whose temporary or data file `name` would be (None for any other name)."""
+    for pattern in (_TEMPORARY_NAME, _DATA_FILE_NAME):
+        found = pattern.fullmatch(name)
+        if found:
+            return found.group("output")
+    return None
 
 
 def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
@@ -205,13 +211,16 @@ class Group:
     def __init__(self, files: "_Files") -> None:
         self._files = files
         self._pending: List[Tuple[str, Path]] = []
+        self._listings: Dict[Path, Dict[str, List[str]]] = {}  # each folder listed once (`leftover_names`)
 
     def add(self, data: bytes, output: PathLike) -> Path:
         """Write `data` for `output` now; it appears at `output` when the group commits."""
         path = check_output_path(output)
         folder = path.parent if str(path.parent) else Path(".")
         with _disk_errors(path):
-            remove_orphans(path)
+            if folder not in self._listings:
+                self._listings[folder] = leftover_names(folder)
+            remove_orphans(path, self._listings[folder])
             name = self._files.temporary(folder, path.name, _FileLike.of(path))
             with open(name, "wb") as out:
                 out.write(data)
@@ -245,17 +254,16 @@ def together() -> Iterator[Group]:
         group.commit()
 
 
-def remove_orphans(output: Path) -> None:
+def remove_orphans(output: Path, listing: Optional[Dict[str, List[str]]] = None) -> None:
     """Remove what killed runs into `output` left next to it: temporaries and data files of this tool's names
     that carry the uncommitted mark and that no running write holds (each write locks its files until it
-    ends). Nothing is removed by its name alone. Failures are logged: nothing depends on it."""
+    ends). Nothing is removed by its name alone. `listing` is `leftover_names` of the folder, made once for
+    many outputs in it (a folder of 10,000 drawings listed once, not once a drawing). Failures are logged:
+    nothing depends on it."""
     if fcntl is None:
         return
     folder = output.parent if str(output.parent) else Path(".")
-    try:
-        names = [n for n in os.listdir(folder) if _is_temporary_name(output, n) or _is_data_file_name(output, n)]
-    except OSError:
-        return
+    names = (leftover_names(folder) if listing is None else listing).get(output.name, [])
     for name in names:
         handle = _lock_if_free(folder / name)
         if handle is None:
@@ -269,6 +277,20 @@ def remove_orphans(output: Path) -> None:
                            error.strerror or error)
         finally:
             os.close(handle)
+
+
+def leftover_names(folder: Path) -> Dict[str, List[str]]:
+    """OUT's name -> the names in `folder` that a write into OUT gives its temporary or data file."""
+    found: Dict[str, List[str]] = {}
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return found
+    for name in entries:
+        output = _output_named_by(name)
+        if output is not None:
+            found.setdefault(output, []).append(name)
+    return found
 
 
 #: The extended attribute a write's files carry until just before its commit.
