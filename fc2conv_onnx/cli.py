@@ -311,13 +311,14 @@ def _print_report(report: Optional[Report], args: argparse.Namespace, error: Opt
 
 def _finish(report: Any, args: argparse.Namespace) -> int:
     """The report of a run that succeeded, and the exit code. A report that cannot be written (a full disk, a
-    reader gone) does not undo a result already written to a file (exit 0, and a note on stderr); when the
-    report is the result (inspect, validate, detect without -o), its exit code is the stream's (6 or 7)."""
+    reader gone) does not undo a result already written to a file or to standard output (exit 0, and a note
+    on stderr if it takes one); when the report is the result (inspect, validate), its exit code is the
+    stream's (6 or 7)."""
     try:
         _print_report(report, args)
     except Fc2ConvError as error:
         written = [getattr(report, name, None) for name in ("output", "written")] + list(getattr(report, "drawn", ()))
-        if any(path and path != "standard output" for path in written):
+        if any(written):  # a file, or standard output whole (the report then goes to stderr)
             _say(f"{PROG}: note: the report was not written ({error}); the result was written")
             return 0
         _say(f"{PROG}: error: {error}")

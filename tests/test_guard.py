@@ -178,6 +178,8 @@ def test_a_report_stream_that_fails_never_undoes_a_written_result(tmp_path):
     done = _process("convert", FIXTURES / "spot_finder.onnx", "-o", out, shell_suffix="> /dev/full")
     assert done.returncode == 0 and b"the report was not written" in done.stderr, done.stderr
     assert fc2conv_onnx.read_geometry(out)
+    done = _process("convert", FIXTURES / "spot_finder.onnx", "-o", "-", shell_suffix="2> /dev/full")
+    assert done.returncode == 0 and fc2conv_onnx.read_geometry(done.stdout)  # the model whole; its report lost
     done = _process("inspect", FIXTURES / "spot_finder.onnx", shell_suffix="> /dev/full")  # the report is the result
     assert done.returncode == 6 and done.stderr.count(b"\n") == 1 and b"Traceback" not in done.stderr, done.stderr
 
