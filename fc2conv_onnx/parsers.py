@@ -237,8 +237,8 @@ def _add_detect(commands: "argparse._SubParsersAction") -> None:
                              "(the summary then goes to stderr)")
     detect.add_argument("--draw", metavar="PNG|DIR",
                         help="also draw the boxes, with class and score, over the picture: a PNG for one IMAGE, or a "
-                             "folder (made if missing; an existing folder for one IMAGE too) that gets IMAGE's name "
-                             "with .png for each")
+                             "folder (made if missing; for one IMAGE, an existing folder or a name ending in /) that "
+                             "gets IMAGE's name with .png for each; never a file the command reads")
     pyramid = detect.add_argument_group("scales (default: the picture as it is, scale 1)")
     pyramid.add_argument("--scales", type=_floats, metavar="S1,S2,...",
                          help="the scales to run at, e.g. 1,0.5,0.25 (each picture resized by each factor)")
