@@ -55,7 +55,7 @@ def whole(value: Any, name: str, low: int = 0, high: Optional[int] = None) -> in
 def class_numbers(value: Any, name: str = "classes") -> Tuple[int, ...]:
     """One class number or distinct ones (0, 1, ...)."""
     values = value if isinstance(value, (list, tuple)) or _is_array(value) else (value,)
-    checked = tuple(whole(item, f"{name}' entry", 0) for item in _flat(values))
+    checked = tuple(whole(item, f"each of {name}", 0) for item in _flat(values))
     if not checked or len(set(checked)) != len(checked):
         raise InputError(f"{name} must be distinct class numbers from 0, not {_shown(value)}")
     return checked
