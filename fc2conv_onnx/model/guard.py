@@ -123,6 +123,8 @@ def check_output_path(output: PathLike, folder_made: bool = False) -> Path:
     given = os.fspath(output)
     path = Path(given)
     shown = printable(given)
+    if "\0" in given:
+        raise InputError(f"output '{shown}' holds a NUL byte, which no file name can")
     folder = path.parent if str(path.parent) else Path(".")
     if folder_made:
         while not folder.exists() and folder != folder.parent:

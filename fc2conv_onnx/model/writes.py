@@ -8,12 +8,12 @@ to a temporary file and renamed onto `OUT`: that rename is the one commit. A fai
 commit removes what this run made and leaves the previous pair as it was.
 
 A run deletes only what it made itself. The data file of a model that `OUT` replaces is left where it is: a
-copy of that model, or the model renamed, may still name it, and no run can know (the report says which file
-was left). A kill (which no code can catch) can leave a temporary `.OUT.*.tmp` or a new data file; while a
-run writes them, each is locked (flock) and carries the extended attribute `user.fc2conv_onnx.uncommitted`,
-which is removed just before the commit. A later write into `OUT` removes only files of these names that
-carry that attribute and that no run holds: a file this tool committed, or any file of the user's, never
-carries it. (On a file system without extended attributes, leftovers are not recognised and stay.)
+copy of that model, or the model renamed, may still name it, and no run can know (a warning names the file
+left). A kill (which no code can catch) can leave a temporary `.OUT.*.tmp` or a new data file; while a run
+writes them, each is locked (flock) and carries the extended attribute `user.fc2conv_onnx.uncommitted`,
+removed from the data file just before the commit and from the temporary just after its rename (a name the
+sweep never looks at). A later write into `OUT` removes only files of these names that carry that attribute
+and that no run holds: a file this tool committed, or any file of the user's, never carries it. (On a file system without extended attributes, leftovers are not recognised and stay.)
 Concurrent runs to one output end with the pair of whichever committed last.
 """
 from __future__ import annotations
@@ -312,7 +312,8 @@ def _unmark(handle: int) -> None:
     except AttributeError:  # no extended attributes on this system: never marked
         pass
     except OSError as error:
-        if error.errno not in (errno.ENODATA, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP):
+        if error.errno not in (getattr(errno, "ENODATA", None), getattr(errno, "ENOATTR", None),
+                               getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), errno.EOPNOTSUPP):
             raise  # a committed file must never carry the mark: fail before the commit
 
 
