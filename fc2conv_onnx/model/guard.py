@@ -48,9 +48,11 @@ class Reads:
     def add(self, what: str, path: PathLike) -> "Reads":
         try:
             self._by_path.setdefault(_real(path), what)
-            self._by_identity.setdefault(_identity(os.stat(path)), what)
-        except (OSError, ValueError):  # not there (yet): its path still counts; a NUL byte: no file has it
-            pass
+        except (OSError, ValueError):  # a NUL byte: no file has it
+            return self
+        identity = identity_of(path)
+        if identity is not None:  # not there (yet): its path still counts
+            self._by_identity.setdefault(identity, what)
         return self
 
     def add_model(self, what: str, path: PathLike) -> "Reads":
@@ -85,12 +87,7 @@ def check_outputs(outputs: Iterable[Tuple[str, PathLike]], reads: Reads,
     any other read file it is refused, with `replace_hint` said when it is that one. `folder_to_make` is a
     folder the run will make (detect's --draw): outputs in it need it only to be possible."""
     to_make = None if folder_to_make is None else os.path.normpath(os.fspath(folder_to_make))
-    allowed = None
-    if may_replace is not None:
-        try:
-            allowed = _identity(os.stat(may_replace))
-        except (OSError, ValueError):
-            allowed = None
+    allowed = None if may_replace is None else identity_of(may_replace)
     seen: Dict[str, str] = {}
     for what, output in outputs:
         path = check_output_path(output, folder_made=to_make is not None and
