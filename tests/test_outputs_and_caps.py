@@ -387,6 +387,7 @@ def test_onnxruntime_running_out_of_memory_is_exit_6_with_a_hint_for_the_command
 
     error = runtime.failure(RuntimeError(message), "the model", original=True)
     assert error.exit_code == 6 and "--validate-size" in str(error)
+    assert message not in str(error)  # onnxruntime's own words never reach users
     error = runtime.failure(RuntimeError(message), "the model on the picture", original=True,
                              hint=maps._PICTURE_HINT)
     assert error.exit_code == 6 and "--validate-size" not in str(error)
