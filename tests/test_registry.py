@@ -305,3 +305,38 @@ def test_every_op_with_a_trunk_kind_of_its_own_is_spelled_in_a_trunk_here():
     kinds = {registry.LOCAL, registry.WINDOW, registry.PAD}
     with_kind = {op for op, known in REGISTRY.items() if known.trunk in kinds}
     assert with_kind <= set(TRUNK_SPELLINGS) | {"DequantizeLinear"}, with_kind - set(TRUNK_SPELLINGS)
+
+
+COLD_REGISTRY = r"""
+import json, sys
+from fc2conv_onnx.model import registry
+assert "onnx" not in sys.modules  # reading data facts imports nothing heavy
+slots = {op: [known.head is not None, known.flattening is not None, callable(known.trunk)]
+         for op, known in sorted(registry.REGISTRY.items())}
+print(json.dumps(slots))
+"""
+
+
+def test_the_registry_is_complete_whatever_reads_it_first():
+    """A process that imports the registry alone and reads its slots sees every handler that a process which has
+    imported the whole package sees: nothing depends on what happened to be imported before (run on its own,
+    this file once failed two tests)."""
+    import json
+    import subprocess
+    import sys
+
+    from test_cli import ENV
+
+    done = subprocess.run([sys.executable, "-c", COLD_REGISTRY], capture_output=True, text=True, env=ENV, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import fc2conv_onnx.api  # noqa: F401  (every stage imported here)
+
+    warm = {op: [known.head is not None, known.flattening is not None, callable(known.trunk)]
+            for op, known in sorted(REGISTRY.items())}
+    assert json.loads(done.stdout) == warm
+    assert sum(head for head, _, _ in warm.values()) > 40
+
+
+def test_a_missing_op_is_named():
+    with pytest.raises(KeyError, match="'NotAnOp' is not in the registry"):
+        registry.lookup("NotAnOp")

@@ -8,15 +8,19 @@ the tool refuses is then a missing or wrong entry, in one place, not an op known
 
 The facts are data, in the table at the end of this module (as OnnxSlim keeps its patterns' opset ranges).
 The functions that read a node in context are attached by the modules that define them, with `attach`:
-head handlers (`plan.ops`), trunk kinds (`read.trunk_kinds`), flattening matchers (`plan.heads`). How an op
+head handlers (`plan.ops`), trunk kinds (`read.trunk_kinds`), flattening matchers (`plan.heads`). The
+registry is complete by construction: the first time an attached slot is read, from whatever entry point,
+the module that attaches it is imported (`ATTACHED_BY`), so no reader depends on what happened to be imported
+before it; and a run that reads only data facts (detect, heatmap) imports none of them, nor onnx. How an op
 computes its values is onnx's own reference evaluator's (`read.reference`): folding constants and the shape
 arithmetic before a Reshape both run it. This module imports nothing from the package, so every module can ask
 it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Set
 
 #: How an op moves the geometry in the trunk (`OpEntry.trunk`).
 LOCAL = "local"  # acts on each location alone
@@ -31,17 +35,36 @@ SHAPE_OF = "shape_of"  # reads only the shape of a map (Shape, Size): its output
 CHANNEL_SLICE = "channel_slice"  # a Slice or Split along constant axes: per location on the channels alone
 
 
+#: Each attached slot, and the module (below this one in the package) that attaches its functions.
+ATTACHED_BY = {"head": "plan.ops", "flattening": "plan.heads", "trunk": "read.trunk_kinds"}
+_completed: Set[str] = set()
+
+
+def _complete(slot: str) -> None:
+    """Import the module that attaches `slot`'s functions, once (it attaches them as it is imported)."""
+    if slot not in _completed:
+        _completed.add(slot)  # first: that module's own reads of the slot must not import it again
+        try:
+            importlib.import_module(f"{__package__.rpartition('.')[0]}.{ATTACHED_BY[slot]}")
+        except BaseException:
+            _completed.discard(slot)
+            raise
+
+
 @dataclass
 class OpEntry:
     """What the package knows about one op. The data fields are set once, by the table below; the
-    functions are attached by the modules that define them."""
+    functions (`head`, `flattening`, and `trunk` where it depends on the node) are attached by the modules
+    that define them, and reading one completes the registry first."""
 
     op: str
     #: Its kind in the trunk (LOCAL, WINDOW, ...), or a function of the node giving it; None: unknown.
-    trunk: Any = None
+    trunk_kind: Any = None
     #: A LOCAL op whose inputs after the first are per-channel parameters by definition, not broadcast
     #: operands that could vary over the spatial axes.
     parameters: bool = False
+    #: Acts on each element alone: per location in the trunk, unchanged in a head.
+    elementwise: bool = False
     #: Gemm / MatMul: a head's first layer reads a flattened map through it.
     linear: bool = False
     #: "average" or "max": the op pools every spatial axis (Global*), or the axes it is given (Reduce*).
@@ -65,39 +88,65 @@ class OpEntry:
     #: of shape arithmetic passes through unchanged, and a score behind them is still a score.
     keeps_values: bool = False
     #: Attached: what the op becomes in a head: handler(node, index, context) -> Step | Decline.
-    head: Optional[Callable] = None
+    head_handler: Optional[Callable] = None
     #: Attached: matcher(node, opset) -> Flattening | Decline | None, when a first linear layer reads the op's
     #: output.
-    flattening: Optional[Callable] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    flattening_matcher: Optional[Callable] = None
+
+    @property
+    def head(self) -> Optional[Callable]:
+        _complete("head")
+        return self.head_handler
+
+    @property
+    def flattening(self) -> Optional[Callable]:
+        _complete("flattening")
+        return self.flattening_matcher
+
+    @property
+    def trunk(self) -> Any:
+        _complete("trunk")
+        return self.trunk_kind
+
+
+#: Where `attach` puts each slot's function.
+_SLOT_FIELDS = {"head": "head_handler", "flattening": "flattening_matcher", "trunk": "trunk_kind"}
 
 
 REGISTRY: Dict[str, OpEntry] = {}
 
 
-def declare(*ops: str, **facts: Any) -> None:
-    """The facts of each op in `ops`; an op is declared once."""
+def declare(*ops: str, trunk: Any = None, **facts: Any) -> None:
+    """The facts of each op in `ops` (`trunk`: its kind in the trunk); an op is declared once."""
     for op in ops:
         if op in REGISTRY:
             raise ValueError(f"op {op} is declared twice")
-        REGISTRY[op] = OpEntry(op, **facts)
+        REGISTRY[op] = OpEntry(op, trunk_kind=trunk, **facts)
 
 
 def attach(what: str, *ops: str, value: Optional[Callable] = None):
     """Attach a function (`what`: "head", "trunk" or "flattening") to declared ops; usable as a decorator, or
-    with `value`."""
-    if what not in ("head", "trunk", "flattening"):
+    with `value`. An op the registry does not declare is a KeyError naming it."""
+    if what not in _SLOT_FIELDS:
         raise ValueError(f"cannot attach {what!r}")
 
     def attached(function: Callable) -> Callable:
         for op in ops:
-            known = REGISTRY[op]
-            if getattr(known, what) is not None:
+            known = lookup(op)
+            if getattr(known, _SLOT_FIELDS[what]) is not None:
                 raise ValueError(f"op {op} has a {what} already")
-            setattr(known, what, function)
+            setattr(known, _SLOT_FIELDS[what], function)
         return function
 
     return attached(value) if value is not None else attached
+
+
+def lookup(op: str) -> OpEntry:
+    """The entry of the standard op `op`; a KeyError naming it when the registry does not declare it."""
+    try:
+        return REGISTRY[op]
+    except KeyError:
+        raise KeyError(f"op {op!r} is not in the registry") from None
 
 
 def in_default_domain(node: Any) -> bool:
@@ -138,11 +187,11 @@ def ops_with(name: str) -> tuple:
 # Elementwise ops: per location in the trunk, unchanged in a head (with scalar constants beside the head).
 declare("Relu", "LeakyRelu", "Tanh", "Elu", "Selu", "Celu", "HardSigmoid", "HardSwish", "Softplus", "Softsign",
         "Gelu", "Abs", "Neg", "Exp", "Erf", "ThresholdedRelu", "Mish", "Sqrt", "Reciprocal", "Log", "Floor", "Ceil",
-        "Round", "Sign", "Pow", trunk=LOCAL)
-declare("Sigmoid", trunk=LOCAL, score=True)
-declare("Identity", trunk=LOCAL, preprocessing=True, keeps_values=True)
-declare("Cast", trunk=LOCAL, preprocessing=True, keeps_values=True)
-declare("Clip", trunk=LOCAL, parameters=True)  # its bounds are scalars
+        "Round", "Sign", "Pow", trunk=LOCAL, elementwise=True)
+declare("Sigmoid", trunk=LOCAL, elementwise=True, score=True)
+declare("Identity", trunk=LOCAL, elementwise=True, preprocessing=True, keeps_values=True)
+declare("Cast", trunk=LOCAL, elementwise=True, preprocessing=True, keeps_values=True)
+declare("Clip", trunk=LOCAL, elementwise=True, parameters=True)  # its bounds are scalars
 declare("Dropout", trunk=LOCAL, parameters=True)
 declare("PRelu", trunk=LOCAL, parameters=True)
 declare("Add", "Sub", "Mul", "Div", trunk=LOCAL, preprocessing=True)

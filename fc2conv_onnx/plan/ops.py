@@ -23,7 +23,7 @@ from ..model.layout import is_transpose, to_channels_first, to_channels_last
 from .linear import match_linear
 from .plan import (AXIS_LAST, FLAT, KEEP, MAP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Decline, LinearLayer,
                    PassThrough, Step)
-from ..model.registry import attach, is_op
+from ..model.registry import attach, is_op, ops_with
 from ..read.trunk_kinds import varies_over_space
 from .values import constant_float_values
 from ..read.constants import axes_of, constant_values, per_feature_vector, per_location_constant
@@ -324,9 +324,7 @@ def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough
 # ------------------------------------------------------------------------------------------- attached
 # The facts (trunk kinds that are plain data, parameters, ...) are in the registry's table.
 
-attach("head", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Clip", "HardSigmoid", "HardSwish",
-       "Softplus", "Softsign", "Gelu", "Identity", "Abs", "Neg", "Exp", "Erf", "ThresholdedRelu", "Mish", "Sqrt",
-       "Reciprocal", "Log", "Floor", "Ceil", "Round", "Sign", "Cast", "Pow", value=elementwise)
+attach("head", *ops_with("elementwise"), value=elementwise)
 attach("head", "Dropout", value=dropout)
 attach("head", "PRelu", value=prelu)
 attach("head", "Add", "Sub", "Mul", "Div", value=binary_with_constant)
