@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fixtures"))
 
 import fc2conv_onnx  # noqa: E402
-from fc2conv_onnx.apps import detections
+from fc2conv_onnx.model import detections
 from fc2conv_onnx.apps import pictures  # noqa: E402
 from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402

@@ -15,7 +15,7 @@ _HOMES = {
                      "window_of", "Conversion"], ".api"),
     "detect": ".apps.detecting", "Detections": ".apps.detecting", "Detector": ".apps.detector",
     "heatmap": ".apps.heatmaps", "Heatmap": ".apps.heatmaps",
-    "Detection": ".apps.detections", "DetectionSettings": ".apps.detections",
+    "Detection": ".model.detections", "DetectionSettings": ".model.detections",
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
                     ".errors"),
     "Options": ".plan.options", "Box": ".model.geometry", "Geometry": ".model.geometry",

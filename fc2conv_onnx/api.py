@@ -22,14 +22,14 @@ from .plan.geometry import default_validation_size, plan_geometry
 from .model.geometry import Box, Geometry, HeadGeometry, Unknown
 from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .apps.detecting import Detections, detect  # noqa: F401 (re-exported)
-from .apps.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
+from .model.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
 from .plan.heads import find_heads
 from .model.layout import spatial_dims
 from .read.normalize import normalize
 from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan.plan import KEEP_POOL, NO_POOL, Plan
 from .report import Report
-from .apps.maps import made_by_score_op
+from .model.scores import made_by_score_op
 from .rewrite.rewrite import rewrite
 from .model.weights import Weights, check_model
 

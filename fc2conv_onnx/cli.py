@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .model import guard, ort, writes
 from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .apps.detections import DetectionSettings, checked_scales, json_text
+from .apps.records import json_text
+from .model.detections import DetectionSettings, checked_scales
 from .apps.pictures import Preprocessing, picture_files
 from .plan.options import Options
 from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser

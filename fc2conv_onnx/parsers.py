@@ -6,7 +6,7 @@ import argparse
 import math
 
 from . import __version__
-from .apps.detections import ACTIVATIONS, OVERLAPS
+from .model.detections import ACTIVATIONS, OVERLAPS
 from .model.layout import OUTPUT_LAYOUTS
 from .model.sizes import MAX_SIZE
 from .plan.options import KEEP_POOL, POOLINGS

@@ -20,7 +20,8 @@ from onnx import helper, numpy_helper
 import fc2conv_onnx
 from conftest import FIXTURES
 from fc2conv_onnx import InputError, ValidationError
-from fc2conv_onnx.apps.detections import Detection, as_csv, as_json
+from fc2conv_onnx.apps.records import as_csv, as_json
+from fc2conv_onnx.model.detections import Detection
 from test_cli import ENV, cli
 from test_files import with_external_data
 from test_outputs_and_caps import forged

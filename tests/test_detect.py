@@ -14,8 +14,9 @@ from PIL import Image
 
 import fc2conv_onnx
 from conftest import FIXTURES
-from fc2conv_onnx.apps import detections
-from fc2conv_onnx.apps.detections import DetectionSettings
+from fc2conv_onnx.apps.records import CSV_COLUMNS
+from fc2conv_onnx.model import detections
+from fc2conv_onnx.model.detections import DetectionSettings
 from fc2conv_onnx.errors import InputError, ValidationError
 from test_cli import cli
 
@@ -199,7 +200,7 @@ def test_the_command_line_writes_json_csv_and_drawings(converted, tmp_path):
                                "--min-size", "32", "--max-size", "128", "--scale-step", "2", "--draw", tmp_path / "all")
     assert code == 0, stderr
     lines = (tmp_path / "d.csv").read_text().splitlines()
-    assert lines[0] == ",".join(detections.CSV_COLUMNS) and len(lines) == 7
+    assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == 7
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["disks.png", "spots.png"]
     (tmp_path / "one").mkdir()
     assert cli("detect", converted[0], DISKS, "-o", tmp_path / "e.json", "--draw", tmp_path / "one")[0] == 0

@@ -9,7 +9,7 @@ import fc2conv_onnx
 
 PACKAGE = Path(fc2conv_onnx.__file__).parent
 #: Bottom to top. The root holds the base (errors, version) and the top (options, report, api, cli).
-LAYERS = ["base", "model", "apps", "read", "plan", "rewrite", "prove", "top"]
+LAYERS = ["base", "model", "read", "plan", "rewrite", "prove", "apps", "top"]
 BASE = {"errors", "version"}
 
 
@@ -83,3 +83,12 @@ def test_no_module_over_600_lines():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 600}
     assert not long, long
+
+
+def test_the_apps_stand_on_the_model_layer_alone():
+    """detect and heatmap run a converted model: they need the model layer (its files, onnxruntime, the geometry,
+    detections and scores), never the converter's stages, and nothing below the apps imports them."""
+    outside = [f"{path.relative_to(PACKAGE)}:{line} imports {target}" for name, path in _modules().items()
+               if _layer(name) == "apps" for target, line in _imports(path)
+               if _layer(target) not in ("base", "model", "apps")]
+    assert not outside, "\n".join(outside)

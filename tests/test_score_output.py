@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import fc2conv_onnx
 from conftest import FIXTURES
-from fc2conv_onnx.apps.maps import made_by_score_op, score_output
+from fc2conv_onnx.model.scores import made_by_score_op, score_output
 
 
 def _nhwc_face_classifier(path):
@@ -112,7 +112,7 @@ def test_a_detector_whose_outputs_share_names_with_the_model_builds_or_says_why(
 
 
 def test_overlap_against_the_smaller_box_drops_a_box_inside_a_better_one():
-    from fc2conv_onnx.apps.detections import SMALLER, suppressed
+    from fc2conv_onnx.model.detections import SMALLER, suppressed
 
     # The two boxes MTCNN's second stage gives on docs/detect_face.jpg, at two scales of the pyramid: IoU
     # 0.49, but 84% of the smaller one lies in the better one.

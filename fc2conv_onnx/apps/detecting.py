@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..model import arguments, guard, writes
 from . import pictures
-from .detections import AUTO, UNION, Detection, DetectionSettings, best_first, records_text
+from ..model.detections import AUTO, UNION, Detection, DetectionSettings, best_first
+from .records import records_text
 from .detector import Detector
 from ..errors import InputError, printable
 from ..model.geometry import Geometry

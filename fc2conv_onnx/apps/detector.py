@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from . import pictures
-from .detections import (Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
+from ..model.detections import (Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
                          pyramid)
 from ..errors import InputError
 from ..model import arguments

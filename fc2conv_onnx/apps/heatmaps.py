@@ -12,7 +12,7 @@ from ..model import arguments, guard, writes
 from . import pictures
 from ..errors import InputError, printable
 from ..model.geometry import Geometry
-from .detections import checked_scales
+from ..model.detections import checked_scales
 from .maps import check_picture_size, open_map_model
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..apps.detections import SIGMOID, DetectionSettings, best_first, candidates
+from ..model.detections import SIGMOID, DetectionSettings, best_first, candidates
 from ..rewrite.detector_graph import DetectorParts, standalone
 from ..errors import ValidationError
 from ..model.layout import CHANNELS_LAST, with_spatial

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import onnx
 
-from ..apps.maps import made_by_score_op
+from ..model.scores import made_by_score_op
 from ..errors import ValidationError
 from ..model import marker
 from ..model.geometry import Geometry, HeadGeometry

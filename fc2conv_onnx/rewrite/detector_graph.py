@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..apps.detections import AUTO, SIGMOID, SOFTMAX, UNION, DetectionSettings, refuse_softmax_of_one
+from ..model.detections import AUTO, SIGMOID, SOFTMAX, UNION, DetectionSettings, refuse_softmax_of_one
 from ..errors import InputError
 from ..model.geometry import Geometry, HeadGeometry
 from ..model.layout import CHANNELS_LAST
-from ..apps.maps import score_output
+from ..model.scores import score_output
 from ..plan.plan import Plan
 
 #: The outputs the detector adds, in order; PREFIXED when one of these names is taken in the model (PyTorch

@@ -15,18 +15,15 @@ model (`convert --emit-detections`), and validation compares the two:
 """
 from __future__ import annotations
 
-import csv
-import io as text_io
-import json
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
 from ..errors import InputError
-from ..model import arguments
-from ..model.geometry import Geometry
+from . import arguments
+from .geometry import Geometry
 
 
 R = TypeVar("R")
@@ -200,10 +197,6 @@ class Detection:
                 "scale": self.scale, "cell": list(self.cell)}
 
 
-#: Columns of the CSV form, one record per row.
-CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
-
-
 def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geometry, settings: DetectionSettings,
                image: str, scale: float, factor: Tuple[float, float], picture: Sequence[int]) -> List[Detection]:
     """The cells of one [K, h, w] map (and its [4, h, w] regression) scoring above the threshold, as
@@ -287,47 +280,3 @@ def pyramid(window: Tuple[int, int], picture: Tuple[int, int], min_size: Optiona
         scales.append(float(scale))
         scale = top / step ** len(scales)
     return tuple(scales)
-
-
-def finite(value: Any) -> Any:
-    """`value` (numbers, lists, dicts of them) with every float that is not finite as None: JSON has no
-    infinity (a logit output can be inf), and `Infinity` would make the file unreadable to strict parsers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(item) for item in value]
-    return value
-
-
-def json_text(payload: Any, indent: Optional[int] = None) -> str:
-    """Strict JSON (no NaN or Infinity: `finite`), ASCII: a name of non-UTF-8 bytes (os.fsdecode's lone
-    surrogates) is written as its \\udcXX escape, which json.loads and os.fsencode turn back into the bytes."""
-    return json.dumps(finite(payload), indent=indent, default=str, allow_nan=False)
-
-
-def as_json(records: Sequence[Detection]) -> str:
-    """A JSON list, one record per line."""
-    return "[" + ",".join("\n " + json_text(r.to_dict()) for r in records) + "\n]\n"
-
-
-def escaped_name(name: str) -> str:
-    """A file name as text any reader takes: bytes that are not UTF-8 (lone surrogates, as os.fsdecode gives
-    them) written as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def as_csv(records: Sequence[Detection]) -> str:
-    buffer = text_io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in records:
-        writer.writerow([escaped_name(r.image), *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale),
-                         *r.cell])
-    return buffer.getvalue()
-
-
-def records_text(records: Sequence[Detection], path: Union[str, None]) -> str:
-    """The records in the form `path`'s extension asks for: CSV for .csv, else JSON."""
-    return as_csv(records) if path and str(path).lower().endswith(".csv") else as_json(records)

@@ -1,0 +1,59 @@
+"""Detections as files: JSON (a list, one record per line) or CSV, written so that any reader takes them: no
+NaN or Infinity in JSON, names of any bytes escaped."""
+from __future__ import annotations
+
+import csv
+import io as text_io
+import json
+import math
+from typing import Any, Optional, Sequence, Union
+
+from ..model.detections import Detection
+
+#: Columns of the CSV form, one record per row.
+CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
+
+
+
+def finite(value: Any) -> Any:
+    """`value` (numbers, lists, dicts of them) with every float that is not finite as None: JSON has no
+    infinity (a logit output can be inf), and `Infinity` would make the file unreadable to strict parsers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(payload: Any, indent: Optional[int] = None) -> str:
+    """Strict JSON (no NaN or Infinity: `finite`), ASCII: a name of non-UTF-8 bytes (os.fsdecode's lone
+    surrogates) is written as its \\udcXX escape, which json.loads and os.fsencode turn back into the bytes."""
+    return json.dumps(finite(payload), indent=indent, default=str, allow_nan=False)
+
+
+def as_json(records: Sequence[Detection]) -> str:
+    """A JSON list, one record per line."""
+    return "[" + ",".join("\n " + json_text(r.to_dict()) for r in records) + "\n]\n"
+
+
+def escaped_name(name: str) -> str:
+    """A file name as text any reader takes: bytes that are not UTF-8 (lone surrogates, as os.fsdecode gives
+    them) written as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def as_csv(records: Sequence[Detection]) -> str:
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in records:
+        writer.writerow([escaped_name(r.image), *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale),
+                         *r.cell])
+    return buffer.getvalue()
+
+
+def records_text(records: Sequence[Detection], path: Union[str, None]) -> str:
+    """The records in the form `path`'s extension asks for: CSV for .csv, else JSON."""
+    return as_csv(records) if path and str(path).lower().endswith(".csv") else as_json(records)
