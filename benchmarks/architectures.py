@@ -24,9 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import fc2conv_onnx  # noqa: E402
-from equivalence import (assert_equivalent, assert_one_prediction, identity_reshapes_dropped, input_shape,  # noqa: E402
-                         random_input, run)
 from fc2conv_onnx import Fc2ConvError  # noqa: E402
+
+from equivalence import (  # noqa: E402
+    assert_equivalent,
+    assert_one_prediction,
+    identity_reshapes_dropped,
+    input_shape,
+    random_input,
+    run,
+)
 
 MODES = ("keep", "window", "none")
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fc2conv_onnx  # noqa: E402
 from fc2conv_onnx.model import graphs  # noqa: E402
 from fc2conv_onnx.prove import validate as validation  # noqa: E402
+
 from models import MODELS, free_batch, hand_convert, multiply_accumulates  # noqa: E402
 
 SOURCE = "features"

@@ -42,18 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fixtures"))
 
 import fc2conv_onnx  # noqa: E402
-from fc2conv_onnx.model import detections
 from fc2conv_onnx.apps import pictures  # noqa: E402
 from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
-from fc2conv_onnx.model import ort  # noqa: E402
+from fc2conv_onnx.model import detections, ort  # noqa: E402
 
 PAUSE = 0.1  # seconds, untimed, before each timed call
 
 
 def cases(folder: Path) -> List[Dict]:
-    from PIL import Image
     import make_disks
+    from PIL import Image
 
     frame = folder / "frame.png"
     rng = np.random.default_rng(0)

@@ -20,10 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "fixtures"))
 
-import fc2conv_onnx  # noqa: E402
 from architectures import head_pattern, replace_section  # noqa: E402
-from fc2conv_onnx import Fc2ConvError  # noqa: E402
 from test_frameworks import EXPORTED, FRAMEWORKS, MODES, prove_conversion  # noqa: E402
+
+import fc2conv_onnx  # noqa: E402
+from fc2conv_onnx import Fc2ConvError  # noqa: E402
+
 
 def row(stem: str, made_by: str) -> str:
     modes, size, _ = FRAMEWORKS[stem]

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fc2conv_onnx  # noqa: E402
+
 from frames import converted_and_frames  # noqa: E402 (benchmarks/, the script's own folder)
 
 #: Each way also runs on this many frames first: the difference is its rate once started.

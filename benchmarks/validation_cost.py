@@ -34,8 +34,9 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from models import caffenet, dress_detector_fc1024  # noqa: E402
 from scale import vgg16  # noqa: E402
+
+from models import caffenet, dress_detector_fc1024  # noqa: E402
 
 #: name -> (builder, window-check size or None for the default)
 MODELS = {

@@ -12,26 +12,26 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx
 import onnx_graphsurgeon as gs
 
-from .rewrite import atrous, detector_graph, shapes
-from .prove import detector_check, marker_check
-from .model import graphs, guard, io, marker, runtime, work, writes
-from .read import trunk_sizes
-from .prove import validate as validation
-from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
-from .plan.geometry import default_validation_size, plan_geometry
-from .model.geometry import Box, Geometry, HeadGeometry, Unknown
-from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .apps.detecting import Detections, detect  # noqa: F401 (re-exported)
+from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
+from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
+from .model import graphs, guard, io, marker, runtime, work, writes
 from .model.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
-from .plan.heads import find_heads
+from .model.geometry import Box, Geometry, HeadGeometry, Unknown
 from .model.layout import spatial_dims
-from .read.normalize import normalize
+from .model.scores import made_by_score_op
+from .model.weights import Weights, check_model
+from .plan.geometry import default_validation_size, plan_geometry
+from .plan.heads import find_heads
 from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan.plan import KEEP_POOL, NO_POOL, Plan
+from .prove import detector_check, marker_check
+from .prove import validate as validation
+from .read import trunk_sizes
+from .read.normalize import normalize
 from .report import Report
-from .model.scores import made_by_score_op
+from .rewrite import atrous, detector_graph, shapes
 from .rewrite.rewrite import rewrite
-from .model.weights import Weights, check_model
 
 logger = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from collections import Counter
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from .model import guard, ort, writes
-from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
-from .apps.records import json_text
-from .model.detections import DetectionSettings, checked_scales
 from .apps.pictures import Preprocessing, picture_files
-from .plan.options import Options
-from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
+from .apps.records import json_text
+from .errors import ClosedOutputError, Fc2ConvError, InputError, ResourceError, UsageError, printable
+from .model import guard, ort, writes
+from .model.detections import DetectionSettings, checked_scales
 from .model.writes import Terminated, signals_raise
+from .parsers import DETECTION_FLAGS, PROG, STREAM, build_parser
+from .plan.options import Options
 
 if TYPE_CHECKING:
     from .report import Report

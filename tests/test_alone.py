@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_cli import ENV
 
 TESTS = Path(__file__).resolve().parent

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx import DetectionSettings, Detector, InputError
 from fc2conv_onnx.apps.pictures import Preprocessing
+
+from conftest import FIXTURES
 
 DISKS, SPOTS = FIXTURES / "disks.png", FIXTURES / "spots.png"
 

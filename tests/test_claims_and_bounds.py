@@ -16,15 +16,16 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-
-import fc2conv_onnx
-from conftest import FIXTURES
-from fc2conv_onnx import InputError, ValidationError
-from fc2conv_onnx.apps.records import as_csv, as_json
-from fc2conv_onnx.model.detections import Detection
 from test_cli import ENV, cli
 from test_files import with_external_data
 from test_outputs_and_caps import forged
+
+import fc2conv_onnx
+from fc2conv_onnx import InputError, ValidationError
+from fc2conv_onnx.apps.records import as_csv, as_json
+from fc2conv_onnx.model.detections import Detection
+
+from conftest import FIXTURES
 
 DISKS, SPOTS = FIXTURES / "disks.png", FIXTURES / "spots.png"
 

@@ -10,9 +10,10 @@ import sys
 
 import onnx
 import pytest
-from equivalence import assert_equivalent
 
 from fc2conv_onnx.cli import main
+
+from equivalence import assert_equivalent
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 

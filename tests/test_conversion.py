@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import CHANNELS_LAST_INPUTS, FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS, transposed_flatten
-from equivalence import assert_equivalent, cut, input_shape, random_input, run
 
 import fc2conv_onnx
+
+from builders import CHANNELS_LAST_INPUTS, FIXTURES, NOTHING_TO_CONVERT, POOLED_HEADS, transposed_flatten
+from equivalence import assert_equivalent, cut, input_shape, random_input, run
 
 #: Flatten heads on a feature map named "features" (pooled heads have their own tests, in each mode).
 CONVERTIBLE = [stem for stem in FIXTURES if stem not in NOTHING_TO_CONVERT + POOLED_HEADS]

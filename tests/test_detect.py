@@ -11,14 +11,15 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from test_cli import cli
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx.apps.records import CSV_COLUMNS
+from fc2conv_onnx.errors import InputError, ValidationError
 from fc2conv_onnx.model import detections
 from fc2conv_onnx.model.detections import DetectionSettings
-from fc2conv_onnx.errors import InputError, ValidationError
-from test_cli import cli
+
+from conftest import FIXTURES
 
 sys.path.insert(0, str(FIXTURES))
 import make_disks  # noqa: E402
@@ -322,6 +323,7 @@ def test_models_from_real_exporters_get_a_proven_detector(stem, options):
     # Independently of the tool's own check: onnxruntime runs the written model on a random input, and its
     # detections are detect's numpy steps applied to its own maps.
     import onnxruntime as ort
+
     from fc2conv_onnx.prove import detector_check
     from fc2conv_onnx.rewrite import detector_graph
     planned = fc2conv_onnx.inspect(model, **options)

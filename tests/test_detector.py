@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import fc2conv_onnx
+
 from conftest import FIXTURES
 
 PICTURES = [FIXTURES / "disks.png", FIXTURES / "spots.png"]

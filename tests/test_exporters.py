@@ -16,8 +16,9 @@ from onnx import helper
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError, ValidationError
-from fc2conv_onnx.rewrite import rewrite
 from fc2conv_onnx.model.layout import CHANNELS_LAST
+from fc2conv_onnx.rewrite import rewrite
+
 from conftest import FIXTURES
 from equivalence import assert_equivalent, input_shape
 
@@ -213,7 +214,8 @@ def test_shape_arithmetic_is_run_as_onnx_defines_it():
         shape = b.node("Shape", [x])
         batch = b.node("Unsqueeze", [b.node("Gather", [shape, b.const("zero", np.array(0))]),
                                      b.const("axes", np.array([0]))])
-        rest = b.node("ReduceProd", [b.node("Slice", [shape, b.const("s", np.array([1])), b.const("e", np.array([4]))])],
+        ends = (b.const("s", np.array([1])), b.const("e", np.array([4])))
+        rest = b.node("ReduceProd", [b.node("Slice", [shape, *ends])],
                       keepdims=1)
         features = b.node("Max", [rest, b.const("one", np.array([1]))])
         b.gemm(b.node("Reshape", [x, b.node("Concat", [batch, features], axis=0)]), 8 * 4 * 3, 5,

@@ -13,13 +13,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
+from test_cli import cli
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
-from fc2conv_onnx.model import io, skeleton, weights
 from fc2conv_onnx.errors import ResourceError
+from fc2conv_onnx.model import io, skeleton, weights
+
 from conftest import FIXTURES
-from test_cli import cli
 
 STEM = "dress_detector"
 
@@ -45,7 +46,8 @@ def with_external_data(source, folder, location="weights.bin"):
 
 def data_files(folder, output_name="out.onnx"):
     """The data files the tool wrote for `output_name` in `folder` (named OUT.<12 hex digits>.data)."""
-    return sorted(p.name for p in folder.iterdir() if re.fullmatch(re.escape(output_name) + r"\.[0-9a-f]{12}\.data", p.name))
+    pattern = re.escape(output_name) + r"\.[0-9a-f]{12}\.data"
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(pattern, p.name))
 
 
 def relocate(path, location):

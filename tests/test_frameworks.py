@@ -15,9 +15,10 @@ import pytest
 from onnx import helper
 
 import fc2conv_onnx
+from fc2conv_onnx import NothingToConvertError
+
 from conftest import FIXTURES
 from equivalence import assert_equivalent, assert_one_prediction, input_shape
-from fc2conv_onnx import NothingToConvertError
 
 EXPORTED = FIXTURES / "exported"
 MODES = ("keep", "window", "none")

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import onnx
+import onnxruntime as ort
 import pytest
-from builders import layered_classifier
-from equivalence import run
 
 import fc2conv_onnx
 from fc2conv_onnx.model.geometry import Geometry, Unknown
 from fc2conv_onnx.model.marker import CONVERTED_KEY
+
+from builders import layered_classifier
+from equivalence import run
 
 
 def conv(rank, kernel, stride=1, pads=None, dilation=1, **extra):

@@ -10,16 +10,24 @@ import json
 import numpy as np
 import onnx
 import pytest
-
-import builders
-import fc2conv_onnx
-from fc2conv_onnx.model import runtime
-from conftest import FIXTURES
-from equivalence import (assert_equivalent, assert_one_prediction, cut, identity_reshapes_dropped, input_shape,
-                         random_input, run)
-from fc2conv_onnx import InputError, NothingToConvertError
 from test_cli import cli
 from test_frameworks import FRAMEWORKS
+
+import fc2conv_onnx
+from fc2conv_onnx import InputError, NothingToConvertError
+from fc2conv_onnx.model import runtime
+
+import builders
+from conftest import FIXTURES
+from equivalence import (
+    assert_equivalent,
+    assert_one_prediction,
+    cut,
+    identity_reshapes_dropped,
+    input_shape,
+    random_input,
+    run,
+)
 
 EXPORTED = FIXTURES / "exported"
 GRAMMAR = sorted(name[:-5] for name, entry in json.loads((EXPORTED / "MANIFEST.json").read_text()).items()

@@ -4,11 +4,12 @@ its graph 27 times, one one-node graph per folded constant)."""
 from __future__ import annotations
 
 import pytest
+from test_cli import cli
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx.model import work
-from test_cli import cli
+
+from conftest import FIXTURES
 
 #: (model, pooling) -> the most of each the conversion (with validation) may do.
 LIMITS = {

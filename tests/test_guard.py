@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import fc2conv_onnx
-from conftest import FIXTURES
-from fc2conv_onnx import InputError
-from fc2conv_onnx.model import guard, writes
 from test_cli import ENV, cli
 from test_files import data_files, run, with_external_data
+
+import fc2conv_onnx
+from fc2conv_onnx import InputError
+from fc2conv_onnx.model import guard, writes
+
+from conftest import FIXTURES
 
 DISKS = FIXTURES / "disks.png"
 STEM = "dress_detector"

@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import ModelBuilder, trunk
-from equivalence import assert_equivalent
 from onnx import helper
 
 import fc2conv_onnx
+
+from builders import ModelBuilder, trunk
+from equivalence import assert_equivalent
 
 F = 8 * 4 * 4  # features of the trunk below
 

@@ -8,13 +8,14 @@ from io import BytesIO
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import ENV, cli
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx.apps import pictures
 from fc2conv_onnx.cli import main
 from fc2conv_onnx.model.layout import CHANNELS_LAST
-from test_cli import ENV, cli
+
+from conftest import FIXTURES
 
 
 def spot_scene(path, height=96, width=128, centre=(60, 84), radius=4):

@@ -13,13 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-
-import fc2conv_onnx
-from fc2conv_onnx.model import runtime
-from fc2conv_onnx.model import io, writes
-from fc2conv_onnx.errors import InputError, ResourceError
 from test_cli import cli
 from test_files import run
+
+import fc2conv_onnx
+from fc2conv_onnx.errors import InputError, ResourceError
+from fc2conv_onnx.model import io, runtime, writes
 
 STEM = "dress_detector"
 

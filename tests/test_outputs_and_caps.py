@@ -8,13 +8,14 @@ import os
 
 import onnx
 import pytest
+from test_cli import cli
 
 import fc2conv_onnx
-from fc2conv_onnx.model import runtime
-from conftest import FIXTURES
 from fc2conv_onnx import InputError
+from fc2conv_onnx.model import runtime
 from fc2conv_onnx.model.marker import CONVERTED_KEY
-from test_cli import cli
+
+from conftest import FIXTURES
 
 DISKS = FIXTURES / "disks.png"
 

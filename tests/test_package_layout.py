@@ -51,7 +51,8 @@ def test_no_folder_imports_from_a_folder_above_it():
             if target == "__version__":
                 continue
             if LAYERS.index(_layer(target)) > LAYERS.index(_layer(name)):
-                upward.append(f"{path.relative_to(PACKAGE)}:{line} ({_layer(name)}) imports {target} ({_layer(target)})")
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} ({_layer(name)}) imports {target} "
+                              f"({_layer(target)})")
     assert not upward, "\n".join(upward)
 
 

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 import fc2conv_onnx
+
 from builders import POOLED_HEADS
 from conftest import FIXTURES
 from equivalence import assert_equivalent, assert_one_prediction, input_shape, random_input, run

@@ -4,11 +4,12 @@ one value (a mean in pixel units after the default division by 255) are warned a
 from __future__ import annotations
 
 import pytest
+from test_cli import cli
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx.apps.pictures import Preprocessing
-from test_cli import cli
+
+from conftest import FIXTURES
 
 
 @pytest.mark.parametrize("flags, warned", [

@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import fc2conv_onnx
-from builders import ModelBuilder
-from equivalence import assert_equivalent, input_shape
 from fc2conv_onnx import Fc2ConvError
 from fc2conv_onnx.model.geometry import Geometry
+
+from builders import ModelBuilder
+from equivalence import assert_equivalent, input_shape
 
 FAST = settings(max_examples=int(os.environ.get("FC2CONV_EXAMPLES", "25")), deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

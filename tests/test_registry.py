@@ -9,12 +9,13 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import pytest
-from builders import ModelBuilder, trunk
-from equivalence import assert_equivalent
 
 import fc2conv_onnx
 from fc2conv_onnx.model import registry
 from fc2conv_onnx.model.registry import REGISTRY
+
+from builders import ModelBuilder, trunk
+from equivalence import assert_equivalent
 
 PACKAGE = Path(fc2conv_onnx.__file__).parent
 K = 6  # features of the head tensor each spelling reads

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fc2conv_onnx
+
 from conftest import FIXTURES
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]' (Ray has no wheel for Python "

@@ -10,16 +10,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fc2conv_onnx
-from conftest import FIXTURES
 from fc2conv_onnx.model.scores import made_by_score_op, score_output
+
+from conftest import FIXTURES
 
 
 def _nhwc_face_classifier(path):
     """[1, 24, 24, 3] NHWC -> Transpose -> Conv 3x3 stride 2 -> Relu -> Flatten -> two heads: 'dense_2' (a box
     regression, the first graph output) and 'softmax_1' (face / not face)."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * scale, name) for name, shape, scale in
-               (("conv_w", (4, 3, 3, 3), 0.3), ("box_w", (4 * 11 * 11, 4), 0.05), ("cls_w", (4 * 11 * 11, 2), 0.05))]
+    shapes = (("conv_w", (4, 3, 3, 3), 0.3), ("box_w", (4 * 11 * 11, 4), 0.05), ("cls_w", (4 * 11 * 11, 2), 0.05))
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * scale, name)
+               for name, shape, scale in shapes]
     nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["nchw", "conv_w"], ["conv"], kernel_shape=[3, 3], strides=[2, 2]),
              helper.make_node("Relu", ["conv"], ["relu"]),
@@ -27,7 +29,8 @@ def _nhwc_face_classifier(path):
              helper.make_node("MatMul", ["flat", "box_w"], ["dense_2"]),
              helper.make_node("MatMul", ["flat", "cls_w"], ["logits"]),
              helper.make_node("Softmax", ["logits"], ["softmax_1"], axis=1)]
-    graph = helper.make_graph(nodes, "face", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 24, 24, 3])],
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 24, 24, 3])
+    graph = helper.make_graph(nodes, "face", [image],
                               [helper.make_tensor_value_info("dense_2", TensorProto.FLOAT, [1, 4]),
                                helper.make_tensor_value_info("softmax_1", TensorProto.FLOAT, [1, 2])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))

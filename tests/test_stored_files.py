@@ -8,12 +8,12 @@ import os
 import numpy as np
 import onnx
 import pytest
+from test_files import STEM, relocate, run, with_external_data
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
-from fc2conv_onnx.model import stored_files, weights, writes
 from fc2conv_onnx.cli import main
-from test_files import STEM, relocate, run, with_external_data
+from fc2conv_onnx.model import stored_files, weights, writes
 
 #: Locations beneath a model folder laid out by `_folder`, and whether onnx reads them.
 LOCATIONS = {
@@ -69,7 +69,7 @@ def _opens(open_file, folder, location):
 @pytest.mark.skipif(os.name != "posix", reason="the spellings are POSIX paths")
 def test_this_tool_opens_exactly_the_locations_onnx_opens(tmp_path):
     folder = _folder(tmp_path)
-    ours = {location: _opens(lambda f, l: stored_files.open_beneath(f, l, "x"), folder, location)
+    ours = {location: _opens(lambda f, where: stored_files.open_beneath(f, where, "x"), folder, location)
             for location in LOCATIONS}
     assert ours == LOCATIONS
 
@@ -81,7 +81,7 @@ def test_the_table_is_what_onnx_itself_does(tmp_path):
     if not hasattr(checker, "_open_external_data"):
         pytest.skip(f"onnx {onnx.__version__} has no external-data opener of its own to compare with")
     folder = _folder(tmp_path)
-    theirs = {location: _opens(lambda f, l: checker._open_external_data(str(f), l, "t", True), folder, location)
+    theirs = {location: _opens(lambda f, where: checker._open_external_data(str(f), where, "t", True), folder, location)
               for location in LOCATIONS}
     assert theirs == LOCATIONS
 

@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 import fc2conv_onnx
+
 from conftest import FIXTURES
 from equivalence import assert_equivalent, input_shape, random_input, run
 

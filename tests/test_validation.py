@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from equivalence import assert_equivalent
 
 import fc2conv_onnx
-from fc2conv_onnx.rewrite import rewrite
 from fc2conv_onnx.prove.validate import compare
+from fc2conv_onnx.rewrite import rewrite
+
+from equivalence import assert_equivalent
 
 
 def channels_last_kernel(weight, flattening):

@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from test_cli import ENV, cli
+from test_files import data_files, run
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
-from test_cli import ENV, cli
-from test_files import data_files, run
 
 STEM = "dress_detector"
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, fields
 from io import BytesIO
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..model import arguments, guard, writes
-from . import pictures
-from ..model.detections import AUTO, UNION, Detection, DetectionSettings, best_first
-from .records import records_text
-from .detector import Detector
 from ..errors import InputError, printable
+from ..model import arguments, guard, writes
+from ..model.detections import AUTO, UNION, Detection, DetectionSettings, best_first
 from ..model.geometry import Geometry
+from . import pictures
+from .detector import Detector
+from .records import records_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called as progress(done, total) after each run of the model (one per picture and scale).

@@ -13,12 +13,11 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from . import pictures
-from ..model.detections import (Detection, DetectionSettings, best_first, candidates, checked_scales, overridden,
-                         pyramid)
 from ..errors import InputError
 from ..model import arguments
+from ..model.detections import Detection, DetectionSettings, best_first, candidates, checked_scales, overridden, pyramid
 from ..model.geometry import Geometry
+from . import pictures
 from .maps import MapModel, check_picture_size, open_map_model
 
 #: The default ratio between neighbouring scales of a pyramid made from object sizes.

@@ -8,11 +8,11 @@ from typing import Any, BinaryIO, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..model import arguments, guard, writes
-from . import pictures
 from ..errors import InputError, printable
-from ..model.geometry import Geometry
+from ..model import arguments, guard, writes
 from ..model.detections import checked_scales
+from ..model.geometry import Geometry
+from . import pictures
 from .maps import check_picture_size, open_map_model
 
 PathLike = Union[str, "os.PathLike[str]"]

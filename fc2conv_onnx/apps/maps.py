@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Optional, Sequence, Tupl
 
 import numpy as np
 
-from . import pictures
-from ..model import marker, ort
 from ..errors import InputError, printable
+from ..model import marker, ort
 from ..model.geometry import Geometry
 from ..model.layout import CHANNELS_LAST
 from ..model.scores import first_score, made_by_score_op
 from ..model.stored_files import check_input_file
 from ..model.wire import external_locations
+from . import pictures
 
 if TYPE_CHECKING:
     import onnx

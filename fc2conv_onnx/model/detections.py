@@ -25,7 +25,6 @@ from ..errors import InputError
 from . import arguments
 from .geometry import Geometry
 
-
 R = TypeVar("R")
 
 

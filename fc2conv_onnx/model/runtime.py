@@ -11,8 +11,8 @@ import onnx
 
 from ..errors import InputError, ValidationError
 from . import work
-from .ort import CHECK, PICTURES, VALIDATION_HINT, failure, onnxruntime, session_options  # noqa: F401 (re-exported)
 from .layout import parameter_inputs
+from .ort import CHECK, PICTURES, VALIDATION_HINT, failure, onnxruntime, session_options  # noqa: F401 (re-exported)
 from .registry import fact
 from .weights import Weights
 

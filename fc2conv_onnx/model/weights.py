@@ -19,8 +19,8 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values takes
 from onnx import TensorProto
+from onnx_graphsurgeon.ir.tensor import LazyValues  # the type Constant.values takes
 
 from ..errors import InputError
 from .skeleton import DETACH_BYTES, FileRange, StoredFile, external_entries, external_range, tensor_nbytes

@@ -13,7 +13,8 @@ left). A kill (which no code can catch) can leave a temporary `.OUT.*.tmp` or a 
 writes them, each is locked (flock) and carries the extended attribute `user.fc2conv_onnx.uncommitted`,
 removed from the data file just before the commit and from the temporary just after its rename (a name the
 sweep never looks at). A later write into `OUT` removes only files of these names that carry that attribute
-and that no run holds: a file this tool committed, or any file of the user's, never carries it. (On a file system without extended attributes, leftovers are not recognised and stay.)
+and that no run holds: a file this tool committed, or any file of the user's, never carries it. (On a file
+system without extended attributes, leftovers are not recognised and stay.)
 Concurrent runs to one output end with the pair of whichever committed last.
 """
 from __future__ import annotations

@@ -6,9 +6,9 @@ from typing import Sequence, Tuple, Union
 
 import onnx_graphsurgeon as gs
 
-from .plan import Decline
-from ..read.shape_values import PROBE_BATCHES, NotEvaluable, describe_computation, evaluate
 from ..read.constants import constant_values
+from ..read.shape_values import PROBE_BATCHES, NotEvaluable, describe_computation, evaluate
+from .plan import Decline
 
 
 def _flattens(target: Sequence[int], batch: object, data_shape: Sequence, features: int,

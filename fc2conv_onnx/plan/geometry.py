@@ -8,16 +8,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..model.walks import upstream_inputs
+from ..model.geometry import Geometry, HeadGeometry, Layer, Unknown
 from ..model.layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
-from ..model.registry import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW,
-                              in_default_domain, is_op)
+from ..model.registry import (
+    CHANNEL_SLICE,
+    GLOBAL,
+    JOIN,
+    LAST_AXIS,
+    LOCAL,
+    MOVE_CHANNELS,
+    PAD,
+    REGROUP,
+    SHAPE_OF,
+    WINDOW,
+    in_default_domain,
+    is_op,
+)
+from ..model.walks import upstream_inputs
 from ..read.trunk_kinds import has_parameters, sliced_axes, trunk_kind, varies_over_space
 from .plan import MAP, MAP_LAST, HeadPlan, Plan
-
-
-from ..model.geometry import Geometry, HeadGeometry, Layer, Unknown
-
 
 # ------------------------------------------------------------------------------------ the trunk walk
 

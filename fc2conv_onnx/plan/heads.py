@@ -23,20 +23,33 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 
 import onnx_graphsurgeon as gs
 
+from ..model.layout import AUTO, CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
+from ..model.registry import CHANNEL_SLICE, LOCAL, attach, entry, fact, is_op
+from ..model.walks import upstream_inputs
+from ..read.constants import axes_of, producer
+from ..read.trunk_kinds import trunk_kind
 from .flattenings import reshape_flattens
-from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, LAYOUTS, input_layout, is_transpose, to_channels_last
 from .linear import match_linear
 from .ops import HeadContext
 from .options import Options
-from ..model.registry import CHANNEL_SLICE, LOCAL, entry
-from ..read.trunk_kinds import trunk_kind
-from ..model.layout import AUTO
-from .plan import (AXIS_LAST, FLAT, KEEP_POOL, MODES, POOLINGS, Decline, Flattening, GlobalPool, HeadPlan,
-                   PERMUTED, LinearLayer, PassThrough, Plan, Skipped, Step)
+from .plan import (
+    AXIS_LAST,
+    FLAT,
+    KEEP_POOL,
+    MODES,
+    PERMUTED,
+    POOLINGS,
+    Decline,
+    Flattening,
+    GlobalPool,
+    HeadPlan,
+    LinearLayer,
+    PassThrough,
+    Plan,
+    Skipped,
+    Step,
+)
 from .pools import global_pool
-from ..model.registry import attach, fact, is_op
-from ..read.constants import axes_of, producer
-from ..model.walks import upstream_inputs
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import FrozenSet, Optional, Tuple, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .plan import Decline, LinearLayer, Quantized
 from ..model.registry import is_op
-from .values import constant_float_values, constant_or_dequantized
 from ..read.constants import per_feature_vector
+from .plan import Decline, LinearLayer, Quantized
+from .values import constant_float_values, constant_or_dequantized
 
 
 def _weight(node: gs.Node, index: int, label: str) -> Union[Tuple[np.ndarray, Optional[Quantized]], Decline]:

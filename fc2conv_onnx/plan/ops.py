@@ -18,15 +18,26 @@ from typing import Callable, FrozenSet, Mapping, Optional, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .flattenings import reshape_flattens
 from ..model.layout import is_transpose, to_channels_first, to_channels_last
-from .linear import match_linear
-from .plan import (AXIS_LAST, FLAT, KEEP, MAP, MAP_LAST, REMOVE, TO_CHANNELS_FIRST, Decline, LinearLayer,
-                   PassThrough, Step)
 from ..model.registry import attach, is_op, ops_with
-from ..read.trunk_kinds import varies_over_space
-from .values import constant_float_values
 from ..read.constants import axes_of, constant_values, per_feature_vector, per_location_constant
+from ..read.trunk_kinds import varies_over_space
+from .flattenings import reshape_flattens
+from .linear import match_linear
+from .plan import (
+    AXIS_LAST,
+    FLAT,
+    KEEP,
+    MAP,
+    MAP_LAST,
+    REMOVE,
+    TO_CHANNELS_FIRST,
+    Decline,
+    LinearLayer,
+    PassThrough,
+    Step,
+)
+from .values import constant_float_values
 
 
 @dataclass(frozen=True)

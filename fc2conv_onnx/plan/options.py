@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..model.detections import DetectionSettings, overridden  # noqa: F401 (the API applies its keywords so)
 from ..errors import InputError
+from ..model.detections import DetectionSettings, overridden  # noqa: F401 (the API applies its keywords so)
 from ..model.layout import AUTO, OUTPUT_LAYOUTS  # noqa: F401 (re-exported)
 from ..model.sizes import Size, Stride, parse_size, parse_stride_values
 

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 from ..model.registry import fact
 from ..read.constants import axes_of
 from ..read.pool_views import channels_last_region, pools_every_axis
-from .plan import FLAT, MAP, MAP_LAST, MODES, KEEP_POOL, GlobalPool, PoolMode
+from .plan import FLAT, KEEP_POOL, MAP, MAP_LAST, MODES, GlobalPool, PoolMode
 
 
 def global_pool(node: Optional[gs.Node], mode: PoolMode = MODES[KEEP_POOL]) -> Optional[GlobalPool]:

@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..model.detections import SIGMOID, DetectionSettings, best_first, candidates
-from ..rewrite.detector_graph import DetectorParts, standalone
 from ..errors import ValidationError
-from ..model.layout import CHANNELS_LAST, with_spatial
-from .validate import OutputCheck
 from ..model import runtime
+from ..model.detections import SIGMOID, DetectionSettings, best_first, candidates
+from ..model.layout import CHANNELS_LAST, with_spatial
 from ..model.weights import Weights
+from ..rewrite.detector_graph import DetectorParts, standalone
+from .validate import OutputCheck
 
 #: Random maps fed to the detector alone, each a batch of BATCH images of about GRID x GRID cells (many
 #: overlapping candidates: the suppression has work to do).

@@ -7,10 +7,10 @@ from typing import Sequence
 
 import onnx
 
-from ..model.scores import made_by_score_op
 from ..errors import ValidationError
 from ..model import marker
 from ..model.geometry import Geometry, HeadGeometry
+from ..model.scores import made_by_score_op
 
 #: What places a cell on the picture; the rest of a geometry (its layers, its receptive field) is report.
 _PLACING = ("input", "stride", "window", "offset", "layout")

@@ -22,17 +22,17 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, ValidationError
-from ..model.io import MAX_INPUT_BYTES
-from ..plan.geometry import default_validation_size, trunk_geometry
-from ..model.geometry import Geometry, HeadGeometry, Unknown
-from ..model.layout import CHANNELS_LAST, spatial_dims, with_spatial
-from ..plan.options import Options
-from ..plan.plan import HeadPlan, Plan
-from ..model.registry import is_op
 from ..model import graphs
+from ..model.geometry import Geometry, HeadGeometry, Unknown
+from ..model.io import MAX_INPUT_BYTES
+from ..model.layout import CHANNELS_LAST, spatial_dims, with_spatial
+from ..model.registry import is_op
 from ..model.runtime import Session, failure, open_session, random_feeds, run_once, training_shapes
 from ..model.skeleton import nbytes_per_element
 from ..model.weights import Weights
+from ..plan.geometry import default_validation_size, trunk_geometry
+from ..plan.options import Options
+from ..plan.plan import HeadPlan, Plan
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,14 @@ from typing import Dict, Optional
 
 import onnx_graphsurgeon as gs
 
-from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, input_layout, is_transpose, to_channels_first, to_channels_last
+from ..model.layout import (
+    CHANNELS_FIRST,
+    CHANNELS_LAST,
+    input_layout,
+    is_transpose,
+    to_channels_first,
+    to_channels_last,
+)
 from ..model.registry import LAST_AXIS, LOCAL, PAD, WINDOW
 from .trunk_kinds import trunk_kind
 

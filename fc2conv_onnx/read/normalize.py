@@ -18,8 +18,8 @@ import onnx_graphsurgeon as gs
 from ..errors import first_line
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
-from .pool_views import channels_first_views_before_pools
 from ..model.registry import fact, in_default_domain, is_op
+from .pool_views import channels_first_views_before_pools
 from .reference import evaluate as evaluate_nodes
 from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 

@@ -18,7 +18,6 @@ from ..errors import first_line
 from ..model.registry import fact, in_default_domain
 from .reference import evaluator
 
-
 #: Batch sizes a computed shape is evaluated at, to tell entries that follow the batch from constants (two, so
 #: that a batch baked in as a literal cannot pass for one that follows it).
 PROBE_BATCHES = (2, 3)

@@ -14,8 +14,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..model.layout import MAP, is_transpose, to_channels_first, to_channels_last
-from ..model.registry import (CHANNEL_SLICE, GLOBAL, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, REGROUP, OpEntry, attach,
-                              entry, is_op)
+from ..model.registry import (
+    CHANNEL_SLICE,
+    GLOBAL,
+    JOIN,
+    LAST_AXIS,
+    LOCAL,
+    MOVE_CHANNELS,
+    REGROUP,
+    OpEntry,
+    attach,
+    entry,
+    is_op,
+)
 from .constants import axes_of
 
 

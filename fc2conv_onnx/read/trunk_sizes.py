@@ -26,11 +26,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError, first_line
-from ..model.walks import trunk_nodes
-from ..model.layout import spatial_axes
 from ..model.graphs import cut, infer_shapes, skeleton
+from ..model.layout import spatial_axes
 from ..model.registry import fact, is_op
 from ..model.runtime import observed_shapes
+from ..model.walks import trunk_nodes
 from ..model.weights import Weights
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ def _follow_reshape(graph: gs.Graph, node: gs.Node, follows: Sequence[bool]) -> 
     applies; a note on what was done, or None."""
     data, result = node.inputs[0], node.outputs[0]
     before, after = data.shape, result.shape
-    if not is_op(node, "Reshape") or len(node.inputs) < 2 or before is None or after is None or len(follows) != len(before):
+    if not is_op(node, "Reshape") or len(node.inputs) < 2 or before is None or after is None \
+            or len(follows) != len(before):
         return None  # (before opset 5, a Reshape's shape was an attribute)
     k = _kept_suffix(before, after, follows)
     if k is None:

@@ -20,14 +20,27 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import onnx_graphsurgeon as gs
 
 from ..errors import InputError
-from ..plan.geometry import window_layer
 from ..model.geometry import Geometry, HeadGeometry
-from ..model.walks import trunk_nodes
-from ..model.registry import CHANNEL_SLICE, JOIN, LAST_AXIS, LOCAL, MOVE_CHANNELS, PAD, REGROUP, SHAPE_OF, WINDOW
-from ..read.trunk_kinds import has_parameters, trunk_kind
-from ..plan.plan import Densify, LayerChange, Plan, window_op
+from ..model.registry import (
+    CHANNEL_SLICE,
+    JOIN,
+    LAST_AXIS,
+    LOCAL,
+    MOVE_CHANNELS,
+    PAD,
+    REGISTRY,
+    REGROUP,
+    SHAPE_OF,
+    WINDOW,
+    fact,
+    is_op,
+)
 from ..model.sizes import parse_stride_values
-from ..model.registry import REGISTRY, fact, is_op
+from ..model.walks import trunk_nodes
+from ..plan.geometry import window_layer
+from ..plan.plan import Densify, LayerChange, Plan, window_op
+from ..read.trunk_kinds import has_parameters, trunk_kind
+
 
 def parse_stride(value: Union[int, str, Sequence[int]], rank: int) -> Tuple[int, ...]:
     """16, "16" or "16x8" (one number: every axis) -> a stride per spatial axis."""

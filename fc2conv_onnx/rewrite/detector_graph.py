@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..model.detections import AUTO, SIGMOID, SOFTMAX, UNION, DetectionSettings, refuse_softmax_of_one
 from ..errors import InputError
+from ..model.detections import AUTO, SIGMOID, SOFTMAX, UNION, DetectionSettings, refuse_softmax_of_one
 from ..model.geometry import Geometry, HeadGeometry
 from ..model.layout import CHANNELS_LAST
 from ..model.scores import score_output

@@ -14,8 +14,21 @@ import onnx_graphsurgeon as gs
 
 from ..model.graph_names import free_name
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
-from ..plan.plan import (AXIS_LAST, KEEP, MAP_LAST, PERMUTED, REMOVE, TO_CHANNELS_FIRST, Flattening, GlobalPool, HeadPlan,
-                   LinearLayer, PassThrough, Plan, Quantized)
+from ..plan.plan import (
+    AXIS_LAST,
+    KEEP,
+    MAP_LAST,
+    PERMUTED,
+    REMOVE,
+    TO_CHANNELS_FIRST,
+    Flattening,
+    GlobalPool,
+    HeadPlan,
+    LinearLayer,
+    PassThrough,
+    Plan,
+    Quantized,
+)
 
 
 def first_layer_kernel(weight: np.ndarray, flattening: Flattening) -> np.ndarray:

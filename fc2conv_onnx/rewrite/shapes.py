@@ -9,13 +9,12 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError, ValidationError, first_line
 from ..model.geometry import HeadGeometry
+from ..model.graphs import BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, infer_shapes, spatial_names
+from ..model.layout import CHANNELS_LAST
 from ..model.marker import CONVERTED_KEY, marker_json
 from ..model.scores import made_by_score_op
-from ..model.layout import CHANNELS_LAST
-from ..plan.plan import Plan
-from ..model.graphs import (BATCH_NAME, clear_inferred_shapes, export_like, free_input_dims, infer_shapes,
-                            spatial_names)
 from ..model.weights import Weights, check_model
+from ..plan.plan import Plan
 from ..read.trunk_sizes import observed_at_two_sizes
 
 
