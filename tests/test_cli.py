@@ -210,17 +210,17 @@ def test_validate_size_flag(fixture_path, tmp_path, capsys):
 
 
 def test_progress_bar_draws_on_long_runs_only(capsys, monkeypatch):
-    from fc2conv_onnx import cli as cli_module
+    from fc2conv_onnx.commands import running
 
-    quick = cli_module._ProgressBar()
+    quick = running.ProgressBar()
     quick(1, 2), quick(2, 2)
     assert capsys.readouterr().err == ""  # done within the delay: nothing drawn
-    monkeypatch.setattr(cli_module._ProgressBar, "DELAY", 0.0)
-    slow = cli_module._ProgressBar()
+    monkeypatch.setattr(running.ProgressBar, "DELAY", 0.0)
+    slow = running.ProgressBar()
     slow(1, 4), slow(4, 4)
     err = capsys.readouterr().err
     assert "\r" in err and "1/4" in err and err.endswith("4/4\n")
-    assert cli_module._progress() is None  # stderr is not a terminal under pytest
+    assert running.progress() is None  # stderr is not a terminal under pytest
 
 
 def stream(*args, stdin: bytes = b""):

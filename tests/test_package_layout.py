@@ -20,6 +20,8 @@ def _module_name(path: Path) -> str:
 
 def _layer(module: str) -> str:
     first = module.split(".")[0]
+    if first == "commands":  # the command line's modules, one per command: the top, with cli.py
+        return "top"
     if "." in module or first in LAYERS[1:-1]:
         return first
     return "base" if first in BASE else "top"

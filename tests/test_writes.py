@@ -115,6 +115,7 @@ def steps_of_a_write(tmp_path, old, new) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.processes
 def test_a_kill_before_any_step_of_a_write_leaves_one_whole_pair(two_models, tmp_path):
     old, new, expected = two_models
     total = steps_of_a_write(tmp_path, old, new)
@@ -145,6 +146,7 @@ def test_a_kill_before_any_step_of_a_write_leaves_one_whole_pair(two_models, tmp
     assert len(unreferenced_left) <= 1, unreferenced_left
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_at_any_step_removes_temporaries_and_keeps_one_whole_pair(two_models, tmp_path, number):
     old, new, expected = two_models
@@ -163,6 +165,7 @@ def test_a_signal_at_any_step_removes_temporaries_and_keeps_one_whole_pair(two_m
             assert left == sorted(before + [_data_of(out).name])
 
 
+@pytest.mark.processes
 def test_concurrent_conversions_to_one_output_end_with_one_whole_pair(two_models, tmp_path):
     old, new, expected = two_models
     out = previous_pair(tmp_path / "race", old)
@@ -220,6 +223,7 @@ print(len(seen))
 """
 
 
+@pytest.mark.processes
 def test_readers_racing_with_conversions_never_see_a_name_change_its_bytes(two_models, tmp_path):
     """Real processes: a reader loading OUT and then its data file, while conversions of two models replace
     OUT; every data-file name it meets keeps the bytes it first had (on the earlier protocol the freed

@@ -1,0 +1,164 @@
+"""detect: boxes from a converted model on pictures, at one scale or a pyramid; records and drawings.
+
+The command's flags, help, exit codes and handler, in one place (see `commands/__init__.py`)."""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from typing import List, Optional
+
+from ..apps.pictures import picture_files
+from ..errors import InputError, UsageError, printable
+from ..model import guard, writes
+from . import flags, running
+from .flags import INTERNAL, KEPT_WHOLE, STREAM, USAGE
+
+NAME = "detect"
+SUMMARY = "find objects in pictures with a converted classifier"
+DESCRIPTION = ("Run the converted MODEL on each IMAGE, as it is or at each scale of an image pyramid (one session "
+               "for all), "
+               "turn every cell scoring above --threshold into its input window's box in the picture's pixels "
+               "(the stride, window and offset stored in MODEL, and the scale), optionally moved by a "
+               "--regression output, clip it to the picture, and suppress overlapping boxes per class across "
+               "scales (--iou). Writes the detections, best first, to OUT: JSON (a list of {image, box: [x1, y1, "
+               "x2, y2], score, class, scale, cell}) or, for a .csv name, CSV. Needs Pillow: pip install "
+               "'fc2conv-onnx[heatmap]'. The image is the model's input as it is: pixels / --pixel-scale, minus "
+               "--mean, over --std, in --channels order.")
+#: Reads a model with onnx and graphsurgeon (the others run a converted one in onnxruntime alone).
+CONVERTER = False
+#: Exit code -> what it means for this command (its --help lists them; the README's table says the same).
+EXITS = {
+    "0": "the detections were written (there may be none)",
+    "1": INTERNAL,
+    "2": USAGE,
+    "3": "bad input: MODEL not converted by fc2conv-onnx or without geometry, an\n"
+         "     unreadable IMAGE or one smaller than the window at a scale asked for, a\n"
+         "     --class or --regression the model does not have, or an unusable OUT",
+    "6": "out of memory or disk space, nothing written",
+    "7": "-o -: standard output closed before the detections were all written",
+    "130, 143": KEPT_WHOLE,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
+    parser.add_argument("images", metavar="IMAGE", nargs="+",
+                        help="the pictures (PNG, JPEG, ...): files, folders (the pictures in them, not in their "
+                             "subfolders) or quoted patterns ('frames/*.jpg'); one session runs them all")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True,
+                        help="where to write the detections: .csv for CSV, else JSON; - for JSON on standard output "
+                             "(the summary then goes to stderr)")
+    parser.add_argument("--draw", metavar="PNG|DIR",
+                        help="also draw the boxes, with class and score, over the picture: a PNG for one IMAGE, or a "
+                             "folder (made if missing; for one IMAGE, an existing folder or a name ending in /) that "
+                             "gets IMAGE's name with .png for each; never a file the command reads")
+    pyramid = parser.add_argument_group("scales (default: the picture as it is, scale 1)")
+    pyramid.add_argument("--scales", type=flags.floats, metavar="S1,S2,...",
+                         help="the scales to run at, e.g. 1,0.5,0.25 (each picture resized by each factor)")
+    pyramid.add_argument("--min-size", type=flags.number, metavar="PX",
+                         help="the smallest objects to find, in pixels on the window's long side: the largest scale is "
+                              "window / PX (default: the window, scale 1)")
+    pyramid.add_argument("--max-size", type=flags.number, metavar="PX",
+                         help="the largest objects to find (default: the whole picture): the scales go down to window "
+                              "/ PX, while the picture still holds a window (and is a size the model takes)")
+    pyramid.add_argument("--scale-step", type=flags.number, metavar="F",
+                         help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
+    flags.detection_flags(parser, "")
+    flags.picture_flags(parser)
+    flags.talk_flags(parser, json=False)
+    parser.set_defaults(json=False)
+
+
+def run(args: argparse.Namespace):
+    running.no_stdin_for_pictures(args, args.images)
+    sizes = {"--min-size": args.min_size, "--max-size": args.max_size, "--scale-step": args.scale_step}
+    if args.scales is not None and any(v is not None for v in sizes.values()):
+        raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
+    running.check_scales(args.scales)
+    if args.output == STREAM:
+        running.check_stdout("the detections", binary=False)
+    if args.draw == "":
+        raise UsageError("--draw needs a PNG or a folder, not an empty name")
+    images = picture_files(args.images)  # folders and patterns: the pictures in them
+    several = images != args.images[:1]  # more than one picture, or a folder or pattern of any
+    into_folder = bool(args.draw) and (several or os.path.isdir(args.draw) or args.draw.endswith(("/", os.sep)))
+    if into_folder and os.path.exists(args.draw) and not os.path.isdir(args.draw):
+        raise UsageError(f"--draw {printable(args.draw)}: with several pictures it is a folder, and this is a file")
+    settings = running.detection_settings(args)
+    drawings = _drawings(images, args.draw, into_folder)
+    outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
+        [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
+    guard.check_outputs(outputs, guard.pictures_read(args.model, images),
+                        folder_to_make=args.draw if into_folder else None)
+    from ..apps.detecting import detect
+
+    found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
+                   max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
+                   progress=running.progress("runs"))
+    made = _make_folders(args.draw) if into_folder else []
+    try:
+        with writes.together() as group:  # the records and the drawings appear together, or none of them
+            if args.output != STREAM:
+                group.add(found.text(args.output).encode(), args.output)
+                found.written = str(args.output)
+            for image, drawing in drawings:
+                group.add(found.drawing(image), drawing)
+                found.drawn += (str(drawing),)
+    except BaseException:
+        for folder in reversed(made):  # innermost first: a run leaves no folder it made
+            _remove_if_empty(folder)
+        raise
+    if args.output == STREAM:
+        writes.write_stream(found.text().encode(), running.stdout())
+        found.written = "standard output"
+    return found
+
+
+def _drawings(images: List[str], draw: Optional[str], into_folder: bool) -> List[tuple]:
+    """(picture, PNG to draw it in) for --draw: the PNG for one picture, else (or when it names a folder) one
+    per picture in the folder, named after the picture."""
+    if not draw:
+        return []
+    if not into_folder:
+        return [(images[0], draw)]
+    names = [os.path.splitext(os.path.basename(image))[0] + ".png" for image in images]
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    if twice:
+        raise UsageError(f"--draw {printable(draw)}: two pictures would be drawn as {printable(twice[0])}; give "
+                         "them distinct names")
+    return [(image, os.path.join(draw, name)) for image, name in zip(images, names)]
+
+
+def _make_folders(draw: str) -> List[str]:
+    """The --draw folder and any missing folders above it, made once every check has passed (a refused run
+    leaves none); returns those this run made, outermost first, so that a run that fails after can remove
+    them."""
+    missing = []
+    folder = os.path.normpath(draw)
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    made: List[str] = []
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            for done in reversed(made):
+                _remove_if_empty(done)
+            raise InputError(f"--draw {printable(draw)}: cannot make the folder '{printable(folder)}' "
+                             f"({error.strerror})") from None
+        made.append(folder)
+    return made
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty: another program put something there meanwhile
+        pass
