@@ -17,17 +17,18 @@ from .apps.heatmaps import Heatmap, heatmap  # noqa: F401 (re-exported)
 from .errors import InputError, NothingToConvertError, ValidationError, first_line, printable
 from .model import graphs, guard, io, marker, runtime, work, writes
 from .model.detections import Detection, DetectionSettings  # noqa: F401 (re-exported)
-from .model.geometry import Box, Geometry, HeadGeometry, Unknown
+from .model.geometry import Box, Geometry, HeadGeometry
 from .model.layout import spatial_dims
 from .model.scores import made_by_score_op
 from .model.weights import Weights, check_model
+from .plan import refusals, stride
 from .plan.geometry import default_validation_size, plan_geometry
 from .plan.heads import find_heads
 from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
-from .plan.plan import KEEP_POOL, NO_POOL, Plan
+from .plan.plan import KEEP_POOL, Plan
 from .prove import detector_check, marker_check
 from .prove import validate as validation
-from .read import trunk_sizes
+from .read import training_size, trunk_sizes
 from .read.normalize import normalize
 from .report import Report
 from .rewrite import atrous, detector_graph, shapes
@@ -73,25 +74,25 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
                                     f"'{marker.CONVERTED_KEY}'); nothing to do")
     probe: Tuple[int, ...] = ()
     if options.training_size is not None:
-        model = shapes.with_training_size(model, options.training_size)
+        model = training_size.with_training_size(model, options.training_size)
         io.check_input_sizes(model, "at --input-size")
-    elif options.pooling == KEEP_POOL and shapes.has_dynamic_image_input(model):
+    elif options.pooling == KEEP_POOL and training_size.has_dynamic_image_input(model):
         # A kept global pool needs no training size: read and validate at a common one (heads that do need
         # it are refused below).
-        probe = (PROBE_SIZE,)
-        model = shapes.with_training_size(model, probe)
+        probe = (refusals.PROBE_SIZE,)
+        model = training_size.with_training_size(model, probe)
     try:
         inferred = graphs.infer_shapes(model, data_prop=True)
     except Exception as error:
         raise InputError(f"shape inference fails on the model: {first_line(error)}") from None
-    hidden = shapes.unfollowed_shapes(inferred)
+    hidden = training_size.unfollowed_shapes(inferred)
     if hidden:  # sizes behind shape arithmetic: run the model once at its training size and read them
-        inferred = shapes.with_observed_shapes(inferred, runtime.observed_shapes(inferred, hidden, weights))
+        inferred = training_size.with_observed_shapes(inferred, runtime.observed_shapes(inferred, hidden, weights))
     graph = graphs.import_graph(inferred)
     weights.attach(graph, inferred)
     notes = normalize(graph)
     plan = find_heads(graph, options)
-    _require_training_size(graph, plan, probe)
+    refusals.require_training_size(graph, plan, probe)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, inferred, weights, [h.source for h in plan.heads],
@@ -101,78 +102,28 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
         spatial_dims(graph.tensors()[image].shape, plan.input_layout(image))) if probe and image else ())
     reference = inferred
     if notes:  # the trunk as rewritten; its tensors have the types and training-size shapes they had
-        reference = shapes.with_known_value_info(
+        reference = training_size.with_known_value_info(
             graphs.infer_shapes(graphs.skeleton(graph, inferred, weights), data_prop=True), inferred)
     geometry = plan_geometry(graph, plan)
-    _refuse_dropped_modes(plan, geometry, options)
+    try:
+        refusals.refuse_dropped_modes(plan, geometry, options)
+    except NothingToConvertError as error:
+        error.report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
+        raise
     if options.stride is not None and plan.heads:
         # The trunk's strides are lowered here, before the head's rewrite, so that the geometry is that of
         # the trunk as converted (and inspect shows it).
-        plan = replace(plan, densify=atrous.plan_densify(graph, plan, geometry, options.stride))
+        plan = replace(plan, densify=stride.plan_densify(graph, plan, geometry, options.stride))
         atrous.apply(graph, plan.densify)
         geometry = plan_geometry(graph, plan)
     return _Planned(loaded, inferred, graph, plan, geometry, reference)
 
 
-def _require_training_size(graph: gs.Graph, plan: Plan, probe: Tuple[int, ...]) -> None:
-    """Heads are read, and proven, at the training size: an image input with dynamic spatial dims needs it
-    given (the batch may stay symbolic), unless every head keeps its global pool (read at `probe`)."""
-    tensors = graph.tensors()
-    probed = bool(probe) and (not plan.heads or any(h.pool is None for h in plan.heads))
-    for name in plan.trunk_inputs or [t.name for t in graph.inputs]:
-        shape = tensors[name].shape or []
-        spatial = spatial_dims(shape, plan.input_layout(name)) if len(shape) >= 3 else ()
-        if probed or not all(isinstance(d, int) for d in spatial):
-            shown = "" if probed else f" {list(shape)}"
-            raise InputError(f"input '{name}' has dynamic spatial dims{shown}; give the model's training size "
-                             "with --input-size (API: input_size=), e.g. --input-size 224")
-
-
-#: The size a dynamic-size model whose heads all keep their global pools is read and validated at.
-PROBE_SIZE = 224
-
-
-def _refuse_dropped_modes(plan: Plan, geometry: Sequence[HeadGeometry], options: Options) -> None:
-    """A pooling mode must reach every head it is asked for: never one prediction per image when a map was
-    asked for (a global pool in the trunk the grammar cannot read past), and never a window-sized map when
-    one cell per feature location was asked for (a flattening head has no pool to remove)."""
-    if options.pooling == KEEP_POOL:
-        return
-    for head, where in zip(plan.heads, geometry):
-        pooled_by = head.pooled_by or (where.pooled_by if isinstance(where, Unknown) else "")
-        if options.pooling == NO_POOL and head.pool is None and not pooled_by:
-            size = "x".join(map(str, head.spatial_shape))
-            raise NothingToConvertError(
-                f"--pooling none cannot apply to the head -> {', '.join(head.outputs)}: it has no global pool to "
-                f"remove (its first layer reads the whole {size} feature map, so its map has one cell per {size} "
-                "window already); use --pooling keep or window; nothing was written",
-                report=Report(plan=plan, geometry=tuple(geometry), dry_run=True))
-        if head.pool is None and pooled_by:
-            report = Report(plan=plan, geometry=tuple(geometry), dry_run=True)
-            why = plan.pool_declines.get(pooled_by, "the ops between are not ones the head grammar reads per location")
-            raise NothingToConvertError(
-                f"--pooling {options.pooling} cannot apply to the head -> {', '.join(head.outputs)}: its feature map "
-                f"'{head.source}' is already pooled to one location by '{pooled_by}' ({why}); use --pooling "
-                "keep for one prediction per image; nothing was written", report=report)
-
-
 def nothing_to_convert(plan: Plan, label: Optional[str]) -> NothingToConvertError:
-    """The error for a plan with no head, naming the reason of the linear layer nearest the outputs (the
-    report holds them all)."""
-    report = Report(plan=plan, source=label, dry_run=True)
-    if plan.skipped:
-        last = plan.skipped[-1]  # the one nearest the outputs: the classifier, not a layer inside the trunk
-        more = f" (and {len(plan.skipped) - 1} more; see `fc2conv-onnx inspect`)" if len(plan.skipped) > 1 else ""
-        return NothingToConvertError(f"no fully connected head can be converted: {last.describe()}{more}",
-                                     report=report)
-    if plan.output_pools:
-        return NothingToConvertError(
-            f"no fully connected head found: {plan.output_pools[0]} pools the last feature map into the outputs "
-            "with no layer after it, so --pooling keep has nothing to rewrite (the pool already gives one prediction "
-            "per image); --pooling window (one prediction per window) or none (one per feature-map cell) makes the "
-            "output a map", report=report)
-    return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
-                                 "feature map, and no linear layer or 1x1 Conv after a global pool)", report=report)
+    """The error for a plan with no head (`refusals.nothing_to_convert`), carrying the dry-run report."""
+    error = refusals.nothing_to_convert(plan)
+    error.report = Report(plan=plan, source=label, dry_run=True)
+    return error
 
 
 def inspect(model: io.ModelSource, options: Optional[Options] = None, **overrides) -> Report:
