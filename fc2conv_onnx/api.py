@@ -22,7 +22,7 @@ from .model.layout import spatial_dims
 from .model.scores import made_by_score_op
 from .model.weights import Weights, check_model
 from .plan import refusals, stride
-from .plan.geometry import default_validation_size, plan_geometry
+from .plan.geometry_walk import default_validation_size, plan_geometry
 from .plan.heads import find_heads
 from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
 from .plan.plan import KEEP_POOL, Plan

@@ -58,6 +58,3 @@ def reshape_flattens(node: gs.Node, features: int, described: str, opset: int) -
                                f"at batch {size}: not a flattening of {flattened}")
         note = f"shape computed by {computation}, evaluated at the training size: [N, {features}]"
     return note
-
-
-#: Global poolings and their kind.

@@ -184,10 +184,11 @@ attach("flattening", "Reshape", value=match_reshape)
 
 # --------------------------------------------------------------------------------------- head search
 
-class _Decline(Exception):
-    """Internal: a head cannot be converted, for `reason`. `joins_trunk`: the walk met an op that combines
-    the head with a computed tensor from outside it (a squeeze-and-excitation gate): the pool is part of
-    the trunk, not the start of a head. `pool_only`: a kept pool that feeds outputs with no layer after it."""
+class _NotAHead(Exception):
+    """Raised inside the head search (`Decline` is the value a matcher returns): a head cannot be converted, for
+    `reason`. `joins_trunk`: the walk met an op that combines the head with a computed tensor from outside it
+    (a squeeze-and-excitation gate): the pool is part of the trunk, not the start of a head. `pool_only`: a
+    kept pool that feeds outputs with no layer after it."""
 
     def __init__(self, reason: str, joins_trunk: bool = False, pool_only: bool = False) -> None:
         super().__init__(reason)
@@ -222,22 +223,22 @@ def _first_layer(node: gs.Node, opset: int,
     flat, prelude = _elementwise_chain(data, opset, graph_outputs)
     source = producer(flat)
     if source is None:
-        raise _Decline(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
+        raise _NotAHead(f"input '{data.name}' is not a flattened spatial tensor (it is a graph input or a constant)")
     matcher = fact(source, "flattening")
     flattening = matcher(source, opset) if matcher is not None else None
     if flattening is None and fact(source, "global_pool"):
         axes = sorted(axes_of(source) or ())
-        raise _Decline(f"input '{data.name}' comes from {source.op} '{source.name}' over axes {axes}, which is not a "
+        raise _NotAHead(f"input '{data.name}' comes from {source.op} '{source.name}' over axes {axes}, which is not a "
                        "global pool of a feature map: not the spatial axes of a channels-first map, nor of a "
                        "channels-last one whose layout could be followed from the image input")
     if flattening is None:
-        raise _Decline(f"input '{data.name}' is not a flattened spatial tensor "
+        raise _NotAHead(f"input '{data.name}' is not a flattened spatial tensor "
                        f"(it comes from {source.op} '{source.name}')")
     if isinstance(flattening, Decline):
-        raise _Decline(flattening.reason)
+        raise _NotAHead(flattening.reason)
     first = match_linear(node, data, flattening.features, graph_outputs)
     if not isinstance(first, LinearLayer):
-        raise _Decline(first.reason if first else f"{node.op} '{node.name}' is not a linear layer")
+        raise _NotAHead(first.reason if first else f"{node.op} '{node.name}' is not a linear layer")
     return flattening, flattening.prelude + prelude, first
 
 
@@ -262,10 +263,10 @@ def _follow(graph: gs.Graph, starts: Mapping[str, Tuple[int, str]], members: Set
         step: Union[Step, Decline, None] = found.head(node, index, context) if found and found.head else None
         joins = any(t.name and t.name not in features and not isinstance(t, gs.Constant) for t in node.inputs)
         if step is None:
-            raise _Decline(f"'{name}' feeds {node.op} '{node.name}', which has no per-location form; the head would "
+            raise _NotAHead(f"'{name}' feeds {node.op} '{node.name}', which has no per-location form; the head would "
                            "change shape there", joins)
         if isinstance(step, Decline):
-            raise _Decline(step.reason, joins)
+            raise _NotAHead(step.reason, joins)
         steps.append(step)
         if isinstance(step, LinearLayer):
             features[step.output], forms[step.output] = step.features, FLAT
@@ -278,10 +279,10 @@ def _follow(graph: gs.Graph, starts: Mapping[str, Tuple[int, str]], members: Set
 
 def _pooled_head(graph: gs.Graph, pool: GlobalPool, base: HeadContext) -> Tuple[Tuple[int, ...], Tuple[Step, ...],
                                                                               Dict[str, str]]:
-    """(source shape, steps, forms) of the head that starts at a global pool; _Decline if there is none."""
+    """(source shape, steps, forms) of the head that starts at a global pool; _NotAHead if there is none."""
     shape = spatial_source_shape(graph.tensors()[pool.source])
     if isinstance(shape, Decline):
-        raise _Decline(shape.reason)
+        raise _NotAHead(shape.reason)
     context = replace(base, spatial_rank=len(shape) - 1)
     steps, forms = _follow(graph, {pool.output: (shape[0], pool.form)}, {pool.node}, context)
     if pool.mode.name == KEEP_POOL and \
@@ -290,7 +291,7 @@ def _pooled_head(graph: gs.Graph, pool: GlobalPool, base: HeadContext) -> Tuple[
         # extractor) has nothing to keep: the model takes any size already. It is a head only when a map is
         # asked for (--pooling window or none); like a pool inside the trunk, it is left alone without a
         # reason for later layers to inherit.
-        raise _Decline(f"no linear layer or 1x1 Conv follows {pool.op} '{pool.node}'", joins_trunk=True,
+        raise _NotAHead(f"no linear layer or 1x1 Conv follows {pool.op} '{pool.node}'", joins_trunk=True,
                        pool_only=True)
     return shape, steps, forms
 
@@ -387,7 +388,7 @@ class _Search:
             return
         try:
             shape, steps, forms = _pooled_head(self.graph, pool, self.base)
-        except _Decline as declined:
+        except _NotAHead as declined:
             if declined.pool_only:
                 self.output_pools.append(f"{node.op} '{node.name}'")
             if not declined.joins_trunk:
@@ -408,14 +409,14 @@ class _Search:
         first = None
         try:
             if node.inputs[0].name in self.attended:
-                raise _Decline(f"the model has no convolutional trunk: its input reaches '{node.name}' through "
+                raise _NotAHead(f"the model has no convolutional trunk: its input reaches '{node.name}' through "
                                f"attention ({self.attended[node.inputs[0].name]} multiplies two computed tensors), so "
                                "there is no feature map to slide the head over; only CNN classifiers convert")
             flattening, prelude, first = _first_layer(node, self.base.opset, self.graph_outputs)
             context = replace(self.base, features=first.features, spatial_rank=len(flattening.spatial_shape))
             members = set(first.nodes)
             steps, forms = _follow(self.graph, {first.output: (first.features, FLAT)}, members, context)
-        except _Decline as declined:
+        except _NotAHead as declined:
             self.skipped.append(Skipped(node.name, node.op, self.after_declined_pool.get(node.name, declined.reason)))
             if first is not None:
                 self.decline(self.graph.tensors()[first.output], f"'{node.name}'", declined.reason)

@@ -39,7 +39,7 @@ from ..model.registry import (
 from ..model.sizes import parse_stride_values
 from ..model.walks import trunk_nodes
 from ..read.trunk_kinds import has_parameters, trunk_kind
-from .geometry import window_layer
+from .geometry_walk import window_layer
 from .plan import Densify, LayerChange, Plan, window_op
 
 

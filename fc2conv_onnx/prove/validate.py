@@ -30,7 +30,7 @@ from ..model.registry import is_op
 from ..model.runtime import Session, failure, open_session, random_feeds, run_once, training_shapes
 from ..model.skeleton import nbytes_per_element
 from ..model.weights import Weights
-from ..plan.geometry import default_validation_size, trunk_geometry
+from ..plan.geometry_walk import default_validation_size, trunk_geometry
 from ..plan.options import Options
 from ..plan.plan import HeadPlan, Plan
 

@@ -3,7 +3,7 @@ walked from every Conv, pool and Pad between the input and the head, on every br
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -180,6 +180,77 @@ def _keeps_spatial_axes(node: gs.Node, rank: int) -> bool:
         int(np.prod(before[:-rank])) == int(np.prod(after[:-rank]))
 
 
+#: What a span becomes through one op of each trunk kind: step(node, its inputs' spans, every span so far, rank).
+SpanStep = Callable[[gs.Node, List[_Span], Dict[str, _Span], int], _Span]
+
+
+def _window_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    if node.inputs[0].name not in spans:
+        raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
+    if spans[node.inputs[0].name].channels_last:
+        raise _NotLocal(f"{node.op} '{node.name}' reads a map whose channels a Transpose moved last")
+    return _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
+
+
+def _pad_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    span = spans[node.inputs[0].name]
+    return _through_layer(span, _pad_layer(node, rank, span.channels_last))
+
+
+def _join_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    return _merge(inputs, node)
+
+
+def _local_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    others = [t for t in node.inputs if t.name not in spans and t.name]
+    span = _merge(inputs, node)
+    if not has_parameters(node) and not all(_constant_is_per_location(t, rank, span.channels_last) for t in others):
+        raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies over the spatial "
+                        "axes")
+    return span
+
+
+def _move_channels_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    return replace(inputs[0], channels_last=node.attrs["perm"][-1] == 1)
+
+
+def _regroup_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    if node.inputs[0].name not in spans:
+        raise _NotLocal(f"{node.op} '{node.name}' reads the image through its shape input")
+    span = spans[node.inputs[0].name]
+    if span.channels_last or not _keeps_spatial_axes(node, rank):
+        raise _NotLocal(f"{node.op} '{node.name}' on the path to the head moves or reshapes the spatial axes")
+    return span
+
+
+def _channel_slice_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    if node.inputs[0].name not in spans:
+        raise _NotLocal(f"{node.op} '{node.name}' reads the image through its bounds")
+    span = spans[node.inputs[0].name]
+    channels = len(node.inputs[0].shape) - 1 if span.channels_last else 1
+    if sliced_axes(node) != {channels}:
+        raise _NotLocal(f"{node.op} '{node.name}' on the path to the head cuts a spatial axis")
+    return span
+
+
+def _last_axis_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    span = _merge(inputs, node)
+    if not span.channels_last:
+        raise _NotLocal(f"{node.op} '{node.name}' acts along the last axis of a channels-first map, which is a "
+                        "spatial axis")
+    return span
+
+
+def _global_span(node: gs.Node, inputs: List[_Span], spans: Dict[str, _Span], rank: int) -> _Span:
+    span = replace(_merge(inputs, node), collapsed=True)
+    return span if span.global_op else replace(span, global_op=f"{node.op} '{node.name}'", global_node=node.name)
+
+
+_SPAN_BY_KIND: Dict[str, SpanStep] = {
+    WINDOW: _window_span, PAD: _pad_span, JOIN: _join_span, LOCAL: _local_span, MOVE_CHANNELS: _move_channels_span,
+    REGROUP: _regroup_span, CHANNEL_SLICE: _channel_slice_span, LAST_AXIS: _last_axis_span, GLOBAL: _global_span}
+
+
 def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, size: Tuple[int, ...]) -> _Span:
     """The span of `source` over the image, walking from the tensors in `starts` (the image input, or
     what a channels-last input is transposed to), for an input of spatial size `size`: raises _SizesDisagree
@@ -201,51 +272,11 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
             for out in node.outputs:
                 spans[out.name] = inputs[0]
             continue
-        if kind == WINDOW:
-            if node.inputs[0].name not in spans:
-                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its weights")
-            if spans[node.inputs[0].name].channels_last:
-                raise _NotLocal(f"{node.op} '{node.name}' reads a map whose channels a Transpose moved last")
-            span = _through_layer(spans[node.inputs[0].name], window_layer(node, rank))
-        elif kind == PAD:
-            span = spans[node.inputs[0].name]
-            span = _through_layer(span, _pad_layer(node, rank, span.channels_last))
-        elif kind == JOIN:
-            span = _merge(inputs, node)
-        elif kind == LOCAL:
-            others = [t for t in node.inputs if t.name not in spans and t.name]
-            span = _merge(inputs, node)
-            if not has_parameters(node) and not all(_constant_is_per_location(t, rank, span.channels_last)
-                                                      for t in others):
-                raise _NotLocal(f"{node.op} '{node.name}' combines the features with a tensor that varies "
-                                "over the spatial axes")
-        elif kind == MOVE_CHANNELS:
-            span = replace(inputs[0], channels_last=node.attrs["perm"][-1] == 1)
-        elif kind == REGROUP:
-            if node.inputs[0].name not in spans:
-                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its shape input")
-            span = spans[node.inputs[0].name]
-            if span.channels_last or not _keeps_spatial_axes(node, rank):
-                raise _NotLocal(f"{node.op} '{node.name}' on the path to the head moves or reshapes the spatial axes")
-        elif kind == CHANNEL_SLICE:
-            if node.inputs[0].name not in spans:
-                raise _NotLocal(f"{node.op} '{node.name}' reads the image through its bounds")
-            span = spans[node.inputs[0].name]
-            channels = len(node.inputs[0].shape) - 1 if span.channels_last else 1
-            if sliced_axes(node) != {channels}:
-                raise _NotLocal(f"{node.op} '{node.name}' on the path to the head cuts a spatial axis")
-        elif kind == LAST_AXIS:
-            span = _merge(inputs, node)
-            if not span.channels_last:
-                raise _NotLocal(f"{node.op} '{node.name}' acts along the last axis of a channels-first map, which "
-                                "is a spatial axis")
-        elif kind == GLOBAL:
-            span = replace(_merge(inputs, node), collapsed=True)
-            if not span.global_op:
-                span = replace(span, global_op=f"{node.op} '{node.name}'", global_node=node.name)
-        else:
+        step = _SPAN_BY_KIND.get(kind) if kind is not None else None
+        if step is None:
             raise _NotLocal(f"{node.op} '{node.name}' on the path to the head is not a convolution, pooling, "
                             "padding or per-location op")
+        span = step(node, inputs, spans, rank)
         for out in node.outputs:
             spans[out.name] = span
         if source in spans:
