@@ -45,6 +45,7 @@ import fc2conv_onnx  # noqa: E402
 from fc2conv_onnx.apps import pictures  # noqa: E402
 from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
 from fc2conv_onnx.apps.maps import open_map_model  # noqa: E402
+from fc2conv_onnx.apps.preprocessing import Preprocessing, model_input  # noqa: E402
 from fc2conv_onnx.model import detections, ort  # noqa: E402
 
 PAUSE = 0.1  # seconds, untimed, before each timed call
@@ -103,8 +104,8 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
     outputs = [name] + ([settings.regression] if settings.regression else [])
     geometry = runner.geometries[name]
     picture = pictures.read_image(case["picture"])
-    prep = pictures.Preprocessing()
-    feeds = [pictures.model_input(picture if s == 1.0 else pictures.resized(picture, s), runner.channels(name),
+    prep = Preprocessing()
+    feeds = [model_input(picture if s == 1.0 else pictures.resized(picture, s), runner.channels(name),
                                   geometry.layout, prep) for s in scales]
 
     # Every method starts from a fresh session, as `detect` does (onnxruntime's first run at each input size
@@ -125,7 +126,7 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
         def loop():
             for s in scales:
                 scaled = picture if s == 1.0 else pictures.resized(picture, s)
-                feed = pictures.model_input(scaled, runner.channels(name), geometry.layout, prep)
+                feed = model_input(scaled, runner.channels(name), geometry.layout, prep)
                 session.run(outputs, {geometry.input: feed})
         return loop
 

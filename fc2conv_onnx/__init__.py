@@ -19,7 +19,7 @@ _HOMES = {
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
                     ".errors"),
     "Options": ".plan.options", "Box": ".model.geometry", "Geometry": ".model.geometry",
-    "Preprocessing": ".apps.pictures", "Report": ".report",
+    "Preprocessing": ".apps.preprocessing", "Report": ".report",
 }
 
 __all__ = ["__version__", *_HOMES]

@@ -69,3 +69,9 @@ def test_a_model_is_taken_in_every_form_an_export_script_holds(fixture_path, tmp
         assert "\n" not in str(raised.value)
     with pytest.raises(fc2conv_onnx.InputError, match="ONNXProgram"):
         fc2conv_onnx.inspect(3.5)
+
+
+def test_every_public_name_resolves():
+    """The package's names load where `__init__` says they live (a module that moves must take its entry along)."""
+    for name in fc2conv_onnx.__all__:
+        assert getattr(fc2conv_onnx, name) is not None, name

@@ -9,7 +9,7 @@ import pytest
 
 import fc2conv_onnx
 from fc2conv_onnx import DetectionSettings, Detector, InputError
-from fc2conv_onnx.apps.pictures import Preprocessing
+from fc2conv_onnx.apps.preprocessing import Preprocessing
 
 from conftest import FIXTURES
 

@@ -11,7 +11,8 @@ from PIL import Image
 from test_cli import ENV, cli
 
 import fc2conv_onnx
-from fc2conv_onnx.apps import pictures
+from fc2conv_onnx.apps import drawing
+from fc2conv_onnx.apps.preprocessing import Preprocessing, model_input
 from fc2conv_onnx.cli import main
 from fc2conv_onnx.model.layout import CHANNELS_LAST
 
@@ -34,7 +35,7 @@ def spot_model(tmp_path_factory):
 
 def hottest_centroid(picture: np.ndarray) -> np.ndarray:
     """Where the map's top colour is, in the picture (drawn fully opaque)."""
-    distance = np.abs(picture[..., :3].astype(int) - pictures.colour(np.array([1.0]))[0].astype(int)).sum(axis=-1)
+    distance = np.abs(picture[..., :3].astype(int) - drawing.colour(np.array([1.0]))[0].astype(int)).sum(axis=-1)
     rows, columns = np.nonzero(distance <= distance.min() + 12)
     return np.array([rows.mean(), columns.mean()])
 
@@ -76,17 +77,17 @@ def test_the_default_output_is_the_one_with_class_scores_and_preprocessing_takes
     fc2conv_onnx.convert_file(FIXTURES / "two_heads.onnx", converted)
     Image.fromarray((np.random.default_rng(2).random((40, 36, 3)) * 255).astype(np.uint8)).save(tmp_path / "n.png")
     drawn = fc2conv_onnx.heatmap(converted, tmp_path / "n.png", tmp_path / "o.png",
-                                 preprocessing=pictures.Preprocessing(mean=127.5 / 255, std=0.5))
+                                 preprocessing=Preprocessing(mean=127.5 / 255, std=0.5))
     assert drawn.model_output == "probabilities"
     assert 0.0 <= drawn.data_range[0] <= drawn.data_range[1] <= 1.0 and drawn.value_range == drawn.data_range
     with pytest.raises(fc2conv_onnx.InputError, match="mean must be a number"):
-        pictures.Preprocessing(mean="grey")
+        Preprocessing(mean="grey")
 
 
-@pytest.mark.parametrize("prep", [pictures.Preprocessing(), pictures.Preprocessing(scale=1.0, mean=127.5, std=128.0),
-                                  pictures.Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-                                  pictures.Preprocessing(mean=(1.0, 2.0, 3.0), std=0.5, channels="bgr"),
-                                  pictures.Preprocessing(mean=0.5, std=0.25, channels="gray")],
+@pytest.mark.parametrize("prep", [Preprocessing(), Preprocessing(scale=1.0, mean=127.5, std=128.0),
+                                  Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+                                  Preprocessing(mean=(1.0, 2.0, 3.0), std=0.5, channels="bgr"),
+                                  Preprocessing(mean=0.5, std=0.25, channels="gray")],
                          ids=["default", "scalars", "imagenet", "bgr", "gray"])
 @pytest.mark.parametrize("layout", ["NCHW", CHANNELS_LAST])
 def test_model_input_is_the_preprocessing_formula_pixel_by_pixel(prep, layout):
@@ -101,11 +102,11 @@ def test_model_input_is_the_preprocessing_formula_pixel_by_pixel(prep, layout):
     expected = (pixels.astype(np.float32) / np.float32(prep.scale) - np.asarray(prep.mean, np.float32)) / \
         np.asarray(prep.std, np.float32)
     expected = expected[None] if layout == CHANNELS_LAST else expected.transpose(2, 0, 1)[None]
-    made = pictures.model_input(image, channels, layout, prep)
+    made = model_input(image, channels, layout, prep)
     assert made.dtype == np.float32 and made.flags.c_contiguous and made.shape == expected.shape
     np.testing.assert_array_equal(made, expected)
     with pytest.raises(fc2conv_onnx.InputError, match="--mean has 2 values; give 1 or 3"):
-        pictures.model_input(image, 3, layout, pictures.Preprocessing(mean=(1.0, 2.0)))
+        model_input(image, 3, layout, Preprocessing(mean=(1.0, 2.0)))
 
 
 def test_the_colour_bar_labels_fit(spot_model, tmp_path):
@@ -117,7 +118,7 @@ def test_the_colour_bar_labels_fit(spot_model, tmp_path):
     width = Image.open(out).size[0]
     label = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength("-4.69e-05")
     panel = 128 * 4
-    assert width - panel >= 3 * pictures.BAR_MARGIN + pictures.BAR_STRIPE + label
+    assert width - panel >= 3 * drawing.BAR_MARGIN + drawing.BAR_STRIPE + label
 
 
 @pytest.mark.parametrize("args, words", [
@@ -157,7 +158,7 @@ def test_the_readme_picture_is_what_the_commands_make(tmp_path):
     made, shipped = np.asarray(Image.open(out)), np.asarray(Image.open(FIXTURES.parent / "docs" / "heatmap.png"))
     assert made.shape[0] == shipped.shape[0]
     scene = Image.open(FIXTURES / "spots.png")
-    width = scene.size[0] * pictures.enlargement(scene)  # drawn 3 times larger: 240 -> 720
+    width = scene.size[0] * drawing.enlargement(scene)  # drawn 3 times larger: 240 -> 720
     np.testing.assert_array_equal(made[16:, :width], shipped[16:, :width])  # the panel below its label
     np.testing.assert_array_equal(made[:, width:width + 20], shipped[:, width:width + 20])  # the colour bar
 

@@ -64,3 +64,24 @@ def test_damaged_or_other_files_read_as_stored(tmp_path):
     bad = data[:33] + (4).to_bytes(4, "big") + b"eXIf" + b"junk" + crc + data[33:]
     (tmp_path / "bad.png").write_bytes(bad)
     assert _png_orientation(tmp_path / "bad.png") is None
+
+
+@pytest.mark.parametrize("channels", [0, 1, 3, 4])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_pixels_given_as_an_array_become_the_same_input_without_pillow(channels, mode):
+    """A frame that is already an array (Ray Data's rows, a video decoder's) is made the model's input in numpy:
+    bit for bit what the same pixels give through Pillow's conversion."""
+    from PIL import Image
+
+    from fc2conv_onnx.apps.pictures import checked_array, in_mode
+    from fc2conv_onnx.apps.preprocessing import Preprocessing, model_input
+
+    rng = np.random.default_rng(channels)
+    shape = (37, 53) if channels == 0 else (37, 53, channels)
+    pixels = checked_array(rng.integers(0, 256, shape, dtype=np.uint8), "'frame'")
+    assert np.array_equal(in_mode(pixels, mode), np.asarray(Image.fromarray(pixels).convert(mode)))
+    prep = Preprocessing(mean=(0.5,), std=(0.25,), channels="bgr" if mode == "RGB" else "gray")
+    width = 3 if mode == "RGB" else 1
+    for layout in ("channels_first", "channels_last"):
+        assert np.array_equal(model_input(pixels, width, layout, prep),
+                              model_input(Image.fromarray(pixels), width, layout, prep))

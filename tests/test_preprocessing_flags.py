@@ -7,7 +7,7 @@ import pytest
 from test_cli import cli
 
 import fc2conv_onnx
-from fc2conv_onnx.apps.pictures import Preprocessing
+from fc2conv_onnx.apps.preprocessing import Preprocessing
 
 from conftest import FIXTURES
 

@@ -13,8 +13,9 @@ from ..errors import InputError, printable
 from ..model import arguments, guard, writes
 from ..model.detections import AUTO, UNION, Detection, DetectionSettings, best_first
 from ..model.geometry import Geometry
-from . import pictures
+from . import drawing, pictures
 from .detector import Detector
+from .preprocessing import Preprocessing
 from .records import records_text
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -99,14 +100,14 @@ class Detections:
         picture = pictures.read_image(image)
         boxes = [(r.box, f"{r.klass}: {r.score:.2f}", r.klass) for r in self._on(str(image))]
         buffer = BytesIO()
-        pictures.draw_boxes(picture, boxes).save(buffer, format="PNG")
+        drawing.draw_boxes(picture, boxes).save(buffer, format="PNG")
         return buffer.getvalue()
 
 
 def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionSettings] = None, *,
            scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
-           preprocessing: Optional[pictures.Preprocessing] = None, progress: Optional[Progress] = None,
+           preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and

@@ -19,6 +19,7 @@ from ..model.detections import Detection, DetectionSettings, best_first, candida
 from ..model.geometry import Geometry
 from . import pictures
 from .maps import MapModel, check_picture_size, open_map_model
+from .preprocessing import Preprocessing, model_mode
 
 #: The default ratio between neighbouring scales of a pyramid made from object sizes.
 SCALE_STEP = 1.25
@@ -58,7 +59,7 @@ class Detector:
     def __init__(self, model: Any, settings: Optional[DetectionSettings] = None, *,
                  scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
-                 preprocessing: Optional[pictures.Preprocessing] = None, threads: Optional[int] = None,
+                 preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
                  **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
@@ -69,8 +70,8 @@ class Detector:
         self.sizes = (arguments.optional_number(min_size, "min_size", positive=True),
                       arguments.optional_number(max_size, "max_size", positive=True),
                       arguments.optional_number(scale_step, "scale_step", positive=True))
-        self.preprocessing = arguments.of_type(preprocessing, pictures.Preprocessing, "preprocessing") or \
-            pictures.Preprocessing()
+        self.preprocessing = arguments.of_type(preprocessing, Preprocessing, "preprocessing") or \
+            Preprocessing()
         self.threads = None if threads is None else arguments.whole(threads, "threads", 1, arguments.MAX_THREADS)
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
@@ -100,7 +101,7 @@ class Detector:
             raise InputError(f"detect reads pictures; output '{name}' is on a {len(geometry.window)}-D grid")
         settings = self.settings.with_output(name)
         outputs = [name] + _regression(runner, settings, geometry)
-        mode = pictures.model_mode(runner.channels(name), self.preprocessing)
+        mode = model_mode(runner.channels(name), self.preprocessing)
         return _Opened(runner, name, outputs, geometry, settings, mode)
 
     def scales_for(self, size: Tuple[int, int], key: str) -> Tuple[float, ...]:
@@ -126,9 +127,9 @@ class Detector:
         at each scale, as detections before suppression."""
         opened = self.opened
         picture = pictures.in_mode(picture, opened.mode)  # once, not at every scale
-        width, height = picture.size
+        width, height = pictures.size_of(picture)
         found: List[Detection] = []
-        for scale, size, feed in self._inputs(picture, scales or self.scales_for(picture.size, key), key):
+        for scale, size, feed in self._inputs(picture, scales or self.scales_for(pictures.size_of(picture), key), key):
             maps = opened.runner.run(feed, opened.outputs, size, _where(key, scale))
             name = opened.name
             offsets = maps[opened.outputs[1]] if opened.settings.regression else None
@@ -152,7 +153,7 @@ class Detector:
         found: List[Tuple[int, Detection]] = []
         for index, (key, source) in enumerate(zip(keys, sources)):
             name = str(key)
-            picture = pictures.read_image(source) if files else pictures.from_array(source, f"'{name}'")
+            picture = pictures.read_image(source) if files else pictures.checked_array(source, f"'{name}'")
             found += [(index, record) for record in self.find(picture, name)]
         rows = np.asarray([index for index, _ in found], np.int64)
         boxes = np.asarray([record.box for _, record in found], np.float32).reshape(-1, 4)
@@ -172,7 +173,8 @@ class Detector:
         opened = self.opened
         for scale in scales:
             scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
-            yield scale, scaled.size, opened.runner.feed(scaled, opened.name, self.preprocessing, _where(key, scale))
+            feed = opened.runner.feed(scaled, opened.name, self.preprocessing, _where(key, scale))
+            yield scale, pictures.size_of(scaled), feed
 
 
 def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any], bool]:

@@ -12,8 +12,9 @@ from ..errors import InputError, printable
 from ..model import arguments, guard, writes
 from ..model.detections import checked_scales
 from ..model.geometry import Geometry
-from . import pictures
+from . import drawing, pictures
 from .maps import check_picture_size, open_map_model
+from .preprocessing import Preprocessing
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,7 +60,7 @@ class Heatmap:
 def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
             output_name: Optional[str] = None, classes: Optional[Union[int, Sequence[int]]] = None,
             top: Optional[int] = None,
-            preprocessing: Optional[pictures.Preprocessing] = None, alpha: float = 0.6,
+            preprocessing: Optional[Preprocessing] = None, alpha: float = 0.6,
             value_range: Optional[Tuple[float, float]] = None,
             resize: Optional[Union[float, Tuple[int, int]]] = None,
             scales: Optional[Sequence[float]] = None, klass: Optional[int] = None) -> Heatmap:
@@ -92,7 +93,7 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
         value_range = arguments.numbers_of(value_range, "value_range")  # type: ignore[assignment]
         if len(value_range) != 2 or value_range[0] >= value_range[1]:
             raise InputError(f"value_range must be (low, high) with low < high, not {value_range}")
-    arguments.of_type(preprocessing, pictures.Preprocessing, "preprocessing")
+    arguments.of_type(preprocessing, Preprocessing, "preprocessing")
     if isinstance(output, (str, os.PathLike)):
         guard.check_outputs([("the heatmap", output)], guard.pictures_read(model, [image]))
     runner = open_map_model(model)
@@ -108,20 +109,20 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     runs = []  # (the picture at one scale, its [K, h, w] map)
     for scale in scales or (1.0,):
         scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
-        runs.append((scaled, runner.maps(scaled, [name], preprocessing or pictures.Preprocessing(), _at(scale))[name]))
+        runs.append((scaled, runner.maps(scaled, [name], preprocessing or Preprocessing(), _at(scale))[name]))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
-    chosen = pictures.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
+    chosen = drawing.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
-    maps = [(f"class {k}", pictures.over_scales(
-        [pictures.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])) for scaled, scores in runs], size))
+    maps = [(f"class {k}", drawing.over_scales(
+        [drawing.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])) for scaled, scores in runs], size))
         for k in chosen]
-    data = pictures.value_range([scores[k] for k in chosen for _, scores in runs])
+    data = drawing.value_range([scores[k] for k in chosen for _, scores in runs])
     ends = (float(value_range[0]), float(value_range[1])) if value_range else data
-    drawn = pictures.render(picture, maps, alpha, ends)
+    drawn = drawing.render(picture, maps, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
     return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
-                   geometry, data, pictures.enlargement(picture), tuple(scales or (1.0,)))
+                   geometry, data, drawing.enlargement(picture), tuple(scales or (1.0,)))
 
 
 def _at(scale: float) -> str:

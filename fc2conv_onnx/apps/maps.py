@@ -24,6 +24,7 @@ from ..model.scores import first_score, made_by_score_op
 from ..model.stored_files import check_input_file
 from ..model.wire import external_locations
 from . import pictures
+from .preprocessing import Preprocessing, model_input
 
 if TYPE_CHECKING:
     import onnx
@@ -66,20 +67,20 @@ class MapModel:
         channels = shape[-1 if geometry.layout == CHANNELS_LAST else 1]
         return channels if isinstance(channels, int) else 0
 
-    def maps(self, picture, names: Sequence[str], preprocessing: pictures.Preprocessing,
+    def maps(self, picture, names: Sequence[str], preprocessing: Preprocessing,
              where: str = "") -> Dict[str, np.ndarray]:
         """The outputs `names` (one input, one geometry) run on `picture` (a Pillow image), each as its
         [K, h, w] map of the one image, channels first whatever the model's layout. `where` ("at scale 0.5")
         goes into the errors."""
-        return self.run(self.feed(picture, names[0], preprocessing, where), names, picture.size, where)
+        return self.run(self.feed(picture, names[0], preprocessing, where), names, pictures.size_of(picture), where)
 
-    def feed(self, picture, name: str, preprocessing: pictures.Preprocessing, where: str = "") -> np.ndarray:
+    def feed(self, picture, name: str, preprocessing: Preprocessing, where: str = "") -> np.ndarray:
         """`picture` as the input of output `name`: a batch of one, preprocessed; InputError for a picture the
         model takes no cell of, or whose size its trunk does not take."""
         geometry = self.geometries[name]
-        check_picture_size(picture.size, geometry, where)
+        check_picture_size(pictures.size_of(picture), geometry, where)
         buffer = getattr(self._buffers, "last", None)
-        feed = pictures.model_input(picture, self.channels(name), geometry.layout, preprocessing, buffer)
+        feed = model_input(picture, self.channels(name), geometry.layout, preprocessing, buffer)
         if geometry.layout != CHANNELS_LAST:
             self._buffers.last = feed[0]  # written over by this thread's next picture of this size
         return feed

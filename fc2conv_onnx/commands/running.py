@@ -10,7 +10,7 @@ import time
 from dataclasses import fields
 from typing import Any, Optional
 
-from ..apps.pictures import Preprocessing
+from ..apps.preprocessing import Preprocessing
 from ..errors import ClosedOutputError, Fc2ConvError, InputError, UsageError
 from ..model import writes
 from ..model.detections import DetectionSettings, checked_scales
