@@ -19,6 +19,7 @@ it.
 from __future__ import annotations
 
 import importlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Set
 
@@ -40,15 +41,25 @@ ATTACHED_BY = {"head": "plan.ops", "flattening": "plan.heads", "trunk": "read.tr
 _completed: Set[str] = set()
 
 
+#: Held while a slot is completed: another thread waits until the functions are attached, rather than reading
+#: a slot half done; the thread doing it may read the slot again meanwhile (`_importing`).
+_completing = threading.RLock()
+_importing: Set[str] = set()
+
+
 def _complete(slot: str) -> None:
     """Import the module that attaches `slot`'s functions, once (it attaches them as it is imported)."""
-    if slot not in _completed:
-        _completed.add(slot)  # first: that module's own reads of the slot must not import it again
+    if slot in _completed:
+        return
+    with _completing:
+        if slot in _completed or slot in _importing:
+            return
+        _importing.add(slot)
         try:
             importlib.import_module(f"{__package__.rpartition('.')[0]}.{ATTACHED_BY[slot]}")
-        except BaseException:
-            _completed.discard(slot)
-            raise
+        finally:
+            _importing.discard(slot)
+        _completed.add(slot)
 
 
 @dataclass
