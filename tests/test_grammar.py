@@ -396,7 +396,10 @@ def test_none_mode_is_validated_at_the_training_size_as_well():
     assert sizes[0][2:] == (32, 32) and sizes[1][2:] != (32, 32)
 
 
-def test_heatmap_repeats_the_locality_line_and_refuses_sizes_the_trunk_does_not_take(tmp_path):
+def test_heatmap_repeats_the_locality_line_and_runs_at_a_size_the_trunk_takes(tmp_path):
+    """A "same"-padded trunk with branches takes 38 + k*4 x 46 + k*4 only: a 76x60 picture (width x height), a
+    --resize factor or a pyramid's scale is run at the nearest size no larger that it takes (74x58), never
+    refused for a size the tool chose; boxes go back with the factor used per axis."""
     from PIL import Image
 
     picture = Image.fromarray((np.random.default_rng(2).random((60, 76, 3)) * 255).astype(np.uint8))
@@ -407,10 +410,28 @@ def test_heatmap_repeats_the_locality_line_and_refuses_sizes_the_trunk_does_not_
     assert "cells are not local: ReduceMean" in drawn.to_text() and drawn.to_dict()["local"] is False
     branches = tmp_path / "branches.onnx"
     fc2conv_onnx.convert_file(EXPORTED / "tf_keras_same_padding_branches.onnx", branches, pooling="window")
-    with pytest.raises(InputError, match=r"image 76x60 .* not a size the model's trunk takes: it takes 38 \+ k\*4 x "
-                                         r"46 \+ k\*4 .* crop or resize it to 74x58"):
-        fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "branches.png")
-    assert not (tmp_path / "branches.png").exists()
+    geometry = fc2conv_onnx.read_geometry(branches)
+    (stride,) = {g.stride for g in geometry.values()}
+    drawn = fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "branches.png")
+    assert drawn.grid == tuple((s - w) // t + 1 for s, w, t in zip((58, 74), next(iter(geometry.values())).window,
+                                                                    stride))
+    fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "resized.png", resize=0.64)
+    fc2conv_onnx.heatmap(branches, tmp_path / "noise.png", tmp_path / "pyramid.png", scales=[1, 0.8])
+    # detect on the 76x60 picture finds what it finds on the picture resized to 74x58, in the picture's pixels.
+    picture.resize((74, 58), Image.BOX).save(tmp_path / "taken.png")
+    settings = dict(threshold=-1e9, iou=1.0)
+    found = fc2conv_onnx.detect(branches, [tmp_path / "noise.png"], **settings).records
+    taken = fc2conv_onnx.detect(branches, [tmp_path / "taken.png"], **settings).records
+    assert len(found) == len(taken) > 0
+    factor = np.array([76 / 74, 60 / 58] * 2)
+    by_cell = {r.cell: r for r in taken}
+    for record in found:
+        match = by_cell[record.cell]
+        assert record.score == pytest.approx(match.score, abs=1e-5)
+        np.testing.assert_allclose(record.box, np.minimum(np.array(match.box) * factor, [76, 60, 76, 60]),
+                                   rtol=1e-5, atol=1e-3)
+    pyramid = fc2conv_onnx.detect(branches, [tmp_path / "noise.png"], min_size=46, max_size=60, **settings)
+    assert pyramid.records and len(pyramid.scales[str(tmp_path / "noise.png")]) >= 1
 
 
 def test_none_on_a_flattening_head_is_refused_not_quietly_window_sized():

@@ -18,7 +18,7 @@ from ..model import arguments
 from ..model.detections import Detection, DetectionSettings, best_first, candidates, checked_scales, overridden, pyramid
 from ..model.geometry import Geometry
 from . import pictures
-from .maps import MapModel, check_picture_size, open_map_model
+from .maps import MapModel, at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing, model_mode
 
 #: The default ratio between neighbouring scales of a pyramid made from object sizes.
@@ -118,7 +118,7 @@ class Detector:
             planned = pyramid(window, (size[1], size[0]), min_size, max_size, step or SCALE_STEP,
                               smallest=tuple(geometry.smallest_taken()))
         for scale in planned:
-            check_picture_size(pictures.scaled_size(size, scale), geometry, _where(key, scale))
+            check_picture_size(taken_size(pictures.scaled_size(size, scale), geometry), geometry, _where(key, scale))
         return planned
 
     def candidates(self, picture: Any, key: str, scales: Optional[Sequence[float]] = None,
@@ -172,7 +172,7 @@ class Detector:
         on a CaffeNet-sized one, whose onnxruntime threads it competed with on 2 cores: not worth a thread.)"""
         opened = self.opened
         for scale in scales:
-            scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
+            scaled = at_taken_size(picture, scale, opened.geometry)
             feed = opened.runner.feed(scaled, opened.name, self.preprocessing, _where(key, scale))
             yield scale, pictures.size_of(scaled), feed
 

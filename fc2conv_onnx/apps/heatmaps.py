@@ -13,7 +13,7 @@ from ..model import arguments, guard, writes
 from ..model.detections import checked_scales
 from ..model.geometry import Geometry
 from . import drawing, pictures
-from .maps import check_picture_size, open_map_model
+from .maps import at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -105,10 +105,10 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     if scales is not None:
         scales = checked_scales(scales)
     for scale in scales or (1.0,):  # every scale before anything runs
-        check_picture_size(pictures.scaled_size(picture.size, scale), geometry, _at(scale))
+        check_picture_size(taken_size(pictures.scaled_size(picture.size, scale), geometry), geometry, _at(scale))
     runs = []  # (the picture at one scale, its [K, h, w] map)
     for scale in scales or (1.0,):
-        scaled = picture if scale == 1.0 else pictures.resized(picture, scale)
+        scaled = at_taken_size(picture, scale, geometry)
         runs.append((scaled, runner.maps(scaled, [name], preprocessing or Preprocessing(), _at(scale))[name]))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = drawing.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale

@@ -8,6 +8,7 @@ in memory (a ModelProto, bytes, a file object) is read as the converter reads it
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from .preprocessing import Preprocessing, model_input
 
 if TYPE_CHECKING:
     import onnx
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +181,32 @@ def _graph_of_file(path: Path) -> "onnx.ModelProto":
     from ..model.skeleton import read_skeleton
 
     return read_skeleton(path)[0]
+
+
+def taken_size(size: Tuple[int, int], geometry: Geometry) -> Tuple[int, int]:
+    """The (width, height) a picture of `size` (width, height) is run at: its own when the trunk takes it, else per
+    axis the nearest size no larger that it takes (a "same"-padded trunk with branches takes the training size +
+    k * step). The tool resizes to it rather than refuse a size it chose itself (a pyramid's scale, a --resize
+    factor); boxes go back with the factor actually used per axis. A picture smaller than the window is left as
+    it is, for `check_picture_size` to refuse."""
+    width, height = size
+    if not geometry.size_step or len(geometry.window) != 2 or geometry.accepts((height, width)) \
+            or height < geometry.window[0] or width < geometry.window[1]:
+        return size
+    taken_height, taken_width = geometry.nearest_taken((height, width))
+    return taken_width, taken_height
+
+
+def at_taken_size(picture: Any, scale: float, geometry: Geometry) -> Any:
+    """`picture` resized by `scale` to the size the trunk takes (`taken_size`); itself when that is its size."""
+    own = pictures.size_of(picture)
+    target = taken_size(pictures.scaled_size(own, scale), geometry)
+    if target == own:
+        return picture
+    if scale == 1.0:
+        logger.info("picture %dx%d (width x height) is not a size the model's trunk takes (%s): run at %dx%d, its "
+                    "boxes mapped back", own[0], own[1], geometry.sizes_taken(), target[0], target[1])
+    return pictures.resized(picture, (target[1], target[0]))
 
 
 def check_picture_size(size: Tuple[int, int], geometry: Geometry, where: str = "") -> None:
