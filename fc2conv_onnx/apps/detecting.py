@@ -108,7 +108,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
-           **overrides) -> Detections:
+           refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -128,6 +128,9 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
             before the first run.
         preprocessing: how pixels become the model's input (as for `heatmap`).
         progress: called as progress(done, total) after each run.
+        refine: the original classifier's file: the map's cells above `proposal_threshold` (default: half the
+            threshold, for probabilities) are rescored by it on their image crops, and every box reported carries
+            its score (and its regression, if one is read); see `apps/refine.py`.
 
     Returns:
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
@@ -135,7 +138,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     """
     arguments.callable_or_none(progress, "progress")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
-                        preprocessing=preprocessing, **overrides)
+                        preprocessing=preprocessing, refine=refine,
+                        proposal_threshold=proposal_threshold, **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -164,7 +168,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     settings = opened.settings
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
     return Detections(best_first(found, settings.iou, settings.overlap), settings, opened.geometry, plans, logits,
-                      reads=guard.pictures_read(model, names))
+                      reads=guard.pictures_read(model, names, refine))
 
 
 def _refuse_twice(names: Sequence[str]) -> None:

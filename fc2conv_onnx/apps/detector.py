@@ -15,11 +15,23 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import arguments
-from ..model.detections import Detection, DetectionSettings, best_first, candidates, checked_scales, overridden, pyramid
+from ..model.detections import (
+    AUTO,
+    SIGMOID,
+    SOFTMAX,
+    Detection,
+    DetectionSettings,
+    best_first,
+    candidates,
+    checked_scales,
+    overridden,
+    pyramid,
+)
 from ..model.geometry import Geometry
 from . import pictures
 from .maps import MapModel, at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing, model_mode
+from .refine import Refiner
 
 #: The default ratio between neighbouring scales of a pyramid made from object sizes.
 SCALE_STEP = 1.25
@@ -39,6 +51,8 @@ class _Opened:
     geometry: Geometry
     settings: DetectionSettings
     mode: str
+    #: With a refining stage: the map score above which a cell is proposed to the original classifier.
+    proposal: Optional[float] = None
 
 
 class Detector:
@@ -60,7 +74,7 @@ class Detector:
                  scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
                  preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
-                 **overrides: Any) -> None:
+                 refine: Any = None, proposal_threshold: Optional[float] = None, **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
         self.settings = overridden(base, overrides, "detection setting")
@@ -73,6 +87,10 @@ class Detector:
         self.preprocessing = arguments.of_type(preprocessing, Preprocessing, "preprocessing") or \
             Preprocessing()
         self.threads = None if threads is None else arguments.whole(threads, "threads", 1, arguments.MAX_THREADS)
+        proposal = arguments.optional_number(proposal_threshold, "proposal_threshold")
+        if refine is None and proposal is not None:
+            raise InputError("proposal_threshold sets the refining stage: give refine (the original classifier) too")
+        self.refiner = None if refine is None else Refiner(refine, proposal)
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
@@ -102,7 +120,13 @@ class Detector:
         settings = self.settings.with_output(name)
         outputs = [name] + _regression(runner, settings, geometry)
         mode = model_mode(runner.channels(name), self.preprocessing)
-        return _Opened(runner, name, outputs, geometry, settings, mode)
+        proposal = None
+        if self.refiner is not None:
+            self.refiner.open(geometry, outputs, self.threads)
+            probabilities = settings.activation in (SIGMOID, SOFTMAX) or \
+                (settings.activation == AUTO and name in runner.scores)
+            proposal = self.refiner.threshold_for(settings, probabilities)
+        return _Opened(runner, name, outputs, geometry, settings, mode, proposal)
 
     def scales_for(self, size: Tuple[int, int], key: str) -> Tuple[float, ...]:
         """The scales a picture of `size` (width, height) runs at, each checked to be one the model takes
@@ -137,9 +161,14 @@ class Detector:
                 raise InputError(f"the regression output '{opened.settings.regression}' has a {offsets.shape[1]}x"
                                  f"{offsets.shape[2]} grid where '{name}' has {maps[name].shape[1]}x"
                                  f"{maps[name].shape[2]}")
+            mask = None
+            if self.refiner is not None and opened.proposal is not None:
+                maps, mask = self.refiner.refine(feed, maps, opened.outputs, opened.geometry, opened.settings,
+                                                 opened.proposal)
+                offsets = maps[opened.outputs[1]] if opened.settings.regression else None
             factor = (size[1] / height, size[0] / width)
             found += candidates(maps[name], offsets, opened.geometry, opened.settings, key, scale, factor,
-                                (height, width))
+                                (height, width), mask)
             if after_run is not None:
                 after_run()
         return found

@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "/ PX, while the picture still holds a window (and is a size the model takes)")
     pyramid.add_argument("--scale-step", type=flags.number, metavar="F",
                          help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
+    refining = parser.add_argument_group("refining (the classifier's own answer on each proposed window)")
+    refining.add_argument("--refine", metavar="ORIGINAL",
+                          help="the classifier MODEL was converted from (.onnx): every cell above --proposal-threshold "
+                               "is rescored by it on its image crop at its scale, so each box reported carries the "
+                               "classifier's own score (and --regression, if given); the map only proposes")
+    refining.add_argument("--proposal-threshold", type=flags.number, metavar="P",
+                          help="with --refine: a cell is proposed when its map score is above P (default: half of "
+                               "--threshold for probabilities; logits need it given)")
     flags.detection_flags(parser, "")
     flags.picture_flags(parser)
     flags.talk_flags(parser, json=False)
@@ -89,13 +97,16 @@ def run(args: argparse.Namespace):
     drawings = _drawings(images, args.draw, into_folder)
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
         [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
-    guard.check_outputs(outputs, guard.pictures_read(args.model, images),
+    if args.proposal_threshold is not None and args.refine is None:
+        raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
+    guard.check_outputs(outputs, guard.pictures_read(args.model, images, args.refine),
                         folder_to_make=args.draw if into_folder else None)
     from ..apps.detecting import detect
 
     found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
-                   progress=running.progress("runs"))
+                   progress=running.progress("runs"), refine=args.refine,
+                   proposal_threshold=args.proposal_threshold)
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them

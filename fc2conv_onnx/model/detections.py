@@ -197,11 +197,15 @@ class Detection:
 
 
 def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geometry, settings: DetectionSettings,
-               image: str, scale: float, factor: Tuple[float, float], picture: Sequence[int]) -> List[Detection]:
+               image: str, scale: float, factor: Tuple[float, float], picture: Sequence[int],
+               only: Optional[np.ndarray] = None) -> List[Detection]:
     """The cells of one [K, h, w] map (and its [4, h, w] regression) scoring above the threshold, as
-    detections in the picture's pixels: the model saw the picture resized by `factor` (height, width)."""
+    detections in the picture's pixels: the model saw the picture resized by `factor` (height, width). `only`
+    ([h * w] booleans): the cells that may become detections (a refining stage's proposals)."""
     grid = (scores.shape[1], scores.shape[2])
     chosen, numbers = class_scores(activated(scores, settings.activation), settings.classes)
+    if only is not None:
+        chosen = np.where(only[None, :], chosen, np.float32(-np.inf))
     rows, cells = np.nonzero(chosen > np.float32(settings.threshold))  # by class, then cell: boxes of these only
     boxes = cell_boxes(geometry, grid, cells)
     if offsets is not None:

@@ -151,11 +151,14 @@ def check_output_path(output: PathLike, folder_made: bool = False) -> Path:
     return path
 
 
-def pictures_read(model: object, pictures: Sequence[PathLike]) -> Reads:
-    """What detect and heatmap read: the model (when it is a file) with its data files, and the pictures."""
+def pictures_read(model: object, pictures: Sequence[PathLike], original: object = None) -> Reads:
+    """What detect and heatmap read: the model (when it is a file) with its data files, the pictures, and the
+    original classifier of a refining stage."""
     reads = Reads()
     if isinstance(model, (str, os.PathLike)):
         reads.add_model("the model", model)
+    if isinstance(original, (str, os.PathLike)):
+        reads.add_model("the original model", original)
     for picture in pictures:
         reads.add(f"the picture '{printable(os.fspath(picture))}'", picture)
     return reads
