@@ -26,7 +26,8 @@ def pillow(drawing: bool = False):
         if drawing:
             from PIL import ImageDraw
     except ImportError:
-        raise InputError("the heatmap command needs Pillow: pip install 'fc2conv-onnx[heatmap]'") from None
+        raise InputError("reading and drawing pictures (detect, heatmap, the Detector) needs Pillow: pip install "
+                         "'fc2conv-onnx[heatmap]'") from None
     return Image, ImageDraw if drawing else None
 
 
