@@ -85,3 +85,14 @@ def test_pixels_given_as_an_array_become_the_same_input_without_pillow(channels,
     for layout in ("channels_first", "channels_last"):
         assert np.array_equal(model_input(pixels, width, layout, prep),
                               model_input(Image.fromarray(pixels), width, layout, prep))
+
+
+def test_without_pillow_the_refusal_names_what_needs_it(monkeypatch):
+    import sys
+
+    from fc2conv_onnx import InputError
+    from fc2conv_onnx.apps import pictures
+
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` then raises ImportError
+    with pytest.raises(InputError, match=r"\(detect, heatmap, the Detector\) needs Pillow: pip install"):
+        pictures.pillow()
