@@ -44,8 +44,9 @@ def sliding_window(threshold: float, regression: bool) -> list:
     return best_first(found, 0.5)
 
 
-def dress_sliding_window(picture, threshold: float) -> list:
-    """The dress detector (128x64 window, stride 32) on every crop of `picture`, by hand."""
+def dress_sliding_window(picture, threshold: float, suppress: bool = True) -> list:
+    """The dress detector (128x64 window, stride 32) on every crop of `picture`, by hand (suppressed as detect
+    suppresses, unless `suppress` is False)."""
     pixels = np.asarray(picture, np.float32) / np.float32(255)
     height, width = pixels.shape[:2]
     cells = [(i, j) for i in range((height - 128) // 32 + 1) for j in range((width - 64) // 32 + 1)]
@@ -57,7 +58,7 @@ def dress_sliding_window(picture, threshold: float) -> list:
         if score > threshold:
             box = (float(j * 32), float(i * 32), float(j * 32 + 64), float(i * 32 + 128))
             found.append(Detection("p", box, score, 0, 1.0, (i, j)))
-    return best_first(found, 0.5)
+    return best_first(found, 0.5) if suppress else found
 
 
 def test_refining_gives_the_classifier_on_its_crops_where_the_map_differs(tmp_path):
@@ -126,3 +127,30 @@ def test_the_command_line_refines_and_refuses_what_it_cannot(spot_finder, fixtur
     assert code == 3 and "the original model" in stderr, stderr
     with pytest.raises(InputError, match="logits"):
         fc2conv_onnx.detect(spot_finder, [DISKS], refine=ORIGINAL, output_name="box")
+
+
+def test_the_gap_command_measures_the_map_against_the_crops(tmp_path):
+    """`gap` gives the median, 95th percentile and max of |map - classifier on the crop| and the cells that decide
+    the other way: here against the converted model and the original run by hand."""
+    converted = tmp_path / "dress_fcn.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "dress_detector.onnx", converted)
+    picture = Image.fromarray((np.random.default_rng(5).random((256, 192, 3)) * 255).astype(np.uint8))
+    picture.save(tmp_path / "p.png")
+    crops = {r.cell: r.score for r in dress_sliding_window(picture, -1.0, suppress=False)}
+    pixels = (np.asarray(picture, np.float32) / np.float32(255)).transpose(2, 0, 1)[None]
+    session = ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"])
+    grid = session.run(["score"], {"image": pixels})[0][0, 0]
+    threshold = float(np.median(list(crops.values())))
+    gaps = np.array([abs(grid[cell] - score) for cell, score in crops.items()])
+    flipped = sum((grid[cell] > threshold) != (score > threshold) for cell, score in crops.items())
+    measured = fc2conv_onnx.gap(converted, FIXTURES / "dress_detector.onnx", tmp_path / "p.png", threshold=threshold)
+    assert measured.cells == len(crops) == grid.size
+    assert measured.median == pytest.approx(float(np.median(gaps)), abs=1e-6)
+    assert measured.p95 == pytest.approx(float(np.percentile(gaps, 95)), abs=1e-6)
+    assert measured.max == pytest.approx(float(gaps.max()), abs=1e-6) and measured.max > 0
+    assert measured.flipped == flipped > 0
+    code, stdout, stderr = cli("gap", converted, FIXTURES / "dress_detector.onnx", tmp_path / "p.png", "--threshold",
+                               str(threshold), "--json")
+    assert code == 0 and json.loads(stdout)["flipped"] == flipped, stderr
+    code, _, stderr = cli("gap", converted, FIXTURES / "spot_finder.onnx", tmp_path / "p.png")
+    assert code == 3 and "give the classifier it was converted from" in stderr, stderr

@@ -11,10 +11,10 @@ from types import ModuleType
 from typing import Dict, Tuple
 
 from .. import __version__
-from . import convert, detect, flags, heatmap, inspect, validate
+from . import convert, detect, flags, gap, heatmap, inspect, validate
 
 #: The registry: the order of `--help`'s list.
-COMMANDS: Tuple[ModuleType, ...] = (convert, validate, inspect, heatmap, detect)
+COMMANDS: Tuple[ModuleType, ...] = (convert, validate, inspect, heatmap, detect, gap)
 BY_NAME: Dict[str, ModuleType] = {command.NAME: command for command in COMMANDS}
 
 EXIT_CODES = """exit codes (see each command's --help):
