@@ -108,7 +108,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
-           refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, **overrides) -> Detections:
+           refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
+           **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -131,6 +132,9 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         refine: the original classifier's file: the map's cells above `proposal_threshold` (default: half the
             threshold, for probabilities) are rescored by it on their image crops, and every box reported carries
             its score (and its regression, if one is read); see `apps/refine.py`.
+        transpose: the model reads pictures as W x H (networks ported from Caffe or Matlab, MTCNN's): it runs on
+            each picture transposed, and the boxes come back in the picture's frame (a record's cell is the
+            transposed map's).
 
     Returns:
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
@@ -139,7 +143,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     arguments.callable_or_none(progress, "progress")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
-                        proposal_threshold=proposal_threshold, **overrides)
+                        proposal_threshold=proposal_threshold, transpose=transpose, **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -154,7 +158,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
     # memory at a time.
     sizes = {image: pictures.image_size(image) for image in names}
-    plans = {image: detector.scales_for(sizes[image], image) for image in names}
+    plans = {image: detector.scales_for(detector.framed(sizes[image]), image) for image in names}
     total, runs = sum(len(s) for s in plans.values()), itertools.count(1)
 
     def after_run() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numbers
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -74,7 +74,8 @@ class Detector:
                  scales: Optional[Sequence[float]] = None, min_size: Optional[float] = None,
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
                  preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
-                 refine: Any = None, proposal_threshold: Optional[float] = None, **overrides: Any) -> None:
+                 refine: Any = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
+                 **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
         self.settings = overridden(base, overrides, "detection setting")
@@ -91,6 +92,9 @@ class Detector:
         if refine is None and proposal is not None:
             raise InputError("proposal_threshold sets the refining stage: give refine (the original classifier) too")
         self.refiner = None if refine is None else Refiner(refine, proposal)
+        if not isinstance(transpose, bool):
+            raise InputError(f"transpose must be True or False, not {transpose!r}")
+        self.transpose = transpose
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
@@ -151,6 +155,8 @@ class Detector:
         at each scale, as detections before suppression."""
         opened = self.opened
         picture = pictures.in_mode(picture, opened.mode)  # once, not at every scale
+        if self.transpose:  # the model reads W x H: it runs on the picture transposed, boxes come back below
+            picture = pictures.transposed(picture)
         width, height = pictures.size_of(picture)
         found: List[Detection] = []
         for scale, size, feed in self._inputs(picture, scales or self.scales_for(pictures.size_of(picture), key), key):
@@ -171,7 +177,13 @@ class Detector:
                                 (height, width), mask)
             if after_run is not None:
                 after_run()
+        if self.transpose:
+            found = [replace(d, box=(d.box[1], d.box[0], d.box[3], d.box[2])) for d in found]
         return found
+
+    def framed(self, size: Tuple[int, int]) -> Tuple[int, int]:
+        """A picture's (width, height) as the model sees it: swapped when it reads pictures transposed."""
+        return (size[1], size[0]) if self.transpose else size
 
     def find(self, picture: Any, key: str) -> List[Detection]:
         """The detections on `picture` (a Pillow image, named `key`), best first."""

@@ -63,7 +63,7 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
             preprocessing: Optional[Preprocessing] = None, alpha: float = 0.6,
             value_range: Optional[Tuple[float, float]] = None,
             resize: Optional[Union[float, Tuple[int, int]]] = None,
-            scales: Optional[Sequence[float]] = None, klass: Optional[int] = None) -> Heatmap:
+            scales: Optional[Sequence[float]] = None, klass: Optional[int] = None, transpose: bool = False) -> Heatmap:
     """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
     the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
     interpolated between cells, with a colour bar.
@@ -76,7 +76,8 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     the model sees it: objects should be about the model's window in size. `scales` runs the model on the
     image at each scale (1, 0.5, ...: an image pyramid, for objects of several sizes) and draws one map, per
     pixel the highest value among the scales. `output` is a file name (written atomically) or a binary file
-    object (sys.stdout.buffer, ...), which gets the PNG's bytes.
+    object (sys.stdout.buffer, ...), which gets the PNG's bytes. `transpose`: the model reads pictures as
+    W x H; it runs on the picture transposed, and the map is drawn in the picture's frame.
     """
     if klass is not None:
         if classes is not None:
@@ -104,18 +105,19 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
         picture = pictures.resized(picture, resize)
     if scales is not None:
         scales = checked_scales(scales)
+    seen = pictures.transposed(picture) if transpose else picture  # the picture as the model reads it
     for scale in scales or (1.0,):  # every scale before anything runs
-        check_picture_size(taken_size(pictures.scaled_size(picture.size, scale), geometry), geometry, _at(scale))
+        check_picture_size(taken_size(pictures.scaled_size(seen.size, scale), geometry), geometry, _at(scale))
     runs = []  # (the picture at one scale, its [K, h, w] map)
     for scale in scales or (1.0,):
-        scaled = at_taken_size(picture, scale, geometry)
+        scaled = at_taken_size(seen, scale, geometry)
         runs.append((scaled, runner.maps(scaled, [name], preprocessing or Preprocessing(), _at(scale))[name]))
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = drawing.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
     maps = [(f"class {k}", drawing.over_scales(
-        [drawing.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])) for scaled, scores in runs], size))
-        for k in chosen]
+        [_framed(drawing.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])), transpose)
+         for scaled, scores in runs], size)) for k in chosen]
     data = drawing.value_range([scores[k] for k in chosen for _, scores in runs])
     ends = (float(value_range[0]), float(value_range[1])) if value_range else data
     drawn = drawing.render(picture, maps, alpha, ends)
@@ -123,6 +125,11 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     drawn.save(buffer, format="PNG")
     return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
                    geometry, data, drawing.enlargement(picture), tuple(scales or (1.0,)))
+
+
+def _framed(layer: drawing.Layer, transpose: bool) -> drawing.Layer:
+    """A map spread over the picture as the model read it, in the picture's own frame."""
+    return (layer[0].T, layer[1].T) if transpose else layer
 
 
 def _at(scale: float) -> str:

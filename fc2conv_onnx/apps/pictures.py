@@ -245,3 +245,11 @@ def in_mode(image: Any, mode: str) -> Any:
         return image
     rgb = image[..., :3].astype(np.uint32)
     return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def transposed(picture: Any) -> Any:
+    """`picture` with rows and columns swapped (a model ported from Caffe or Matlab reads pictures as W x H)."""
+    if isinstance(picture, np.ndarray):
+        return np.ascontiguousarray(picture.swapaxes(0, 1))
+    Image, _ = pillow()
+    return picture.transpose(Image.Transpose.TRANSPOSE)

@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refining.add_argument("--proposal-threshold", type=flags.number, metavar="P",
                           help="with --refine: a cell is proposed when its map score is above P (default: half of "
                                "--threshold for probabilities; logits need it given)")
+    parser.add_argument("--transpose", action="store_true",
+                        help="the model reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets): it "
+                             "runs on each picture transposed; the boxes are in the picture's frame")
     flags.detection_flags(parser, "")
     flags.picture_flags(parser)
     flags.talk_flags(parser, json=False)
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace):
     found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
                    progress=running.progress("runs"), refine=args.refine,
-                   proposal_threshold=args.proposal_threshold)
+                   proposal_threshold=args.proposal_threshold, transpose=args.transpose)
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them

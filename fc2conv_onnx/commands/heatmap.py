@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=flags.floats, metavar="S1,S2,...",
                         help="run the model on the image at each scale (e.g. 1,0.5,0.25: an image pyramid, for "
                              "objects of several sizes) and draw one map: per pixel, the highest value among them")
+    parser.add_argument("--transpose", action="store_true",
+                        help="the model reads pictures as W x H (ported from Caffe or Matlab): it runs on the picture "
+                             "transposed; the map is drawn in the picture's frame")
     parser.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     flags.talk_flags(parser)
 
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace):
     drawn = heatmap(args.model, args.image, running.stdout() if args.output == STREAM else args.output,
                     output_name=args.output_name, classes=args.classes, top=args.top,
                     preprocessing=running.preprocessing(args), alpha=args.alpha, value_range=value_range,
-                    resize=args.resize, scales=args.scales)
+                    resize=args.resize, scales=args.scales, transpose=args.transpose)
     if args.output == STREAM:
         drawn.output = "standard output"
     return drawn

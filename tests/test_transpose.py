@@ -1,0 +1,52 @@
+"""--transpose: a model that reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets) runs on each
+picture transposed, and its boxes come back in the picture's frame. Proven by symmetry: on a picture stored
+transposed, `transpose=True` finds exactly the boxes the plain run finds on the picture itself, swapped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import cli
+
+import fc2conv_onnx
+from fc2conv_onnx import Detector, InputError
+
+from conftest import FIXTURES
+
+DISKS = FIXTURES / "disks.png"
+
+
+def _swapped(box):
+    return (box[1], box[0], box[3], box[2])
+
+
+@pytest.mark.parametrize("extra", [{}, {"regression": "box"}, {"min_size": 32, "max_size": 96, "scale_step": 1.5}])
+def test_a_transposed_picture_gives_the_plain_runs_boxes_swapped(spot_finder, tmp_path, extra):
+    Image.open(DISKS).transpose(Image.Transpose.TRANSPOSE).save(tmp_path / "t.png")
+    plain = fc2conv_onnx.detect(spot_finder, [DISKS], **extra).records
+    turned = fc2conv_onnx.detect(spot_finder, [tmp_path / "t.png"], transpose=True, **extra).records
+    assert len(plain) == len(turned) > 0
+    for a, b in zip(sorted(plain, key=lambda r: (r.scale, r.cell)), sorted(turned, key=lambda r: (r.scale, r.cell))):
+        assert (a.cell, a.scale, a.score) == (b.cell, b.scale, b.score)
+        np.testing.assert_allclose(_swapped(a.box), b.box, atol=1e-4)
+
+
+def test_the_detector_and_the_command_line_transpose_too(spot_finder, tmp_path):
+    pixels = np.asarray(Image.open(DISKS).convert("RGB"))
+    plain = Detector(spot_finder)({"image": [pixels], "id": ["p"]})
+    turned = Detector(spot_finder, transpose=True)({"image": [np.ascontiguousarray(pixels.swapaxes(0, 1))],
+                                                   "id": ["p"]})
+    for x, y in (("x1", "y1"), ("y1", "x1"), ("x2", "y2"), ("y2", "x2")):
+        np.testing.assert_allclose(plain[x], turned[y])
+    assert np.array_equal(plain["score"], turned["score"])
+    Image.open(DISKS).transpose(Image.Transpose.TRANSPOSE).save(tmp_path / "t.png")
+    code, _, stderr = cli("detect", spot_finder, tmp_path / "t.png", "-o", tmp_path / "x.json", "--transpose")
+    assert code == 0, stderr
+    drawn = fc2conv_onnx.heatmap(spot_finder, tmp_path / "t.png", tmp_path / "h.png", transpose=True)
+    straight = fc2conv_onnx.heatmap(spot_finder, DISKS, tmp_path / "s.png")
+    assert (drawn.grid, drawn.data_range) == (straight.grid, straight.data_range)
+    # Drawn over the picture as stored (its frame, not the model's): the size of any heatmap of that picture.
+    fc2conv_onnx.heatmap(spot_finder, tmp_path / "t.png", tmp_path / "n.png")
+    assert Image.open(tmp_path / "h.png").size == Image.open(tmp_path / "n.png").size
+    with pytest.raises(InputError, match="transpose must be True or False"):
+        Detector(spot_finder, transpose="yes")
