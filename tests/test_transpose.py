@@ -20,7 +20,7 @@ def _swapped(box):
     return (box[1], box[0], box[3], box[2])
 
 
-@pytest.mark.parametrize("extra", [{}, {"regression": "box"}, {"min_size": 32, "max_size": 96, "scale_step": 1.5}])
+@pytest.mark.parametrize("extra", [{}, {"min_size": 32, "max_size": 96, "scale_step": 1.5}])
 def test_a_transposed_picture_gives_the_plain_runs_boxes_swapped(spot_finder, tmp_path, extra):
     Image.open(DISKS).transpose(Image.Transpose.TRANSPOSE).save(tmp_path / "t.png")
     plain = fc2conv_onnx.detect(spot_finder, [DISKS], **extra).records
@@ -29,6 +29,23 @@ def test_a_transposed_picture_gives_the_plain_runs_boxes_swapped(spot_finder, tm
     for a, b in zip(sorted(plain, key=lambda r: (r.scale, r.cell)), sorted(turned, key=lambda r: (r.scale, r.cell))):
         assert (a.cell, a.scale, a.score) == (b.cell, b.scale, b.score)
         np.testing.assert_allclose(_swapped(a.box), b.box, atol=1e-4)
+
+
+def test_a_transposed_nets_box_offsets_are_in_the_pictures_frame(spot_finder, tmp_path):
+    """MTCNN's ported nets give x1, y1, x2, y2 offsets of the picture they were handed (their packages apply
+    them so): the window is swapped back to the picture's frame, and the offsets added there as they are."""
+    Image.open(DISKS).transpose(Image.Transpose.TRANSPOSE).save(tmp_path / "t.png")
+    every = dict(iou=1.0)  # nothing suppressed: the same cells in every run
+    windows = {r.cell: np.array(r.box) for r in fc2conv_onnx.detect(spot_finder, [DISKS], **every).records}
+    moved = {r.cell: np.array(r.box) for r in fc2conv_onnx.detect(spot_finder, [DISKS], regression="box",
+                                                                 **every).records}
+    turned = fc2conv_onnx.detect(spot_finder, [tmp_path / "t.png"], transpose=True, regression="box", **every).records
+    assert len(turned) == len(windows) > 0
+    height, width = 384, 256  # t.png's
+    for record in turned:
+        offsets = moved[record.cell] - windows[record.cell]  # the net's offsets times the (square) window
+        expected = np.clip(np.array(_swapped(windows[record.cell])) + offsets, 0, [width, height, width, height])
+        np.testing.assert_allclose(record.box, expected, atol=1e-3)
 
 
 def test_the_detector_and_the_command_line_transpose_too(spot_finder, tmp_path):
