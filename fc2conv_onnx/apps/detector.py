@@ -172,7 +172,7 @@ class Detector:
                 maps, mask = self.refiner.refine(feed, maps, opened.outputs, opened.geometry, opened.settings,
                                                  opened.proposal)
                 offsets = maps[opened.outputs[1]] if opened.settings.regression else None
-            if offsets is not None and self.transpose:
+            if offsets is not None and self.transpose and offsets.shape[0] == 4:  # else refused below, as ever
                 # A net that reads pictures as W x H gives its box offsets in the picture's frame (MTCNN's ported
                 # nets, as their packages apply them): x1, y1, x2, y2 of the picture are y1, x1, y2, x2 here.
                 offsets = offsets[[1, 0, 3, 2]]
