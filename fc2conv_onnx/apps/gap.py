@@ -14,7 +14,7 @@ from ..errors import InputError, printable
 from ..model.detections import DetectionSettings, activated
 from .detector import Detector
 from .maps import at_taken_size
-from .pictures import in_mode, read_image
+from .pictures import in_mode, read_image, transposed
 from .preprocessing import Preprocessing
 from .refine import Refiner
 
@@ -40,7 +40,7 @@ class Gap:
         return printable(
             f"gap between the map of '{self.output}' and the classifier on each cell's image crop, {self.picture}: "
             f"{self.cells} cells, median {self.median:.4g}, 95th percentile {self.p95:.4g}, max {self.max:.4g}; "
-            f"{self.flipped} cell(s) ({100 * share:.1f}%) on the other side of {self.threshold:g}"
+            f"{self.flipped} cell(s) ({100 * share:.3g}%) on the other side of {self.threshold:g}"
             + ("; detect --refine ORIGINAL gives the classifier's own answers" if self.flipped else ""))
 
     def to_dict(self) -> dict:
@@ -52,12 +52,14 @@ def gap(model: Any, original: PathLike, picture: PathLike, settings: Optional[De
         preprocessing: Optional[Preprocessing] = None, **overrides: Any) -> Gap:
     """The gap on `picture` (a file) between `model` (converted) and `original` (the classifier it was converted
     from), at the picture's own size (the nearest the trunk takes). `settings` (or keywords named like its
-    fields) give the output, the classes compared, the activation and the decision threshold."""
+    fields) give the output, the classes compared, the activation and the decision threshold; `transpose=True`
+    for a model that reads pictures as W x H (as `detect`)."""
     detector = Detector(model, settings, preprocessing=preprocessing, **overrides)
     opened = detector.opened
     refiner = Refiner(original, proposal_threshold=None)
     refiner.open(opened.geometry, opened.outputs[:1], detector.threads)
-    image = at_taken_size(in_mode(read_image(picture), opened.mode), 1.0, opened.geometry)
+    image = in_mode(read_image(picture), opened.mode)
+    image = at_taken_size(transposed(image) if detector.transpose else image, 1.0, opened.geometry)
     feed = opened.runner.feed(image, opened.name, detector.preprocessing)
     maps = opened.runner.run(feed, opened.outputs[:1], image.size)
     refined, _ = refiner.refine(feed, maps, opened.outputs[:1], opened.geometry, opened.settings, -np.inf)

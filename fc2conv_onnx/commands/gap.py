@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
     parser.add_argument("original", metavar="ORIGINAL", help="the classifier MODEL was converted from (.onnx)")
     parser.add_argument("image", metavar="IMAGE", help="a picture like the ones detect will see")
+    parser.add_argument("--transpose", action="store_true",
+                        help="the model reads pictures as W x H (as for detect)")
     flags.detection_flags(parser, "")
     flags.picture_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
@@ -45,4 +47,4 @@ def run(args: argparse.Namespace):
 
     running.no_stdin_for_pictures(args, [args.image, args.original])
     return gap(args.model, args.original, args.image, running.detection_settings(args),
-               preprocessing=running.preprocessing(args))
+               preprocessing=running.preprocessing(args), transpose=args.transpose)
