@@ -98,7 +98,7 @@ class Detections:
     def drawing(self, image: PathLike) -> bytes:
         """A PNG of `image` with the boxes found on it and their class and score."""
         picture = pictures.read_image(image)
-        boxes = [(r.box, f"{r.klass}: {r.score:.2f}", r.klass) for r in self._on(str(image))]
+        boxes = [(r.box, f"{r.label or r.klass}: {r.score:.2f}", r.klass) for r in self._on(str(image))]
         buffer = BytesIO()
         drawing.draw_boxes(picture, boxes).save(buffer, format="PNG")
         return buffer.getvalue()
@@ -109,7 +109,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-           **overrides) -> Detections:
+           labels: Optional[Sequence[str]] = None, **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -135,6 +135,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         transpose: the model reads pictures as W x H (networks ported from Caffe or Matlab, MTCNN's): it runs on
             each picture transposed, and the boxes come back in the picture's frame (a record's cell is the
             transposed map's).
+        labels: the classes' names, class 0 first (`apps.labels.read_labels` reads a labels file): in the records
+            ("label") and the drawings.
 
     Returns:
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
@@ -143,7 +145,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     arguments.callable_or_none(progress, "progress")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
-                        proposal_threshold=proposal_threshold, transpose=transpose, **overrides)
+                        proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \

@@ -29,6 +29,7 @@ from ..model.detections import (
 )
 from ..model.geometry import Geometry
 from . import pictures
+from .labels import checked_labels, name_of
 from .maps import MapModel, at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing, model_mode
 from .refine import Refiner
@@ -75,7 +76,7 @@ class Detector:
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
                  preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
                  refine: Any = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-                 **overrides: Any) -> None:
+                 labels: Optional[Sequence[str]] = None, **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
         self.settings = overridden(base, overrides, "detection setting")
@@ -95,6 +96,7 @@ class Detector:
         if not isinstance(transpose, bool):
             raise InputError(f"transpose must be True or False, not {transpose!r}")
         self.transpose = transpose
+        self.labels = checked_labels(labels)
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
@@ -183,6 +185,8 @@ class Detector:
                 after_run()
         if self.transpose:
             found = [replace(d, box=(d.box[1], d.box[0], d.box[3], d.box[2])) for d in found]
+        if self.labels is not None:
+            found = [replace(d, label=name_of(self.labels, d.klass)) for d in found]
         return found
 
     def framed(self, size: Tuple[int, int]) -> Tuple[int, int]:

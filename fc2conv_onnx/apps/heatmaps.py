@@ -13,6 +13,7 @@ from ..model import arguments, guard, writes
 from ..model.detections import checked_scales
 from ..model.geometry import Geometry
 from . import drawing, pictures
+from .labels import checked_labels, name_of
 from .maps import at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing
 
@@ -63,7 +64,8 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
             preprocessing: Optional[Preprocessing] = None, alpha: float = 0.6,
             value_range: Optional[Tuple[float, float]] = None,
             resize: Optional[Union[float, Tuple[int, int]]] = None,
-            scales: Optional[Sequence[float]] = None, klass: Optional[int] = None, transpose: bool = False) -> Heatmap:
+            scales: Optional[Sequence[float]] = None, klass: Optional[int] = None, transpose: bool = False,
+            labels: Optional[Sequence[str]] = None) -> Heatmap:
     """Run a converted model on an image file (PNG, JPEG, ... via Pillow) and write a PNG of its class map over
     the image: each cell at the centre of the input window it stands for (the geometry stored in the model),
     interpolated between cells, with a colour bar.
@@ -77,7 +79,8 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     image at each scale (1, 0.5, ...: an image pyramid, for objects of several sizes) and draws one map, per
     pixel the highest value among the scales. `output` is a file name (written atomically) or a binary file
     object (sys.stdout.buffer, ...), which gets the PNG's bytes. `transpose`: the model reads pictures as
-    W x H; it runs on the picture transposed, and the map is drawn in the picture's frame.
+    W x H; it runs on the picture transposed, and the map is drawn in the picture's frame. `labels`: the
+    classes' names (class 0 first), shown on the panels.
     """
     if klass is not None:
         if classes is not None:
@@ -115,7 +118,8 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = drawing.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
-    maps = [(f"class {k}", drawing.over_scales(
+    labels = checked_labels(labels)
+    maps = [(name_of(labels, k) if labels is not None else f"class {k}", drawing.over_scales(
         [_framed(drawing.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])), transpose)
          for scaled, scores in runs], size)) for k in chosen]
     data = drawing.value_range([scores[k] for k in chosen for _, scores in runs])

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 from ..model.detections import Detection
 
 #: Columns of the CSV form, one record per row.
-CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
+CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column", "label")
 
 
 
@@ -50,7 +50,7 @@ def as_csv(records: Sequence[Detection]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in records:
         writer.writerow([escaped_name(r.image), *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale),
-                         *r.cell])
+                         *r.cell, r.label or ""])
     return buffer.getvalue()
 
 

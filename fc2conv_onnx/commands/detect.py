@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from typing import List, Optional
 
+from ..apps.labels import read_labels
 from ..apps.pictures import picture_files
 from ..errors import InputError, UsageError, printable
 from ..model import guard, writes
@@ -72,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refining.add_argument("--proposal-threshold", type=flags.number, metavar="P",
                           help="with --refine: a cell is proposed when its map score is above P (default: half of "
                                "--threshold for probabilities; logits need it given)")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
+                             "drawings and the panels instead of class numbers")
     parser.add_argument("--transpose", action="store_true",
                         help="the model reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets): it "
                              "runs on each picture transposed; the boxes are in the picture's frame")
@@ -102,14 +106,15 @@ def run(args: argparse.Namespace):
         [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
     if args.proposal_threshold is not None and args.refine is None:
         raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
-    guard.check_outputs(outputs, guard.pictures_read(args.model, images, args.refine),
+    guard.check_outputs(outputs, guard.pictures_read(args.model, images, args.refine, args.labels),
                         folder_to_make=args.draw if into_folder else None)
     from ..apps.detecting import detect
 
     found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
                    progress=running.progress("runs"), refine=args.refine,
-                   proposal_threshold=args.proposal_threshold, transpose=args.transpose)
+                   proposal_threshold=args.proposal_threshold, transpose=args.transpose,
+                   labels=None if args.labels is None else read_labels(args.labels))
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
+from ..model import guard
 from . import flags, running
 from .flags import INTERNAL, KEPT_WHOLE, STREAM, USAGE
 
@@ -54,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=flags.floats, metavar="S1,S2,...",
                         help="run the model on the image at each scale (e.g. 1,0.5,0.25: an image pyramid, for "
                              "objects of several sizes) and draw one map: per pixel, the highest value among them")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
+                             "drawings and the panels instead of class numbers")
     parser.add_argument("--transpose", action="store_true",
                         help="the model reads pictures as W x H (ported from Caffe or Matlab): it runs on the picture "
                              "transposed; the map is drawn in the picture's frame")
@@ -70,11 +74,16 @@ def run(args: argparse.Namespace):
     if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
         raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
     from ..apps.heatmaps import heatmap
+    from ..apps.labels import read_labels
+
+    if args.labels is not None and args.output != STREAM:  # the labels file is read too (the API takes names)
+        guard.check_outputs([("-o", args.output)], guard.Reads().add("the labels file", args.labels))
 
     drawn = heatmap(args.model, args.image, running.stdout() if args.output == STREAM else args.output,
                     output_name=args.output_name, classes=args.classes, top=args.top,
                     preprocessing=running.preprocessing(args), alpha=args.alpha, value_range=value_range,
-                    resize=args.resize, scales=args.scales, transpose=args.transpose)
+                    resize=args.resize, scales=args.scales, transpose=args.transpose,
+                    labels=None if args.labels is None else read_labels(args.labels))
     if args.output == STREAM:
         drawn.output = "standard output"
     return drawn

@@ -190,10 +190,13 @@ class Detection:
     klass: int
     scale: float
     cell: Tuple[int, int]
+    #: The class's name, when labels were given.
+    label: Optional[str] = None
 
     def to_dict(self) -> Dict:
-        return {"image": self.image, "box": list(self.box), "score": self.score, "class": self.klass,
-                "scale": self.scale, "cell": list(self.cell)}
+        found = {"image": self.image, "box": list(self.box), "score": self.score, "class": self.klass,
+                 "scale": self.scale, "cell": list(self.cell)}
+        return found if self.label is None else {**found, "label": self.label}
 
 
 def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geometry, settings: DetectionSettings,

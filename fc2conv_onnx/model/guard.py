@@ -151,10 +151,13 @@ def check_output_path(output: PathLike, folder_made: bool = False) -> Path:
     return path
 
 
-def pictures_read(model: object, pictures: Sequence[PathLike], original: object = None) -> Reads:
-    """What detect and heatmap read: the model (when it is a file) with its data files, the pictures, and the
-    original classifier of a refining stage."""
+def pictures_read(model: object, pictures: Sequence[PathLike], original: object = None,
+                  labels: Optional[PathLike] = None) -> Reads:
+    """What detect and heatmap read: the model (when it is a file) with its data files, the pictures, the
+    original classifier of a refining stage, and a labels file."""
     reads = Reads()
+    if labels is not None:
+        reads.add("the labels file", labels)
     if isinstance(model, (str, os.PathLike)):
         reads.add_model("the model", model)
     if isinstance(original, (str, os.PathLike)):
