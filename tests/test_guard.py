@@ -3,7 +3,6 @@ by a name's pattern, and every byte of a stream accounted for. Each test is a re
 before the guard (issue 30); each result is checked by loading and running the models it must not damage."""
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from test_cli import ENV, cli
 from test_files import data_files, run, with_external_data
+from test_outputs_and_caps import disk_full_at
 
 import fc2conv_onnx
 from fc2conv_onnx import InputError
@@ -220,15 +220,7 @@ def test_a_folder_name_is_never_written_as_a_file_and_draw_makes_it(spot_finder,
 
 
 def test_a_failed_draw_removes_every_folder_it_made(spot_finder, tmp_path, monkeypatch):
-    real, count = writes._sync, [0]
-
-    def full(stream):
-        count[0] += 1
-        if count[0] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(stream)
-
-    monkeypatch.setattr(writes, "_sync", full)
+    disk_full_at(monkeypatch, 2)
     code, _, stderr = cli("detect", spot_finder, DISKS, FIXTURES / "spots.png", "-o", tmp_path / "x.json", "--draw",
                           tmp_path / "a" / "b" / "c")
     assert code == 6, stderr

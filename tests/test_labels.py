@@ -54,3 +54,11 @@ def test_too_few_names_and_bad_files_are_refused(spot_finder, tmp_path):
         code, _, stderr = cli(*command, "--labels", labels)
         assert code == 3 and "the labels file" in stderr, stderr
     assert labels.read_text() == "disk\n"
+
+
+def test_the_detectors_batches_carry_the_labels_too(spot_finder):
+    from fc2conv_onnx import Detector
+
+    rows = Detector(spot_finder, labels=["bright disk"])({"path": [str(DISKS)]})
+    assert len(rows["label"]) == len(rows["score"]) > 0 and set(rows["label"]) == {"bright disk"}
+    assert "label" not in Detector(spot_finder)({"path": [str(DISKS)]})

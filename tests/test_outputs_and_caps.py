@@ -330,23 +330,28 @@ def test_a_signal_during_detect_draw_leaves_none_of_its_files(spot_finder, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pictures"]  # no records, no folder, no temporaries
 
 
-def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, monkeypatch):
+def disk_full_at(monkeypatch, step: int) -> None:
+    """The disk fills at the `step`-th file a write syncs: that sync fails with ENOSPC, as a full disk's would."""
     import errno
 
     from fc2conv_onnx.model import writes
 
-    images = _pictures(tmp_path)
-    out, folder = tmp_path / "found.json", tmp_path / "drawings"
-    out.write_text("previous")
     real, count = writes._sync, [0]
 
-    def full_at_the_third(stream):
+    def full(stream):
         count[0] += 1
-        if count[0] == 3:
+        if count[0] == step:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(stream)
 
-    monkeypatch.setattr(writes, "_sync", full_at_the_third)
+    monkeypatch.setattr(writes, "_sync", full)
+
+
+def test_a_full_disk_while_drawing_leaves_none_of_its_files(spot_finder, tmp_path, monkeypatch):
+    images = _pictures(tmp_path)
+    out, folder = tmp_path / "found.json", tmp_path / "drawings"
+    out.write_text("previous")
+    disk_full_at(monkeypatch, 3)
     code, _, stderr = cli("detect", spot_finder, *images, "-o", out, "--draw", folder)
     assert code == 6 and "nothing was written" in stderr, stderr
     assert out.read_text() == "previous"

@@ -180,13 +180,12 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
 def _refuse_twice(names: Sequence[str]) -> None:
     """Refuse a picture given twice, under one spelling or two ('a.png', './a.png', a link to it): it would run
     twice and its records count double."""
-    seen: Dict[Tuple[int, int], str] = {}
+    seen: Dict[guard.Identity, str] = {}
     for name in names:
-        try:
-            status = os.stat(name)
-        except (OSError, ValueError):
+        identity = guard.identity_of(name)
+        if identity is None:
             continue  # read later, where a missing picture is refused in its own words
-        first = seen.setdefault((status.st_dev, status.st_ino), name)
+        first = seen.setdefault(identity, name)
         if first is not name:
             same = "" if first == name else f" (as '{printable(first)}')"
             raise InputError(f"picture '{printable(name)}' is given twice{same}")

@@ -38,7 +38,8 @@ from .refine import Refiner
 SCALE_STEP = 1.25
 #: Called after each run of the model (one per picture and scale).
 AfterRun = Callable[[], None]
-#: The columns of a batch of detections, after the picture's key ("id" or "path"), one row per detection.
+#: The columns of a batch of detections, after the picture's key ("id" or "path"), one row per detection (and
+#: "label", the class's name, when the detector was given labels).
 COLUMNS = ("x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
 
 
@@ -206,13 +207,16 @@ class Detector:
             found += [(index, record) for record in self.find(picture, name)]
         rows = np.asarray([index for index, _ in found], np.int64)
         boxes = np.asarray([record.box for _, record in found], np.float32).reshape(-1, 4)
-        return {column: np.asarray(keys)[rows],
-                "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-                "score": np.asarray([r.score for _, r in found], np.float32),
-                "class": np.asarray([r.klass for _, r in found], np.int64),
-                "scale": np.asarray([r.scale for _, r in found], np.float64),
-                "row": np.asarray([r.cell[0] for _, r in found], np.int64),
-                "column": np.asarray([r.cell[1] for _, r in found], np.int64)}
+        columns = {column: np.asarray(keys)[rows],
+                   "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
+                   "score": np.asarray([r.score for _, r in found], np.float32),
+                   "class": np.asarray([r.klass for _, r in found], np.int64),
+                   "scale": np.asarray([r.scale for _, r in found], np.float64),
+                   "row": np.asarray([r.cell[0] for _, r in found], np.int64),
+                   "column": np.asarray([r.cell[1] for _, r in found], np.int64)}
+        if self.labels is not None:  # given labels reach every output, the batch's columns too
+            columns["label"] = np.asarray([r.label for _, r in found], dtype=object)
+        return columns
 
     def _inputs(self, picture: Any, scales: Sequence[float],
                 key: str) -> Iterator[Tuple[float, Tuple[int, int], np.ndarray]]:

@@ -94,9 +94,7 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not between 0 and 1")
     if value_range is not None:
-        value_range = arguments.numbers_of(value_range, "value_range")  # type: ignore[assignment]
-        if len(value_range) != 2 or value_range[0] >= value_range[1]:
-            raise InputError(f"value_range must be (low, high) with low < high, not {value_range}")
+        value_range = checked_value_range(value_range)
     arguments.of_type(preprocessing, Preprocessing, "preprocessing")
     if isinstance(output, (str, os.PathLike)):
         guard.check_outputs([("the heatmap", output)], guard.pictures_read(model, [image]))
@@ -129,6 +127,14 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     drawn.save(buffer, format="PNG")
     return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
                    geometry, data, drawing.enlargement(picture), tuple(scales or (1.0,)))
+
+
+def checked_value_range(values: Any, name: str = "value_range") -> Tuple[float, float]:
+    """The colour bar's ends, LOW < HIGH (the API's value_range, the CLI's --range: `name` says which)."""
+    ends = arguments.numbers_of(values, name)
+    if len(ends) != 2 or ends[0] >= ends[1]:
+        raise InputError(f"{name} needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, ends))}")
+    return ends[0], ends[1]
 
 
 def _framed(layer: drawing.Layer, transpose: bool) -> drawing.Layer:

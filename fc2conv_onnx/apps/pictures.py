@@ -129,12 +129,6 @@ def checked_array(pixels: Any, name: str) -> np.ndarray:
     return pixels
 
 
-def from_array(pixels: Any, name: str):
-    """`checked_array`'s pixels as a Pillow image."""
-    Image, _ = pillow()
-    return Image.fromarray(np.ascontiguousarray(checked_array(pixels, name)))
-
-
 def size_of(picture: Any) -> Tuple[int, int]:
     """(width, height) of a picture: a Pillow image, or pixels H x W (x C)."""
     return (picture.shape[1], picture.shape[0]) if isinstance(picture, np.ndarray) else picture.size

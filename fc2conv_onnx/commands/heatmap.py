@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import InputError
 from ..model import guard
 from . import flags, running
 from .flags import INTERNAL, KEPT_WHOLE, STREAM, USAGE
@@ -70,9 +69,9 @@ def run(args: argparse.Namespace):
     if args.output == STREAM:
         running.check_stdout("the PNG")
     running.check_scales(args.scales)
-    value_range = args.value_range
-    if value_range is not None and (len(value_range) != 2 or value_range[0] >= value_range[1]):
-        raise InputError(f"--range needs LOW,HIGH with LOW < HIGH, not {','.join(map(str, value_range))}")
+    from ..apps.heatmaps import checked_value_range
+
+    value_range = None if args.value_range is None else checked_value_range(args.value_range, "--range")
     from ..apps.heatmaps import heatmap
     from ..apps.labels import read_labels
 
