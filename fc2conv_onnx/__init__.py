@@ -19,7 +19,8 @@ _HOMES = {
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],
                     ".errors"),
     "Options": ".plan.options", "Box": ".model.geometry", "Geometry": ".model.geometry",
-    "Preprocessing": ".apps.preprocessing", "Report": ".report",
+    "Preprocessing": ".apps.preprocessing", "Report": ".report", "Stage": ".apps.cascade",
+    "read_cascade": ".apps.cascade",
 }
 
 __all__ = ["__version__", *_HOMES]

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InputError, printable
 from ..model import arguments, guard, writes
-from ..model.detections import AUTO, UNION, Detection, DetectionSettings, best_first
+from ..model.detections import AUTO, UNION, Detection, DetectionSettings
 from ..model.geometry import Geometry
 from . import drawing, pictures
 from .detector import Detector
@@ -109,7 +109,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-           labels: Optional[Sequence[str]] = None, **overrides) -> Detections:
+           labels: Optional[Sequence[str]] = None, cascade: Any = None, **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -137,6 +137,9 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
             transposed map's).
         labels: the classes' names, class 0 first (`apps.labels.read_labels` reads a labels file): in the records
             ("label") and the drawings.
+        cascade: further stages that look again at each box kept, each a classifier on the box's image crop
+            (a cascade file's path, or a list of `Stage`; see `apps/cascade.py`): a box is reported when every
+            stage keeps it, with the last stage's score, class and box.
 
     Returns:
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
@@ -145,7 +148,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     arguments.callable_or_none(progress, "progress")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
-                        proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, **overrides)
+                        proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, cascade=cascade,
+                        **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -170,11 +174,12 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
 
     found: List[Detection] = []
     for image in names:
-        found += detector.candidates(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
+        found += detector.find(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
     settings = opened.settings
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
-    return Detections(best_first(found, settings.iou, settings.overlap), settings, opened.geometry, plans, logits,
-                      reads=guard.pictures_read(model, names, refine))
+    stages = detector.cascade.stages if detector.cascade is not None else ()
+    return Detections(sorted(found, key=lambda d: -d.score), settings, opened.geometry, plans, logits,
+                      reads=guard.pictures_read(model, names, [refine, *(stage.model for stage in stages)]))
 
 
 def _refuse_twice(names: Sequence[str]) -> None:

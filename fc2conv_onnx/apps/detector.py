@@ -29,6 +29,7 @@ from ..model.detections import (
 )
 from ..model.geometry import Geometry
 from . import pictures
+from .cascade import Cascade, checked_stages
 from .labels import checked_labels, name_of
 from .maps import MapModel, at_taken_size, check_picture_size, open_map_model, taken_size
 from .preprocessing import Preprocessing, model_mode
@@ -77,7 +78,7 @@ class Detector:
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
                  preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
                  refine: Any = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-                 labels: Optional[Sequence[str]] = None, **overrides: Any) -> None:
+                 labels: Optional[Sequence[str]] = None, cascade: Any = None, **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
         self.settings = overridden(base, overrides, "detection setting")
@@ -98,6 +99,8 @@ class Detector:
             raise InputError(f"transpose must be True or False, not {transpose!r}")
         self.transpose = transpose
         self.labels = checked_labels(labels)
+        stages = checked_stages(cascade)
+        self.cascade = Cascade(stages) if stages else None
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
@@ -133,6 +136,8 @@ class Detector:
             probabilities = settings.activation in (SIGMOID, SOFTMAX) or \
                 (settings.activation == AUTO and name in runner.scores)
             proposal = self.refiner.threshold_for(settings, probabilities)
+        if self.cascade is not None:
+            self.cascade.open(self.threads)
         return _Opened(runner, name, outputs, geometry, settings, mode, proposal)
 
     def scales_for(self, size: Tuple[int, int], key: str) -> Tuple[float, ...]:
@@ -186,17 +191,22 @@ class Detector:
                 after_run()
         if self.transpose:
             found = [replace(d, box=(d.box[1], d.box[0], d.box[3], d.box[2])) for d in found]
-        if self.labels is not None:
-            found = [replace(d, label=name_of(self.labels, d.klass)) for d in found]
         return found
 
     def framed(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """A picture's (width, height) as the model sees it: swapped when it reads pictures transposed."""
         return (size[1], size[0]) if self.transpose else size
 
-    def find(self, picture: Any, key: str) -> List[Detection]:
-        """The detections on `picture` (a Pillow image, named `key`), best first."""
-        return best_first(self.candidates(picture, key), self.settings.iou, self.settings.overlap)
+    def find(self, picture: Any, key: str, scales: Optional[Sequence[float]] = None,
+             after_run: Optional[AfterRun] = None) -> List[Detection]:
+        """The detections on `picture` (a Pillow image or pixels, named `key`), best first: the candidates of
+        every scale suppressed together, then each cascade stage, then the classes' names."""
+        found = best_first(self.candidates(picture, key, scales, after_run), self.settings.iou, self.settings.overlap)
+        if self.cascade is not None:
+            found = self.cascade.run(picture, found)
+        if self.labels is not None:
+            found = [replace(d, label=name_of(self.labels, d.klass)) for d in found]
+        return found
 
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         keys, column, sources, files = _rows(batch)

@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from typing import List, Optional
 
+from ..apps.cascade import read_cascade
 from ..apps.labels import read_labels
 from ..apps.pictures import picture_files
 from ..errors import InputError, UsageError, printable
@@ -73,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     refining.add_argument("--proposal-threshold", type=flags.number, metavar="P",
                           help="with --refine: a cell is proposed when its map score is above P (default: half of "
                                "--threshold for probabilities; logits need it given)")
+    refining.add_argument("--cascade", metavar="FILE",
+                          help="further stages that look again at each box kept, each a classifier on the box's image "
+                               "crop resized to its input (MTCNN's O-Net after its R-Net): a JSON list of stages keyed "
+                               "like these flags, e.g. [{\"model\": \"onet.onnx\", \"class\": 1, \"threshold\": "
+                               "0.7, \"regression\": \"dense_5\", \"square\": true}] (docs/detect.md#cascades); a "
+                               "box is reported when every stage keeps it, with the last stage's score and box")
     parser.add_argument("--labels", metavar="FILE",
                         help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
                              "drawings and the panels instead of class numbers")
@@ -106,7 +113,9 @@ def run(args: argparse.Namespace):
         [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
     if args.proposal_threshold is not None and args.refine is None:
         raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
-    guard.check_outputs(outputs, guard.pictures_read(args.model, images, args.refine, args.labels),
+    stages = () if args.cascade is None else read_cascade(args.cascade)
+    guard.check_outputs(outputs, guard.pictures_read(args.model, images, [args.refine, *(s.model for s in stages)],
+                                                     args.labels, args.cascade),
                         folder_to_make=args.draw if into_folder else None)
     from ..apps.detecting import detect
 
@@ -114,7 +123,7 @@ def run(args: argparse.Namespace):
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
                    progress=running.progress("runs"), refine=args.refine,
                    proposal_threshold=args.proposal_threshold, transpose=args.transpose,
-                   labels=None if args.labels is None else read_labels(args.labels))
+                   labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None)
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them

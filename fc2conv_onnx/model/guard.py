@@ -152,16 +152,20 @@ def check_output_path(output: PathLike, folder_made: bool = False) -> Path:
 
 
 def pictures_read(model: object, pictures: Sequence[PathLike], original: object = None,
-                  labels: Optional[PathLike] = None) -> Reads:
+                  labels: Optional[PathLike] = None, cascade: Optional[PathLike] = None) -> Reads:
     """What detect and heatmap read: the model (when it is a file) with its data files, the pictures, the
-    original classifier of a refining stage, and a labels file."""
+    original classifier of a refining stage and the classifiers of a cascade (`original`: one path or a list),
+    a labels file and a cascade file."""
     reads = Reads()
     if labels is not None:
         reads.add("the labels file", labels)
     if isinstance(model, (str, os.PathLike)):
         reads.add_model("the model", model)
-    if isinstance(original, (str, os.PathLike)):
-        reads.add_model("the original model", original)
+    if cascade is not None:
+        reads.add("the cascade file", cascade)
+    for number, classifier in enumerate(original if isinstance(original, (list, tuple)) else [original]):
+        if isinstance(classifier, (str, os.PathLike)):
+            reads.add_model(f"cascade stage {number}'s model" if number else "the original model", classifier)
     for picture in pictures:
         reads.add(f"the picture '{printable(os.fspath(picture))}'", picture)
     return reads
