@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         picture = Path(folder) / "rings.png"
-        Image.fromarray(np.tile(np.asarray(Image.open(SCENE).convert("RGB")), (args.tiles, args.tiles, 1))).save(picture)
+        scene = np.asarray(Image.open(SCENE).convert("RGB"))
+        Image.fromarray(np.tile(scene, (args.tiles, args.tiles, 1))).save(picture)
         converted = Path(folder) / "rings_fcn.onnx"
         fc2conv_onnx.convert_file(ORIGINAL, converted)
         stage = Stage(ORIGINAL, DetectionSettings(threshold=THRESHOLD))
