@@ -21,7 +21,7 @@ from .model.geometry import Box, Geometry, HeadGeometry
 from .model.layout import spatial_dims
 from .model.scores import made_by_score_op
 from .model.weights import Weights, check_model
-from .plan import refusals, stride
+from .plan import map_outputs, refusals, stride
 from .plan.geometry_walk import default_validation_size, plan_geometry
 from .plan.heads import find_heads
 from .plan.options import OUTPUT_LAYOUTS, Options, Size, Stride  # noqa: F401 (re-exported)
@@ -91,8 +91,9 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     graph = graphs.import_graph(inferred)
     weights.attach(graph, inferred)
     notes = normalize(graph)
-    plan = find_heads(graph, options)
+    plan = map_outputs.with_map_outputs(graph, find_heads(graph, options))
     refusals.require_training_size(graph, plan, probe)
+    map_outputs.refuse_rewrites(plan, options)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(
             graph, inferred, weights, [h.source for h in plan.heads],

@@ -458,6 +458,9 @@ class Plan:
     #: Global pools (op 'name') that feed the outputs with no layer after them: kept, they leave nothing to
     #: convert (the model takes any size already); --pooling window or none makes their outputs maps.
     output_pools: Tuple[str, ...] = ()
+    #: With no head and no linear layer: why the model is not read as fully convolutional already (its outputs
+    #: maps of one location at the training size; `map_outputs`).
+    not_a_map: str = ""
     #: The size a dynamic-size model was read and validated at when no training size was given (its heads
     #: keep their global pools, which need none).
     probe_size: Tuple[int, ...] = ()

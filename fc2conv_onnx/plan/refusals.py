@@ -67,5 +67,6 @@ def nothing_to_convert(plan: Plan) -> NothingToConvertError:
             "with no layer after it, so --pooling keep has nothing to rewrite (the pool already gives one prediction "
             "per image); --pooling window (one prediction per window) or none (one per feature-map cell) makes the "
             "output a map")
+    map_note = f"; nor is it fully convolutional already: {plan.not_a_map}" if plan.not_a_map else ""
     return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
-                                 "feature map, and no linear layer or 1x1 Conv after a global pool)")
+                                 f"feature map, and no linear layer or 1x1 Conv after a global pool){map_note}")

@@ -291,7 +291,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
             checks += _check_phase_zero(outputs, features, dense, dilation, input_shape)
             features = dense
         grid = tuple(f - (w - 1) * d for f, w, d in zip(features.shape[2:], window, dilation))
-        checks += _check_geometry(geometries[heads[0]], shapes, outputs, grid)
+        checks += check_geometry(geometries[heads[0]], shapes, outputs, grid)
         locations, note = sample_locations(grid, max_locations or MAX_LOCATIONS, np.random.default_rng(seed + 2))
         if not slides:
             note = "global pool kept: the original head on the whole feature map"
@@ -330,7 +330,7 @@ def _check_phase_zero(outputs: Sequence[str], original: np.ndarray, dense: np.nd
                     "every cell of the original feature map, from the denser one") for name in outputs]
 
 
-def _check_geometry(geometry: HeadGeometry, shapes: Mapping[str, Tuple[int, ...]], outputs: Sequence[str],
+def check_geometry(geometry: HeadGeometry, shapes: Mapping[str, Tuple[int, ...]], outputs: Sequence[str],
                     grid: Tuple[int, ...]) -> List[OutputCheck]:
     """The grid the geometry predicts from the graph against the one a run gives. (At the training size
     the run gives one cell, which the training-size check enforces; the default window-check size is
@@ -382,10 +382,15 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
         sizes.append(tuple(spatial_dims(training_shapes(original)[image], plan.input_layout(image))))
     if plan.trunk_inputs and windows and (size is None or tuple(size) not in sizes):
         sizes.append(size)
+    from .map_check import check_map_cells, without_maps  # map_check reads this module's checks
+
+    cut = without_maps(plan, geometries)
     for spatial in sizes:
-        checks += check_windows(window_reference or original, converted, plan, geometries, size=spatial, seed=seed,
-                                progress=progress, weights=weights, converted_weights=converted_weights,
-                                converted_session=runner)
+        if cut[0].heads:
+            checks += check_windows(window_reference or original, converted, cut[0], cut[1], size=spatial,
+                                    seed=seed, progress=progress, weights=weights,
+                                    converted_weights=converted_weights, converted_session=runner)
+        checks += check_map_cells(original, runner, plan, geometries, spatial, seed, weights)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())

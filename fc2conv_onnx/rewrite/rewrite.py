@@ -14,6 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..model.graph_names import free_name
 from ..model.layout import CHANNELS_FIRST, CHANNELS_LAST, to_channels_first, to_channels_last
+from ..plan.map_outputs import MapOutput
 from ..plan.plan import (
     AXIS_LAST,
     KEEP,
@@ -245,5 +246,6 @@ def rewrite(graph: gs.Graph, plan: Plan) -> gs.Graph:
     """Apply `plan` to `graph` in place; return the cleaned, sorted graph."""
     editor = _Editor(graph)
     for head in plan.heads:
-        _rewrite_head(editor, head, plan.densify.factor if plan.densify else None)
+        if not isinstance(head, MapOutput):  # a map already: nothing to rewrite
+            _rewrite_head(editor, head, plan.densify.factor if plan.densify else None)
     return graph.cleanup().toposort()
