@@ -219,3 +219,17 @@ def test_a_stage_checks_its_own_fields():
     with pytest.raises(InputError, match="model is a file path"):
         Stage(3)
     assert Stage(ORIGINAL, size=[24, 24]).size == (24, 24)
+
+
+def test_scale_iou_suppresses_within_each_scale_before_across(spot_finder, tmp_path):
+    """--scale-iou T (MTCNN's first stage): each scale's boxes suppressed at T first, then all of them at --iou - as
+    by hand from detect's own candidates; a value outside [0, 1] is a usage error."""
+    everything = fc2conv_onnx.detect(spot_finder, [DISKS], threshold=0.05, iou=1.0, scales=(1.0, 0.8)).records
+    by_scale = [kept for scale in (1.0, 0.8) for kept in best_first([r for r in everything if r.scale == scale], 0.2)]
+    expected = best_first(by_scale, 0.9)
+    got = fc2conv_onnx.detect(spot_finder, [DISKS], threshold=0.05, iou=0.9, scales=(1.0, 0.8), scale_iou=0.2).records
+    assert [(r.box, r.score) for r in got] == [(r.box, r.score) for r in expected]
+    plain = fc2conv_onnx.detect(spot_finder, [DISKS], threshold=0.05, iou=0.9, scales=(1.0, 0.8)).records
+    assert len(got) < len(plain)
+    code, _, stderr = cli("detect", spot_finder, DISKS, "-o", tmp_path / "r.json", "--scale-iou", "1.5")
+    assert code == 2 and "--scale-iou 1.5 is not between 0 and 1" in stderr

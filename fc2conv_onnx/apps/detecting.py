@@ -109,7 +109,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            max_size: Optional[float] = None, scale_step: Optional[float] = None,
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-           labels: Optional[Sequence[str]] = None, cascade: Any = None, **overrides) -> Detections:
+           labels: Optional[Sequence[str]] = None, cascade: Any = None, scale_iou: Optional[float] = None,
+           **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -127,6 +128,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
             scales run from window / min_size down, each `scale_step` (default 1.25) times smaller, while the
             picture holds a window and is a size the model takes. Every picture at every scale is checked
             before the first run.
+        scale_iou: suppress overlapping boxes within each scale first, at this overlap, then across scales at
+            `iou` (MTCNN's first stage: 0.5, then 0.7).
         preprocessing: how pixels become the model's input (as for `heatmap`).
         progress: called as progress(done, total) after each run.
         refine: the original classifier's file: the map's cells above `proposal_threshold` (default: half the
@@ -149,7 +152,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
                         proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, cascade=cascade,
-                        **overrides)
+                        scale_iou=scale_iou, **overrides)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \

@@ -78,7 +78,8 @@ class Detector:
                  max_size: Optional[float] = None, scale_step: Optional[float] = None,
                  preprocessing: Optional[Preprocessing] = None, threads: Optional[int] = None,
                  refine: Any = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
-                 labels: Optional[Sequence[str]] = None, cascade: Any = None, **overrides: Any) -> None:
+                 labels: Optional[Sequence[str]] = None, cascade: Any = None, scale_iou: Optional[float] = None,
+                 **overrides: Any) -> None:
         self.model = model
         base = arguments.of_type(settings, DetectionSettings, "settings") or DetectionSettings()
         self.settings = overridden(base, overrides, "detection setting")
@@ -99,6 +100,9 @@ class Detector:
             raise InputError(f"transpose must be True or False, not {transpose!r}")
         self.transpose = transpose
         self.labels = checked_labels(labels)
+        self.scale_iou = arguments.optional_number(scale_iou, "scale_iou")
+        if self.scale_iou is not None and not 0.0 <= self.scale_iou <= 1.0:
+            raise InputError(f"scale_iou {self.scale_iou:g} is not between 0 and 1")
         stages = checked_stages(cascade)
         self.cascade = Cascade(stages) if stages else None
         self._opened: Optional[_Opened] = None
@@ -200,8 +204,14 @@ class Detector:
     def find(self, picture: Any, key: str, scales: Optional[Sequence[float]] = None,
              after_run: Optional[AfterRun] = None) -> List[Detection]:
         """The detections on `picture` (a Pillow image or pixels, named `key`), best first: the candidates of
-        every scale suppressed together, then each cascade stage, then the classes' names."""
-        found = best_first(self.candidates(picture, key, scales, after_run), self.settings.iou, self.settings.overlap)
+        every scale suppressed together (after each scale's own, with `scale_iou`), then each cascade stage, then
+        the classes' names."""
+        found = self.candidates(picture, key, scales, after_run)
+        overlap = self.settings.overlap
+        if self.scale_iou is not None:  # MTCNN's first stage: 0.5 within each scale, then 0.7 across them
+            found = [kept for scale in dict.fromkeys(d.scale for d in found)
+                     for kept in best_first([d for d in found if d.scale == scale], self.scale_iou, overlap)]
+        found = best_first(found, self.settings.iou, overlap)
         if self.cascade is not None:
             found = self.cascade.run(picture, found)
         if self.labels is not None:

@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "/ PX, while the picture still holds a window (and is a size the model takes)")
     pyramid.add_argument("--scale-step", type=flags.number, metavar="F",
                          help="each scale is F times smaller than the last (default 1.25) with --min-size/--max-size")
+    pyramid.add_argument("--scale-iou", type=flags.number, metavar="T",
+                         help="first suppress overlapping boxes within each scale at T, then across scales at --iou "
+                              "(MTCNN's first stage: --scale-iou 0.5 --iou 0.7); default: across scales only")
     refining = parser.add_argument_group("refining (the classifier's own answer on each proposed window)")
     refining.add_argument("--refine", metavar="ORIGINAL",
                           help="the classifier MODEL was converted from (.onnx): every cell above --proposal-threshold "
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace):
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
     running.check_scales(args.scales)
+    if args.scale_iou is not None and not 0.0 <= args.scale_iou <= 1.0:
+        raise UsageError(f"--scale-iou {args.scale_iou:g} is not between 0 and 1")
     if args.output == STREAM:
         running.check_stdout("the detections", binary=False)
     if args.draw == "":
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace):
                    max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
                    progress=running.progress("runs"), refine=args.refine,
                    proposal_threshold=args.proposal_threshold, transpose=args.transpose,
-                   labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None)
+                   labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
+                   scale_iou=args.scale_iou)
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
