@@ -233,3 +233,18 @@ def test_scale_iou_suppresses_within_each_scale_before_across(spot_finder, tmp_p
     assert len(got) < len(plain)
     code, _, stderr = cli("detect", spot_finder, DISKS, "-o", tmp_path / "r.json", "--scale-iou", "1.5")
     assert code == 2 and "--scale-iou 1.5 is not between 0 and 1" in stderr
+
+
+def test_a_stage_reads_pixels_as_the_detector_unless_it_says(on_noise):
+    """A stage that gives no preprocessing and no transpose takes the detector's (MTCNN's nets share theirs); one
+    that gives them keeps its own."""
+    converted, noise, first, _ = on_noise
+    reading = dict(preprocessing=Preprocessing(scale=200.0), transpose=True)
+    proposals = fc2conv_onnx.detect(converted, [noise], **first, **reading).records
+    hand = dict(iou=0.9, picture=noise, model=FIXTURES / "dress_detector.onnx", size=(128, 64))
+    inherits = Stage(FIXTURES / "dress_detector.onnx", scored(threshold=0.0, iou=0.9))
+    got = fc2conv_onnx.detect(converted, [noise], **first, **reading, cascade=[inherits]).records
+    same(got, by_hand(proposals, 0.0, transpose=True, scale=200.0, **hand))
+    own = Stage(FIXTURES / "dress_detector.onnx", scored(threshold=0.0, iou=0.9), Preprocessing(), transpose=False)
+    got = fc2conv_onnx.detect(converted, [noise], **first, **reading, cascade=[own]).records
+    same(got, by_hand(proposals, 0.0, **hand))

@@ -45,19 +45,19 @@ class Stage:
         settings: which output holds the scores (default: the only output that is not the regression), the
             classes, the threshold, the regression output ([N, 4] corner offsets as fractions of the crop's width
             and height), the activation and the suppression (iou, overlap) after the stage.
-        preprocessing: how the crop's pixels become the classifier's input.
+        preprocessing: how the crop's pixels become the classifier's input; None (default): as the detector's.
         square: each box is made square (its long side, about its centre) before it is cut, as MTCNN cuts them.
         transpose: the classifier reads crops as W x H (MTCNN's ported nets); its regression is in the picture's
-            frame.
+            frame. None (default): as the detector reads pictures.
         layout: "nchw" or "nhwc" when the classifier's input shape does not tell (default: from the shape).
         size: (height, width) of the crops when the classifier's input size is not fixed.
     """
 
     model: PathLike
     settings: DetectionSettings = field(default_factory=DetectionSettings)
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    preprocessing: Optional[Preprocessing] = None
     square: bool = False
-    transpose: bool = False
+    transpose: Optional[bool] = None
     layout: Optional[str] = None
     size: Optional[Tuple[int, int]] = None
 
@@ -67,7 +67,7 @@ class Stage:
         arguments.of_type(self.settings, DetectionSettings, "a stage's settings")
         arguments.of_type(self.preprocessing, Preprocessing, "a stage's preprocessing")
         for name in ("square", "transpose"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), bool) and (name == "square" or self.transpose is not None):
                 raise InputError(f"a stage's {name} must be true or false, not {getattr(self, name)!r}")
         if self.layout not in (None, *_LAYOUTS):
             raise InputError(f"a stage's layout '{self.layout}' is not one of {', '.join(_LAYOUTS)}")
@@ -75,6 +75,11 @@ class Stage:
             if isinstance(self.size, (str, bytes)) or not hasattr(self.size, "__len__") or len(self.size) != 2:
                 raise InputError(f"a stage's size is [height, width], not {self.size!r}")
             object.__setattr__(self, "size", tuple(arguments.whole(v, "a stage's size", 1, 1 << 14) for v in self.size))
+
+    @property
+    def pixels(self) -> Preprocessing:
+        """How the stage reads pixels (once a `Cascade` has given it the detector's when it said none)."""
+        return self.preprocessing or Preprocessing()
 
 
 #: A stage's `layout` -> the layout it names.
@@ -122,7 +127,8 @@ def _stage(entry: Mapping[str, Any], folder: Path, where: str) -> Stage:
         settings["classes"] = (settings["classes"],)
     picture = {name: entry[key] for key, name in _PICTURE_KEYS.items() if key in entry}
     try:
-        return Stage(folder / entry["model"], DetectionSettings(**settings), Preprocessing(**picture),
+        return Stage(folder / entry["model"], DetectionSettings(**settings),
+                     Preprocessing(**picture) if picture else None,
                      **{key: entry[key] for key in _STAGE_KEYS[1:] if key in entry})
     except (InputError, TypeError) as error:
         raise InputError(f"{where}: {error}") from None
@@ -161,10 +167,13 @@ class _Opened:
 
 
 class Cascade:
-    """Stages run one after another on the boxes a detector kept on a picture."""
+    """Stages run one after another on the boxes a detector kept on a picture; a stage that does not say how it
+    reads pixels reads them as the detector does (`preprocessing`, `transpose`)."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
-        self.stages = tuple(stages)
+    def __init__(self, stages: Sequence[Stage], preprocessing: Preprocessing, transpose: bool) -> None:
+        self.stages = tuple(replace(stage, preprocessing=stage.preprocessing or preprocessing,
+                                    transpose=transpose if stage.transpose is None else stage.transpose)
+                            for stage in stages)
         self._opened: List[_Opened] = []
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -210,7 +219,7 @@ def _open(stage: Stage, number: int, threads: Optional[int]) -> _Opened:
             raise InputError(f"{label} has no output '{printable(name)}'; it has {', '.join(map(printable, names))}")
     scores = settings.output_name or _only_score(names, settings.regression, label)
     return _Opened(session, inputs[0].name, (int(size[0]), int(size[1])), layout, channels,
-                   model_mode(channels, stage.preprocessing), 1 if shape[0] == 1 else BATCH,
+                   model_mode(channels, stage.pixels), 1 if shape[0] == 1 else BATCH,
                    [scores] + ([settings.regression] if settings.regression else []))
 
 
@@ -284,7 +293,7 @@ def _crop_input(stage: Stage, opened: _Opened, pixels: np.ndarray, cut: np.ndarr
         image = pictures.transposed(pictures.resized(crop, (columns, rows)))
     else:
         image = pictures.resized(crop, (rows, columns))
-    return model_input(image, opened.channels, opened.layout, stage.preprocessing)
+    return model_input(image, opened.channels, opened.layout, stage.pixels)
 
 
 def _run(opened: _Opened, feeds: np.ndarray, where: str) -> List[np.ndarray]:

@@ -36,6 +36,8 @@ class Detections:
     logits: bool = False
     written: Optional[str] = None
     drawn: Tuple[str, ...] = ()
+    #: The classifiers of the cascade stages that rescored the boxes, in order.
+    cascade: Tuple[str, ...] = ()
     #: What the run read (the model, its data files, the pictures): never written over by `save` or `draw`.
     reads: guard.Reads = field(default_factory=guard.Reads, repr=False, compare=False)
     _index: Optional[Tuple[List[Detection], int, Dict[str, List[Detection]]]] = field(
@@ -48,6 +50,10 @@ class Detections:
         measure = "IoU" if s.overlap == UNION else "over the smaller box"
         lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap ({measure}) up to "
                  f"{s.iou:g}{regression}): {len(self.records)} in {len(self.scales)} picture(s)"]
+        if self.cascade:
+            models = ", ".join(os.path.basename(model) for model in self.cascade)
+            lines.append(f"then {len(self.cascade)} cascade stage(s), each box rescored on its crop: {models} (scores "
+                         "and boxes: the last's)")
         counts = Counter(r.image for r in self.records)
         for image, scales in self.scales.items():
             lines.append(f"  {image}: {counts[image]}, at scale(s) {', '.join(f'{v:.4g}' for v in scales)}")
@@ -65,7 +71,8 @@ class Detections:
         settings = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
         return {"settings": settings, "logits": self.logits, "local": self.geometry.local,
                 "scales": {image: list(scales) for image, scales in self.scales.items()},
-                "detections": [r.to_dict() for r in self.records], "written": self.written, "drawn": list(self.drawn)}
+                "detections": [r.to_dict() for r in self.records], "cascade": list(self.cascade), "written": self.written,
+                "drawn": list(self.drawn)}
 
     def _on(self, image: str) -> List[Detection]:
         """The records on `image`, from an index made once for all the pictures drawn (not a pass over every
@@ -182,6 +189,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
     stages = detector.cascade.stages if detector.cascade is not None else ()
     return Detections(sorted(found, key=lambda d: -d.score), settings, opened.geometry, plans, logits,
+                      cascade=tuple(os.fspath(stage.model) for stage in stages),
                       reads=guard.pictures_read(model, names, [refine, *(stage.model for stage in stages)]))
 
 

@@ -104,7 +104,7 @@ class Detector:
         if self.scale_iou is not None and not 0.0 <= self.scale_iou <= 1.0:
             raise InputError(f"scale_iou {self.scale_iou:g} is not between 0 and 1")
         stages = checked_stages(cascade)
-        self.cascade = Cascade(stages) if stages else None
+        self.cascade = Cascade(stages, self.preprocessing, self.transpose) if stages else None
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
