@@ -71,8 +71,8 @@ class Detections:
         settings = {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
         return {"settings": settings, "logits": self.logits, "local": self.geometry.local,
                 "scales": {image: list(scales) for image, scales in self.scales.items()},
-                "detections": [r.to_dict() for r in self.records], "cascade": list(self.cascade), "written": self.written,
-                "drawn": list(self.drawn)}
+                "detections": [r.to_dict() for r in self.records], "cascade": list(self.cascade),
+                "written": self.written, "drawn": list(self.drawn)}
 
     def _on(self, image: str) -> List[Detection]:
         """The records on `image`, from an index made once for all the pictures drawn (not a pass over every
