@@ -62,3 +62,49 @@ def test_the_detectors_batches_carry_the_labels_too(spot_finder):
     rows = Detector(spot_finder, labels=["bright disk"])({"path": [str(DISKS)]})
     assert len(rows["label"]) == len(rows["score"]) > 0 and set(rows["label"]) == {"bright disk"}
     assert "label" not in Detector(spot_finder)({"path": [str(DISKS)]})
+
+
+@pytest.mark.parametrize("key, value, names", [
+    ("names", "{0: 'bright disk'}", ("bright disk",)),  # Ultralytics: a Python dict
+    ("labels", '["bright disk"]', ("bright disk",)),
+    ("character", "bright disk\nfaint disk", None),  # two names for one class: not this output's
+    ("classes", "bright disk", None),  # one line, no list: not read as names
+    ("names", "__import__('os').system('false')", None),  # literals only: nothing runs
+])
+def test_names_from_the_models_metadata(spot_finder, tmp_path, key, value, names, caplog):
+    """Where an exporter stores class names in the model's metadata, detect and heatmap use them (and say so) when
+    no labels are given and they are as many as the output's classes."""
+    import onnx
+
+    from fc2conv_onnx.apps.labels import labels_from_metadata
+
+    model = onnx.load(str(spot_finder))
+    model.metadata_props.add(key=key, value=value)
+    named = tmp_path / "named.onnx"
+    onnx.save(model, str(named))
+    found = fc2conv_onnx.detect(named, [DISKS])
+    labels = {r.label for r in found.records}
+    if names is None:
+        assert labels == {None} and found.labels_from == ""
+        if key == "character":
+            assert labels_from_metadata({key: value}) == (("bright disk", "faint disk"), key)
+            assert "holds 2 names, and output 'score' has 1 classes: not used" in caplog.text
+        return
+    assert labels == set(names) and found.labels_from == key
+    assert f"class names: from the model's metadata '{key}'" in found.to_text()
+    drawn = fc2conv_onnx.heatmap(named, DISKS, tmp_path / "h.png")
+    assert drawn.names == names and "bright disk" in drawn.to_text()
+    given = fc2conv_onnx.detect(named, [DISKS], labels=["mine"])
+    assert {r.label for r in given.records} == {"mine"} and given.labels_from == ""
+
+
+def test_heatmap_says_which_class_it_shows(tmp_path):
+    """A multi-class map without --class shows the class with the highest cell, and says so."""
+    converted = tmp_path / "dress_fcn.onnx"
+    fc2conv_onnx.convert_file(FIXTURES / "dress_detector.onnx", converted)
+    drawn = fc2conv_onnx.heatmap(converted, DISKS, tmp_path / "h.png")
+    assert drawn.picked == ""  # one class: nothing to choose
+    two = FIXTURES / "two_heads.onnx"
+    fc2conv_onnx.convert_file(two, tmp_path / "two.onnx")
+    drawn = fc2conv_onnx.heatmap(tmp_path / "two.onnx", DISKS, tmp_path / "h2.png")
+    assert drawn.picked.startswith("the one of") and "--class K or --top N for others" in drawn.to_text()

@@ -36,6 +36,8 @@ class Detections:
     logits: bool = False
     written: Optional[str] = None
     drawn: Tuple[str, ...] = ()
+    #: The model's metadata key the classes' names were read from ('' when given, or none).
+    labels_from: str = ""
     #: The classifiers of the cascade stages that rescored the boxes, in order.
     cascade: Tuple[str, ...] = ()
     #: What the run read (the model, its data files, the pictures): never written over by `save` or `draw`.
@@ -50,6 +52,8 @@ class Detections:
         measure = "IoU" if s.overlap == UNION else "over the smaller box"
         lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap ({measure}) up to "
                  f"{s.iou:g}{regression}): {len(self.records)} in {len(self.scales)} picture(s)"]
+        if self.labels_from:
+            lines.append(f"class names: from the model's metadata '{self.labels_from}' (--labels FILE gives others)")
         if self.cascade:
             models = ", ".join(os.path.basename(model) for model in self.cascade)
             lines.append(f"then {len(self.cascade)} cascade stage(s), each box rescored on its crop: {models} (scores "
@@ -189,7 +193,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
     stages = detector.cascade.stages if detector.cascade is not None else ()
     return Detections(sorted(found, key=lambda d: -d.score), settings, opened.geometry, plans, logits,
-                      cascade=tuple(os.fspath(stage.model) for stage in stages),
+                      labels_from=opened.labels_from, cascade=tuple(os.fspath(stage.model) for stage in stages),
                       reads=guard.pictures_read(model, names, [refine, *(stage.model for stage in stages)]))
 
 

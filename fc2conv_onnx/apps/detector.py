@@ -56,6 +56,10 @@ class _Opened:
     mode: str
     #: With a refining stage: the map score above which a cell is proposed to the original classifier.
     proposal: Optional[float] = None
+    #: The classes' names: the caller's, or the model's metadata's.
+    labels: Optional[Tuple[str, ...]] = None
+    #: Where the names came from: '' (the caller's, or none) or the model's metadata key.
+    labels_from: str = ""
 
 
 class Detector:
@@ -142,7 +146,11 @@ class Detector:
             proposal = self.refiner.threshold_for(settings, probabilities)
         if self.cascade is not None:
             self.cascade.open(self.threads)
-        return _Opened(runner, name, outputs, geometry, settings, mode, proposal)
+        labels, labels_from = self.labels, ""
+        stored = runner.stored_labels(name) if labels is None and self.cascade is None else None
+        if stored is not None:  # a cascade's classes are its last stage's, not this model's
+            labels, labels_from = stored
+        return _Opened(runner, name, outputs, geometry, settings, mode, proposal, labels, labels_from)
 
     def scales_for(self, size: Tuple[int, int], key: str) -> Tuple[float, ...]:
         """The scales a picture of `size` (width, height) runs at, each checked to be one the model takes
@@ -214,8 +222,9 @@ class Detector:
         found = best_first(found, self.settings.iou, overlap)
         if self.cascade is not None:
             found = self.cascade.run(picture, found)
-        if self.labels is not None:
-            found = [replace(d, label=name_of(self.labels, d.klass)) for d in found]
+        labels = self.opened.labels
+        if labels is not None:
+            found = [replace(d, label=name_of(labels, d.klass)) for d in found]
         return found
 
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, np.ndarray]:
@@ -234,7 +243,7 @@ class Detector:
                    "scale": np.asarray([r.scale for _, r in found], np.float64),
                    "row": np.asarray([r.cell[0] for _, r in found], np.int64),
                    "column": np.asarray([r.cell[1] for _, r in found], np.int64)}
-        if self.labels is not None:  # given labels reach every output, the batch's columns too
+        if self.opened.labels is not None:  # labels reach every output, the batch's columns too
             columns["label"] = np.asarray([r.label for _, r in found], dtype=object)
         return columns
 

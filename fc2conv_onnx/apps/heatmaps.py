@@ -37,6 +37,10 @@ class Heatmap:
     enlargement: int = 1
     #: The scales the model ran at (their maps combined by the highest value per pixel).
     scales: Tuple[float, ...] = (1.0,)
+    #: How the classes drawn were chosen when none were asked for ('' when they were).
+    picked: str = ""
+    #: The drawn classes' names, when the model or the caller gave labels.
+    names: Tuple[str, ...] = ()
 
     def to_text(self) -> str:
         axes = lambda values: "x".join(map(str, values))  # noqa: E731
@@ -44,7 +48,9 @@ class Heatmap:
             f" (colour bar {self.value_range[0]:.4g} .. {self.value_range[1]:.4g})"
         if self.scales != (1.0,):
             bar += f"; at scales {', '.join(f'{s:g}' for s in self.scales)} (cells counted at the first)"
-        lines = [f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}: "
+        named = f" ({', '.join(self.names)})" if self.names else ""
+        picked = f" ({self.picked})" if self.picked else ""
+        lines = [f"heatmap of '{self.model_output}', class(es) {', '.join(map(str, self.classes))}{named}{picked}: "
                  f"{axes(self.grid)} cells, stride {axes(self.geometry.stride)}, window {axes(self.geometry.window)}, "
                  f"values {self.data_range[0]:.4g} .. {self.data_range[1]:.4g}{bar}"]
         if not self.geometry.local:
@@ -55,7 +61,7 @@ class Heatmap:
         return {"output": self.output, "model_output": self.model_output, "classes": list(self.classes),
                 "local": self.geometry.local, "grid": list(self.grid), "value_range": list(self.value_range),
                 "data_range": list(self.data_range), "enlargement": self.enlargement, "scales": list(self.scales),
-                "geometry": self.geometry.to_dict()}
+                "geometry": self.geometry.to_dict(), "labels": list(self.names), "picked": self.picked}
 
 
 def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
@@ -101,6 +107,10 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     runner = open_map_model(model)
     name = runner.placed(output_name)
     geometry = runner.geometries[name]
+    labels = checked_labels(labels)
+    stored = runner.stored_labels(name) if labels is None else None
+    if stored is not None:
+        labels = stored[0]
     picture = pictures.read_image(image)
     if resize is not None:
         picture = pictures.resized(picture, resize)
@@ -116,7 +126,6 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     peaks = np.stack([scores.reshape(scores.shape[0], -1).max(axis=1) for _, scores in runs], axis=1)
     chosen = drawing.choose(peaks[:, None, :], classes, top)  # by each class's highest cell at any scale
     size = (picture.size[1], picture.size[0])
-    labels = checked_labels(labels)
     maps = [(name_of(labels, k) if labels is not None else f"class {k}", drawing.over_scales(
         [_framed(drawing.spread(scores[k], geometry, (scaled.size[1], scaled.size[0])), transpose)
          for scaled, scores in runs], size)) for k in chosen]
@@ -125,8 +134,13 @@ def heatmap(model: Any, image: PathLike, output: Union[PathLike, BinaryIO], *,
     drawn = drawing.render(picture, maps, alpha, ends)
     buffer = BytesIO()
     drawn.save(buffer, format="PNG")
+    count = runs[0][1].shape[0]
+    picked = "" if classes is not None or count == 1 else \
+        f"the {top} of {count} with the highest cells; --class K for others" if top else \
+        f"the one of {count} with the highest cell; --class K or --top N for others"
     return Heatmap(_write(buffer.getvalue(), output), name, tuple(chosen), tuple(runs[0][1].shape[1:]), ends,
-                   geometry, data, drawing.enlargement(picture), tuple(scales or (1.0,)))
+                   geometry, data, drawing.enlargement(picture), tuple(scales or (1.0,)), picked,
+                   tuple(name_of(labels, k) for k in chosen) if labels is not None else ())
 
 
 def checked_value_range(values: Any, name: str = "value_range") -> Tuple[float, float]:

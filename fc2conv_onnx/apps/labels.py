@@ -3,7 +3,7 @@ drawings and heatmap panels in place of bare class numbers."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Tuple, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError, printable
 from ..model.stored_files import check_input_file
@@ -51,3 +51,43 @@ def name_of(labels: Optional[Sequence[str]], klass: int) -> str:
     if klass >= len(labels):
         raise InputError(f"class {klass} has no name: the labels name classes 0 to {len(labels) - 1}")
     return labels[klass]
+
+
+#: Metadata keys exporters keep class names under, in the order they are looked for: Ultralytics' "names" (a Python
+#: dict {0: 'person', ...}), "labels", "classes", "class_names", and PaddleOCR's / RapidOCR's "character" (one a line).
+METADATA_KEYS = ("names", "labels", "classes", "class_names", "character")
+#: The longest metadata value read as names (ImageNet-21k's names are about 400 KB).
+_MAX_METADATA = 4 << 20
+
+
+def labels_from_metadata(metadata: Mapping[str, str]) -> Optional[Tuple[Tuple[str, ...], str]]:
+    """The class names a model's metadata holds, and the key they were under; None when none is readable (a
+    JSON or Python list, a dict {0: name, 1: name, ...}, or several lines)."""
+    for key in METADATA_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, str) and len(value) <= _MAX_METADATA:
+            names = _names(value)
+            if names:
+                return names, key
+    return None
+
+
+def _names(text: str) -> Optional[Tuple[str, ...]]:
+    import ast
+    import json
+
+    text = text.strip()
+    value: object = None
+    for parse in (json.loads, ast.literal_eval):  # literals only: no code runs
+        try:
+            value = parse(text)
+            break
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    if isinstance(value, dict) and value and all(isinstance(k, int) for k in value) and \
+            sorted(value) == list(range(len(value))):
+        value = [value[k] for k in range(len(value))]
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, int, float)) for v in value):
+        return tuple(str(v) for v in value)
+    lines = [line.strip() for line in text.splitlines()]
+    return tuple(lines) if len(lines) > 1 and all(lines) else None

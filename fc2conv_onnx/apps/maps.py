@@ -25,6 +25,7 @@ from ..model.scores import first_score, made_by_score_op
 from ..model.stored_files import check_input_file
 from ..model.wire import external_locations
 from . import pictures
+from .labels import labels_from_metadata
 from .preprocessing import Preprocessing, model_input
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class MapModel:
     scores: FrozenSet[str]
     #: The onnxruntime session every picture and scale runs in (`run`, `get_inputs` as onnxruntime's).
     session: Any
+    #: The model's metadata (its exporter's keys; class names may be among them).
+    metadata: Dict[str, str] = field(default_factory=dict)
     #: Per thread, the last input made (`feed`), reused for the next one of its size: each thread writes over
     #: its own (onnxruntime's `run` may be called from several threads at once).
     _buffers: threading.local = field(default_factory=threading.local, repr=False)
@@ -69,6 +72,20 @@ class MapModel:
         shape = {i.name: i.shape for i in self.session.get_inputs()}[geometry.input]
         channels = shape[-1 if geometry.layout == CHANNELS_LAST else 1]
         return channels if isinstance(channels, int) else 0
+
+    def stored_labels(self, name: str) -> Optional[Tuple[Tuple[str, ...], str]]:
+        """The class names of output `name` from the model's metadata, and their key: only when they are as many
+        as its classes (when its shape says how many); else None, and a note in the log."""
+        found = labels_from_metadata(self.metadata)
+        if found is None:
+            return None
+        shape = {o.name: o.shape for o in self.session.get_outputs()}.get(name) or []
+        classes = shape[-1 if self.layouts.get(name) == CHANNELS_LAST else 1] if len(shape) > 1 else None
+        if isinstance(classes, int) and classes != len(found[0]):
+            logger.warning("the model's metadata '%s' holds %d names, and output '%s' has %d classes: not used as "
+                           "their names", found[1], len(found[0]), name, classes)
+            return None
+        return found
 
     def maps(self, picture, names: Sequence[str], preprocessing: Preprocessing,
              where: str = "") -> Dict[str, np.ndarray]:
@@ -121,12 +138,14 @@ def open_map_model(model: Any, what: str = "the picture", threads: Optional[int]
                 raise InputError(f"model {label} keeps weights in '{printable(location)}', which is not a file next "
                                  "to it (missing, or a folder or device): copy the model with its data files")
         session = ort.file_session(path, ort.PICTURES, f"model {label}", _PICTURE_HINT, threads)
-        stored = session.get_modelmeta().custom_metadata_map.get(marker.CONVERTED_KEY)
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        stored = metadata.get(marker.CONVERTED_KEY)
         graph = lambda: _graph_of_file(path)  # noqa: E731 (read only for a marker older than its score record)
     else:
         from ..model import io, runtime  # a model in memory: onnx is already there
 
         loaded = io.read_model(model)
+        metadata = {prop.key: prop.value for prop in loaded.model.metadata_props}
         stored = marker.converted_marker(loaded.model)
         session = None if stored is None else runtime.open_session(
             loaded.model, loaded.weights, "the model", original=True, hint=_PICTURE_HINT, use=ort.PICTURES,
@@ -142,7 +161,7 @@ def open_map_model(model: Any, what: str = "the picture", threads: Optional[int]
         scores = [name for name in [*geometries, *unknown] if made_by_score_op(graph(), name)]
     layouts = marker.output_layouts_from_marker(stored)
     _check_names(session, geometries, [*geometries, *unknown, *layouts, *scores])
-    return MapModel(geometries, unknown, layouts, frozenset(scores), session)
+    return MapModel(geometries, unknown, layouts, frozenset(scores), session, metadata)
 
 
 def _check_names(session: Any, geometries: Dict[str, Geometry], outputs: Sequence[str]) -> None:
