@@ -130,7 +130,8 @@ def main() -> None:
 
     detector = Detector(folder / "pnet_fcn.onnx", transpose=True, classes=(1,), regression="conv2d_4", threshold=0.6,
                         scale_iou=0.5, iou=0.7, min_size=20, scale_step=1.41044 if step else None,
-                        preprocessing=Preprocessing(scale=1, mean=127.5, std=128), cascade=folder / "pnet-first.json")
+                        preprocessing=Preprocessing(pixel_scale=1, mean=127.5, std=128),
+                        cascade=folder / "pnet-first.json")
 
     def in_process() -> dict:  # made once, as the package's MTCNN(); each photo decoded, as the package does
         return {photo: detector.find(read_image(photo), photo) for photo in photos}

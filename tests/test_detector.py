@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import fc2conv_onnx
+from fc2conv_onnx.apps.records import CSV_COLUMNS
 
 from conftest import FIXTURES
 
@@ -23,8 +24,11 @@ def _rows_of(found, key):
 
 
 def _rows(columns, key_column):
+    """The rows, checked to be named as detect's CSV columns (the key as "image", and under its batch name)."""
     names = (key_column, "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
-    assert len({len(columns[n]) for n in names}) == 1 and set(columns) == set(names)
+    assert len({len(columns[n]) for n in names}) == 1 and set(columns) == set(names) | {"image"}
+    assert list(columns["image"]) == list(columns[key_column])
+    assert set(CSV_COLUMNS) - {"label"} <= set(columns)
     return [tuple(v.item() if hasattr(v, "item") else v for v in row) for row in zip(*(columns[n] for n in names))]
 
 

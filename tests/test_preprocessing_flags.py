@@ -41,8 +41,26 @@ def test_the_older_spelling_still_divides_the_pixels(spot_finder, tmp_path):
 
 def test_unusual_says_nothing_for_usual_numbers():
     assert Preprocessing().unusual() == ""
-    assert Preprocessing(scale=1.0, mean=127.5, std=128.0).unusual() == ""
+    assert Preprocessing(pixel_scale=1.0, mean=127.5, std=128.0).unusual() == ""
+    assert Preprocessing(pixel_scale=1.0, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4)).unusual() == ""
     assert "nearly one value" in Preprocessing(mean=127.5, std=128.0).unusual()
+
+
+def test_raw_pixels_are_called_unusual_and_the_command_warns(spot_finder, tmp_path):
+    """--pixel-scale 1 alone feeds 0..255: most networks take 0..1 or standardised values (MTCNN then finds 899
+    "faces"); the warning says so, and what to give."""
+    assert "values up to the hundreds" in Preprocessing(pixel_scale=1.0).unusual()
+    code, _, stderr = cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "a.json", "--pixel-scale",
+                          "1")
+    assert code == 0 and "turn pixels 0..255 into 0..255: values up to the hundreds" in stderr
+    assert "give --pixel-scale 255, or --mean and --std" in stderr
+
+
+def test_the_fields_are_named_like_the_flags_and_the_older_name_still_works():
+    assert Preprocessing(pixel_scale=1.0) == Preprocessing(scale=1.0)
+    assert Preprocessing(scale=2.0).pixel_scale == 2.0 and Preprocessing(pixel_scale=2.0).scale == 2.0
+    with pytest.raises(fc2conv_onnx.InputError, match="older name of pixel_scale"):
+        Preprocessing(pixel_scale=2.0, scale=3.0)
 
 
 def test_help_and_reports_say_what_the_command_does(tmp_path, capsys):

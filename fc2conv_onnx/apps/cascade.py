@@ -87,7 +87,7 @@ _LAYOUTS = {"nchw": CHANNELS_FIRST, "nhwc": CHANNELS_LAST}
 #: A cascade file's keys (detect's flags without their dashes) -> how each becomes part of a `Stage`.
 _SETTING_KEYS = {"output": "output_name", "class": "classes", "threshold": "threshold", "iou": "iou",
                  "overlap": "overlap", "regression": "regression", "activation": "activation"}
-_PICTURE_KEYS = {"pixel-scale": "scale", "mean": "mean", "std": "std", "channels": "channels"}
+_PICTURE_KEYS = {"pixel-scale": "pixel_scale", "mean": "mean", "std": "std", "channels": "channels"}
 _STAGE_KEYS = ("model", "square", "transpose", "layout", "size")
 KEYS = (*_STAGE_KEYS, *_SETTING_KEYS, *_PICTURE_KEYS)
 

@@ -39,8 +39,9 @@ from .refine import Refiner
 SCALE_STEP = 1.25
 #: Called after each run of the model (one per picture and scale).
 AfterRun = Callable[[], None]
-#: The columns of a batch of detections, after the picture's key ("id" or "path"), one row per detection (and
-#: "label", the class's name, when the detector was given labels).
+#: The columns of a batch of detections, one row per detection, named as the CSV records' columns
+#: (`records.CSV_COLUMNS`): "image" (the picture's key), then these, then "label" (the class's name) when there are
+#: labels. The key is also under the batch's own name for it ("id" or "path"), as it always was.
 COLUMNS = ("x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
 
 
@@ -67,9 +68,9 @@ class Detector:
 
     `detector(batch)` takes a batch in Ray Data's numpy form - a dict with a "path" column of picture files,
     or an "image" column of uint8 H x W x C pixels with an "id" (or "path") column naming each picture - and
-    returns a dict of equal-length numpy columns, one row per detection: the picture's "id" (or "path"),
-    x1, y1, x2, y2, score, class, scale, row, column (the cell). The rows of each picture are detect's
-    records for it, best first.
+    returns a dict of equal-length numpy columns, one row per detection, named as detect's CSV columns: image
+    (the picture's key; also under the batch's "id" or "path"), x1, y1, x2, y2, score, class, scale, row, column
+    (the cell), and label with labels. The rows of each picture are detect's records for it, best first.
 
     The model is opened at the first call, once, and never pickled: a detector sent to a worker opens it
     there (the model's file must be reachable from the worker). `threads` sets onnxruntime's threads per
@@ -236,7 +237,8 @@ class Detector:
             found += [(index, record) for record in self.find(picture, name)]
         rows = np.asarray([index for index, _ in found], np.int64)
         boxes = np.asarray([record.box for _, record in found], np.float32).reshape(-1, 4)
-        columns = {column: np.asarray(keys)[rows],
+        key_column = np.asarray(keys)[rows]
+        columns = {"image": key_column, column: key_column,
                    "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
                    "score": np.asarray([r.score for _, r in found], np.float32),
                    "class": np.asarray([r.klass for _, r in found], np.int64),

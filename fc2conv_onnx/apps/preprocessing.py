@@ -16,39 +16,54 @@ from .pictures import in_mode
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an image file becomes the model's input: values / scale, then (value - mean) / std per channel,
+    """How an image file becomes the model's input: values / pixel_scale, then (value - mean) / std per channel,
     in `channels` order ("rgb", "bgr", or "gray" for one channel). `mean` and `std` are one number or one
-    per channel, as on the command line."""
+    per channel, as on the command line (the fields are named like its flags). `scale` is the older name of
+    `pixel_scale`, still taken (and read: it holds the same value)."""
 
-    scale: float = 255.0
+    pixel_scale: float = 255.0
     mean: Union[float, Tuple[float, ...]] = (0.0,)
     std: Union[float, Tuple[float, ...]] = (1.0,)
     channels: str = "rgb"
+    scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name in ("mean", "std"):  # frozen: set once, here
             object.__setattr__(self, name, arguments.numbers_of(getattr(self, name), name))
-        object.__setattr__(self, "scale", arguments.number(self.scale, "scale"))
-        if not self.scale or 0 in self.std:  # type: ignore[operator]
-            raise InputError("scale and std must not be 0")
+        pixel_scale = arguments.number(self.pixel_scale, "pixel_scale")
+        if self.scale is not None:
+            older = arguments.number(self.scale, "scale")
+            if pixel_scale not in (255.0, older):
+                raise InputError("scale is the older name of pixel_scale: give one of them")
+            pixel_scale = older
+        object.__setattr__(self, "pixel_scale", pixel_scale)
+        object.__setattr__(self, "scale", pixel_scale)
+        if not self.pixel_scale or 0 in self.std:  # type: ignore[operator]
+            raise InputError("pixel_scale and std must not be 0")
         if self.channels not in ("rgb", "bgr", "gray"):
             raise InputError(f"channels {self.channels!r} is not rgb, bgr or gray")
 
     def unusual(self) -> str:
-        """What to tell a user whose numbers turn every pixel (0..255) into nearly one value or into values far
+        """What to tell a user whose numbers turn every pixel (0..255) into nearly one value, into values far
         from any a network is trained on (a mean in pixel units after the default division by 255: all
-        inputs about -1, and no detections), with what to try; '' when they look usable."""
+        inputs about -1, and no detections), or into raw values up to the hundreds (--pixel-scale 1 alone: MTCNN
+        then finds 899 "faces"), with what to try; '' when they look usable."""
         mean, std = np.asarray(self.mean), np.asarray(self.std)
-        low, high = (0.0 / self.scale - mean) / std, (255.0 / self.scale - mean) / std
+        low, high = (0.0 / self.pixel_scale - mean) / std, (255.0 / self.pixel_scale - mean) / std
         span = float(np.abs(high - low).min())
         far = float(np.minimum(np.abs(low), np.abs(high)).max())
-        if span >= 0.1 and far <= 10.0:
+        reach = float(np.maximum(np.abs(low), np.abs(high)).max())
+        if span >= 0.1 and far <= 10.0 and reach <= 10.0:
             return ""
         shown = ", ".join(f"{a:.3g}..{b:.3g}" for a, b in zip(np.atleast_1d(low), np.atleast_1d(high)))
         hint = (" (--mean and --std look like pixel units: give --pixel-scale 1)"
-                if self.scale != 1.0 and float(np.abs(mean).max()) > 1.0 else "")
-        what = "nearly one value" if span < 0.1 else "values far from any a network is usually trained on"
-        return (f"--pixel-scale {self.scale:g}, --mean and --std turn pixels 0..255 into {shown}: {what}; the "
+                if self.pixel_scale != 1.0 and float(np.abs(mean).max()) > 1.0 else
+                " (most networks are trained on 0..1 or standardised values: give --pixel-scale 255, or --mean and "
+                "--std; a model trained on raw 0..255 pixels, as Keras applications with their preprocessing "
+                "inside are, is right as it is)" if far <= 10.0 and span >= 0.1 else "")
+        what = "nearly one value" if span < 0.1 else "values far from any a network is usually trained on" \
+            if far > 10.0 else "values up to the hundreds"
+        return (f"--pixel-scale {self.pixel_scale:g}, --mean and --std turn pixels 0..255 into {shown}: {what}; the "
                 f"model may find nothing{hint}")
 
 
@@ -90,5 +105,5 @@ def value_table(prep: Preprocessing, channels: int) -> np.ndarray:
     for name, given in (("mean", mean), ("std", std)):
         if given.size not in (1, channels):
             raise InputError(f"--{name} has {given.size} values; give 1 or {channels}")
-    values = np.arange(256, dtype=np.float32)[:, None] / np.float32(prep.scale)
+    values = np.arange(256, dtype=np.float32)[:, None] / np.float32(prep.pixel_scale)
     return np.ascontiguousarray(np.broadcast_to((values - mean) / std, (256, channels)).T)

@@ -80,7 +80,7 @@ def preprocessing(args: argparse.Namespace) -> Preprocessing:
             args.older_scale)
         scale = args.older_scale
     try:
-        made = Preprocessing(scale=255.0 if scale is None else scale, mean=args.mean, std=args.std,
+        made = Preprocessing(pixel_scale=255.0 if scale is None else scale, mean=args.mean, std=args.std,
                              channels=args.channels)
     except InputError as error:
         raise UsageError(str(error)) from None
