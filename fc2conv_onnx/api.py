@@ -190,7 +190,7 @@ def _with_detector(converted: onnx.ModelProto, planned: _Planned, options: Optio
     it gives `detect`'s detections at one scale, and the report's line on it."""
     settings = options.detector
     assert settings is not None
-    parts = detector_graph.detector_parts(converted, planned.plan, planned.geometry, settings)
+    parts = detector_graph.detector_parts(converted, planned.plan, planned.geometry, settings, options.transpose)
     settings = settings.with_output(parts.scores)
     result = detector_graph.with_detector(converted, parts, settings)
     try:

@@ -67,3 +67,25 @@ def test_the_detector_and_the_command_line_transpose_too(spot_finder, tmp_path):
     assert Image.open(tmp_path / "h.png").size == Image.open(tmp_path / "n.png").size
     with pytest.raises(InputError, match="transpose must be True or False"):
         Detector(spot_finder, transpose="yes")
+
+
+def test_the_detector_in_the_model_gives_detects_transposed_boxes(tmp_path):
+    """convert --emit-detections --transpose: fed a picture transposed (as such a model is), the appended detector
+    gives exactly detect --transpose's boxes on the picture, in the picture's frame, regression included."""
+    import onnxruntime as ort
+
+    settings = fc2conv_onnx.DetectionSettings(regression="box", threshold=0.5)
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", tmp_path / "det.onnx", emit_detections=settings,
+                              transpose=True)
+    fc2conv_onnx.convert_file(FIXTURES / "spot_finder.onnx", tmp_path / "map.onnx")
+    expected = fc2conv_onnx.detect(tmp_path / "map.onnx", [DISKS], settings, transpose=True).records
+    pixels = np.asarray(Image.open(DISKS).convert("RGB"), np.float32) / np.float32(255)
+    fed = np.ascontiguousarray(pixels.transpose(2, 1, 0)[None])  # [1, C, W, H]: the picture as the model reads it
+    session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
+    boxes, scores = session.run(["boxes", "scores"], {"image": fed})
+    assert len(scores) == len(expected) > 0
+    np.testing.assert_allclose(scores, [r.score for r in expected], atol=1e-6)
+    np.testing.assert_allclose(boxes, [r.box for r in expected], atol=1e-3)
+    assert not np.allclose(boxes, boxes[:, [1, 0, 3, 2]])  # the frames differ: a missing swap would show
+    code, _, stderr = cli("convert", FIXTURES / "spot_finder.onnx", "-o", tmp_path / "x.onnx", "--transpose")
+    assert code == 2 and "--transpose sets the detector of --emit-detections" in stderr

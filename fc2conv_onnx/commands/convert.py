@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scores [M], classes [M], batch_index [M], best first; the maps stay. Set by the "
                              "detection flags below (as for detect); validated against detect at one scale")
     flags.detection_flags(parser, "with --emit-detections: ")
+    parser.add_argument("--transpose", action="store_true",
+                        help="with --emit-detections: the model reads pictures as W x H (ported from Caffe or Matlab, "
+                             "as MTCNN's nets; fed them transposed): the detector takes the regression's offsets in "
+                             "the picture's frame and gives its boxes there, as detect --transpose does")
     flags.common_flags(parser)
 
 
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> Report:
     from .. import api
 
     given = [flag for field, flag in flags.DETECTION_FLAGS.items() if getattr(args, field) is not None]
+    if args.transpose:
+        given.append("--transpose")
     if given and not args.emit_detections:
         raise UsageError(f"{given[0]} sets the detector of --emit-detections; add --emit-detections or leave it out")
     if args.output != STREAM:

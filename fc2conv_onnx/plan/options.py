@@ -42,6 +42,9 @@ class Options:
             `DetectionSettings`: nodes are appended that turn the map into detections at the input's scale
             (outputs `boxes` [M, 4], `scores`, `classes`, `batch_index` [M]; the maps stay), validated
             against `detect` at one scale.
+        transpose: with emit_detections, the model reads pictures as W x H (MTCNN's ported nets; it is fed
+            them transposed): the detector takes its regression's offsets in the picture's frame and gives its
+            boxes there, as `detect --transpose` does.
     """
 
     output_layout: str = AUTO
@@ -52,6 +55,7 @@ class Options:
     validate_size: Optional[Size] = None
     seed: int = 0
     emit_detections: Union[None, bool, DetectionSettings] = None
+    transpose: bool = False
 
     @classmethod
     def of(cls, options: Optional["Options"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "Options":
@@ -72,6 +76,11 @@ class Options:
             parse_stride_values(self.stride)
         if not isinstance(self.emit_detections, (type(None), bool, DetectionSettings)):
             raise InputError(f"emit_detections {self.emit_detections!r} is not True, False or DetectionSettings")
+        if not isinstance(self.transpose, bool):
+            raise InputError(f"transpose {self.transpose!r} is not True or False")
+        if self.transpose and not self.emit_detections:
+            raise InputError("transpose sets the detector of emit_detections (its boxes in the picture's frame); "
+                             "give emit_detections too")
         return self
 
     @property

@@ -14,7 +14,7 @@ from ..model import runtime
 from ..model.detections import SIGMOID, DetectionSettings, best_first, candidates
 from ..model.layout import CHANNELS_LAST, with_spatial
 from ..model.weights import Weights
-from ..rewrite.detector_graph import DetectorParts, standalone
+from ..rewrite.detector_graph import SWAPPED, DetectorParts, standalone
 from .validate import OutputCheck
 
 #: Random maps fed to the detector alone, each a batch of BATCH images of about GRID x GRID cells (many
@@ -26,13 +26,17 @@ Found = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # boxes, scores, 
 
 def expected(scores: np.ndarray, offsets: Optional[np.ndarray], parts: DetectorParts, settings: DetectionSettings,
              size: Sequence[int]) -> Found:
-    """What `detect` finds at scale 1 in a batch of maps ([N, K, h, w], channels first) of inputs of `size`."""
+    """What `detect` finds at scale 1 in a batch of maps ([N, K, h, w], channels first) of inputs of `size` (with
+    `parts.transpose`, on the pictures those inputs are the transposes of: its boxes in their frame)."""
     found = []
+    if offsets is not None and parts.transpose:  # in the picture's frame: the input's y1, x1, y2, x2
+        offsets = offsets[:, list(SWAPPED)]
     for n in range(scores.shape[0]):
         found += candidates(scores[n], None if offsets is None else offsets[n], parts.geometry, settings, str(n), 1.0,
                             (1.0, 1.0), size)
     kept = best_first(found, settings.iou, settings.overlap)
-    return (np.asarray([d.box for d in kept], np.float32).reshape(-1, 4),
+    boxes = np.asarray([d.box for d in kept], np.float32).reshape(-1, 4)
+    return (boxes[:, list(SWAPPED)] if parts.transpose else boxes,
             np.asarray([d.score for d in kept], np.float32), np.asarray([d.klass for d in kept], np.int64),
             np.asarray([int(d.image) for d in kept], np.int64))
 

@@ -35,6 +35,8 @@ DETECTOR_KEY = "fc2conv_onnx.detector"
 PREFIX = "fc2conv_detect/"
 #: The oldest opset whose ops it needs (NonMaxSuppression, Range, GatherND, Equal on floats).
 MIN_OPSET = 11
+#: A box's corners with x and y swapped (a model that reads pictures as W x H).
+SWAPPED = (1, 0, 3, 2)
 #: onnx's NonMaxSuppression returns nothing for max_output_boxes_per_class 0: ask for all of them.
 ALL_BOXES = 2 ** 31 - 1
 
@@ -88,6 +90,9 @@ class DetectorParts:
     #: The maps' element types (onnx TensorProto values).
     scores_type: int = TensorProto.FLOAT
     regression_type: int = TensorProto.FLOAT
+    #: The model reads pictures as W x H (MTCNN's ported nets): its regression's offsets are in the picture's
+    #: frame, and the boxes are given in it (x and y swapped back).
+    transpose: bool = False
 
 
 def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
@@ -135,6 +140,8 @@ def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
     if parts.regression:
         offsets = g.op("Transpose", [g.channels_first_flat(parts.regression, parts.regression_layout,
                                                            parts.regression_type)], perm=[0, 2, 1])  # [N, hw, 4]
+        if parts.transpose:  # the picture's x1, y1, x2, y2 are the input's y1, x1, y2, x2
+            offsets = g.op("Gather", [offsets, g.const(list(SWAPPED), np.int64)], axis=2)
         span = g.const([window_w, window_h, window_w, window_h], np.float32)
         boxes = g.op("Add", [boxes, g.op("Mul", [offsets, span])])
     else:
@@ -161,7 +168,11 @@ def detector_nodes(parts: DetectorParts, settings: DetectionSettings,
     g.nodes.append(helper.make_node("TopK", [picked_scores, count], [ordered, order], name=g.name("TopK"), axis=0,
                                     largest=1, sorted=1))
     out_boxes, out_scores, out_classes, out_batch = parts.outputs
-    g.op("Gather", [picked_boxes, order], out_boxes, axis=0)
+    if parts.transpose:
+        ordered_boxes = g.op("Gather", [picked_boxes, order], axis=0)
+        g.op("Gather", [ordered_boxes, g.const(list(SWAPPED), np.int64)], out_boxes, axis=1)
+    else:
+        g.op("Gather", [picked_boxes, order], out_boxes, axis=0)
     g.op("Identity", [ordered], out_scores)
     g.op("Gather", [class_index, order], out_classes, axis=0)
     g.op("Gather", [batch_index, order], out_batch, axis=0)
@@ -177,7 +188,8 @@ def describe(parts: DetectorParts, settings: DetectionSettings, probabilities: b
         " (its values as they are: logits, not made by a Softmax or Sigmoid)"
     activation = f" through a {settings.activation}" if settings.activation in (SIGMOID, SOFTMAX) else ""
     return (f"{', '.join(parts.outputs)} from '{parts.scores}'{activation}{logits}, {which}, score above "
-            f"{settings.threshold:g}, overlap (IoU) up to {settings.iou:g}{regression}, best first")
+            f"{settings.threshold:g}, overlap (IoU) up to {settings.iou:g}{regression}, best first"
+            + ("; the model reads pictures as W x H: boxes in the picture's frame" if parts.transpose else ""))
 
 
 def output_infos(names: Sequence[str]) -> List[onnx.ValueInfoProto]:
@@ -212,6 +224,7 @@ def with_detector(model: onnx.ModelProto, parts: DetectorParts, settings: Detect
     # What the detector does, for people and tools reading the model (Netron shows metadata).
     result.metadata_props.add(key=DETECTOR_KEY, value=json.dumps(
         {"outputs": list(parts.outputs), "scores": parts.scores, "regression": parts.regression,
+         "transpose": parts.transpose,
          **{f.name: getattr(settings, f.name) for f in fields(settings)}}))
     return result
 
@@ -231,7 +244,7 @@ def standalone(parts: DetectorParts, settings: DetectionSettings, opset: int,
 
 
 def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[HeadGeometry],
-                   settings: DetectionSettings) -> DetectorParts:
+                   settings: DetectionSettings, transpose: bool = False) -> DetectorParts:
     """What the detector of `settings` reads in the converted `model`: its score output (default: the one made
     by a Softmax or Sigmoid) and regression output, their layouts and geometry; InputError, naming the output,
     when one cannot serve."""
@@ -266,7 +279,8 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
     scores, layout, classes, geometry, scores_type = parts["scores"]
     names = free_output_names(model)
     if "regression" not in parts:
-        return DetectorParts(scores, layout, classes, geometry, outputs=names, scores_type=scores_type)
+        return DetectorParts(scores, layout, classes, geometry, outputs=names, scores_type=scores_type,
+                             transpose=transpose)
     regression, regression_layout, channels, where, regression_type = parts["regression"]
     if where != geometry:
         raise InputError(f"--emit-detections: the regression output '{regression}' is not on the grid of "
@@ -275,4 +289,4 @@ def detector_parts(model: onnx.ModelProto, plan: Plan, geometries: Sequence[Head
         raise InputError(f"--emit-detections: the regression output '{regression}' has {channels} channels; it "
                          "needs 4 (x1, y1, x2, y2)")
     return DetectorParts(scores, layout, classes, geometry, regression, regression_layout, names, scores_type,
-                         regression_type)
+                         regression_type, transpose)
