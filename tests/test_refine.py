@@ -189,3 +189,13 @@ def test_a_trained_classifier_refined_gives_its_sliding_window(tmp_path):
             assert a.cell == b.cell and a.box == b.box and a.score == pytest.approx(b.score, abs=1e-4)
     plain = fc2conv_onnx.detect(converted, [RINGS], threshold=0.5).records
     assert len(plain) > len(ring_sliding_window(0.5))  # the map's own boxes: one more than the classifier's
+
+
+def test_a_channels_last_classifier_refines_as_its_channels_first_twin(spot_finder, tmp_path):
+    """The spot finder as tf2onnx writes it (NHWC input, MatMul + Add): its crops are cut channels last, and its
+    refined boxes and scores are the NCHW twin's - the sliding window's."""
+    nhwc = FIXTURES / "spot_finder_nhwc.onnx"
+    converted = tmp_path / "nhwc_fcn.onnx"
+    fc2conv_onnx.convert_file(nhwc, converted)
+    got = fc2conv_onnx.detect(converted, [DISKS], refine=nhwc, proposal_threshold=-1.0, regression="box").records
+    _same(got, sliding_window(0.5, regression=True))
