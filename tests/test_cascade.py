@@ -171,6 +171,7 @@ def test_the_command_line_reads_a_cascade_file(spot_finder, tmp_path):
     ("[{\"model\": \"s.onnx\"", "is not JSON"),
     ("[{\"model\": \"missing.onnx\"}]", "missing.onnx"),
     ("[{\"model\": \"s.onnx\", \"output\": \"nope\"}]", "has no output 'nope'"),
+    ("[{\"model\": \"s.onnx\", \"output\": \"score\", \"size\": [24, 24]}]", "its crops are 32x32, not the"),
     ("[{\"model\": \"s.onnx\", \"threshold\": 0.2, \"regression\": \"score\", \"output\": \"box\"}]",
      "has 1 values a crop; it needs 4"),
 ])
@@ -211,6 +212,19 @@ def test_the_api_takes_a_file_or_stages(spot_finder, tmp_path, monkeypatch, valu
     else:
         with pytest.raises(InputError, match=message):
             fc2conv_onnx.detect(spot_finder, [DISKS], cascade=value)
+
+
+def test_a_detector_with_a_cascade_pickles_without_its_sessions(spot_finder):
+    import pickle
+
+    stage = Stage(ORIGINAL, scored(threshold=0.5))
+    detector = fc2conv_onnx.Detector(spot_finder, threshold=0.3, cascade=[stage])
+    pixels = np.asarray(Image.open(DISKS).convert("RGB"))
+    first = detector({"image": [pixels], "id": ["d"]})
+    copy = pickle.loads(pickle.dumps(detector))
+    assert copy.cascade is not None and copy.cascade._opened == []
+    again = copy({"image": [pixels], "id": ["d"]})
+    assert again["score"].tolist() == first["score"].tolist() and len(first["score"]) > 0
 
 
 def test_a_stage_checks_its_own_fields():

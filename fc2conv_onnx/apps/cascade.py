@@ -208,6 +208,9 @@ def _open(stage: Stage, number: int, threads: Optional[int]) -> _Opened:
     layout = _LAYOUTS[stage.layout] if stage.layout else _layout_of(shape, label)
     dims = list(shape[2:]) + [shape[1]] if layout == CHANNELS_FIRST else list(shape[1:])
     size = stage.size or tuple(dims[:2])
+    if any(isinstance(d, int) and d != s for d, s in zip(dims[:2], size)):
+        raise InputError(f"{label} reads {list(shape)}: its crops are {'x'.join(map(str, dims[:2]))}, not the "
+                         f"\"size\" {'x'.join(map(str, size))} given")
     if not all(isinstance(d, int) and d > 0 for d in size):
         raise InputError(f"{label} reads {list(shape)}, of no fixed size: give the crops' size (\"size\": "
                          "[height, width])")
