@@ -118,8 +118,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         say(f"{PROG}: error: {error}")
         return error.exit_code
     except (KeyboardInterrupt, Terminated) as stop:
-        say(f"{PROG}: interrupted; temporaries removed, and any previous output is as it was or wholly "
-             "replaced, never partial")
+        say(f"{PROG}: {getattr(stop, 'kept', '')}" if getattr(stop, "kept", "") else
+            f"{PROG}: interrupted; temporaries removed, and any previous output is as it was or wholly "
+            "replaced, never partial")
         return 128 + (stop.number if isinstance(stop, Terminated) else signal.SIGINT)
     except MemoryError:
         say(f"{PROG}: error: out of memory; nothing was written")

@@ -80,6 +80,13 @@ class ClosedOutputError(Fc2ConvError):
     exit_code = 7
 
 
+class StreamBrokenError(Fc2ConvError):
+    """A video source (a live stream, a camera, a truncated file) broke off before its end: the records of every
+    frame done were written, each frame's whole."""
+
+    exit_code = 8
+
+
 class ValidationError(Fc2ConvError):
     """The converted model could not be proven equivalent to the original; nothing was written."""
 

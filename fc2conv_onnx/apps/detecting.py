@@ -17,6 +17,7 @@ from . import drawing, pictures
 from .detector import Detector
 from .preprocessing import Preprocessing
 from .records import records_text
+from .video import Sampling, is_live, is_video
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called as progress(done, total) after each run of the model (one per picture and scale).
@@ -38,6 +39,8 @@ class Detections:
     drawn: Tuple[str, ...] = ()
     #: The model's metadata key the classes' names were read from ('' when given, or none).
     labels_from: str = ""
+    #: On a video: the run's frames, undecodable packets and how it ended (`video_detect.VideoRun`).
+    video: Any = None
     #: The classifiers of the cascade stages that rescored the boxes, in order.
     cascade: Tuple[str, ...] = ()
     #: What the run read (the model, its data files, the pictures): never written over by `save` or `draw`.
@@ -58,6 +61,10 @@ class Detections:
             models = ", ".join(os.path.basename(model) for model in self.cascade)
             lines.append(f"then {len(self.cascade)} cascade stage(s), each box rescored on its crop: {models} (scores "
                          "and boxes: the last's)")
+        if self.video is not None:
+            lines[0] = lines[0].replace(" picture(s)", f" video ({self.video.frames} frame(s))")
+            lines += self.video.to_text().splitlines()[1:]
+            return "\n".join(map(printable, lines))
         counts = Counter(r.image for r in self.records)
         for image, scales in self.scales.items():
             lines.append(f"  {image}: {counts[image]}, at scale(s) {', '.join(f'{v:.4g}' for v in scales)}")
@@ -121,7 +128,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
            labels: Optional[Sequence[str]] = None, cascade: Any = None, scale_iou: Optional[float] = None,
-           **overrides) -> Detections:
+           sampling: Optional[Sampling] = None, **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -129,7 +136,9 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     Args:
         model: a model converted by fc2conv-onnx (a path, ModelProto, ...; see `convert`).
         images: picture files (PNG, JPEG, ...; needs Pillow), folders (the pictures in them) or patterns
-            ("frames/*.jpg").
+            ("frames/*.jpg"); or one video file or stream (.mp4, rtsp://..., /dev/video0; needs PyAV), whose
+            sampled frames (`sampling`: every Nth or a rate, a start and a duration) are run one by one, each
+            record with its frame's index and time (`detect_video` yields them frame by frame).
         settings: a `DetectionSettings` (output, classes, threshold, iou, overlap, regression, activation); keyword
             arguments named like its fields override it.
         scales: the scales to run at (1, 0.5, 0.25: each picture resized by each); default: 1 only, the
@@ -160,10 +169,14 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         `.save(path)` / `.draw(image, png)` to write them.
     """
     arguments.callable_or_none(progress, "progress")
+    if sampling is not None and not (isinstance(images, (str, os.PathLike)) and is_video(images)):
+        raise InputError("sampling is for a video: give one video file or stream as images")
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
                         proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, cascade=cascade,
                         scale_iou=scale_iou, **overrides)
+    if isinstance(images, (str, os.PathLike)) and is_video(images):
+        return _on_video(detector, model, images, sampling or Sampling())
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -195,6 +208,20 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     return Detections(sorted(found, key=lambda d: -d.score), settings, opened.geometry, plans, logits,
                       labels_from=opened.labels_from, cascade=tuple(os.fspath(stage.model) for stage in stages),
                       reads=guard.pictures_read(model, names, [refine, *(stage.model for stage in stages)]))
+
+
+def _on_video(detector: Detector, model: Any, source: PathLike, sampling: Sampling) -> Detections:
+    """`detect` on a video: every sampled frame's records, frame by frame (best first within a frame)."""
+    from .video_detect import frames_detected, open_video
+
+    opened = detector.opened
+    reader, run = open_video(source, sampling, opened.settings)
+    found = [record for _, records in frames_detected(detector, reader, run) for record in records]
+    logits = opened.settings.activation == AUTO and opened.name not in opened.runner.scores
+    name = os.fspath(source)
+    return Detections(found, opened.settings, opened.geometry, {name: run.scales}, logits,
+                      labels_from=opened.labels_from, video=run,
+                      reads=guard.pictures_read(model, [] if is_live(name) else [name]))
 
 
 def _refuse_twice(names: Sequence[str]) -> None:

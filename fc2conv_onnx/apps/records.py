@@ -12,6 +12,10 @@ from ..model.detections import Detection
 
 #: Columns of the CSV form, one record per row.
 CSV_COLUMNS = ("image", "x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column", "label")
+#: The columns records of video frames add: the frame's index in the stream and its time in seconds.
+FRAME_COLUMNS = ("frame", "time")
+#: Output names written as JSON Lines.
+JSON_LINES = (".jsonl", ".ndjson")
 
 
 
@@ -44,16 +48,34 @@ def escaped_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def as_csv(records: Sequence[Detection]) -> str:
+def as_csv(records: Sequence[Detection], header: bool = True, frames: Optional[bool] = None) -> str:
+    """CSV rows, after the header (`CSV_COLUMNS`, and `FRAME_COLUMNS` for records of video frames: `frames`, or
+    whether any record has a frame)."""
+    frames = any(r.frame is not None for r in records) if frames is None else frames
     buffer = text_io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    if header:
+        writer.writerow(CSV_COLUMNS + (FRAME_COLUMNS if frames else ()))
     for r in records:
+        extra = [r.frame, repr(r.time)] if frames else []
         writer.writerow([escaped_name(r.image), *(repr(v) for v in r.box), repr(r.score), r.klass, repr(r.scale),
-                         *r.cell, r.label or ""])
+                         *r.cell, r.label or "", *extra])
     return buffer.getvalue()
 
 
+def as_json_lines(records: Sequence[Detection]) -> str:
+    """JSON Lines: one record a line (a stream's records, written as its frames are done)."""
+    return "".join(json_text(r.to_dict()) + "\n" for r in records)
+
+
+def is_csv(path: Union[str, None]) -> bool:
+    return bool(path) and str(path).lower().endswith(".csv")
+
+
 def records_text(records: Sequence[Detection], path: Union[str, None]) -> str:
-    """The records in the form `path`'s extension asks for: CSV for .csv, else JSON."""
-    return as_csv(records) if path and str(path).lower().endswith(".csv") else as_json(records)
+    """The records in the form `path`'s extension asks for: CSV for .csv, JSON Lines for .jsonl, else JSON."""
+    if is_csv(path):
+        return as_csv(records)
+    if path and str(path).lower().endswith(JSON_LINES):
+        return as_json_lines(records)
+    return as_json(records)

@@ -11,9 +11,10 @@ from typing import List, Optional
 from ..apps.cascade import read_cascade
 from ..apps.labels import read_labels
 from ..apps.pictures import picture_files
+from ..apps.video import is_video
 from ..errors import InputError, UsageError, printable
 from ..model import guard, writes
-from . import flags, running
+from . import flags, running, video_run
 from .flags import INTERNAL, KEPT_WHOLE, STREAM, USAGE
 
 NAME = "detect"
@@ -39,7 +40,10 @@ EXITS = {
          "     --class or --regression the model does not have, or an unusable OUT",
     "6": "out of memory or disk space, nothing written",
     "7": "-o -: standard output closed before the detections were all written",
-    "130, 143": KEPT_WHOLE,
+    "8": "a video source broke off before its end: the records of every frame done\n"
+         "     were written, each frame whole",
+    "130, 143": KEPT_WHOLE + "; on a video, the records of every frame done are\n"
+                "     written, each frame whole",
 }
 
 
@@ -69,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pyramid.add_argument("--scale-iou", type=flags.number, metavar="T",
                          help="first suppress overlapping boxes within each scale at T, then across scales at --iou "
                               "(MTCNN's first stage: --scale-iou 0.5 --iou 0.7); default: across scales only")
+    video = parser.add_argument_group("video (IMAGE a video file, a stream's URL or a camera; needs PyAV: pip "
+                                      "install 'fc2conv-onnx[video]')")
+    video.add_argument("--every", type=flags.positive_int, metavar="N",
+                       help="run every Nth frame (default: every frame)")
+    video.add_argument("--fps", type=flags.number, metavar="R",
+                       help="run at most R frames a second of the video's time (instead of --every)")
+    video.add_argument("--start", type=flags.number, metavar="S", help="from S seconds into the video (default 0)")
+    video.add_argument("--duration", type=flags.number, metavar="S", help="for S seconds (default: to the end)")
     refining = parser.add_argument_group("refining (the classifier's own answer on each proposed window)")
     refining.add_argument("--refine", metavar="ORIGINAL",
                           help="the classifier MODEL was converted from (.onnx): every cell above --proposal-threshold "
@@ -97,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace):
     running.no_stdin_for_pictures(args, args.images)
+    videos = [image for image in args.images if is_video(image)]
+    if videos and len(args.images) > 1:
+        raise UsageError(f"'{printable(videos[0])}' is a video: give one video, or pictures, not both")
+    sampled = [f"--{name}" for name in ("every", "fps", "start", "duration") if getattr(args, name) is not None]
+    if sampled and not videos:
+        raise UsageError(f"{sampled[0]} samples a video's frames: give a video file or stream as IMAGE")
     sizes = {"--min-size": args.min_size, "--max-size": args.max_size, "--scale-step": args.scale_step}
     if args.scales is not None and any(v is not None for v in sizes.values()):
         raise UsageError("--scales and --min-size/--max-size/--scale-step cannot go together")
@@ -105,6 +123,8 @@ def run(args: argparse.Namespace):
         raise UsageError(f"--scale-iou {args.scale_iou:g} is not between 0 and 1")
     if args.output == STREAM:
         running.check_stdout("the detections", binary=False)
+    if videos:
+        return _run_video(args, videos[0])
     if args.draw == "":
         raise UsageError("--draw needs a PNG or a folder, not an empty name")
     images = picture_files(args.images)  # folders and patterns: the pictures in them
@@ -147,6 +167,31 @@ def run(args: argparse.Namespace):
         writes.write_stream(found.text().encode(), running.stdout())
         found.written = "standard output"
     return found
+
+
+def _run_video(args: argparse.Namespace, source: str):
+    """detect on a video: the records streamed frame by frame (`video_run`)."""
+    from ..apps.detector import Detector
+    from ..apps.video import is_live
+
+    video_run.check_output(args.output)
+    video_run.sampling(args)  # a bad value: a usage error, before anything opens
+    if args.draw:
+        raise UsageError("--draw draws pictures; on a video it is not made yet (the records carry each box)")
+    if args.proposal_threshold is not None and args.refine is None:
+        raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
+    stages = () if args.cascade is None else read_cascade(args.cascade)
+    outputs = [] if args.output == STREAM else [("-o", args.output)]
+    guard.check_outputs(outputs, guard.pictures_read(args.model, [] if is_live(source) else [source],
+                                                     [args.refine, *(s.model for s in stages)], args.labels,
+                                                     args.cascade))
+    detector = Detector(args.model, running.detection_settings(args), scales=args.scales, min_size=args.min_size,
+                        max_size=args.max_size, scale_step=args.scale_step,
+                        preprocessing=running.preprocessing(args), refine=args.refine,
+                        proposal_threshold=args.proposal_threshold, transpose=args.transpose,
+                        labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
+                        scale_iou=args.scale_iou)
+    return video_run.run(args, source, detector)
 
 
 def _drawings(images: List[str], draw: Optional[str], into_folder: bool) -> List[tuple]:

@@ -192,11 +192,18 @@ class Detection:
     cell: Tuple[int, int]
     #: The class's name, when labels were given.
     label: Optional[str] = None
+    #: On a video: the frame's index in the stream (0 first) and its time in seconds.
+    frame: Optional[int] = None
+    time: Optional[float] = None
 
     def to_dict(self) -> Dict:
         found = {"image": self.image, "box": list(self.box), "score": self.score, "class": self.klass,
                  "scale": self.scale, "cell": list(self.cell)}
-        return found if self.label is None else {**found, "label": self.label}
+        if self.label is not None:
+            found["label"] = self.label
+        if self.frame is not None:
+            found.update(frame=self.frame, time=self.time)
+        return found
 
 
 def candidates(scores: np.ndarray, offsets: Optional[np.ndarray], geometry: Geometry, settings: DetectionSettings,

@@ -29,9 +29,9 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from ..errors import ClosedOutputError, InputError, ResourceError, printable
+from ..errors import ClosedOutputError, InputError, ResourceError, StreamBrokenError, printable
 from .guard import check_output_path
 from .wire import external_locations
 
@@ -82,6 +82,13 @@ def write_stream(data: bytes, stream: Any, what: str = "standard output") -> Non
                                 "written there is incomplete") from None
         raise ClosedOutputError(f"{what} cannot be written ({error.strerror or error}); what was written there is "
                                 "incomplete") from None
+
+
+def write_piece(piece: bytes, stream: Any, what: str = "standard output") -> None:
+    """`piece` written whole (`write_stream`), an interruption waiting for its end (a video frame's records on
+    standard output: its reader never gets half a frame from us)."""
+    with _signals_held():
+        write_stream(piece, stream, what)
 
 
 def write_text(text: str, stream: Any, what: str) -> None:
@@ -253,6 +260,44 @@ def together() -> Iterator[Group]:
         group = Group(files)
         yield group
         group.commit()
+
+
+@contextmanager
+def streamed(output: PathLike) -> Iterator[Callable[[bytes], None]]:
+    """A file written piece by piece as a run goes (a video's records, frame by frame), that appears at `output`
+    when the block ends - also when an interruption (Ctrl-C, SIGTERM) or a source that broke off ends it, so that
+    every piece written is kept, each whole (written with signals held). Any other failure leaves nothing, as
+    every write here."""
+    path = check_output_path(output)
+    folder = path.parent if str(path.parent) else Path(".")
+    with _transaction() as files:
+        with _disk_errors(path):
+            remove_orphans(path)
+            name = files.temporary(folder, path.name, _FileLike.of(path))
+        out = open(name, "wb")
+
+        def write(piece: bytes) -> None:
+            with _signals_held(), _disk_errors(path):
+                out.write(piece)
+                out.flush()
+
+        def commit() -> None:
+            with _signals_held(), _disk_errors(path):
+                _sync(out)
+                out.close()
+                os.replace(name, path)
+                files.unmark(name, committed=True)
+                files.committed()
+
+        try:
+            yield write
+        except (KeyboardInterrupt, Terminated, StreamBrokenError):
+            commit()
+            raise
+        except BaseException:
+            out.close()
+            raise
+        commit()
 
 
 def remove_orphans(output: Path, listing: Optional[Dict[str, List[str]]] = None) -> None:

@@ -1,0 +1,207 @@
+"""detect on video: a video encoded from test frames gives, frame for frame, the detections detect gives on those
+frames as pictures (exactly with a lossless codec; the same boxes, scores within the codec's loss, with a lossy
+one), each record with its frame's index and time; sampling; JSON Lines or CSV streamed frame by frame; an
+interrupted run or a source that breaks off leaves every record of every frame done; a corrupt packet skipped and
+counted; no PyAV, exit 3 with the install line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import cli
+
+import fc2conv_onnx
+from fc2conv_onnx.apps import video
+from fc2conv_onnx.apps.video import Sampling
+
+from conftest import FIXTURES
+
+av = pytest.importorskip("av")  # the test extra installs it; a machine without it says it skipped
+
+RATE = 5
+
+
+def frames_of(count: int) -> list:
+    """The disks scene moved 8 pixels right a frame (wrapping): the spot finder's three disks move with it."""
+    disks = np.asarray(Image.open(FIXTURES / "disks.png").convert("RGB"))
+    return [np.roll(disks, 8 * i, axis=1) for i in range(count)]
+
+
+def encode(frames: list, path, codec: str = "ffv1", rate: int = RATE) -> None:
+    """`frames` as a video: ffv1 in RGB is lossless; libx264 / mpeg4 in yuv420p are not."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream(codec, rate=rate)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
+    for pixels in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+
+
+def by_frame(records) -> dict:
+    found: dict = {}
+    for record in records:
+        found.setdefault(record.frame, []).append(record)
+    return found
+
+
+def test_a_lossless_video_gives_the_pictures_detections_frame_for_frame(spot_finder, tmp_path):
+    frames = frames_of(6)
+    encode(frames, tmp_path / "clip.mkv")
+    found = fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv", regression="box")
+    assert found.video.frames == 6 and found.video.rate == RATE and found.video.corrupt == 0
+    per_frame = by_frame(found.records)
+    assert sorted(per_frame) == list(range(6))
+    for index, pixels in enumerate(frames):
+        Image.fromarray(pixels).save(tmp_path / f"{index}.png")
+        pictures = fc2conv_onnx.detect(spot_finder, [tmp_path / f"{index}.png"], regression="box").records
+        got = per_frame[index]
+        assert [(r.box, r.score, r.klass, r.cell) for r in got] == [(r.box, r.score, r.klass, r.cell) for r in pictures]
+        assert {(r.frame, r.time) for r in got} == {(index, index / RATE)}
+
+
+@pytest.mark.parametrize("codec, suffix", [("libx264", ".mp4"), ("mpeg4", ".avi")])
+def test_a_lossy_video_gives_the_same_boxes_scores_within_its_loss(spot_finder, tmp_path, codec, suffix):
+    """Against the frames as decoded (saved as pictures): exactly; against the frames encoded: the same cells,
+    scores within the codec's loss."""
+    frames = frames_of(4)
+    encode(frames, tmp_path / f"clip{suffix}", codec)
+    found = by_frame(fc2conv_onnx.detect(spot_finder, tmp_path / f"clip{suffix}").records)
+    decoded = [f.to_ndarray(format="rgb24") for f in av.open(str(tmp_path / f"clip{suffix}")).decode(video=0)]
+    assert len(decoded) == len(found) == 4
+    for index, pixels in enumerate(decoded):
+        Image.fromarray(pixels).save(tmp_path / f"d{index}.png")
+        exact = fc2conv_onnx.detect(spot_finder, [tmp_path / f"d{index}.png"]).records
+        assert [(r.box, r.score) for r in found[index]] == [(r.box, r.score) for r in exact]
+        Image.fromarray(frames[index]).save(tmp_path / f"o{index}.png")
+        original = fc2conv_onnx.detect(spot_finder, [tmp_path / f"o{index}.png"]).records
+        assert sorted(r.cell for r in found[index]) == sorted(r.cell for r in original)
+        assert sorted(r.score for r in found[index]) == pytest.approx(sorted(r.score for r in original), abs=0.05)
+
+
+@pytest.mark.parametrize("sampling, frames", [
+    (Sampling(every=2), [0, 2, 4, 6, 8]),
+    (Sampling(fps=2.5), [0, 2, 4, 6, 8]),
+    (Sampling(start=0.5, duration=0.8), [3, 4, 5, 6]),  # times 0.6 .. 1.2, within [0.5, 1.3)
+    (Sampling(every=3, start=0.2), [1, 4, 7]),
+])
+def test_sampling_picks_the_frames_asked_for(spot_finder, tmp_path, sampling, frames):
+    encode(frames_of(10), tmp_path / "clip.mkv")
+    found = fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv", sampling=sampling)
+    assert sorted(by_frame(found.records)) == frames and found.video.frames == len(frames)
+
+
+def test_the_command_streams_json_lines_and_csv(spot_finder, tmp_path):
+    encode(frames_of(4), tmp_path / "clip.mkv")
+    expected = fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv").records
+    code, out, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", "-o", tmp_path / "r.jsonl")
+    assert code == 0, stderr
+    assert "in 4 frame(s) of video" in out
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [r.to_dict() for r in expected]
+    code, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", "-o", tmp_path / "r.csv", "--every", "2")
+    assert code == 0, stderr
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0].endswith(",label,frame,time") and {row.split(",")[-2] for row in rows[1:]} == {"0", "2"}
+
+
+def test_what_a_video_run_refuses(spot_finder, tmp_path, monkeypatch):
+    encode(frames_of(2), tmp_path / "clip.mkv")
+    for args, code, message in (
+            (["-o", tmp_path / "r.json"], 2, "name the file .jsonl"),
+            (["-o", tmp_path / "r.jsonl", "--every", "2", "--fps", "3"], 2, "not both"),
+            (["-o", tmp_path / "r.jsonl", "--start", "-1"], 2, "0 or more seconds"),
+            (["-o", tmp_path / "r.jsonl", "--draw", tmp_path / "d.mp4"], 2, "--draw"),
+    ):
+        got, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", *args)
+        assert got == code and message in stderr and stderr.count("\n") == 1, (args, stderr)
+    got, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", FIXTURES / "disks.png", "-o", tmp_path / "x")
+    assert got == 2 and "give one video, or pictures, not both" in stderr
+    got, _, stderr = cli("detect", spot_finder, FIXTURES / "disks.png", "-o", tmp_path / "x.json", "--every", "2")
+    assert got == 2 and "--every samples a video's frames" in stderr
+    got, _, stderr = cli("detect", spot_finder, tmp_path / "missing.mp4", "-o", tmp_path / "x.jsonl")
+    assert got == 3 and "is not a file" in stderr
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
+    got, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", "-o", tmp_path / "x.jsonl")
+    assert got == 3 and "pip install 'fc2conv-onnx[video]'" in stderr
+
+
+def test_a_corrupt_packet_is_skipped_and_counted(spot_finder, tmp_path, monkeypatch):
+    """FFmpeg conceals most damage itself; a packet it cannot decode at all is skipped and counted, the run goes
+    on (simulated: the third packet's decode fails as FFmpeg's InvalidDataError)."""
+    encode(frames_of(5), tmp_path / "clip.mkv")
+    real = av.packet.Packet.decode
+    seen = []
+
+    def failing(packet):
+        seen.append(packet)
+        if len(seen) == 3:
+            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+        return real(packet)
+
+    monkeypatch.setattr(av.packet.Packet, "decode", failing)
+    found = fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv")
+    assert found.video.corrupt == 1 and found.video.frames == 4
+    assert "1 packet(s) FFmpeg could not decode were skipped" in found.to_text()
+
+
+def test_a_source_that_breaks_off_keeps_the_frames_done(spot_finder, tmp_path, monkeypatch):
+    """A stream whose connection drops after 3 frames: exit 8, and the records of those 3 frames written."""
+    encode(frames_of(6), tmp_path / "clip.mkv")
+    real = video.VideoReader._decoded
+
+    def dropping(self):
+        for count, item in enumerate(real(self)):
+            if count == 3:
+                self.broken = "Connection reset by peer"
+                return
+            yield item
+
+    monkeypatch.setattr(video.VideoReader, "_decoded", dropping)
+    code, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", "-o", tmp_path / "r.jsonl")
+    assert code == 8 and "broke off after 3 frame(s) (Connection reset by peer)" in stderr, stderr
+    frames = {json.loads(line)["frame"] for line in (tmp_path / "r.jsonl").read_text().splitlines()}
+    assert frames == {0, 1, 2}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("to_stdout", [False, True])
+def test_an_interrupted_run_leaves_valid_json_lines(spot_finder, tmp_path, to_stdout):
+    """Ctrl-C once records have come: exit 130, and every line written is a whole record, of whole frames."""
+    encode(frames_of(1) * 400, tmp_path / "long.mkv")
+    out = tmp_path / "r.jsonl"
+    command = [sys.executable, "-m", "fc2conv_onnx", "detect", str(spot_finder), str(tmp_path / "long.mkv"), "-o",
+               "-" if to_stdout else str(out), "--scales", "1,0.9,0.8"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    if to_stdout:
+        first = process.stdout.readline()  # records are coming
+        assert first
+    else:
+        while time.monotonic() < deadline and not any(
+                name.startswith(".r.jsonl.") and os.path.getsize(tmp_path / name) for name in os.listdir(tmp_path)):
+            time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    rest = process.stdout.read()  # through the buffered reader that holds what readline read ahead
+    stderr = process.stderr.read()
+    process.wait(timeout=60)
+    assert process.returncode == 130, stderr
+    text = (first + rest).decode() if to_stdout else out.read_text()
+    records = [json.loads(line) for line in text.splitlines()]
+    frames = [r["frame"] for r in records]
+    assert records and frames == sorted(frames)
+    per_frame = {frame: frames.count(frame) for frame in frames}
+    whole = len(fc2conv_onnx.detect(spot_finder, [FIXTURES / "disks.png"], scales=(1, 0.9, 0.8)).records)
+    assert set(per_frame.values()) == {whole}  # each frame's records, whole
+    assert b"interrupted after" in stderr and b"each frame whole" in stderr
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
