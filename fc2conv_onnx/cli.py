@@ -29,7 +29,7 @@ from .commands.flags import PROG, STREAM
 from .commands.running import say
 from .errors import Fc2ConvError, ResourceError, printable
 from .model import ort, writes
-from .model.writes import Terminated, signals_raise
+from .model.signals import Terminated, signals_raise
 
 if TYPE_CHECKING:
     from .report import Report

@@ -115,13 +115,44 @@ def test_the_command_streams_json_lines_and_csv(spot_finder, tmp_path):
     assert rows[0].endswith(",label,frame,time") and {row.split(",")[-2] for row in rows[1:]} == {"0", "2"}
 
 
+def test_draw_writes_the_annotated_video_at_the_sources_rate(spot_finder, tmp_path):
+    """--draw out.mp4: every frame run, boxes drawn as on pictures (frames without detections too), at the
+    source's rate; decoded, its frames are the drawings within H.264's loss."""
+    from fc2conv_onnx.commands.video_run import draw_records
+
+    frames = frames_of(4)
+    frames[2] = np.zeros_like(frames[2])  # a frame with nothing on it
+    encode(frames, tmp_path / "clip.mkv")
+    code, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", "-o", tmp_path / "r.jsonl", "--draw",
+                          tmp_path / "drawn.mp4")
+    assert code == 0, stderr
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    drawn = av.open(str(tmp_path / "drawn.mp4"))
+    stream = drawn.streams.video[0]
+    assert stream.average_rate == RATE
+    decoded = [f.to_ndarray(format="rgb24") for f in drawn.decode(stream)]
+    assert len(decoded) == 4 and 2 not in {r["frame"] for r in records}
+    found = by_frame(fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv").records)
+    for index, pixels in enumerate(frames):
+        height, width = decoded[index].shape[:2]
+        expected = np.asarray(draw_records(pixels, found.get(index, [])), np.float32)[:height, :width]
+        plain = np.asarray(draw_records(pixels, []), np.float32)[:height, :width]
+        got = decoded[index].astype(np.float32)
+        assert np.abs(got - expected).mean() < 3.0  # the frame, within the codec's loss
+        boxes = np.abs(expected - plain).max(axis=2) > 100  # where the boxes and labels are drawn
+        assert boxes.any() == (index != 2)
+        if boxes.any():  # drawn there: the decoded frame is the drawing's, not the plain frame's
+            assert np.abs(got - expected)[boxes].mean() < np.abs(got - plain)[boxes].mean() / 1.5  # 4:2:0 smears
+
+
 def test_what_a_video_run_refuses(spot_finder, tmp_path, monkeypatch):
     encode(frames_of(2), tmp_path / "clip.mkv")
     for args, code, message in (
             (["-o", tmp_path / "r.json"], 2, "name the file .jsonl"),
             (["-o", tmp_path / "r.jsonl", "--every", "2", "--fps", "3"], 2, "not both"),
             (["-o", tmp_path / "r.jsonl", "--start", "-1"], 2, "0 or more seconds"),
-            (["-o", tmp_path / "r.jsonl", "--draw", tmp_path / "d.mp4"], 2, "--draw"),
+            (["-o", tmp_path / "r.jsonl", "--draw", tmp_path / "d.png"], 3, "an annotated video is written as .mp4"),
+            (["-o", tmp_path / "r.jsonl", "--draw", tmp_path / "clip.mkv"], 3, "the picture"),
     ):
         got, _, stderr = cli("detect", spot_finder, tmp_path / "clip.mkv", *args)
         assert got == code and message in stderr and stderr.count("\n") == 1, (args, stderr)
@@ -181,7 +212,8 @@ def test_an_interrupted_run_leaves_valid_json_lines(spot_finder, tmp_path, to_st
     encode(frames_of(1) * 400, tmp_path / "long.mkv")
     out = tmp_path / "r.jsonl"
     command = [sys.executable, "-m", "fc2conv_onnx", "detect", str(spot_finder), str(tmp_path / "long.mkv"), "-o",
-               "-" if to_stdout else str(out), "--scales", "1,0.9,0.8"]
+               "-" if to_stdout else str(out), "--scales", "1,0.9,0.8"] + \
+        ([] if to_stdout else ["--draw", str(tmp_path / "drawn.mkv")])
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     if to_stdout:
@@ -205,3 +237,6 @@ def test_an_interrupted_run_leaves_valid_json_lines(spot_finder, tmp_path, to_st
     assert set(per_frame.values()) == {whole}  # each frame's records, whole
     assert b"interrupted after" in stderr and b"each frame whole" in stderr
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+    if not to_stdout:  # the annotated video ends where the records do, finished (its index written)
+        drawn = [f for f in av.open(str(tmp_path / "drawn.mkv")).decode(video=0)]
+        assert len(drawn) == len(per_frame)

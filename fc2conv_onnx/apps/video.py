@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -209,3 +209,47 @@ class VideoReader:
 
 def _reason(error: BaseException) -> str:
     return str(getattr(error, "strerror", "") or error).splitlines()[0] if str(error) else type(error).__name__
+
+
+#: An annotated video's container format, by its name's suffix.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+
+
+def check_drawing_name(name: str) -> None:
+    """An annotated video is written as its name says: .mp4, .m4v, .mov, .mkv or .avi."""
+    if not name.lower().endswith(tuple(CONTAINERS)):
+        raise InputError(f"--draw {printable(name)}: an annotated video is written as {', '.join(CONTAINERS)}; give "
+                         "one of those names")
+
+
+class VideoWriter:
+    """An annotated video written frame by frame (H.264 where FFmpeg has it, else MPEG-4 part 2; yuv420p, so the
+    frames are cut to even sides), at `rate` frames a second, its frames `size` (width, height); into `path`, in
+    the container `name`'s suffix says (`path` may be a temporary of another name). Its stream is made at once,
+    so that a run that ends before its first frame still leaves a video (of no frames) a player opens."""
+
+    def __init__(self, path: str, name: str, rate: float, size: Tuple[int, int]) -> None:
+        from fractions import Fraction
+
+        self._av = pyav()
+        suffix = os.path.splitext(name.lower())[1]
+        self._container = self._av.open(path, "w", format=CONTAINERS[suffix])
+        codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
+        self._stream = self._container.add_stream(codec, rate=Fraction(rate).limit_denominator(1001))
+        self.size = (size[0] // 2 * 2, size[1] // 2 * 2)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = self.size[0], self.size[1], "yuv420p"
+
+    def add(self, image: Any) -> None:
+        """Add `image` (a Pillow RGB image of the writer's size, or one pixel more on a side) as the next frame."""
+        if image.size != self.size:
+            image = image.crop((0, 0, *self.size))
+        for packet in self._stream.encode(self._av.VideoFrame.from_image(image)):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file (its index written: players can seek it)."""
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        finally:
+            self._container.close()

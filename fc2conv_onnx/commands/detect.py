@@ -172,16 +172,17 @@ def run(args: argparse.Namespace):
 def _run_video(args: argparse.Namespace, source: str):
     """detect on a video: the records streamed frame by frame (`video_run`)."""
     from ..apps.detector import Detector
-    from ..apps.video import is_live
+    from ..apps.video import check_drawing_name, is_live
 
     video_run.check_output(args.output)
     video_run.sampling(args)  # a bad value: a usage error, before anything opens
     if args.draw:
-        raise UsageError("--draw draws pictures; on a video it is not made yet (the records carry each box)")
+        check_drawing_name(args.draw)
     if args.proposal_threshold is not None and args.refine is None:
         raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
     stages = () if args.cascade is None else read_cascade(args.cascade)
-    outputs = [] if args.output == STREAM else [("-o", args.output)]
+    outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
+        ([("--draw's annotated video", args.draw)] if args.draw else [])
     guard.check_outputs(outputs, guard.pictures_read(args.model, [] if is_live(source) else [source],
                                                      [args.refine, *(s.model for s in stages)], args.labels,
                                                      args.cascade))

@@ -23,7 +23,6 @@ import errno
 import logging
 import os
 import re
-import signal
 import stat
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from ..errors import ClosedOutputError, InputError, ResourceError, StreamBrokenError, printable
 from .guard import check_output_path
+from .signals import Terminated, held, signals_raise
 from .wire import external_locations
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def write_stream(data: bytes, stream: Any, what: str = "standard output") -> Non
 def write_piece(piece: bytes, stream: Any, what: str = "standard output") -> None:
     """`piece` written whole (`write_stream`), an interruption waiting for its end (a video frame's records on
     standard output: its reader never gets half a frame from us)."""
-    with _signals_held():
+    with held():
         write_stream(piece, stream, what)
 
 
@@ -178,7 +178,7 @@ def save_model(model: onnx.ModelProto, weights: Weights, output: PathLike,
         replaced = _data_files_named(path)
         if data_path is not None:
             files.unmark(data_path)  # from here on, never taken for a killed run's leftover
-        with _signals_held():
+        with held():
             os.replace(model_temporary, path)  # the commit
             files.committed()
             files.unmark(model_temporary, committed=True)
@@ -240,7 +240,7 @@ class Group:
         """Rename every temporary onto its output, with signals held: an interruption comes before all of
         them or after. (Only a failing rename, which a temporary in the output's own folder makes unlikely,
         or a kill can stop it half way; the error then says which files were written.)"""
-        with _signals_held():
+        with held():
             for done, (name, path) in enumerate(self._pending):
                 try:
                     os.replace(name, path)
@@ -263,41 +263,47 @@ def together() -> Iterator[Group]:
 
 
 @contextmanager
-def streamed(output: PathLike) -> Iterator[Callable[[bytes], None]]:
-    """A file written piece by piece as a run goes (a video's records, frame by frame), that appears at `output`
-    when the block ends - also when an interruption (Ctrl-C, SIGTERM) or a source that broke off ends it, so that
-    every piece written is kept, each whole (written with signals held). Any other failure leaves nothing, as
-    every write here."""
+def streamed_path(output: PathLike) -> Iterator[str]:
+    """A temporary next to `output` that the block writes as a run goes (a video's records, an annotated video),
+    and that appears at `output` when the block ends - also when an interruption (Ctrl-C, SIGTERM) or a source
+    that broke off ends it, so that all written is kept: the block closes what it opened on the temporary before
+    it ends, either way. Any other failure leaves nothing, as every write here."""
     path = check_output_path(output)
     folder = path.parent if str(path.parent) else Path(".")
     with _transaction() as files:
         with _disk_errors(path):
             remove_orphans(path)
             name = files.temporary(folder, path.name, _FileLike.of(path))
-        out = open(name, "wb")
-
-        def write(piece: bytes) -> None:
-            with _signals_held(), _disk_errors(path):
-                out.write(piece)
-                out.flush()
 
         def commit() -> None:
-            with _signals_held(), _disk_errors(path):
-                _sync(out)
-                out.close()
+            with held(), _disk_errors(path):
                 os.replace(name, path)
                 files.unmark(name, committed=True)
                 files.committed()
 
         try:
-            yield write
+            yield name
         except (KeyboardInterrupt, Terminated, StreamBrokenError):
             commit()
             raise
-        except BaseException:
-            out.close()
-            raise
         commit()
+
+
+@contextmanager
+def streamed(output: PathLike) -> Iterator[Callable[[bytes], None]]:
+    """`streamed_path` written piece by piece, each piece whole (written with signals held) and flushed."""
+    with streamed_path(output) as name:
+        path = Path(output)
+        with open(name, "wb") as out:
+
+            def write(piece: bytes) -> None:
+                with held(), _disk_errors(path):
+                    out.write(piece)
+                    out.flush()
+
+            yield write
+            with _disk_errors(path):
+                _sync(out)
 
 
 def remove_orphans(output: Path, listing: Optional[Dict[str, List[str]]] = None) -> None:
@@ -437,7 +443,7 @@ class _Files:
     def temporary(self, folder: Path, target: str, like: _FileLike) -> str:
         """A new empty file next to `target`, owned and permitted like the file it replaces."""
         while True:
-            with _signals_held():  # made and recorded together, so that a signal cannot orphan it
+            with held():  # made and recorded together, so that a signal cannot orphan it
                 handle, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=folder)
                 self.made.append(name)
                 self.locks.append(handle)
@@ -451,7 +457,7 @@ class _Files:
         """A new empty data file for `output` under a name never used before."""
         while True:
             target = folder / _new_data_file_name(output)
-            with _signals_held():
+            with held():
                 try:
                     handle = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
                 except FileExistsError:
@@ -537,62 +543,3 @@ def _disk_errors(path: Path) -> Iterator[None]:
             raise ResourceError(f"no space left to write '{printable(str(path))}' ({reason}); nothing was "
                                 "written") from None
         raise InputError(f"cannot write '{printable(str(path))}' ({reason}); nothing was written") from None
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so that temporaries are removed on the way out."""
-
-    def __init__(self, number: int) -> None:
-        super().__init__(f"signal {number}")
-        self.number = number
-
-
-_STOPS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-#: How deep in `_signals_held` blocks the main thread is, and the signals that arrived meanwhile.
-_held: Dict[str, Any] = {"depth": 0, "pending": []}
-
-
-@contextmanager
-def signals_raise() -> Iterator[None]:
-    """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM and SIGHUP raise `Terminated`, instead of
-    ending the process where it stands; inside a `_signals_held` block they wait for its end. Only in the
-    main thread, where Python runs signal handlers."""
-    try:
-        previous = {number: signal.signal(number, _on_signal) for number in _STOPS}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _on_signal(number: int, frame) -> None:
-    if _held["depth"]:
-        _held["pending"].append(number)
-        return
-    _raise_for(number)
-
-
-def _raise_for(number: int) -> None:
-    if number == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Terminated(number)
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Within the block, signals wait: a file is made and recorded together, and the commit and the removals
-    after it happen together. (Masking the signal would not do: onnxruntime's and numpy's threads take it,
-    and Python then runs the handler in the main thread at once.)"""
-    _held["depth"] += 1
-    try:
-        yield
-    finally:
-        _held["depth"] -= 1
-        if not _held["depth"] and _held["pending"]:
-            number = _held["pending"][0]
-            _held["pending"].clear()
-            _raise_for(number)
