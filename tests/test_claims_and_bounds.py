@@ -101,7 +101,8 @@ def test_a_picture_replaced_after_its_header_was_read_is_refused(spot_finder, tm
 
     words = "changed during the run" if replacement == "another size" else "as stored would have"
     with pytest.raises(InputError, match=words):
-        fc2conv_onnx.detect(spot_finder, [first, second], progress=replace_second)
+        # one worker: the second picture is read after the first ran (several read ahead, before the change)
+        fc2conv_onnx.detect(spot_finder, [first, second], progress=replace_second, workers=1)
 
 
 def test_the_same_picture_under_two_spellings_is_refused(spot_finder, tmp_path):

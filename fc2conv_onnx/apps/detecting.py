@@ -15,6 +15,7 @@ from ..model.detections import AUTO, UNION, Detection, DetectionSettings
 from ..model.geometry import Geometry
 from . import drawing, pictures
 from .detector import Detector
+from .parallel import ordered_map, plan_threads
 from .preprocessing import Preprocessing
 from .records import records_text
 from .video import Sampling, is_live, is_video
@@ -128,7 +129,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
            preprocessing: Optional[Preprocessing] = None, progress: Optional[Progress] = None,
            refine: Optional[PathLike] = None, proposal_threshold: Optional[float] = None, transpose: bool = False,
            labels: Optional[Sequence[str]] = None, cascade: Any = None, scale_iou: Optional[float] = None,
-           sampling: Optional[Sampling] = None, **overrides) -> Detections:
+           sampling: Optional[Sampling] = None, workers: Optional[int] = None, threads: Optional[int] = None,
+           **overrides) -> Detections:
     """Find objects in pictures with a converted classifier: the model runs once per picture and scale (one
     session for all), each cell above the threshold becomes its window's box in the picture's pixels, and
     overlapping boxes of a class are suppressed across scales.
@@ -163,6 +165,9 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         cascade: further stages that look again at each box kept, each a classifier on the box's image crop
             (a cascade file's path, or a list of `Stage`; see `apps/cascade.py`): a box is reported when every
             stage keeps it, with the last stage's score, class and box.
+        workers: how many pictures (or frames) are read and run at once, each in a thread of its own, on the one
+            session (default: one per core, no more than there are pictures); records come in input order.
+        threads: onnxruntime's threads per run (default: the cores shared between the workers).
 
     Returns:
         `Detections`: `.records` best first (image, box [x1, y1, x2, y2], score, class, scale, cell), and
@@ -174,9 +179,11 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     detector = Detector(model, settings, scales=scales, min_size=min_size, max_size=max_size, scale_step=scale_step,
                         preprocessing=preprocessing, refine=refine,
                         proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, cascade=cascade,
-                        scale_iou=scale_iou, **overrides)
+                        scale_iou=scale_iou, threads=threads, **overrides)
     if isinstance(images, (str, os.PathLike)) and is_video(images):
-        return _on_video(detector, model, images, sampling or Sampling())
+        workers, _ = plan_threads(workers, threads)
+        detector.share_cores(workers)
+        return _on_video(detector, model, images, sampling or Sampling(), workers)
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -186,6 +193,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     if not names:
         raise InputError("no picture given")
     _refuse_twice(names)
+    workers, _ = plan_threads(workers, threads, len(names))
+    detector.share_cores(workers)
     opened = detector.opened
     # Every picture's header first, and every scale checked (a missing or unreadable picture, or one the model
     # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
@@ -199,9 +208,12 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         if progress is not None:
             progress(done, total)
 
+    def one(image: str) -> List[Detection]:
+        return detector.find(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
+
     found: List[Detection] = []
-    for image in names:
-        found += detector.find(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
+    for records in ordered_map(one, names, workers):  # read and run `workers` at once, in input order
+        found += records
     settings = opened.settings
     logits = settings.activation == AUTO and opened.name not in opened.runner.scores
     stages = detector.cascade.stages if detector.cascade is not None else ()
@@ -210,13 +222,13 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
                       reads=guard.pictures_read(model, names, [refine, *(stage.model for stage in stages)]))
 
 
-def _on_video(detector: Detector, model: Any, source: PathLike, sampling: Sampling) -> Detections:
+def _on_video(detector: Detector, model: Any, source: PathLike, sampling: Sampling, workers: int) -> Detections:
     """`detect` on a video: every sampled frame's records, frame by frame (best first within a frame)."""
     from .video_detect import frames_detected, open_video
 
     opened = detector.opened
     reader, run = open_video(source, sampling, opened.settings)
-    found = [record for _, records in frames_detected(detector, reader, run) for record in records]
+    found = [record for _, records in frames_detected(detector, reader, run, workers=workers) for record in records]
     logits = opened.settings.activation == AUTO and opened.name not in opened.runner.scores
     name = os.fspath(source)
     return Detections(found, opened.settings, opened.geometry, {name: run.scales}, logits,

@@ -32,6 +32,7 @@ from . import pictures
 from .cascade import Cascade, checked_stages
 from .labels import checked_labels, name_of
 from .maps import MapModel, at_taken_size, check_picture_size, open_map_model, taken_size
+from .parallel import plan_threads
 from .preprocessing import Preprocessing, model_mode
 from .refine import Refiner
 
@@ -112,6 +113,12 @@ class Detector:
         self.cascade = Cascade(stages, self.preprocessing, self.transpose) if stages else None
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
+
+    def share_cores(self, workers: int) -> None:
+        """Before the first use: `workers` pictures will run at once, so each run gets its share of the cores as
+        onnxruntime threads (unless `threads` was given)."""
+        if self.threads is None and self._opened is None:
+            self.threads = plan_threads(workers, None)[1]
 
     def __getstate__(self) -> Dict[str, Any]:
         # A session does not pickle, nor does a lock; a worker opens its own.

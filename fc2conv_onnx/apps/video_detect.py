@@ -5,6 +5,7 @@ the length of the source, and the records come out frame by frame.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -12,6 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 from ..errors import printable
 from ..model.detections import Detection, DetectionSettings
 from .detector import Detector
+from .parallel import ordered_map, plan_threads
 from .pictures import size_of
 from .video import Frame, Sampling, VideoReader
 
@@ -67,18 +69,24 @@ class VideoRun:
                 "scales": list(self.scales), "written": self.written, "drawn": self.drawn}
 
 
-def frames_detected(detector: Detector, reader: VideoReader, run: VideoRun,
-                    frame_done: Optional[FrameDone] = None) -> Iterator[Tuple[Frame, List[Detection]]]:
-    """(frame, its detections best first) for each sampled frame of `reader`, `run` kept up to date."""
-    scales: Optional[Tuple[float, ...]] = None
+def frames_detected(detector: Detector, reader: VideoReader, run: VideoRun, frame_done: Optional[FrameDone] = None,
+                    workers: int = 1) -> Iterator[Tuple[Frame, List[Detection]]]:
+    """(frame, its detections best first) for each sampled frame of `reader`, in order, `run` kept up to date;
+    `workers` frames run at once (`parallel.ordered_map`)."""
     source = reader.source
+    frames = iter(reader)
+
+    def one(frame: Frame) -> Tuple[Frame, List[Detection]]:
+        return frame, [replace(d, frame=frame.index, time=frame.time)
+                       for d in detector.find(frame.pixels, source, run.scales)]
+
     try:
-        for frame in reader:
-            if scales is None:  # every frame of a stream has one size: its scales are planned once
-                scales = detector.scales_for(detector.framed(size_of(frame.pixels)), source)
-                run.scales = scales
-            found = [replace(d, frame=frame.index, time=frame.time)
-                     for d in detector.find(frame.pixels, source, scales)]
+        first = next(frames, None)
+        if first is None:
+            return
+        # Every frame of a stream has one size: its scales are planned once, before any runs.
+        run.scales = detector.scales_for(detector.framed(size_of(first.pixels)), source)
+        for frame, found in ordered_map(one, itertools.chain([first], frames), workers):
             run.frames += 1
             run.detections += len(found)
             run.last = (frame.index, frame.time)
@@ -110,6 +118,9 @@ def detect_video(model: Any, source: Any, settings: Optional[DetectionSettings] 
         start, duration: from `start` seconds, for `duration` seconds (default: to the end).
     """
     sampling = Sampling(every, fps, start, duration)
+    workers = detector_options.pop("workers", None)
     detector = Detector(model, settings, **detector_options)
+    workers, _ = plan_threads(workers, detector.threads)
+    detector.share_cores(workers)
     reader, run = open_video(source, sampling, detector.opened.settings)
-    yield from frames_detected(detector, reader, run)
+    yield from frames_detected(detector, reader, run, workers=workers)

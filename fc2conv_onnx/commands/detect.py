@@ -101,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transpose", action="store_true",
                         help="the model reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets): it "
                              "runs on each picture transposed; the boxes are in the picture's frame")
+    speed = parser.add_argument_group("cores")
+    speed.add_argument("--workers", type=flags.positive_int, metavar="N",
+                       help="read and run N pictures (or video frames) at once, one session (default: one per core); "
+                            "records stay in input order")
+    speed.add_argument("--threads", type=flags.positive_int, metavar="N",
+                       help="onnxruntime's threads per run (default: the cores shared between the workers)")
     flags.detection_flags(parser, "")
     flags.picture_flags(parser)
     flags.talk_flags(parser, json=False)
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace):
                    progress=running.progress("runs"), refine=args.refine,
                    proposal_threshold=args.proposal_threshold, transpose=args.transpose,
                    labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
-                   scale_iou=args.scale_iou)
+                   scale_iou=args.scale_iou, workers=args.workers, threads=args.threads)
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
@@ -172,6 +178,7 @@ def run(args: argparse.Namespace):
 def _run_video(args: argparse.Namespace, source: str):
     """detect on a video: the records streamed frame by frame (`video_run`)."""
     from ..apps.detector import Detector
+    from ..apps.parallel import plan_threads
     from ..apps.video import check_drawing_name, is_live
 
     video_run.check_output(args.output)
@@ -191,8 +198,10 @@ def _run_video(args: argparse.Namespace, source: str):
                         preprocessing=running.preprocessing(args), refine=args.refine,
                         proposal_threshold=args.proposal_threshold, transpose=args.transpose,
                         labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
-                        scale_iou=args.scale_iou)
-    return video_run.run(args, source, detector)
+                        scale_iou=args.scale_iou, threads=args.threads)
+    workers, _ = plan_threads(args.workers, args.threads)
+    detector.share_cores(workers)
+    return video_run.run(args, source, detector, workers)
 
 
 def _drawings(images: List[str], draw: Optional[str], into_folder: bool) -> List[tuple]:

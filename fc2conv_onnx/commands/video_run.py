@@ -34,7 +34,7 @@ def sampling(args: argparse.Namespace) -> Sampling:
         raise UsageError(f"--{str(error).replace('_', '-')}") from None
 
 
-def run(args: argparse.Namespace, source: str, detector: Any) -> Any:
+def run(args: argparse.Namespace, source: str, detector: Any, workers: int = 1) -> Any:
     """Stream the records of `source`'s sampled frames to `args.output`; the run's summary."""
     from ..apps.video_detect import frames_detected, open_video
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, source: str, detector: Any) -> Any:
         if csv:
             write(as_csv([], frames=True).encode())
         try:
-            for frame, records in frames_detected(detector, reader, run_, frame_done):
+            for frame, records in frames_detected(detector, reader, run_, frame_done, workers):
                 text = as_csv(records, header=False, frames=True) if csv else as_json_lines(records)
                 drawn = draw_records(frame.pixels, records) if writer is not None else None
                 with held():  # a frame's records and its drawing go together
