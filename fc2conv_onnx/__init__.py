@@ -14,7 +14,7 @@ _HOMES = {
     **dict.fromkeys(["convert", "convert_with_report", "convert_file", "inspect", "validate_pair", "read_geometry",
                      "window_of", "Conversion"], ".api"),
     "detect": ".apps.detecting", "Detections": ".apps.detecting", "Detector": ".apps.detector",
-    "detect_video": ".apps.video_detect", "Sampling": ".apps.video",
+    "detect_video": ".apps.video_detect", "Sampling": ".apps.video", "frame_rows": ".apps.video",
     "heatmap": ".apps.heatmaps", "Heatmap": ".apps.heatmaps", "gap": ".apps.gap", "Gap": ".apps.gap",
     "Detection": ".model.detections", "DetectionSettings": ".model.detections",
     **dict.fromkeys(["Fc2ConvError", "InputError", "NothingToConvertError", "ValidationError", "ResourceError"],

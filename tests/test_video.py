@@ -240,3 +240,25 @@ def test_an_interrupted_run_leaves_valid_json_lines(spot_finder, tmp_path, to_st
     if not to_stdout:  # the annotated video ends where the records do, finished (its index written)
         drawn = [f for f in av.open(str(tmp_path / "drawn.mkv")).decode(video=0)]
         assert len(drawn) == len(per_frame)
+
+
+def test_the_detector_takes_frames_as_frame_rows_and_ray_read_videos_give_them(spot_finder, tmp_path):
+    """A batch of frames - `frame_rows`' (image, frame, time) or Ray's `read_videos`' (frame pixels, frame_index,
+    frame_timestamp) - gives detect's records on the video, each row with its frame and time."""
+    encode(frames_of(3), tmp_path / "clip.mkv")
+    expected = fc2conv_onnx.detect(spot_finder, tmp_path / "clip.mkv").records
+    want = sorted((r.frame, r.time, r.box, r.score) for r in expected)
+    rows = list(fc2conv_onnx.frame_rows({"path": str(tmp_path / "clip.mkv")}))
+    assert [row["frame"] for row in rows] == [0, 1, 2]
+    ours = {"path": np.asarray([r["path"] for r in rows], dtype=object), "image": [r["image"] for r in rows],
+            "frame": np.asarray([r["frame"] for r in rows]), "time": np.asarray([r["time"] for r in rows])}
+    ray_form = {"path": ours["path"], "frame": ours["image"], "frame_index": ours["frame"],
+                "frame_timestamp": ours["time"]}
+    for batch in (ours, ray_form):
+        columns = fc2conv_onnx.Detector(spot_finder)(batch)
+        got = sorted(zip(columns["frame"].tolist(), columns["time"].tolist(),
+                         zip(columns["x1"].tolist(), columns["y1"].tolist(), columns["x2"].tolist(),
+                             columns["y2"].tolist()), columns["score"].tolist()))
+        assert [(f, t) for f, t, _, _ in got] == [(f, t) for f, t, _, _ in want]
+        np.testing.assert_allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-6)  # float32 columns
+        np.testing.assert_allclose([box for _, _, box, _ in got], [box for _, _, box, _ in want], rtol=1e-6)

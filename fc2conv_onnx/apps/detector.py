@@ -237,11 +237,16 @@ class Detector:
 
     def __call__(self, batch: Mapping[str, Any]) -> Dict[str, np.ndarray]:
         keys, column, sources, files = _rows(batch)
+        frames, times = _frame_columns(batch, len(keys))
         found: List[Tuple[int, Detection]] = []
         for index, (key, source) in enumerate(zip(keys, sources)):
             name = str(key)
             picture = pictures.read_image(source) if files else pictures.checked_array(source, f"'{name}'")
-            found += [(index, record) for record in self.find(picture, name)]
+            records = self.find(picture, name)
+            if frames is not None:
+                records = [replace(r, frame=int(frames[index]), time=None if times is None else float(times[index]))
+                           for r in records]
+            found += [(index, record) for record in records]
         rows = np.asarray([index for index, _ in found], np.int64)
         boxes = np.asarray([record.box for _, record in found], np.float32).reshape(-1, 4)
         key_column = np.asarray(keys)[rows]
@@ -254,6 +259,9 @@ class Detector:
                    "column": np.asarray([r.cell[1] for _, r in found], np.int64)}
         if self.opened.labels is not None:  # labels reach every output, the batch's columns too
             columns["label"] = np.asarray([r.label for _, r in found], dtype=object)
+        if frames is not None:  # video frames: each row's frame index and time, as detect's records on a video
+            columns["frame"] = np.asarray([r.frame for _, r in found], np.int64)
+            columns["time"] = np.asarray([np.nan if r.time is None else r.time for _, r in found], np.float64)
         return columns
 
     def _inputs(self, picture: Any, scales: Sequence[float],
@@ -274,6 +282,7 @@ def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any], 
     if not isinstance(batch, Mapping):
         raise InputError(f"a batch is a dict of columns (Ray Data's numpy batch format), not a "
                          f"{type(batch).__name__}")
+    batch = _named_as_pictures(batch)
     if "image" in batch:
         column = "id" if "id" in batch else "path" if "path" in batch else None
         if column is None:
@@ -298,6 +307,28 @@ def _rows(batch: Mapping[str, Any]) -> Tuple[Sequence[Any], str, Sequence[Any], 
     if files and not all(isinstance(p, (str, os.PathLike)) for p in keys):
         raise InputError("the batch's 'path' column must hold picture paths (str)")
     return keys, column, sources, files
+
+
+def _named_as_pictures(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A batch of Ray's `read_videos` (pixels under 'frame', beside 'frame_index') with its pixels as 'image'."""
+    if "image" not in batch and "frame" in batch and "frame_index" in batch:
+        return {**{k: v for k, v in batch.items() if k != "frame"}, "image": batch["frame"]}
+    return batch
+
+
+def _frame_columns(batch: Mapping[str, Any], rows: int) -> Tuple[Optional[Sequence[Any]], Optional[Sequence[Any]]]:
+    """The frames' indices and times of a batch of video frames (`video.frame_rows`' 'frame' and 'time', or Ray
+    `read_videos`' 'frame_index' and 'frame_timestamp'); (None, None) for pictures."""
+    ray_form = "frame_index" in batch
+    index = batch.get("frame_index") if ray_form else batch.get("frame") if "image" in batch else None
+    if index is None:
+        return None, None
+    time = batch.get("frame_timestamp") if ray_form else batch.get("time")
+    for name, values in (("frame", index), ("time", time)):
+        if values is not None and (isinstance(values, (str, bytes)) or not hasattr(values, "__len__")
+                                   or len(values) != rows):
+            raise InputError(f"the batch's '{name}' column must hold one value per row")
+    return index, time
 
 
 def _where(key: str, scale: float) -> str:

@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -209,6 +209,16 @@ class VideoReader:
 
 def _reason(error: BaseException) -> str:
     return str(getattr(error, "strerror", "") or error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def frame_rows(row: Dict[str, Any], every: int = 1, fps: Optional[float] = None, start: float = 0.0,
+               duration: Optional[float] = None) -> Iterator[Dict[str, Any]]:
+    """The sampled frames of the video `row["path"]` as rows - path, frame (its index), time (seconds), image (H x W
+    x 3 uint8) - for Ray Data's `flat_map` ahead of `map_batches(Detector)`, whose rows then carry each frame's
+    index and time (docs/scale-out.md)."""
+    reader = VideoReader(os.fspath(row["path"]), Sampling(every, fps, start, duration))
+    for frame in reader:
+        yield {"path": row["path"], "frame": frame.index, "time": frame.time, "image": frame.pixels}
 
 
 #: An annotated video's container format, by its name's suffix.
