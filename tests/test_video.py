@@ -262,3 +262,35 @@ def test_the_detector_takes_frames_as_frame_rows_and_ray_read_videos_give_them(s
         assert [(f, t) for f, t, _, _ in got] == [(f, t) for f, t, _, _ in want]
         np.testing.assert_allclose([s for *_, s in got], [s for *_, s in want], rtol=1e-6)  # float32 columns
         np.testing.assert_allclose([box for _, _, box, _ in got], [box for _, _, box, _ in want], rtol=1e-6)
+
+
+@pytest.mark.processes
+def test_a_live_stream_yields_records_as_it_comes(spot_finder, tmp_path):
+    """A stream FFmpeg reads as it comes (a named pipe here, as `rtsp://` or a camera would be): the first records
+    are on standard output while half the stream is still unsent; at its end, every frame's records."""
+    encode(frames_of(1) * 60, tmp_path / "long.mkv")
+    data = (tmp_path / "long.mkv").read_bytes()
+    pipe = tmp_path / "live.mkv"
+    os.mkfifo(pipe)
+    process = subprocess.Popen([sys.executable, "-m", "fc2conv_onnx", "detect", str(spot_finder), str(pipe), "-o",
+                                "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:  # wait for the reader (a refused run never opens the pipe: fail, do not hang)
+        try:
+            handle = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.02)
+    os.set_blocking(handle, True)
+    with os.fdopen(handle, "wb") as writer:
+        writer.write(data[:len(data) // 2])
+        writer.flush()
+        first = process.stdout.readline()  # records come while the rest is unsent
+        assert json.loads(first)["frame"] == 0
+        writer.write(data[len(data) // 2:])
+    rest = process.stdout.read()
+    process.wait(timeout=60)
+    assert process.returncode == 0, process.stderr.read()
+    frames = {json.loads(line)["frame"] for line in (first + rest).decode().splitlines()}
+    assert frames == set(range(60))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -40,7 +41,13 @@ def is_video(source: Any) -> bool:
 
 
 def is_live(source: str) -> bool:
-    return source.lower().startswith(STREAM_PREFIXES) or source.startswith("/dev/video")
+    """A source that comes as it comes: a stream's URL, a camera, a named pipe (FFmpeg writing into it)."""
+    if source.lower().startswith(STREAM_PREFIXES) or source.startswith("/dev/video"):
+        return True
+    try:
+        return stat.S_ISFIFO(os.stat(source).st_mode)
+    except OSError:
+        return False
 
 
 def pyav() -> Any:
