@@ -294,3 +294,21 @@ def test_a_live_stream_yields_records_as_it_comes(spot_finder, tmp_path):
     assert process.returncode == 0, process.stderr.read()
     frames = {json.loads(line)["frame"] for line in (first + rest).decode().splitlines()}
     assert frames == set(range(60))
+
+
+def test_the_progress_line_shows_frames_and_their_rate(monkeypatch):
+    """On a terminal: the frames done and frames a second, at most every half second, ended by a newline."""
+    from fc2conv_onnx.commands import running, video_run
+
+    said = []
+    monkeypatch.setattr(running, "say", lambda text, end="\n": said.append(text + end))
+    clock = iter([100.0, 100.2, 101.0, 101.1, 102.0])
+    monkeypatch.setattr(video_run.time, "monotonic", lambda: next(clock))
+    counter = video_run._FrameCounter()  # started at 100.0
+    frame = video.Frame(0, 0.0, np.zeros((1, 1, 3), np.uint8))
+    counter(1, frame)  # 100.2: the first line
+    counter(2, video.Frame(1, 0.2, frame.pixels))  # 101.0: 0.8 s later, another
+    counter(3, video.Frame(2, 0.4, frame.pixels))  # 101.1: within half a second, none
+    counter.end()
+    assert said[0] == "\rfc2conv-onnx: 1 frame(s), 5.0 frames/s, at 0.00 s" and len(said) == 3
+    assert said[1].startswith("\rfc2conv-onnx: 2 frame(s), 2.0 frames/s, at 0.20 s") and said[2] == "\n"
