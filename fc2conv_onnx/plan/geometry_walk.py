@@ -3,7 +3,7 @@ walked from every Conv, pool and Pad between the input and the head, on every br
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -257,7 +257,10 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
     if branches that are joined have different sizes there."""
     ones = (1,) * rank
     spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, (), size=tuple(size)) for name in starts}
+    on_path = _computing(graph, source)  # a branch that does not lead to the head (another head) is not its path
     for node in graph.nodes:  # graphsurgeon keeps them in topological order after find_heads
+        if id(node) not in on_path:
+            continue
         inputs = [spans[t.name] for t in node.inputs if t.name in spans]
         if not inputs:
             continue
@@ -285,6 +288,20 @@ def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, siz
                     if any(t.name == source for t in n.outputs)), "")
     raise _NotLocal(f"the head's feature map '{source}'{made_by} is not reached from the image "
                     f"'{', '.join(starts)}' through ops whose geometry is known")
+
+
+def _computing(graph: gs.Graph, source: str) -> Set[int]:
+    """The nodes (by id) that `source` is computed from: its producer and theirs, up to the inputs."""
+    tensors = graph.tensors()
+    seen: Set[int] = set()
+    stack = [tensors[source]] if source in tensors else []
+    while stack:
+        tensor = stack.pop()
+        for node in tensor.inputs:  # a tensor's producer (graphsurgeon: its inputs are the nodes making it)
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.inputs)
+    return seen
 
 
 def head_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[int, ...]] = None) -> HeadGeometry:
