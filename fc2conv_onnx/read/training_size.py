@@ -43,13 +43,36 @@ def with_training_size(model: onnx.ModelProto, size: Sequence[int]) -> onnx.Mode
                 raise InputError(f"input '{image.name}' has the fixed shape {static}, which --input-size "
                                  f"{'x'.join(map(str, size))} does not match; leave --input-size out")
             continue
-        if len(free) != len(size):
-            raise InputError(f"input '{image.name}' has {len(free)} symbolic dims besides the batch; --input-size "
-                             f"can only fix {len(size)} spatial ones when the channel count is static")
-        for axis, value in zip(free, size):
+        axes = free if len(free) == len(size) else _spatial_axes(dims, free)
+        if len(axes) != len(size):
+            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            raise InputError(f"input '{image.name}' {shown} has {len(free)} symbolic dims besides the batch, which "
+                             f"are not its spatial axes alone; --input-size {'x'.join(map(str, size))} gives "
+                             f"{len(size)} spatial sizes: export the model with a static channel count")
+        for axis, value in zip(axes, size):
+            if dims[axis].HasField("dim_value"):
+                if dims[axis].dim_value != int(value):
+                    wanted = [dims[a].dim_value if dims[a].HasField("dim_value") else v for a, v in zip(axes, size)]
+                    raise InputError(f"input '{image.name}' has spatial axis {axis} fixed at {dims[axis].dim_value}, "
+                                     f"which --input-size {'x'.join(map(str, size))} does not match; give "
+                                     f"--input-size {'x'.join(map(str, wanted))}")
+                continue
             dims[axis].Clear()
             dims[axis].dim_value = int(value)
     return fixed
+
+
+def _spatial_axes(dims, free: Sequence[int]) -> List[int]:
+    """The spatial axes of an image input some of whose spatial dims are static ([1, 1, 64, W]: a text line
+    recognizer of fixed height): channels first when its dim 1 is a static channel count (1, 3 or 4) and the
+    symbolic dims come after it, channels last when its last dim is one and they come before; else none."""
+    rank = len(dims)
+    channels = lambda axis: dims[axis].HasField("dim_value") and dims[axis].dim_value in (1, 3, 4)  # noqa: E731
+    if channels(1) and all(axis >= 2 for axis in free):
+        return list(range(2, rank))
+    if channels(rank - 1) and all(axis <= rank - 2 for axis in free):
+        return list(range(1, rank - 1))
+    return []
 
 
 def unfollowed_shapes(model: onnx.ModelProto) -> List[str]:
