@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from io import BytesIO
@@ -153,7 +154,8 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
         scale_iou: suppress overlapping boxes within each scale first, at this overlap, then across scales at
             `iou` (MTCNN's first stage: 0.5, then 0.7).
         preprocessing: how pixels become the model's input (as for `heatmap`).
-        progress: called as progress(done, total) after each run.
+        progress: called as progress(done, total) after each run (from the workers' threads, one call at a
+            time).
         refine: the original classifier's file: the map's cells above `proposal_threshold` (default: half the
             threshold, for probabilities) are rescored by it on their image crops, and every box reported carries
             its score (and its regression, if one is read); see `apps/refine.py`.
@@ -197,16 +199,17 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     detector.share_cores(workers)
     opened = detector.opened
     # Every picture's header first, and every scale checked (a missing or unreadable picture, or one the model
-    # cannot take, is refused before anything runs, and the progress knows its total); then one picture in
-    # memory at a time.
+    # cannot take, is refused before anything runs, and the progress knows its total); then `workers` pictures
+    # in memory at a time.
     sizes = {image: pictures.image_size(image) for image in names}
     plans = {image: detector.scales_for(detector.framed(sizes[image]), image) for image in names}
-    total, runs = sum(len(s) for s in plans.values()), itertools.count(1)
+    total, runs, one_at_a_time = sum(len(s) for s in plans.values()), itertools.count(1), threading.Lock()
 
-    def after_run() -> None:
-        done = next(runs)
-        if progress is not None:
-            progress(done, total)
+    def after_run() -> None:  # from the workers' threads: the caller's progress is called one call at a time
+        with one_at_a_time:
+            done = next(runs)
+            if progress is not None:
+                progress(done, total)
 
     def one(image: str) -> List[Detection]:
         return detector.find(pictures.read_image(image, expected=sizes[image]), image, plans[image], after_run)
