@@ -192,12 +192,24 @@ def _through_casts(tensor: gs.Tensor) -> gs.Tensor:
     return tensor
 
 
+def _same_shape(read: gs.Tensor, data: gs.Tensor) -> bool:
+    """Whether `read` is `data`, or what `data` is made from by Casts and Identities (Keras on the torch backend
+    reads the shape of the tensor before a float-to-float Cast): its shape is `data`'s."""
+    while True:
+        if read is data:
+            return True
+        if not data.inputs or not is_op(data.inputs[0], "Cast", "Identity"):
+            return False
+        data = data.inputs[0].inputs[0]
+
+
 def _ints(tensor: gs.Tensor) -> Optional[List[int]]:
     return [int(v) for v in np.asarray(tensor.values).reshape(-1)] if isinstance(tensor, gs.Constant) else None
 
 
 def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
-    """If the one-element `piece` is dim 0 of `data`, read off Shape(data) by Slice [0:1] or Gather 0, maybe
+    """If the one-element `piece` is dim 0 of `data`, read off Shape(data) (or the Shape of what `data` is cast
+    from) by Slice [0:1] or Gather 0, maybe
     behind ops that only change the rank or type of one value (Squeeze, Unsqueeze, Cast): the ops that read
     it, from Shape on; else None.
 
@@ -224,7 +236,7 @@ def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
     else:
         return None
     shape = _through_casts(node.inputs[0]).inputs  # paddle2onnx casts the shape to int32 and back
-    if not shape or not is_op(shape[0], "Shape") or shape[0].inputs[0] is not data or \
+    if not shape or not is_op(shape[0], "Shape") or not _same_shape(shape[0].inputs[0], data) or \
             int(shape[0].attrs.get("start", 0)):
         return None
     return ["Shape", node.op] + list(reversed(ops)) + ["Concat"]
