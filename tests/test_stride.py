@@ -58,9 +58,16 @@ def test_channels_last_input():
                       channels_last=True, window=(1, 1))
 
 
-def test_a_dilated_average_pool_needs_opset_19():
-    with pytest.raises(fc2conv_onnx.InputError, match="AveragePool, which ONNX has from opset 19"):
+def test_a_dilated_average_pool_needs_opset_19_and_the_advice_works(tmp_path):
+    """Refused on the opset-13 model, saying how to upgrade it; the model upgraded as said converts, proven."""
+    with pytest.raises(fc2conv_onnx.InputError, match="AveragePool, which ONNX has from opset 19") as refused:
         fc2conv_onnx.inspect(FIXTURES / "resnet_like.onnx", stride=2, pooling="window")
+    assert "v.convert_version(onnx.load('IN.onnx'), 19)" in str(refused.value)
+    import onnx.version_converter
+
+    upgraded = onnx.version_converter.convert_version(onnx.load(str(FIXTURES / "resnet_like.onnx")), 19)
+    report = fc2conv_onnx.convert_with_report(upgraded, stride=2, pooling="window").report
+    assert "windows" in {c.check for c in report.checks}
 
 
 @pytest.mark.parametrize("stride, words", [

@@ -73,7 +73,10 @@ def plan_densify(graph: gs.Graph, plan: Plan, geometry: Sequence[HeadGeometry],
             since = REGISTRY[op].dilations_since or 1
             if plan.opset < since:
                 raise InputError(f"--stride with --pooling window needs a dilated {op}, which ONNX has from opset "
-                                 f"{since} (the model has {plan.opset}); use --pooling none")
+                                 f"{since} (the model has {plan.opset}): upgrade the model with onnx's version "
+                                 f"converter (python -c \"import onnx, onnx.version_converter as v; onnx.save("
+                                 f"v.convert_version(onnx.load('IN.onnx'), {since}), 'IN{since}.onnx')\") and "
+                                 "convert that, or use --pooling none")
         if not isinstance(where, Geometry):
             raise InputError(f"--stride needs the trunk's geometry, which is unknown for "
                              f"{', '.join(head.outputs)}: {where.reason}")
