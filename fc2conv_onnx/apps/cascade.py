@@ -214,7 +214,8 @@ def _open(stage: Stage, number: int, threads: Optional[int]) -> _Opened:
     if not all(isinstance(d, int) and d > 0 for d in size):
         raise InputError(f"{label} reads {list(shape)}, of no fixed size: give the crops' size (\"size\": "
                          "[height, width])")
-    channels = dims[2] if isinstance(dims[2], int) else 3
+    # A channel count the input does not fix is the one the stage's pixels have (gray: 1, else 3).
+    channels = dims[2] if isinstance(dims[2], int) else 1 if stage.pixels.channels == "gray" else 3
     names = [o.name for o in session.get_outputs()]
     settings = stage.settings
     for name in (settings.output_name, settings.regression):

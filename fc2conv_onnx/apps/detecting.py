@@ -16,7 +16,7 @@ from ..model.detections import AUTO, UNION, Detection, DetectionSettings
 from ..model.geometry import Geometry
 from . import drawing, pictures
 from .detector import Detector
-from .parallel import ordered_map, plan_threads
+from .parallel import ordered_map
 from .preprocessing import Preprocessing
 from .records import records_text
 from .video import Sampling, is_live, is_video
@@ -55,8 +55,10 @@ class Detections:
         which = "each cell's best class" if s.classes is None else f"class(es) {', '.join(map(str, s.classes))}"
         regression = f", boxes moved by '{s.regression}'" if s.regression else ""
         measure = "IoU" if s.overlap == UNION else "over the smaller box"
+        where = f"1 video ({self.video.frames} frame(s))" if self.video is not None else \
+            f"{len(self.scales)} picture(s)"
         lines = [f"detections of '{s.output_name}' ({which}, score above {s.threshold:g}, overlap ({measure}) up to "
-                 f"{s.iou:g}{regression}): {len(self.records)} in {len(self.scales)} picture(s)"]
+                 f"{s.iou:g}{regression}): {len(self.records)} in {where}"]
         if self.labels_from:
             lines.append(f"class names: from the model's metadata '{self.labels_from}' (--labels FILE gives others)")
         if self.cascade:
@@ -64,8 +66,7 @@ class Detections:
             lines.append(f"then {len(self.cascade)} cascade stage(s), each box rescored on its crop: {models} (scores "
                          "and boxes: the last's)")
         if self.video is not None:
-            lines[0] = lines[0].replace(" picture(s)", f" video ({self.video.frames} frame(s))")
-            lines += self.video.to_text().splitlines()[1:]
+            lines += self.video.to_text().splitlines()[1:]  # its first line is the summary above
             return "\n".join(map(printable, lines))
         counts = Counter(r.image for r in self.records)
         for image, scales in self.scales.items():
@@ -183,9 +184,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
                         proposal_threshold=proposal_threshold, transpose=transpose, labels=labels, cascade=cascade,
                         scale_iou=scale_iou, threads=threads, **overrides)
     if isinstance(images, (str, os.PathLike)) and is_video(images):
-        workers, _ = plan_threads(workers, threads)
-        detector.share_cores(workers)
-        return _on_video(detector, model, images, sampling or Sampling(), workers)
+        return _on_video(detector, model, images, sampling or Sampling(), detector.use_workers(workers))
     if isinstance(images, (str, bytes, os.PathLike)):
         images = [images]  # one picture, not the letters of its name
     if not hasattr(images, "__iter__") or isinstance(images, Mapping) or \
@@ -195,8 +194,7 @@ def detect(model: Any, images: Sequence[PathLike], settings: Optional[DetectionS
     if not names:
         raise InputError("no picture given")
     _refuse_twice(names)
-    workers, _ = plan_threads(workers, threads, len(names))
-    detector.share_cores(workers)
+    workers = detector.use_workers(workers, len(names))
     opened = detector.opened
     # Every picture's header first, and every scale checked (a missing or unreadable picture, or one the model
     # cannot take, is refused before anything runs, and the progress knows its total); then `workers` pictures

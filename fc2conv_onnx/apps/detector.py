@@ -114,11 +114,14 @@ class Detector:
         self._opened: Optional[_Opened] = None
         self._opening = threading.Lock()
 
-    def share_cores(self, workers: int) -> None:
-        """Before the first use: `workers` pictures will run at once, so each run gets its share of the cores as
-        onnxruntime threads (unless `threads` was given)."""
+    def use_workers(self, workers: Optional[int], items: Optional[int] = None) -> int:
+        """How many pictures (or frames) run at once: `workers`, or one per core (no more than `items`). Before
+        the first use, each run then gets its share of the cores as onnxruntime threads (unless `threads` was
+        given)."""
+        workers, threads = plan_threads(workers, self.threads, items)
         if self.threads is None and self._opened is None:
-            self.threads = plan_threads(workers, None)[1]
+            self.threads = threads
+        return workers
 
     def __getstate__(self) -> Dict[str, Any]:
         # A session does not pickle, nor does a lock; a worker opens its own.

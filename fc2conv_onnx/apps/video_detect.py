@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from ..errors import printable
 from ..model.detections import Detection, DetectionSettings
 from .detector import Detector
-from .parallel import ordered_map, plan_threads
+from .parallel import ordered_map
 from .pictures import size_of
 from .video import Frame, Sampling, VideoReader
 
@@ -39,8 +39,6 @@ class VideoRun:
     settings: Optional[DetectionSettings] = None
     written: Optional[str] = None
     drawn: Optional[str] = None
-    #: The last frame done (index, time), for an interrupted run's summary.
-    last: Optional[Tuple[int, float]] = field(default=None)
 
     def to_text(self) -> str:
         s = self.settings
@@ -89,7 +87,6 @@ def frames_detected(detector: Detector, reader: VideoReader, run: VideoRun, fram
         for frame, found in ordered_map(one, itertools.chain([first], frames), workers):
             run.frames += 1
             run.detections += len(found)
-            run.last = (frame.index, frame.time)
             yield frame, found
             if frame_done is not None:
                 frame_done(run.frames, frame)
@@ -120,7 +117,6 @@ def detect_video(model: Any, source: Any, settings: Optional[DetectionSettings] 
     sampling = Sampling(every, fps, start, duration)
     workers = detector_options.pop("workers", None)
     detector = Detector(model, settings, **detector_options)
-    workers, _ = plan_threads(workers, detector.threads)
-    detector.share_cores(workers)
+    workers = detector.use_workers(workers)
     reader, run = open_video(source, sampling, detector.opened.settings)
     yield from frames_detected(detector, reader, run, workers=workers)

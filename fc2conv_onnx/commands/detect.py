@@ -142,20 +142,12 @@ def run(args: argparse.Namespace):
     drawings = _drawings(images, args.draw, into_folder)
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
         [(f"--draw's drawing of {printable(image)}", drawing) for image, drawing in drawings]
-    if args.proposal_threshold is not None and args.refine is None:
-        raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
-    stages = () if args.cascade is None else read_cascade(args.cascade)
-    guard.check_outputs(outputs, guard.pictures_read(args.model, images, [args.refine, *(s.model for s in stages)],
-                                                     args.labels, args.cascade),
-                        folder_to_make=args.draw if into_folder else None)
+    stages = _stages(args)
+    guard.check_outputs(outputs, _reads(args, images, stages), folder_to_make=args.draw if into_folder else None)
     from ..apps.detecting import detect
 
-    found = detect(args.model, images, settings, scales=args.scales, min_size=args.min_size,
-                   max_size=args.max_size, scale_step=args.scale_step, preprocessing=running.preprocessing(args),
-                   progress=running.progress("runs"), refine=args.refine,
-                   proposal_threshold=args.proposal_threshold, transpose=args.transpose,
-                   labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
-                   scale_iou=args.scale_iou, workers=args.workers, threads=args.threads)
+    found = detect(args.model, images, settings, progress=running.progress("runs"),
+                   workers=args.workers, **_detector_options(args, stages))
     made = _make_folders(args.draw) if into_folder else []
     try:
         with writes.together() as group:  # the records and the drawings appear together, or none of them
@@ -178,30 +170,41 @@ def run(args: argparse.Namespace):
 def _run_video(args: argparse.Namespace, source: str):
     """detect on a video: the records streamed frame by frame (`video_run`)."""
     from ..apps.detector import Detector
-    from ..apps.parallel import plan_threads
     from ..apps.video import check_drawing_name, is_live
 
     video_run.check_output(args.output)
     video_run.sampling(args)  # a bad value: a usage error, before anything opens
     if args.draw:
         check_drawing_name(args.draw)
-    if args.proposal_threshold is not None and args.refine is None:
-        raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
-    stages = () if args.cascade is None else read_cascade(args.cascade)
+    stages = _stages(args)
     outputs = ([] if args.output == STREAM else [("-o", args.output)]) + \
         ([("--draw's annotated video", args.draw)] if args.draw else [])
-    guard.check_outputs(outputs, guard.pictures_read(args.model, [] if is_live(source) else [source],
-                                                     [args.refine, *(s.model for s in stages)], args.labels,
-                                                     args.cascade))
-    detector = Detector(args.model, running.detection_settings(args), scales=args.scales, min_size=args.min_size,
-                        max_size=args.max_size, scale_step=args.scale_step,
-                        preprocessing=running.preprocessing(args), refine=args.refine,
-                        proposal_threshold=args.proposal_threshold, transpose=args.transpose,
-                        labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
-                        scale_iou=args.scale_iou, threads=args.threads)
-    workers, _ = plan_threads(args.workers, args.threads)
-    detector.share_cores(workers)
-    return video_run.run(args, source, detector, workers)
+    guard.check_outputs(outputs, _reads(args, [] if is_live(source) else [source], stages))
+    detector = Detector(args.model, running.detection_settings(args), **_detector_options(args, stages))
+    return video_run.run(args, source, detector, detector.use_workers(args.workers))
+
+
+def _stages(args: argparse.Namespace) -> tuple:
+    """The refining flags checked, and the cascade's stages (none without --cascade)."""
+    if args.proposal_threshold is not None and args.refine is None:
+        raise UsageError("--proposal-threshold sets the refining stage: add --refine ORIGINAL or leave it out")
+    return () if args.cascade is None else read_cascade(args.cascade)
+
+
+def _reads(args: argparse.Namespace, pictures: List[str], stages: tuple) -> guard.Reads:
+    """What the run reads, which no output may be: the model, the pictures (or the video file), the original of
+    --refine, the cascade's file and models, the labels file."""
+    return guard.pictures_read(args.model, pictures, [args.refine, *(s.model for s in stages)], args.labels,
+                               args.cascade)
+
+
+def _detector_options(args: argparse.Namespace, stages: tuple) -> dict:
+    """The Detector's options from the flags (detect's and the Detector's own keywords)."""
+    return dict(scales=args.scales, min_size=args.min_size, max_size=args.max_size, scale_step=args.scale_step,
+                preprocessing=running.preprocessing(args), refine=args.refine,
+                proposal_threshold=args.proposal_threshold, transpose=args.transpose,
+                labels=None if args.labels is None else read_labels(args.labels), cascade=stages or None,
+                scale_iou=args.scale_iou, threads=args.threads)
 
 
 def _drawings(images: List[str], draw: Optional[str], into_folder: bool) -> List[tuple]:
