@@ -32,6 +32,13 @@ def test_every_head_gets_its_geometry_along_its_own_path(tmp_path):
     assert {(c.output, c.check) for c in report.checks} >= {("aux", "geometry"), ("main", "geometry"),
                                                              ("main", "windows")}
     assert "unknown" not in report.to_text()
+    # At the training size both heads give the original's numbers (a kernel reshaped in the wrong order would not).
+    pixels = np.random.default_rng(4).random((1, 3, 32, 32), dtype=np.float32)
+    original = ort.InferenceSession(str(tmp_path / "branched.onnx"), providers=["CPUExecutionProvider"])
+    converted = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
+    for want, got in zip(original.run(["aux", "main"], {"image": pixels}),
+                         converted.run(["aux", "main"], {"image": pixels})):
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
     # The grids a run gives on a larger input are the ones each geometry predicts.
     session = ort.InferenceSession(str(tmp_path / "fcn.onnx"), providers=["CPUExecutionProvider"])
     aux, main = session.run(["aux", "main"], {"image": np.zeros((1, 3, 64, 80), np.float32)})
