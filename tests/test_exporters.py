@@ -73,7 +73,7 @@ def tolerances(model: onnx.ModelProto) -> dict:
 def test_exported_model_converts_and_is_equivalent(stem):
     original = load(stem)
     conversion = fc2conv_onnx.convert_with_report(original)
-    assert [c.check for c in conversion.report.checks].count("windows") == len(original.graph.output)
+    assert [c.check for c in conversion.report.checks if not c.before].count("windows") == len(original.graph.output)
     assert all(c.passed for c in conversion.report.checks)
     head = conversion.report.plan.heads[0]
     channels_last = is_channels_last(stem)
@@ -95,7 +95,8 @@ def test_the_manifest_names_the_exporter_and_version_of_every_file():
         assert any(tool in entry["made_by"] for tool in tools), entry
         assert entry["exercises"]
     total = sum((EXPORTED / name).stat().st_size for name in files)
-    assert total < 4 << 20, f"exported fixtures take {total} bytes; keep them small"
+    # 5 MiB: 0.6 of it is the one model that amplifies rounding enough to test the noise measure (timm fbnetv3_b)
+    assert total < 5 << 20, f"exported fixtures take {total} bytes; keep them small"
 
 
 def test_skipping_the_nhwc_weight_permutation_is_caught(monkeypatch, tmp_path):

@@ -9,7 +9,8 @@ import fc2conv_onnx
 from fc2conv_onnx.prove.validate import compare
 from fc2conv_onnx.rewrite import rewrite
 
-from equivalence import assert_equivalent
+from conftest import FIXTURES
+from equivalence import assert_equivalent, assert_one_prediction
 
 
 def channels_last_kernel(weight, flattening):
@@ -61,3 +62,65 @@ def test_compare_uses_the_output_scale_and_flags_shape_and_nan_mismatches():
     assert not compare("y", "t", reference, np.zeros((1, 3), np.float32), (1,), 1).passed
     assert not compare("y", "t", reference, np.array([[np.nan, -20.0]], np.float32), (1,), 1).passed
     assert compare("y", "t", reference, reference.reshape(1, 2, 1, 1), (1,), 1).passed
+
+
+def test_a_correct_conversion_of_a_model_that_amplifies_rounding_passes_by_its_own_noise():
+    """timm fbnetv3_b with random BatchNorm (made by fixtures/export_timm.py): onnxruntime's kernels for the same
+    trunk at symbolic sizes move its logits by 9x the fixed tolerance. The check measures how far the original
+    moves under other roundings on the same input and accepts a multiple of that; the report shows both."""
+    from fc2conv_onnx.prove.validate import NOISE_MULTIPLE
+
+    path = FIXTURES / "exported" / "timm_fbnetv3_noisy_ts.onnx"
+    original = onnx.load(str(path))
+    for pooling in ("keep", "window"):
+        conversion = fc2conv_onnx.convert_with_report(str(path), pooling=pooling)
+        check = next(c for c in conversion.report.checks if c.check == "training size")
+        assert check.passed and check.noise is not None and check.noise > 0
+        floor = check.tolerance - NOISE_MULTIPLE * check.noise
+        assert check.max_abs > floor  # refused by the fixed tolerance alone
+        assert "own rounding noise" in check.describe()
+        # Proven again independently (tests/equivalence.py runs both with onnxruntime's optimizations off).
+        source = conversion.report.plan.heads[0].source
+        if pooling == "keep":
+            assert_one_prediction(original, conversion.model, source=source, size=(1, 3, 80, 96))
+        else:
+            assert_equivalent(original, conversion.model, source=source, sizes=[(1, 3, 80, 96)])
+
+
+def test_the_noise_is_measured_only_when_the_fixed_tolerance_is_not_enough():
+    reference = np.array([[10.0, -20.0]], np.float32)
+    calls = []
+
+    def noise():
+        calls.append(1)
+        return 0.05
+
+    assert compare("y", "t", reference, reference + 1e-4, (1,), 1, noise=noise).noise is None and not calls
+    within = compare("y", "t", reference, reference + 0.1, (1,), 1, noise=noise)
+    assert within.passed and within.noise == 0.05 and calls == [1]
+    assert not compare("y", "t", reference, reference + 0.3, (1,), 1, noise=noise).passed  # > 4 x 0.05 + floor
+
+
+def test_the_logits_before_a_saturating_output_are_checked_and_catch_what_it_hides(monkeypatch, fixture_path):
+    """The ring classifier (trained; fixtures/train_rings.py) ends in a Sigmoid that random inputs saturate: its
+    scores are ~1e-7 whatever the kernel. A kernel with H and W swapped is refused by its logits."""
+    ring = FIXTURES / "exported" / "ring_classifier.onnx"
+    report = fc2conv_onnx.convert_with_report(str(ring)).report
+    logits = [c for c in report.checks if c.before == "score"]
+    assert {c.check for c in logits} == {"training size", "windows"} and all(c.passed for c in logits)
+    assert "score (logits '" in report.to_text()
+    monkeypatch.setattr(rewrite, "first_layer_kernel", lambda weight, flattening: np.ascontiguousarray(
+        np.swapaxes(weight.reshape((weight.shape[0],) + flattening.source_shape), 2, 3)))
+    with pytest.raises(fc2conv_onnx.ValidationError, match=r"the logits '\S+' before output 'score'"):
+        fc2conv_onnx.convert(str(ring))
+
+
+def test_a_pair_made_elsewhere_without_the_logits_name_is_still_validated(fixture_path):
+    original = str(fixture_path("dress_detector"))
+    converted = fc2conv_onnx.convert(original)
+    names = {"gemm_50": "renamed_logits"}
+    for node in converted.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]
+    report = fc2conv_onnx.validate_pair(original, converted)
+    assert report.checks and all(c.passed and not c.before for c in report.checks)

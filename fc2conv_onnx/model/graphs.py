@@ -96,6 +96,19 @@ def free_input_dims(graph: gs.Graph, input_names: Iterable[str], batch_only: boo
                                          layouts.get(tensor.name, CHANNELS_FIRST))
 
 
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs the tensors `names` (untyped: onnxruntime gives them what it
+    computes); the same model when there are none to add."""
+    known = {o.name for o in model.graph.output}
+    added = [name for name in dict.fromkeys(names) if name not in known]
+    if not added:
+        return model
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in added)
+    return probe
+
+
 def cut(model: onnx.ModelProto, outputs: Sequence[str], inputs: Sequence[str] = (),
         free_inputs: Iterable[str] = (), batch_only: bool = False,
         layouts: Optional[Mapping[str, str]] = None) -> onnx.ModelProto:

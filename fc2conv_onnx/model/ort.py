@@ -18,6 +18,10 @@ from . import work
 #: (validation, planning's probes). PICTURES: one session, many runs (heatmap, detect).
 CHECK, PICTURES = "check", "pictures"
 
+#: How much of onnxruntime's graph optimization a session gets. OFF is the other rounding of a model that
+#: validation measures its own noise by (prove/rounding.py).
+FULL, BASIC, OFF = "full", "basic", "off"
+
 #: What to try when validation runs out of memory.
 VALIDATION_HINT = "try a smaller --validate-size"
 
@@ -59,15 +63,16 @@ def _standard_error_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def session_options(use: str, full_optimization: bool = True, threads: Optional[int] = None) -> Any:
-    """onnxruntime's SessionOptions for `use`; `full_optimization` False keeps to the basic graph level;
+def session_options(use: str, optimization: str = FULL, threads: Optional[int] = None) -> Any:
+    """onnxruntime's SessionOptions for `use`; `optimization` FULL, BASIC (the basic graph level) or OFF;
     `threads`: the threads one run uses (default: onnxruntime's, one per core)."""
     ort = onnxruntime()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if full_optimization else
-                                        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    levels = {FULL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL, BASIC: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              OFF: ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    options.graph_optimization_level = levels[optimization]
     options.log_severity_level = 4
     if use == CHECK:
         # Sessions run one after another: a session's threads spin-waiting after its run would take a core

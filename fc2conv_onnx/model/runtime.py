@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 
 from ..errors import InputError, ValidationError
-from . import work
+from . import graphs, work
 from .layout import parameter_inputs
-from .ort import CHECK, PICTURES, VALIDATION_HINT, failure, onnxruntime, session_options  # noqa: F401 (re-exported)
+from .ort import BASIC, CHECK, FULL, OFF, PICTURES, VALIDATION_HINT, failure, onnxruntime, session_options  # noqa: F401 (re-exported)
 from .registry import fact
 from .weights import Weights
 
@@ -27,10 +27,11 @@ class Session:
     """An onnxruntime session on `model`, whose large tensors are fed as inputs from `weights`: onnxruntime
     runs on the arrays `weights` holds (one copy, shared by every session), reads no file and gets no
     serialized copy of them. `run`, `get_inputs` and `get_outputs` are onnxruntime's, without those inputs.
-    `use` (CHECK or PICTURES) sets memory and threads for how it will be run."""
+    `use` (CHECK or PICTURES) sets memory and threads for how it will be run; `optimization` (FULL, BASIC or
+    OFF) overrides the graph optimization chosen below."""
 
     def __init__(self, model: onnx.ModelProto, weights: Optional[Weights] = None, use: str = CHECK,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, optimization: Optional[str] = None) -> None:
         work.count(work.SESSIONS)
         ort = onnxruntime()
         weights = weights or Weights()
@@ -43,7 +44,7 @@ class Session:
         # fuses Gemm and Conv into different integer kernels that round differently (measured: up to 4
         # quantization steps apart on the QDQ fixtures).
         light = weights.embedded_size(model) < HEAVY_MODEL_BYTES and not is_quantized(model)
-        options = session_options(use, full_optimization=light, threads=threads)
+        options = session_options(use, optimization or (FULL if light else BASIC), threads=threads)
         if use == PICTURES:
             # The weights as initializers onnxruntime is handed from memory (not copied from a file): it can
             # pre-pack them for its kernels, as when it loads the file itself (measured: 0.99x a hand loop's
@@ -73,11 +74,12 @@ def is_quantized(model: onnx.ModelProto) -> bool:
 
 
 def open_session(model: onnx.ModelProto, weights: Optional[Weights], what: str, original: bool = False,
-                 hint: str = VALIDATION_HINT, use: str = CHECK, threads: Optional[int] = None) -> Session:
-    """A `Session` on `model` for `use` (with `threads`, see `ort.session_options`), or the one-line error of
-    `failure`."""
+                 hint: str = VALIDATION_HINT, use: str = CHECK, threads: Optional[int] = None,
+                 optimization: Optional[str] = None) -> Session:
+    """A `Session` on `model` for `use` (with `threads` and `optimization`, see `Session`), or the one-line
+    error of `failure`."""
     try:
-        return Session(model, weights, use, threads)
+        return Session(model, weights, use, threads, optimization)
     except Exception as error:
         raise failure(error, what, original, hint) from None
 
@@ -123,10 +125,7 @@ def observed_shapes(model: onnx.ModelProto, names: Sequence[str],
     symbolic): for sizes that shape inference cannot follow through an exporter's shape arithmetic (timm's
     TensorFlow-style "same" padding: Shape -> Gather -> Cast -> Div -> Ceil -> ... -> Pad). Empty when the
     model does not run there."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names if name not in known)
+    probe = graphs.with_outputs(model, names)
     try:
         shapes = training_shapes(model)
         values = run_once(probe, random_feeds(model, shapes, np.random.default_rng(0)), "the model", weights)
