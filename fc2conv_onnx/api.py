@@ -93,6 +93,7 @@ def _plan(loaded: io.Loaded, options: Options) -> _Planned:
     notes = normalize(graph)
     plan = map_outputs.with_map_outputs(graph, find_heads(graph, options))
     refusals.require_training_size(graph, plan, probe)
+    refusals.require_readable_layouts(graph, plan)
     map_outputs.refuse_rewrites(plan, options)
     if plan.heads:  # before anything runs: the trunk must follow the input's size
         notes += tuple(trunk_sizes.follow_input_size(

@@ -35,6 +35,8 @@ FRAMEWORKS = {
     "jax_nhwc_flatten": (FLATTENED, None, True),
     "keras3_mobilenet_top": (POOLED, None, True),
     "keras3_torch_resnetv2": (POOLED, None, True),
+    "keras3_torch_resnet_stem": (POOLED, None, True),
+    "keras3_torch_mobilenet_top": (POOLED, None, True),
     "tflite_mobilenet_top_f32": (POOLED, None, True),
     "tflite_mobilenet_top_int8": (POOLED, None, True),
 }

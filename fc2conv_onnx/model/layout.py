@@ -89,10 +89,49 @@ def _quantizes_per_channel(node: gs.Node, rank: int) -> bool:
     return scale is not None and (all(d == 1 for d in scale) or int(node.attrs.get("axis", 1)) in (-1, rank - 1))
 
 
+def pad_widths(node: gs.Node, full_rank: int) -> Tuple[List[int], List[int]]:
+    """A Pad's widths (begin, end) on each of the `full_rank` axes, from its attribute (opset < 11) or its
+    constant inputs (and opset 18's `axes`); ValueError (the reason) when they come from a computed tensor."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    if "pads" in node.attrs:  # opset < 11
+        pads = [int(v) for v in node.attrs["pads"]]
+    elif len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        pads = [int(v) for v in np.asarray(node.inputs[1].values).reshape(-1)]
+    else:
+        raise ValueError(f"Pad '{node.name}' takes its pads from a computed tensor")
+    if len(node.inputs) > 3 and node.inputs[3].name:  # opset 18 `axes`
+        if not isinstance(node.inputs[3], gs.Constant):
+            raise ValueError(f"Pad '{node.name}' takes its axes from a computed tensor")
+        axes = [int(a) % full_rank for a in np.asarray(node.inputs[3].values).reshape(-1)]
+    else:
+        axes = list(range(full_rank))
+    begin, end = [0] * full_rank, [0] * full_rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[len(axes) + i]
+    return begin, end
+
+
+def _pads_rows_and_columns_only(node: gs.Node, rank: int) -> bool:
+    """A Pad of the NHWC image on its spatial axes alone (Keras's ZeroPadding2D before the Transpose to NCHW,
+    as Keras 3 exports on the torch backend), with a constant pad value if any."""
+    import onnx_graphsurgeon as gs
+
+    try:
+        begin, end = pad_widths(node, rank)
+    except ValueError:
+        return False
+    value = node.inputs[2] if len(node.inputs) > 2 else None
+    return not (begin[0] or end[0] or begin[-1] or end[-1]) and \
+        (value is None or not value.name or isinstance(value, gs.Constant))
+
+
 def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
     """The tensors where a channels-last graph input `tensor` becomes channels first: the outputs of the
     Transposes that move its last axis to axis 1, reached through nothing but elementwise preprocessing by
-    constants that act per channel (or per element); None when some path reaches anything else."""
+    constants that act per channel (or per element) and Pads of the spatial axes; None when some path reaches
+    anything else."""
     shape = tensor.shape
     if shape is None or len(shape) < 3 or not tensor.outputs:
         return None
@@ -110,6 +149,11 @@ def channels_first_views(tensor: gs.Tensor) -> Optional[List[gs.Tensor]]:
             if is_transpose(node, perm):
                 views.append(node.outputs[0])
                 continue
+            if is_op(node, "Pad") and node.inputs[0] is current:
+                if not _pads_rows_and_columns_only(node, len(shape)):
+                    return None
+                frontier.extend(node.outputs)
+                continue
             others = [t for t in node.inputs if t is not current and t.name]
             # A Keras model's Rescaling and Normalization layers (Mul, Add, Sub, Div by per-channel constants),
             # casts, a full-int8 TFLite file's Q/DQ: they act per element or channel, so the Transpose after
@@ -126,3 +170,30 @@ def input_layout(tensor: gs.Tensor) -> str:
     first (as tf2onnx does with a Keras model's NHWC input, maybe after its Rescaling/Normalization
     layers); channels first otherwise."""
     return CHANNELS_LAST if channels_first_views(tensor) else CHANNELS_FIRST
+
+
+def first_convolution(tensor: gs.Tensor, layout: str) -> Optional[Tuple[gs.Node, int]]:
+    """The first Conv that reads the graph input `tensor` through ops that keep every axis where it is (the
+    preprocessing ops, Pad, Slice) and Transposes, and the axis its channels are on there when `tensor` has
+    them where `layout` says (a Conv reads them on axis 1). None when no Conv is reached so."""
+    shape = tensor.shape
+    if shape is None or len(shape) < 3:
+        return None
+    frontier = [(tensor, len(shape) - 1 if layout == CHANNELS_LAST else 1)]
+    seen = set()
+    while frontier:
+        current, axis = frontier.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node in current.outputs:
+            if not node.inputs or node.inputs[0] is not current:
+                continue
+            if is_op(node, "Conv"):
+                return node, axis
+            if is_op(node, "Transpose") and "perm" in node.attrs:
+                frontier.append((node.outputs[0], list(node.attrs["perm"]).index(axis)))
+            elif fact(node, "preprocessing") or is_op(node, "Pad", "Slice"):
+                frontier.extend((out, axis) for out in node.outputs[:1])
+    return None
+

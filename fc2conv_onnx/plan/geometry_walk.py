@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..model.geometry import Geometry, HeadGeometry, Layer, Unknown
-from ..model.layout import CHANNELS_FIRST, channels_first_views, input_layout, spatial_dims
+from ..model.layout import CHANNELS_FIRST, channels_first_views, input_layout, pad_widths, spatial_dims
 from ..model.registry import (
     CHANNEL_SLICE,
     GLOBAL,
@@ -94,22 +94,11 @@ def window_layer(node: gs.Node, rank: int) -> Layer:
 def _pad_layer(node: gs.Node, rank: int, channels_last: bool = False) -> Layer:
     """A Pad as a 1-wide window with pads, on a channels-first map or (tf2onnx's ZeroPadding2D) a
     channels-last one."""
-    if "pads" in node.attrs:  # opset < 11
-        pads = [int(v) for v in node.attrs["pads"]]
-    elif len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
-        pads = [int(v) for v in np.asarray(node.inputs[1].values).reshape(-1)]
-    else:
-        raise _NotLocal(f"Pad '{node.name}' takes its pads from a computed tensor")
     full_rank = rank + 2
-    if len(node.inputs) > 3 and node.inputs[3].name:  # opset 18 `axes`
-        if not isinstance(node.inputs[3], gs.Constant):
-            raise _NotLocal(f"Pad '{node.name}' takes its axes from a computed tensor")
-        axes = [int(a) % full_rank for a in np.asarray(node.inputs[3].values).reshape(-1)]
-    else:
-        axes = list(range(full_rank))
-    begin, end = [0] * full_rank, [0] * full_rank
-    for i, axis in enumerate(axes):
-        begin[axis], end[axis] = pads[i], pads[len(axes) + i]
+    try:
+        begin, end = pad_widths(node, full_rank)
+    except ValueError as reason:
+        raise _NotLocal(str(reason)) from None
     spatial = list(range(1, rank + 1)) if channels_last else list(range(2, rank + 2))
     if any(begin[a] or end[a] for a in range(full_rank) if a not in spatial):
         raise _NotLocal(f"Pad '{node.name}' pads the batch or channel axis")
@@ -251,12 +240,14 @@ _SPAN_BY_KIND: Dict[str, SpanStep] = {
     REGROUP: _regroup_span, CHANNEL_SLICE: _channel_slice_span, LAST_AXIS: _last_axis_span, GLOBAL: _global_span}
 
 
-def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, size: Tuple[int, ...]) -> _Span:
-    """The span of `source` over the image, walking from the tensors in `starts` (the image input, or
-    what a channels-last input is transposed to), for an input of spatial size `size`: raises _SizesDisagree
-    if branches that are joined have different sizes there."""
+def _span_of(graph: gs.Graph, starts: Sequence[str], source: str, rank: int, size: Tuple[int, ...],
+             channels_last: bool = False) -> _Span:
+    """The span of `source` over the image, walking from the tensors in `starts` (the image input; its
+    channels last if `channels_last`), for an input of spatial size `size`: raises _SizesDisagree if branches
+    that are joined have different sizes there."""
     ones = (1,) * rank
-    spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, (), size=tuple(size)) for name in starts}
+    spans: Dict[str, _Span] = {name: _Span(ones, (0,) * rank, ones, (), size=tuple(size), channels_last=channels_last)
+                               for name in starts}
     on_path = _computing(graph, source)  # a branch that does not lead to the head (another head) is not its path
     for node in graph.nodes:  # graphsurgeon keeps them in topological order after find_heads
         if id(node) not in on_path:
@@ -330,16 +321,15 @@ def _sliding_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[
     if shape is None or len(shape) != rank + 2 or not all(isinstance(d, int) for d in spatial_dims(shape, layout)):
         return Unknown(f"input '{image.name}' is not [N, C, *spatial] or [N, *spatial, C] with a static training "
                        f"size and the head's {rank} spatial axes")
-    # A channels-last input is read through Transposes to channels first (after elementwise preprocessing):
-    # the walk starts after them.
-    views = [image] if layout == CHANNELS_FIRST else channels_first_views(image)
-    if views is None:
+    # A channels-last input is read through Transposes to channels first (after elementwise preprocessing and
+    # Pads of its rows and columns, which the walk counts).
+    if layout != CHANNELS_FIRST and channels_first_views(image) is None:
         return Unknown(f"input '{image.name}' is channels last, and reaches the trunk through ops other than "
-                       "per-channel preprocessing and a Transpose")
-    starts = [view.name for view in views]
+                       "per-channel preprocessing, Pads and a Transpose")
+    starts, last = [image.name], layout != CHANNELS_FIRST
     training = tuple(spatial_dims(shape, layout))
     try:
-        span = _span_of(graph, starts, source, rank, training)
+        span = _span_of(graph, starts, source, rank, training, last)
     except _NotLocal as error:
         return Unknown(str(error))
     if span.collapsed:
@@ -353,8 +343,8 @@ def _sliding_geometry(graph: gs.Graph, head: HeadPlan, dilation: Optional[Tuple[
                        receptive_field=(), receptive_offset=span.start, feature_window=head.spatial_shape,
                        layers=span.layers, layout=layout, local=not span.global_op, not_local=span.global_op,
                        training=training,
-                       size_step=_size_step(lambda size: _span_of(graph, starts, source, rank, size), training,
-                                            span.stride))
+                       size_step=_size_step(lambda size: _span_of(graph, starts, source, rank, size, last),
+                                            training, span.stride))
     computed = trained.feature_size(training)
     full = tuple((f - 1) * d + 1 for f, d in zip(head.spatial_shape, dilation))
     if any(c < x or c >= x + d for c, x, d in zip(computed, full, dilation)):  # our size rules vs shape inference

@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import InputError, NothingToConvertError
 from ..model.geometry import HeadGeometry, Unknown
-from ..model.layout import spatial_dims
+from ..model.layout import CHANNELS_LAST, first_convolution, spatial_dims
 from .options import Options
 from .plan import KEEP_POOL, NO_POOL, Plan
 
@@ -26,6 +26,30 @@ def require_training_size(graph: gs.Graph, plan: Plan, probe: Tuple[int, ...]) -
             shown = "" if probed else f" {list(shape)}"
             raise InputError(f"input '{name}' has dynamic spatial dims{shown}; give the model's training size "
                              "with --input-size (API: input_size=), e.g. --input-size 224")
+
+
+def require_readable_layouts(graph: gs.Graph, plan: Plan) -> None:
+    """Before anything runs: the layout read for each image input puts its channels where the first Conv reading
+    it takes them, as many as its kernel has. A misread layout is refused here, in these words, rather than by
+    onnxruntime when the converted model runs at another size."""
+    tensors = graph.tensors()
+    for name in plan.trunk_inputs:
+        tensor, layout = tensors[name], plan.input_layout(name)
+        found = first_convolution(tensor, layout)
+        if found is None:
+            continue
+        conv, axis = found
+        read = "channels last" if layout == CHANNELS_LAST else "channels first"
+        if axis != 1:
+            raise NothingToConvertError(f"input '{name}' {list(tensor.shape)} was read as {read}, but its first Conv "
+                                        f"'{conv.name}' takes its channels from another axis: the input's layout "
+                                        "is not one this tool can follow (please report the model)")
+        weight, group = conv.inputs[1].shape, int(conv.attrs.get("group", 1))
+        channels = tensor.shape[-1] if layout == CHANNELS_LAST else tensor.shape[1]
+        if weight and isinstance(weight[1], int) and isinstance(channels, int) and weight[1] * group != channels:
+            raise NothingToConvertError(f"input '{name}' {list(tensor.shape)} was read as {read} ({channels} "
+                                        f"channels), but its first Conv '{conv.name}' takes {weight[1] * group}: the "
+                                        "input's layout is not one this tool can follow (please report the model)")
 
 
 #: The size a dynamic-size model whose heads all keep their global pools is read and validated at.
