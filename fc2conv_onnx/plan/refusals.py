@@ -92,5 +92,11 @@ def nothing_to_convert(plan: Plan) -> NothingToConvertError:
             "per image); --pooling window (one prediction per window) or none (one per feature-map cell) makes the "
             "output a map")
     map_note = f"; nor is it fully convolutional already: {plan.not_a_map}" if plan.not_a_map else ""
+    if plan.pool_declines:  # a global pool with layers after it that could not be read: its reason decided
+        pool, why = list(plan.pool_declines.items())[-1]  # the one nearest the outputs
+        more = f" (and {len(plan.pool_declines) - 1} more; see `fc2conv-onnx inspect`)" \
+            if len(plan.pool_declines) > 1 else ""
+        return NothingToConvertError(f"no head can be converted: the global pool '{pool}' starts none: {why}"
+                                     f"{more}{map_note}")
     return NothingToConvertError("no fully connected head found (no Gemm or MatMul after a flattened "
                                  f"feature map, and no linear layer or 1x1 Conv after a global pool){map_note}")
