@@ -20,7 +20,7 @@ from fc2conv_onnx.model.layout import CHANNELS_LAST
 from fc2conv_onnx.rewrite import rewrite
 
 from conftest import FIXTURES
-from equivalence import assert_equivalent, input_shape
+from equivalence import assert_equivalent, input_shape, trunk_that_runs_at_any_size
 
 EXPORTED = FIXTURES / "exported"
 EVERY_FILE = json.loads((EXPORTED / "MANIFEST.json").read_text())
@@ -38,20 +38,6 @@ def load(stem: str) -> onnx.ModelProto:
 def is_channels_last(stem: str) -> bool:
     """The TensorFlow/Keras fixtures (tf2onnx, then maybe quantized) take NHWC images."""
     return stem.startswith("tf_")
-
-
-def trunk_that_runs_at_any_size(model: onnx.ModelProto) -> onnx.ModelProto:
-    """tf2onnx writes the NHWC -> NCHW move of a single-channel input as Reshape [-1, 1, H, W], with the
-    training size baked in; swap in the Transpose it stands for (done here by hand, independently of the
-    package's normalize step), so the reference trunk can run at a larger size at all."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    image = model.graph.input[0].name
-    for node in model.graph.node:
-        if node.op_type == "Reshape" and node.input[0] == image:
-            node.op_type = "Transpose"
-            del node.input[1:]
-            node.attribute.append(helper.make_attribute("perm", [0, 3, 1, 2]))
-    return model
 
 
 def larger(shape, channels_last: bool):

@@ -207,3 +207,12 @@ def test_a_slice_is_per_location_on_the_channel_axis_of_the_maps_layout_alone():
     rows = fc2conv_onnx.convert_with_report(nhwc_slice_classifier(1)).report
     unknown, = rows.geometry
     assert isinstance(unknown, Unknown) and "cuts a spatial axis" in unknown.reason, unknown
+
+
+def test_a_pad_of_the_channel_axis_leaves_the_geometry_known(fixture_path):
+    """dlib's residual shortcut (reproduced in fixtures/builders.py): pooled, then padded on the channels alone.
+    The spatial geometry is the block's; before, a Pad of any non-spatial axis made it unknown."""
+    report = fc2conv_onnx.convert_with_report(str(fixture_path("channel_pad_shortcut"))).report
+    geometry = report.geometry[0]
+    assert isinstance(geometry, Geometry) and geometry.stride == (8, 8) and geometry.window == (32, 32)
+    assert any(c.check == "geometry" and c.passed for c in report.checks)  # the grid a run gives, as predicted

@@ -93,15 +93,16 @@ def window_layer(node: gs.Node, rank: int) -> Layer:
 
 def _pad_layer(node: gs.Node, rank: int, channels_last: bool = False) -> Layer:
     """A Pad as a 1-wide window with pads, on a channels-first map or (tf2onnx's ZeroPadding2D) a
-    channels-last one."""
+    channels-last one. Pads of the channel axis (dlib's residual blocks widen a shortcut so) add channels at
+    every location and leave the geometry alone."""
     full_rank = rank + 2
     try:
         begin, end = pad_widths(node, full_rank)
     except ValueError as reason:
         raise _NotLocal(str(reason)) from None
     spatial = list(range(1, rank + 1)) if channels_last else list(range(2, rank + 2))
-    if any(begin[a] or end[a] for a in range(full_rank) if a not in spatial):
-        raise _NotLocal(f"Pad '{node.name}' pads the batch or channel axis")
+    if begin[0] or end[0]:
+        raise _NotLocal(f"Pad '{node.name}' pads the batch axis")
     ones = (1,) * rank
     return Layer("Pad", ones, ones, ones, tuple(begin[a] for a in spatial), tuple(end[a] for a in spatial))
 

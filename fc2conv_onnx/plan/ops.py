@@ -308,9 +308,29 @@ def _reshape_keeps_map(node: gs.Node, index: int, ctx: HeadContext) -> Optional[
     return _pass(node, index, REMOVE, "removed (a Reshape of the pooled map to its own shape)", ctx)
 
 
+def _keeps_flat(node: gs.Node, ctx: HeadContext) -> bool:
+    """A Flatten or Reshape of features that are flat already ([N, K] to [N, K]: dlib's classifiers exported
+    to ONNX flatten the output of a linear layer)."""
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) != 2:
+        return False
+    if is_op(node, "Flatten"):
+        return int(node.attrs.get("axis", 1)) in (1, -1)
+    target = constant_values(node.inputs[1]) if is_op(node, "Reshape") and len(node.inputs) > 1 else None
+    if target is None:
+        return False
+    dims = [int(v) for v in target.reshape(-1)]
+    zero_copies = not node.attrs.get("allowzero", 0)
+    return len(dims) == 2 and (dims[0] == -1 or (dims[0] == 0 and zero_copies)) and \
+        dims[1] in (ctx.features, -1 if dims[0] != -1 else ctx.features)
+
+
 def flattening(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
     """Flatten / Squeeze / Reshape of a pooled map [N, K, 1, ...] (or [N, 1, ..., K]) to [N, K]: on a larger
-    map it goes (the map stays a map), or becomes a Transpose to channels first."""
+    map it goes (the map stays a map), or becomes a Transpose to channels first. Of features flat already, to
+    the same [N, K]: it goes."""
+    if ctx.form == FLAT and index == 0 and _keeps_flat(node, ctx):
+        return _pass(node, index, REMOVE, "removed (the features are flat already)", ctx)
     if ctx.form == FLAT or index != 0:
         return Decline(f"{node.op} '{node.name}' reshapes the head's features")
     spatial = frozenset(range(2, ctx.rank)) if ctx.form == MAP else frozenset(range(1, ctx.rank - 1))

@@ -109,8 +109,9 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
     """Turn a Reshape of [N, *spatial, 1] to [N, 1, *spatial] into the Transpose it stands for.
 
     tf2onnx writes the NHWC -> NCHW Transpose of a single-channel input as a Reshape with the training
-    size baked in ([-1, 1, H, W]), which would tie the trunk to that size. With one channel the two
-    ops move the same elements, so the Transpose is exact and runs at any size. Returns a note per change.
+    size baked in ([-1, 1, H, W], or [1, 1, H, W] from a TFLite file with its batch fixed), which would tie
+    the trunk to that size. With one channel the two ops move the same elements, so the Transpose is exact
+    and runs at any size. Returns a note per change.
     """
     notes = []
     for node in graph.nodes:
@@ -122,7 +123,9 @@ def unit_channel_reshapes_to_transposes(graph: gs.Graph) -> List[str]:
             continue
         spatial = list(shape[1:-1])
         target = [int(v) for v in np.asarray(target).reshape(-1)]
-        if not all(isinstance(d, int) for d in spatial) or target[1:] != [1] + spatial or target[0] not in (-1, 0):
+        # The batch: copied (-1, 0), or the input's own fixed batch (TFLite files fix it at 1: fer's emotion model).
+        if not all(isinstance(d, int) for d in spatial) or target[1:] != [1] + spatial or \
+                (target[0] not in (-1, 0) and target[0] != shape[0]):
             continue
         node.op = "Transpose"
         node.attrs = {"perm": list(to_channels_first(len(shape)))}
