@@ -33,6 +33,9 @@ FRAMEWORKS = {
     "jax_nhwc_residual": (POOLED, None, True),
     "jax_conv1x1_head": (("window", "none"), None, True),
     "jax_nhwc_flatten": (FLATTENED, None, True),
+    "jax_layernorm_head": (POOLED, None, True),
+    "jax_convnext_block": (POOLED, None, True),
+    "jax_residual_flatten": (FLATTENED, None, True),
     "keras3_mobilenet_top": (POOLED, None, True),
     "keras3_torch_resnetv2": (POOLED, None, True),
     "keras3_torch_resnet_stem": (POOLED, None, True),
@@ -63,15 +66,17 @@ def at_training_size(model: onnx.ModelProto, size: Optional[Sequence[int]]) -> o
     return fixed
 
 
-def with_channels_first_view(model: onnx.ModelProto, pool: str) -> onnx.ModelProto:
-    """The reference for a pool of a channels-last map that is not a Transpose's output (a residual net done
-    in NHWC): the pool reads the map through a Transpose to NCHW and back, the identity, so the reference has
-    a channels-first tensor ('reference_nchw') to cut at."""
+def with_channels_first_view(model: onnx.ModelProto, reader: str) -> onnx.ModelProto:
+    """The reference for a pool or a flattening of a channels-last map that is not a Transpose's output (a
+    residual net done in NHWC): `reader` reads the map through a Transpose to NCHW and back, the identity, so the
+    reference has a channels-first tensor ('reference_nchw') to cut at. Every other reader of the map (jax2onnx
+    reads the batch for a flattening off its Shape) reads the view too, so that the head after it stands alone."""
     reference = onnx.ModelProto.FromString(model.SerializeToString())
-    node = next(n for n in reference.graph.node if n.name == pool)
+    node = next(n for n in reference.graph.node if n.name == reader)
     data = node.input[0]
-    node.input[0] = "reference_nhwc"
-    position = list(reference.graph.node).index(node)
+    for other in reference.graph.node:
+        other.input[:] = ["reference_nhwc" if name == data else name for name in other.input]
+    position = min(i for i, n in enumerate(reference.graph.node) if "reference_nhwc" in n.input)
     for offset, (source, target, perm) in enumerate(((data, "reference_nchw", [0, 3, 1, 2]),
                                                      ("reference_nchw", "reference_nhwc", [0, 2, 3, 1]))):
         reference.graph.node.insert(position + offset, helper.make_node("Transpose", [source], [target], perm=perm))
@@ -92,8 +97,8 @@ def reference_and_source(stem: str, conversion) -> tuple:
     names = {name for node in original.graph.node for name in node.output}
     if head.source in names:
         return original, head.source
-    assert head.pool is not None, "only a pool of a join of NHWC maps starts at a tensor the tool adds"
-    return with_channels_first_view(original, head.pool.node), "reference_nchw"
+    reader = head.pool.node if head.pool is not None else head.flattening.node  # a join of NHWC maps it reads
+    return with_channels_first_view(original, reader), "reference_nchw"
 
 
 def prove_conversion(stem: str, mode: str, conversion) -> None:
@@ -120,7 +125,9 @@ def test_each_framework_converts_in_every_mode_that_applies(stem, mode):
                                                   input_size=None if size is None else "x".join(map(str, size)))
     prove_conversion(stem, mode, conversion)
     ops = {node.op_type for node in conversion.model.graph.node}
-    assert not ops & {"Gemm", "MatMul", "Flatten"}, ops
+    assert not ops & {"Gemm", "Flatten"}, ops  # (a MatMul may stay in the trunk: a Linear at each location)
+    linears = {name for head in conversion.report.plan.heads for layer in head.linears for name in layer.nodes}
+    assert not linears & {node.name for node in conversion.model.graph.node}  # each linear layer rewritten
 
 
 @pytest.mark.parametrize("stem, mode", REFUSED)

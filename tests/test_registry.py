@@ -147,6 +147,8 @@ FLAT_SPELLINGS: Dict[str, Spelling] = {
     "Sqrt": _positive("Sqrt"), "Reciprocal": _positive("Reciprocal"), "Log": _positive("Log"),
     "Cast": _cast, "Pow": _pow, "Clip": _clip, "Dropout": _unary("Dropout"), "PRelu": _prelu,
     **{op: _per_feature(op) for op in ("Add", "Sub", "Mul", "Div")},
+    "Max": lambda b, x: (b.node("Max", [x, b.const(b.fresh("floor"), np.float32(0.1))]), K),  # jax2onnx's clamp
+    "Min": lambda b, x: (b.node("Min", [b.node("Relu", [x]), x]), K),  # of two head tensors
     "BatchNormalization": _batchnorm, "QuantizeLinear": _qdq, "DequantizeLinear": _qdq,
     "Softmax": _unary("Softmax", axis=1), "LogSoftmax": _unary("LogSoftmax", axis=1),
     "Hardmax": _unary("Hardmax", axis=1), "LayerNormalization": _layer_norm,

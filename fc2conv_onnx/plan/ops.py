@@ -142,6 +142,14 @@ def binary_with_constant(node: gs.Node, index: int, ctx: HeadContext) -> Union[P
                  constants=changed, out_features=max(features, ctx.features))
 
 
+def larger_or_smaller(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
+    """Max / Min of the head and one other operand, elementwise with broadcasting as Add is (jax2onnx's LayerNorm
+    clamps its variance so: Max(variance, 0)): read as `binary_with_constant` reads Add."""
+    if len(node.inputs) != 2:
+        return Decline(f"{node.op} '{node.name}' takes {len(node.inputs)} inputs, not the head and one other")
+    return binary_with_constant(node, index, ctx)
+
+
 def reduce_over_features(node: gs.Node, index: int, ctx: HeadContext) -> Union[PassThrough, Decline]:
     """A reduction over the features alone, keeping the axis (a LayerNorm spelled out by tf2onnx: the mean
     and variance over [N, C]): on [N, K, *spatial] it reduces axis 1, per location, to one feature."""
@@ -359,6 +367,7 @@ attach("head", *ops_with("elementwise"), value=elementwise)
 attach("head", "Dropout", value=dropout)
 attach("head", "PRelu", value=prelu)
 attach("head", "Add", "Sub", "Mul", "Div", value=binary_with_constant)
+attach("head", "Max", "Min", value=larger_or_smaller)
 attach("head", "BatchNormalization", value=batch_normalization)
 attach("head", "QuantizeLinear", "DequantizeLinear", value=quantize_family)
 attach("head", "Softmax", "LogSoftmax", "Hardmax", value=softmax_family)

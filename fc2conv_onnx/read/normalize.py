@@ -19,7 +19,8 @@ from ..errors import first_line
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
 from ..model.registry import fact, in_default_domain, is_op
-from .pool_views import channels_first_views_before_pools
+from .per_location_linears import per_location_linears
+from .pool_views import channels_first_views_before_heads
 from .reference import evaluate as evaluate_nodes
 from .shape_values import PROBE_BATCHES, NotEvaluable, evaluate
 
@@ -296,6 +297,6 @@ def normalize(graph: gs.Graph) -> Tuple[str, ...]:
     original trunk may not run at other sizes."""
     fold_constant_nodes(graph)
     notes = batch_read_off_own_shape(graph) + unit_channel_reshapes_to_transposes(graph) + \
-        identity_gathers_removed(graph) + channels_first_views_before_pools(graph)
+        identity_gathers_removed(graph) + per_location_linears(graph) + channels_first_views_before_heads(graph)
     make_node_names_unique(graph)
     return tuple(notes)

@@ -1,6 +1,6 @@
-"""Pools of channels-last maps: where the channels-first map a pool reads is (one Transpose back, through
-per-location ops), and, when there is none (a residual net done in NHWC), a channels-first view to start
-the head at."""
+"""Pools and flattenings of channels-last maps: where the channels-first map a pool reads is (one Transpose
+back, through per-location ops), and, when there is none (a residual net done in NHWC), a channels-first view
+to start the head at."""
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -56,23 +56,36 @@ def pools_every_axis(node: gs.Node) -> bool:
     return is_op(node, "GlobalAveragePool", "GlobalMaxPool")
 
 
-def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
-    """Give a pool of a channels-last map that `global_pool` cannot trace to one Transpose (a residual net
+def _flattens_a_map(node: gs.Node) -> bool:
+    """A Flatten (axis 1) or a Reshape to two axes: what a flattening head may start at (the matcher decides)."""
+    if is_op(node, "Flatten"):
+        return int(node.attrs.get("axis", 1)) == 1
+    target = node.outputs[0].shape if is_op(node, "Reshape") else None
+    return target is not None and len(target) == 2
+
+
+def channels_first_views_before_heads(graph: gs.Graph) -> List[str]:
+    """Give a pool or a flattening of a channels-last map that cannot be traced to one Transpose (a residual net
     done in NHWC by jax2onnx or Keras 3: the map is an Add of NHWC maps) a channels-first view to start at:
 
         map (NHWC) ──▶ ReduceMean(axes [1, 2])    becomes    map ──▶ Transpose to NCHW ──▶ Transpose back ──▶ ReduceMean
 
-    The pair is the identity; the head then starts at the NCHW tensor, where the trunk can be cut, cropped
-    and slid like any other. Returns a note per pool.
+    (likewise before a Flatten or a Reshape to [N, H*W*C]). The pair is the identity; the head then starts at
+    the NCHW tensor, where the trunk can be cut, cropped and slid like any other, and a flattening reads it in
+    (*spatial, C) order as after tf2onnx's Transpose. Returns a note per reader.
     """
     notes: List[str] = []
     layouts = None
     for node in list(graph.nodes):
-        if not fact(node, "global_pool") or pools_every_axis(node) or not node.inputs or node.inputs[0].shape is None:
+        if not node.inputs or node.inputs[0].shape is None:
             continue
         data = node.inputs[0]
         rank = len(data.shape)
-        if rank < 3 or axes_of(node) != frozenset(range(1, rank - 1)) or channels_last_region(data, node) is not None:
+        if rank < 3 or channels_last_region(data, node) is not None:
+            continue
+        pools = fact(node, "global_pool") and not pools_every_axis(node) and \
+            axes_of(node) == frozenset(range(1, rank - 1))
+        if not pools and not _flattens_a_map(node):
             continue
         layouts = layouts if layouts is not None else map_layouts(graph)
         if layouts.get(data.name) != CHANNELS_LAST:
@@ -87,7 +100,8 @@ def channels_first_views_before_pools(graph: gs.Graph) -> List[str]:
             graph.nodes.append(gs.Node("Transpose", free_name(taken, f"{node.name}/to_channels_{step}"),
                                        {"perm": list(perm)}, [source], [target]))
         node.inputs[0] = last
-        notes.append(f"{node.op} '{node.name}' pools the channels-last map '{data.name}' (a join of channels-last "
+        what = "pools" if pools else "flattens"
+        notes.append(f"{node.op} '{node.name}' {what} the channels-last map '{data.name}' (a join of channels-last "
                      "maps); it now reads it through a Transpose to channels first and back, the identity, so the "
                      "head starts at a channels-first map")
     if notes:

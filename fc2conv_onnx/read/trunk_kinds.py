@@ -53,9 +53,14 @@ def varies_over_space(shape, spatial_rank: int, form: str) -> bool:
 
 
 def _reduce_kind(node: gs.Node) -> Optional[str]:
-    """A reduction over a spatial axis reads every location; over the channels alone it is local."""
-    axes = axes_of(node)
-    return LOCAL if axes == frozenset((1,)) and node.attrs.get("keepdims", 1) else GLOBAL
+    """A reduction over a spatial axis reads every location; over the channels alone it is local: axis 1, or the
+    last axis of a channels-last map (a LayerNorm spelled out on one: jax2onnx's ConvNeXt blocks)."""
+    axes, rank = axes_of(node), len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    if not node.attrs.get("keepdims", 1):
+        return GLOBAL
+    if axes == frozenset((1,)):
+        return LOCAL
+    return LAST_AXIS if rank >= 3 and axes == frozenset((rank - 1,)) else GLOBAL
 
 
 def _transpose_kind(node: gs.Node) -> Optional[str]:
