@@ -2,6 +2,8 @@
 
     python benchmarks/export_architectures.py keras OUT   # needs tensorflow-cpu and tf2onnx ('.[exporters]')
     python benchmarks/export_architectures.py timm OUT    # needs timm ('.[exporters-timm]'): both torch exporters
+    python benchmarks/export_architectures.py keras-torch OUT   # needs keras 3 and torch: Keras's own export
+    python benchmarks/export_architectures.py timm OUT fbnetv3_b   # only the models named
 
 Each model is written as OUT/<exporter>__<name>.onnx with a small JSON sidecar naming its training size; the
 files are large (up to 0.5 GB for VGG16) and are not committed. Models whose export fails are listed in
@@ -25,17 +27,19 @@ KERAS = {"VGG16": 96, "ResNet50": 96, "MobileNetV2": 96, "MobileNetV3Small": 96,
 #: timm models: name -> training input size.
 TIMM = {"resnet18": 96, "efficientnet_b0": 96, "mobilenetv3_small_100": 96, "ghostnet_100": 96,
         "convnext_atto": 96, "regnetx_002": 96, "densenet121": 96, "inception_v3": 128, "dla34": 96,
-        "tf_efficientnet_b0": 96, "lcnet_050": 96, "vit_tiny_patch16_224": 224}
+        "tf_efficientnet_b0": 96, "lcnet_050": 96, "vit_tiny_patch16_224": 224, "fbnetv3_b": 160}
+#: Keras applications exported by Keras 3 itself on the torch backend (logits: no classifier activation).
+KERAS_TORCH = {"ResNet50": 96, "EfficientNetB0": 96, "EfficientNetV2B0": 96, "MobileNet": 96, "MobileNetV3Small": 96}
 
 
-def keras(out: Path) -> None:
+def keras(out: Path, only=()) -> None:
     import tensorflow as tf
     import tf2onnx
 
     failures = {}
     for name, size in KERAS.items():
         path = out / f"tf2onnx__{name}.onnx"
-        if path.exists():
+        if path.exists() or (only and name not in only):
             continue
         try:
             tf.keras.utils.set_random_seed(0)
@@ -51,12 +55,14 @@ def keras(out: Path) -> None:
     _failures(out, failures)
 
 
-def timm_models(out: Path) -> None:
+def timm_models(out: Path, only=()) -> None:
     import timm
     import torch
 
     failures = {}
     for name, size in TIMM.items():
+        if only and name not in only:
+            continue
         for dynamo in (False, True):
             exporter = "dynamo" if dynamo else "torchscript"
             path = out / f"{exporter}__{name}.onnx"
@@ -78,6 +84,31 @@ def timm_models(out: Path) -> None:
     _failures(out, failures)
 
 
+def keras_torch(out: Path, only=()) -> None:
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+    import numpy as np
+    import torch
+
+    failures = {}
+    for name, size in KERAS_TORCH.items():
+        path = out / f"keras-torch__{name}.onnx"
+        if path.exists() or (only and name not in only):
+            continue
+        try:
+            keras.utils.set_random_seed(0)
+            model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+                                                      classifier_activation=None)
+            model(np.zeros((1, size, size, 3), np.float32))  # Keras exports only a model that has been called
+            model.export(str(path), format="onnx", verbose=False)
+            _sidecar(path, size, f"keras.Model.export(format='onnx'), keras {keras.__version__}, torch backend "
+                                 f"(torch {torch.__version__})")
+            print(f"wrote {path}", flush=True)
+        except Exception as error:
+            failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    _failures(out, failures)
+
+
 def _sidecar(path: Path, size: int, made_by: str) -> None:
     path.with_suffix(".json").write_text(json.dumps({"size": size, "made_by": made_by}))
 
@@ -90,9 +121,9 @@ def _failures(out: Path, failures: dict) -> None:
 
 
 def main() -> None:
-    which, out = sys.argv[1], Path(sys.argv[2])
+    which, out, only = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     out.mkdir(parents=True, exist_ok=True)
-    {"keras": keras, "timm": timm_models}[which](out)
+    {"keras": keras, "timm": timm_models, "keras-torch": keras_torch}[which](out, only)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ from typing import Optional, Sequence
 
 import onnx
 import pytest
-from onnx import helper
 
 import fc2conv_onnx
 from fc2conv_onnx import NothingToConvertError
 
 from conftest import FIXTURES
-from equivalence import assert_equivalent, assert_one_prediction, input_shape
+from equivalence import assert_equivalent, assert_one_prediction, input_shape, with_channels_first_view
 
 EXPORTED = FIXTURES / "exported"
 MODES = ("keep", "window", "none")
@@ -64,23 +63,6 @@ def at_training_size(model: onnx.ModelProto, size: Optional[Sequence[int]]) -> o
         dim.Clear()
         dim.dim_value = value
     return fixed
-
-
-def with_channels_first_view(model: onnx.ModelProto, reader: str) -> onnx.ModelProto:
-    """The reference for a pool or a flattening of a channels-last map that is not a Transpose's output (a
-    residual net done in NHWC): `reader` reads the map through a Transpose to NCHW and back, the identity, so the
-    reference has a channels-first tensor ('reference_nchw') to cut at. Every other reader of the map (jax2onnx
-    reads the batch for a flattening off its Shape) reads the view too, so that the head after it stands alone."""
-    reference = onnx.ModelProto.FromString(model.SerializeToString())
-    node = next(n for n in reference.graph.node if n.name == reader)
-    data = node.input[0]
-    for other in reference.graph.node:
-        other.input[:] = ["reference_nhwc" if name == data else name for name in other.input]
-    position = min(i for i, n in enumerate(reference.graph.node) if "reference_nhwc" in n.input)
-    for offset, (source, target, perm) in enumerate(((data, "reference_nchw", [0, 3, 1, 2]),
-                                                     ("reference_nchw", "reference_nhwc", [0, 2, 3, 1]))):
-        reference.graph.node.insert(position + offset, helper.make_node("Transpose", [source], [target], perm=perm))
-    return reference
 
 
 def larger(shape: Sequence[int], channels_last: bool) -> tuple:
