@@ -67,6 +67,21 @@ def test_batch_is_free_and_kept_apart(fixture_path):
         np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("stem, frame", [("flat_flatten", (2, 3, 40, 36)), ("channel_pad_shortcut", (2, 3, 40, 48)),
+                                         ("unit_channel_fixed_batch", (2, 56, 64, 1))])
+def test_the_real_models_spellings_take_a_batch_of_two(stem, frame, fixture_path):
+    """The reproductions of dlib's and fer's models (batch fixed at 1 in the file): the converted model takes a
+    batch of 2 at a larger size, each item as it is alone."""
+    original = onnx.load(str(fixture_path(stem)))
+    converted = fc2conv_onnx.convert(original)
+    name, output = original.graph.input[0].name, original.graph.output[0].name
+    batch = random_input(original, frame)[name]
+    together = run(converted, {name: batch})[output]
+    for i in range(2):
+        np.testing.assert_allclose(together[i:i + 1], run(converted, {name: batch[i:i + 1]})[output], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_softmax_is_per_location_not_over_the_whole_map(fixture_path):
     for stem in ("softmax_opset11", "softmax_opset13"):
         converted = fc2conv_onnx.convert(str(fixture_path(stem)))
