@@ -32,56 +32,54 @@ TIMM = {"resnet18": 96, "efficientnet_b0": 96, "mobilenetv3_small_100": 96, "gho
 KERAS_TORCH = {"ResNet50": 96, "EfficientNetB0": 96, "EfficientNetV2B0": 96, "MobileNet": 96, "MobileNetV3Small": 96}
 
 
+def _export_each(out: Path, models: dict, only, exporter: str, export) -> None:
+    """`export(name, size, path)` for each model (of `only`, if given) not exported yet, as OUT/<exporter>__<name>
+    .onnx with its sidecar; a failure is recorded in OUT/export_failures.json, not fatal: the table lists it."""
+    failures = {}
+    for name, size in models.items():
+        path = out / f"{exporter}__{name}.onnx"
+        if path.exists() or (only and name not in only):
+            continue
+        try:
+            _sidecar(path, size, export(name, size, path))
+            print(f"wrote {path}", flush=True)
+        except Exception as error:
+            failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            traceback.print_exc()
+    _failures(out, failures)
+
+
 def keras(out: Path, only=()) -> None:
     import tensorflow as tf
     import tf2onnx
 
-    failures = {}
-    for name, size in KERAS.items():
-        path = out / f"tf2onnx__{name}.onnx"
-        if path.exists() or (only and name not in only):
-            continue
-        try:
-            tf.keras.utils.set_random_seed(0)
-            model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
-            spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
-            function = tf.function(lambda image: model(image, training=False))
-            tf2onnx.convert.from_function(function, input_signature=spec, opset=17, output_path=str(path))
-            _sidecar(path, size, f"tf2onnx {tf2onnx.__version__}, tensorflow {tf.__version__}, opset 17")
-            print(f"wrote {path}", flush=True)
-        except Exception as error:  # recorded, not fatal: the table says which exports failed
-            failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            traceback.print_exc()
-    _failures(out, failures)
+    def export(name: str, size: int, path: Path) -> str:
+        tf.keras.utils.set_random_seed(0)
+        model = getattr(tf.keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+        spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="image"),)
+        function = tf.function(lambda image: model(image, training=False))
+        tf2onnx.convert.from_function(function, input_signature=spec, opset=17, output_path=str(path))
+        return f"tf2onnx {tf2onnx.__version__}, tensorflow {tf.__version__}, opset 17"
+
+    _export_each(out, KERAS, only, "tf2onnx", export)
 
 
 def timm_models(out: Path, only=()) -> None:
     import timm
     import torch
 
-    failures = {}
-    for name, size in TIMM.items():
-        if only and name not in only:
-            continue
-        for dynamo in (False, True):
-            exporter = "dynamo" if dynamo else "torchscript"
-            path = out / f"{exporter}__{name}.onnx"
-            if path.exists():
-                continue
-            try:
-                torch.manual_seed(0)
-                model = timm.create_model(name, pretrained=False, num_classes=10).eval()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), input_names=["image"],
-                                      output_names=["scores"], opset_version=18 if dynamo else 17, dynamo=dynamo,
-                                      **({"external_data": False} if dynamo else {}))
-                _sidecar(path, size, f"torch.onnx.export(dynamo={dynamo}), torch {torch.__version__}, "
-                                     f"timm {timm.__version__}")
-                print(f"wrote {path}", flush=True)
-            except Exception as error:
-                failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    _failures(out, failures)
+    for dynamo in (False, True):
+        def export(name: str, size: int, path: Path, dynamo: bool = dynamo) -> str:
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (torch.randn(1, 3, size, size),), str(path), input_names=["image"],
+                                  output_names=["scores"], opset_version=18 if dynamo else 17, dynamo=dynamo,
+                                  **({"external_data": False} if dynamo else {}))
+            return f"torch.onnx.export(dynamo={dynamo}), torch {torch.__version__}, timm {timm.__version__}"
+
+        _export_each(out, TIMM, only, "dynamo" if dynamo else "torchscript", export)
 
 
 def keras_torch(out: Path, only=()) -> None:
@@ -90,23 +88,16 @@ def keras_torch(out: Path, only=()) -> None:
     import numpy as np
     import torch
 
-    failures = {}
-    for name, size in KERAS_TORCH.items():
-        path = out / f"keras-torch__{name}.onnx"
-        if path.exists() or (only and name not in only):
-            continue
-        try:
-            keras.utils.set_random_seed(0)
-            model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
-                                                      classifier_activation=None)
-            model(np.zeros((1, size, size, 3), np.float32))  # Keras exports only a model that has been called
-            model.export(str(path), format="onnx", verbose=False)
-            _sidecar(path, size, f"keras.Model.export(format='onnx'), keras {keras.__version__}, torch backend "
-                                 f"(torch {torch.__version__})")
-            print(f"wrote {path}", flush=True)
-        except Exception as error:
-            failures[path.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-    _failures(out, failures)
+    def export(name: str, size: int, path: Path) -> str:
+        keras.utils.set_random_seed(0)
+        model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10,
+                                                  classifier_activation=None)
+        model(np.zeros((1, size, size, 3), np.float32))  # Keras exports only a model that has been called
+        model.export(str(path), format="onnx", verbose=False)
+        return f"keras.Model.export(format='onnx'), keras {keras.__version__}, torch backend " \
+               f"(torch {torch.__version__})"
+
+    _export_each(out, KERAS_TORCH, only, "keras-torch", export)
 
 
 def _sidecar(path: Path, size: int, made_by: str) -> None:
