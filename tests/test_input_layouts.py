@@ -74,3 +74,25 @@ def test_a_layout_the_tool_cannot_follow_is_refused_before_anything_runs(before_
     code, stdout, stderr = cli("convert", str(tmp_path / "model.onnx"), "-o", str(tmp_path / "out.onnx"))
     assert code == 4 and "onnxruntime" not in stderr and "Status Message" not in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
+
+
+def test_a_slice_of_the_channels_before_the_first_conv_is_not_a_misread_layout():
+    """[1, 4, 16, 12] (RGBA, channels first) -> Slice of the first 3 channels -> Conv of 3: the check of the layout
+    counts channels only when nothing on the way may cut or add some."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["rgb"]),
+             helper.make_node("Conv", ["rgb", "conv_w"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["conv"], ["features"]),
+             helper.make_node("Flatten", ["features"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "fc_w"], ["logits"], transB=1)]
+    initializers = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                    (("starts", [0]), ("ends", [3]), ("axes", [1]))] + [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.standard_normal((2, 4 * 16 * 12)).astype(np.float32) / 30, "fc_w")]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, 16, 12])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])
+    model = helper.make_model(helper.make_graph(nodes, "rgba", [image], [logits], initializers),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    conversion = fc2conv_onnx.convert_with_report(model)
+    assert conversion.report.plan.input_layouts == {"image": "channels_first"}
+    assert all(c.passed for c in conversion.report.checks)

@@ -172,17 +172,18 @@ def input_layout(tensor: gs.Tensor) -> str:
     return CHANNELS_LAST if channels_first_views(tensor) else CHANNELS_FIRST
 
 
-def first_convolution(tensor: gs.Tensor, layout: str) -> Optional[Tuple[gs.Node, int]]:
+def first_convolution(tensor: gs.Tensor, layout: str) -> Optional[Tuple[gs.Node, int, bool]]:
     """The first Conv that reads the graph input `tensor` through ops that keep every axis where it is (the
-    preprocessing ops, Pad, Slice) and Transposes, and the axis its channels are on there when `tensor` has
-    them where `layout` says (a Conv reads them on axis 1). None when no Conv is reached so."""
+    preprocessing ops, Pad, Slice) and Transposes; the axis its channels are on there when `tensor` has them
+    where `layout` says (a Conv reads them on axis 1); and whether they are as many as `tensor` has (no Slice or
+    Pad on the way, which may cut or add some). None when no Conv is reached so."""
     shape = tensor.shape
     if shape is None or len(shape) < 3:
         return None
-    frontier = [(tensor, len(shape) - 1 if layout == CHANNELS_LAST else 1)]
+    frontier = [(tensor, len(shape) - 1 if layout == CHANNELS_LAST else 1, True)]
     seen = set()
     while frontier:
-        current, axis = frontier.pop(0)
+        current, axis, same_count = frontier.pop(0)
         if id(current) in seen:
             continue
         seen.add(id(current))
@@ -190,10 +191,9 @@ def first_convolution(tensor: gs.Tensor, layout: str) -> Optional[Tuple[gs.Node,
             if not node.inputs or node.inputs[0] is not current:
                 continue
             if is_op(node, "Conv"):
-                return node, axis
+                return node, axis, same_count
             if is_op(node, "Transpose") and "perm" in node.attrs:
-                frontier.append((node.outputs[0], list(node.attrs["perm"]).index(axis)))
+                frontier.append((node.outputs[0], list(node.attrs["perm"]).index(axis), same_count))
             elif fact(node, "preprocessing") or is_op(node, "Pad", "Slice"):
-                frontier.extend((out, axis) for out in node.outputs[:1])
+                frontier.append((node.outputs[0], axis, same_count and not is_op(node, "Pad", "Slice")))
     return None
-

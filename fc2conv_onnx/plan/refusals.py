@@ -38,7 +38,7 @@ def require_readable_layouts(graph: gs.Graph, plan: Plan) -> None:
         found = first_convolution(tensor, layout)
         if found is None:
             continue
-        conv, axis = found
+        conv, axis, same_count = found
         read = "channels last" if layout == CHANNELS_LAST else "channels first"
         if axis != 1:
             raise NothingToConvertError(f"input '{name}' {list(tensor.shape)} was read as {read}, but its first Conv "
@@ -46,7 +46,8 @@ def require_readable_layouts(graph: gs.Graph, plan: Plan) -> None:
                                         "is not one this tool can follow (please report the model)")
         weight, group = conv.inputs[1].shape, int(conv.attrs.get("group", 1))
         channels = tensor.shape[-1] if layout == CHANNELS_LAST else tensor.shape[1]
-        if weight and isinstance(weight[1], int) and isinstance(channels, int) and weight[1] * group != channels:
+        if same_count and weight and isinstance(weight[1], int) and isinstance(channels, int) and \
+                weight[1] * group != channels:
             raise NothingToConvertError(f"input '{name}' {list(tensor.shape)} was read as {read} ({channels} "
                                         f"channels), but its first Conv '{conv.name}' takes {weight[1] * group}: the "
                                         "input's layout is not one this tool can follow (please report the model)")

@@ -174,12 +174,13 @@ def own_noise(expected: Mapping[str, np.ndarray], *reruns: Callable[[], Mapping[
 def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelProto, Session], *, seed: int = 0,
                         weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
                         per_location: Sequence[str] = (), origin: Optional[Mapping[str, str]] = None,
-                        free_sizes: Optional[onnx.ModelProto] = None) -> List[OutputCheck]:
+                        image_inputs: Sequence[str] = (), layouts: Optional[Mapping[str, str]] = None
+                        ) -> List[OutputCheck]:
     """Original vs converted at the training size, every graph output but those in `per_location` (heads
     whose global pool was removed give a map there, which only the window check can compare). Outputs in
     `origin` (name -> layout) give several cells there (a finer stride): their first cell is compared.
-    `free_sizes`, the original with symbolic input sizes, is one of the other roundings its noise is measured
-    by (see `own_noise`)."""
+    The original with the sizes of `image_inputs` (in `layouts`) symbolic is one of the other roundings its
+    noise is measured by (see `own_noise`)."""
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
     expected = run_once(original, feeds, "the original model", weights, original=True)
@@ -192,10 +193,10 @@ def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelPr
         return run_once(session, feeds, "the original model")
 
     def symbolic() -> Mapping[str, np.ndarray]:
-        assert free_sizes is not None
-        return run_once(free_sizes, feeds, "the original model with symbolic sizes", weights)
+        free = graphs.cut(original, [o.name for o in original.graph.output], (), image_inputs, layouts=layouts)
+        return run_once(free, feeds, "the original model with symbolic sizes", weights)
 
-    noise = own_noise(expected, *([unoptimized] + ([symbolic] if free_sizes is not None else [])))
+    noise = own_noise(expected, *([unoptimized] + ([symbolic] if image_inputs else [])))
     shape = next(iter(shapes.values()), ())
     steps = quantization_steps(original, weights)
     for name, layout in (origin or {}).items():
@@ -481,15 +482,13 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     origin = {o: h.output_layouts[o] for h in checked.heads for o in h.outputs} if plan.densify else None
     # One session of the converted model serves every check (its input sizes are free).
     runner = open_session(converted, converted_weights or weights, "the converted model")
-    free_sizes = graphs.cut(original, [o.name for o in original.graph.output], (), plan.trunk_inputs,
-                            layouts=plan.input_layouts) if plan.trunk_inputs else None
 
     def labelled(checks: List[OutputCheck]) -> List[OutputCheck]:  # the logits' checks say so; no geometry
         return [replace(c, before=before[c.output]) if c.output in before else c for c in checks
                 if not (c.output in before and c.check == "geometry")]
 
     checks = labelled(check_training_size(original, runner, seed=seed, weights=weights, per_location=per_location,
-                                          origin=origin, free_sizes=free_sizes))
+                                          origin=origin, image_inputs=plan.trunk_inputs, layouts=plan.input_layouts))
     require_passed(checks)
     sizes: List[Optional[Sequence[int]]] = []
     if plan.trunk_inputs and per_location:  # heads that give a map at the training size: checked there too
