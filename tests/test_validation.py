@@ -124,3 +124,21 @@ def test_a_pair_made_elsewhere_without_the_logits_name_is_still_validated(fixtur
         node.output[:] = [names.get(n, n) for n in node.output]
     report = fc2conv_onnx.validate_pair(original, converted)
     assert report.checks and all(c.passed and not c.before for c in report.checks)
+
+
+def test_each_output_is_read_from_the_model_as_written_and_each_logit_from_the_probe():
+    """What is validated is what is written: the probe (the model with its logits as outputs too) only adds them."""
+    from onnx import TensorProto, helper
+
+    from fc2conv_onnx.model.runtime import Session
+    from fc2conv_onnx.prove.validate import ConvertedRuns
+
+    def model(op):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+        outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "logits")]
+        nodes = [helper.make_node(op, ["x"], ["y"]), helper.make_node("Neg", ["x"], ["logits"])]
+        return helper.make_model(helper.make_graph(nodes, op, [x], outputs), opset_imports=[helper.make_opsetid("", 13)])
+
+    values = ConvertedRuns(Session(model("Identity")), Session(model("Abs"))).run(
+        {"x": np.array([-1.0, 2.0], np.float32)}, "the converted model")
+    assert values["y"].tolist() == [-1.0, 2.0] and values["logits"].tolist() == [1.0, -2.0]

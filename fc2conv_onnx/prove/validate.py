@@ -97,6 +97,27 @@ class OutputCheck:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ConvertedRuns:
+    """The converted model as it is written, and the same model with heads' logits as outputs too (see
+    `with_logits`): each output is read from the model as written, each logit from the other, so that what is
+    validated is what is written."""
+
+    written: Session
+    with_logits: Optional[Session] = None
+
+    def run(self, feeds: Mapping[str, np.ndarray], what: str) -> Dict[str, np.ndarray]:
+        values = run_once(self.with_logits, feeds, what) if self.with_logits is not None else {}
+        values.update(run_once(self.written, feeds, what))
+        return values
+
+
+def _run_converted(converted: Union[onnx.ModelProto, Session, ConvertedRuns], feeds: Mapping[str, np.ndarray],
+                   what: str, weights: Optional[Weights]) -> Dict[str, np.ndarray]:
+    return converted.run(feeds, what) if isinstance(converted, ConvertedRuns) else \
+        run_once(converted, feeds, what, weights)
+
+
 def quantization_steps(model: onnx.ModelProto, weights: Optional[Weights] = None) -> Dict[str, float]:
     """Output name -> the step (largest scale) of the last DequantizeLinear on its way, for the outputs of a
     QDQ model that has one; ops after it (Softmax, ...) change values by no more than a step or so."""
@@ -171,7 +192,8 @@ def own_noise(expected: Mapping[str, np.ndarray], *reruns: Callable[[], Mapping[
     return of
 
 
-def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelProto, Session], *, seed: int = 0,
+def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelProto, Session, ConvertedRuns], *,
+                        seed: int = 0,
                         weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
                         per_location: Sequence[str] = (), origin: Optional[Mapping[str, str]] = None,
                         image_inputs: Sequence[str] = (), layouts: Optional[Mapping[str, str]] = None
@@ -184,7 +206,7 @@ def check_training_size(original: onnx.ModelProto, converted: Union[onnx.ModelPr
     shapes = training_shapes(original)
     feeds = random_feeds(original, shapes, np.random.default_rng(seed))
     expected = run_once(original, feeds, "the original model", weights, original=True)
-    actual = run_once(converted, feeds, "the converted model", converted_weights or weights)
+    actual = _run_converted(converted, feeds, "the converted model", converted_weights or weights)
     # The original's other roundings: optimizations off, and its input sizes symbolic, as the converted model
     # has them (onnxruntime then picks other kernels for the same trunk: on random-weight timm fbnetv3_b all
     # of the conversion's difference, 6.75 on outputs of 3,100).
@@ -324,7 +346,7 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
                   geometries: Sequence[HeadGeometry] = (), *, size: Optional[Sequence[int]] = None, seed: int = 0,
                   max_locations: Optional[int] = None, progress: Optional[Progress] = None,
                   weights: Optional[Weights] = None, converted_weights: Optional[Weights] = None,
-                  converted_session: Optional[Session] = None) -> List[OutputCheck]:
+                  converted_session: Optional[Union[Session, ConvertedRuns]] = None) -> List[OutputCheck]:
     """Converted model vs crop-and-forward on the original, at the locations of a larger input.
 
     The original is cut at each head's source: its trunk runs once on the larger input, its head on the
@@ -337,8 +359,8 @@ def check_windows(original: onnx.ModelProto, converted: onnx.ModelProto, plan: P
     rng = np.random.default_rng(seed + 1)
     feeds = random_feeds(original, shapes, rng)
     input_shape = shapes[plan.trunk_inputs[0]]
-    actual = run_once(converted_session or converted, feeds, f"the converted model at input size {list(input_shape)}",
-                  converted_weights or weights)
+    actual = _run_converted(converted_session or converted, feeds,
+                            f"the converted model at input size {list(input_shape)}", converted_weights or weights)
     checks = []
     steps = quantization_steps(original, weights)
 
@@ -476,12 +498,15 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
     """
     seed, size, windows = options.seed, options.window_size, options.windows
     checked, before = with_logits(plan, converted)
-    original, converted = graphs.with_outputs(original, before), graphs.with_outputs(converted, before)
+    original, probe = graphs.with_outputs(original, before), graphs.with_outputs(converted, before)
     window_reference = window_reference and graphs.with_outputs(window_reference, before)
     per_location = [o for h in checked.heads if h.window != h.spatial_shape for o in h.outputs]
     origin = {o: h.output_layouts[o] for h in checked.heads for o in h.outputs} if plan.densify else None
-    # One session of the converted model serves every check (its input sizes are free).
-    runner = open_session(converted, converted_weights or weights, "the converted model")
+    # One session of the converted model (and one with its logits as outputs) serves every check: its input
+    # sizes are free.
+    converted_weights = converted_weights or weights
+    runner = ConvertedRuns(open_session(converted, converted_weights, "the converted model"),
+                           open_session(probe, converted_weights, "the converted model") if before else None)
 
     def labelled(checks: List[OutputCheck]) -> List[OutputCheck]:  # the logits' checks say so; no geometry
         return [replace(c, before=before[c.output]) if c.output in before else c for c in checks
@@ -504,7 +529,7 @@ def validate(original: onnx.ModelProto, converted: onnx.ModelProto, plan: Plan,
             checks += labelled(check_windows(window_reference or original, converted, cut[0], cut[1], size=spatial,
                                              seed=seed, progress=progress, weights=weights,
                                              converted_weights=converted_weights, converted_session=runner))
-        checks += check_map_cells(original, runner, plan, geometries, spatial, seed, weights)
+        checks += check_map_cells(original, runner.written, plan, geometries, spatial, seed, weights)
         require_passed(checks)
     for check in checks:
         logger.info("%s", check.describe())
