@@ -137,7 +137,8 @@ def test_each_output_is_read_from_the_model_as_written_and_each_logit_from_the_p
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
         outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "logits")]
         nodes = [helper.make_node(op, ["x"], ["y"]), helper.make_node("Neg", ["x"], ["logits"])]
-        return helper.make_model(helper.make_graph(nodes, op, [x], outputs), opset_imports=[helper.make_opsetid("", 13)])
+        graph = helper.make_graph(nodes, op, [x], outputs)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
     values = ConvertedRuns(Session(model("Identity")), Session(model("Abs"))).run(
         {"x": np.array([-1.0, 2.0], np.float32)}, "the converted model")
