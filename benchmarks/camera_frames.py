@@ -26,7 +26,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ import onnxruntime as ort
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from interleaved import interleaved, seconds  # noqa: E402
 from scale_out import on_ray  # noqa: E402
 
 import fc2conv_onnx  # noqa: E402
@@ -97,14 +97,7 @@ def main() -> None:
             ways["ray 2 actors"] = lambda: on_ray(ray, model, frames, actors=2, threads=1)
         for way in ways.values():  # once untimed: files in the page cache, imports done
             way()
-        times = {name: [] for name in ways}
-        names = list(ways)
-        for round_ in range(args.rounds):
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                time.sleep(0.2)
-                start = time.perf_counter()
-                ways[name]()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved({name: seconds(way, pause=0.2) for name, way in ways.items()}, args.rounds)
         if ray is not None:
             ray.shutdown()
     medians = {name: statistics.median(values) for name, values in times.items()}

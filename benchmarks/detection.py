@@ -41,6 +41,8 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fixtures"))
 
+from interleaved import interleaved  # noqa: E402
+
 import fc2conv_onnx  # noqa: E402
 from fc2conv_onnx.apps import pictures  # noqa: E402
 from fc2conv_onnx.apps.detector import SCALE_STEP  # noqa: E402
@@ -154,11 +156,7 @@ def run_case(case: Dict, folder: Path, rounds: int) -> None:
     assert len(numpy_found) == len(scores) and np.allclose(sorted(scores), sorted(d.score for d in numpy_found))
     methods = {"pyramid": lambda: pyramid, "passes": passes, "user loop": user_loop, "singles": singles,
                "open session": open_session, "in-graph": in_graph, "map + numpy": map_and_numpy}
-    times: Dict[str, List[float]] = {m: [] for m in methods}
-    order = list(methods)
-    for round_ in range(rounds):
-        for method in order[round_ % len(order):] + order[:round_ % len(order)]:
-            times[method].append(timed(methods[method]))
+    times = interleaved({m: (lambda way=way: timed(way)) for m, way in methods.items()}, rounds)
     medians = {m: statistics.median(t) * 1000 for m, t in times.items()}
     print(f"\n**{case['name']}: objects {low}-{high} px, {len(scales)} scales "
           f"({', '.join(f'{s:.3g}' for s in scales)}), {len(found.records)} detection(s); at scale 1: "

@@ -21,7 +21,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -31,6 +30,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from interleaved import interleaved, seconds  # noqa: E402 (benchmarks/, the script's own folder)
 
 import fc2conv_onnx  # noqa: E402
 from fc2conv_onnx import DetectionSettings, Stage  # noqa: E402
@@ -84,21 +85,14 @@ def main() -> None:
         }
         expected = methods["sliding"]()
         agree = {name: same(method(), expected) for name, method in methods.items()}
-        times: Dict[str, List[float]] = {name: [] for name in methods}
-        names = list(methods)
-        for round_ in range(args.rounds):
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                time.sleep(0.1)
-                start = time.perf_counter()
-                methods[name]()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved({name: seconds(method, pause=0.1) for name, method in methods.items()}, args.rounds)
         width, height = Image.open(picture).size
         windows = ((height - WINDOW) // STRIDE + 1) * ((width - WINDOW) // STRIDE + 1)
         print(f"ring classifier on {width}x{height} ({windows} windows), {args.rounds} rounds, onnxruntime "
               f"{ort.__version__}; {len(expected)} boxes from the sliding window")
         base = statistics.median(times["sliding"])
         print(f"{'method':<10} {'median ms':>10} {'vs sliding':>11}  boxes and scores = sliding window's")
-        for name in names:
+        for name in methods:
             median = statistics.median(times[name])
             print(f"{name:<10} {median * 1000:>10.1f} {median / base:>10.2f}x  {'yes' if agree[name] else 'no'}")
 

@@ -34,6 +34,8 @@ from onnx import helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fixtures"))
 
+from interleaved import interleaved  # noqa: E402
+
 from builders import ModelBuilder  # noqa: E402
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -90,11 +92,8 @@ def compare(name: str, model: Path, out: Path, rounds: int) -> None:
     if model.parent.name == "external":  # onnx.save writes embedded weights unless told; keep it fair
         variants["round trip"][2] = ("import onnx, sys; onnx.save(onnx.load(sys.argv[1]), sys.argv[2], "
                                      "save_as_external_data=True, location='out.data')")
-    results: Dict[str, List[Tuple[float, float]]] = {key: [] for key in variants}
-    order = list(variants)
-    for round_ in range(rounds):
-        for key in order[round_ % len(order):] + order[:round_ % len(order)]:
-            results[key].append(measure(variants[key]))
+    results = interleaved({key: (lambda command=command: measure(command)) for key, command in variants.items()},
+                          rounds)
     validated = measure([python, "-m", "fc2conv_onnx", "convert", str(model), "-o", str(out)])
     size = sum(f.stat().st_size for f in model.parent.glob("vgg16.onnx*")) / 2**20
     base_time = statistics.median(t for t, _ in results["round trip"])

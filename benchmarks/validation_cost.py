@@ -34,6 +34,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from interleaved import interleaved  # noqa: E402
 from scale import vgg16  # noqa: E402
 
 from models import caffenet, dress_detector_fc1024  # noqa: E402
@@ -114,11 +115,7 @@ def bench(name: str, path: Path, size: Optional[str], rounds: int) -> Dict[str, 
     variants = {"convert": convert, "validated": validated,
                 "hand check": [python, "-c", HAND_CHECK, str(path), str(out), json.dumps(shape)],
                 "imports only": [python, "-c", "import numpy, onnxruntime"]}
-    runs: Dict[str, List[Tuple[float, float, str]]] = {key: [] for key in variants}
-    order = list(variants)
-    for round_ in range(rounds):
-        for key in order[round_ % len(order):] + order[:round_ % len(order)]:
-            runs[key].append(measure(variants[key]))
+    runs = interleaved({key: (lambda command=command: measure(command)) for key, command in variants.items()}, rounds)
     wall = {key: statistics.median(r[0] for r in values) for key, values in runs.items()}
     rss = {key: statistics.median(r[1] for r in values) for key, values in runs.items()}
     inside = {key: statistics.median(float(r[2].split()[-1 if key == "hand check" else -2]) for r in runs[key])

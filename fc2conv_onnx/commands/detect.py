@@ -95,12 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "like these flags, e.g. [{\"model\": \"onet.onnx\", \"class\": 1, \"threshold\": "
                                "0.7, \"regression\": \"dense_5\", \"square\": true}] (docs/detect.md#cascades); a "
                                "box is reported when every stage keeps it, with the last stage's score and box")
-    parser.add_argument("--labels", metavar="FILE",
-                        help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
-                             "drawings and the panels instead of class numbers")
-    parser.add_argument("--transpose", action="store_true",
-                        help="the model reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets): it "
-                             "runs on each picture transposed; the boxes are in the picture's frame")
+    flags.labels_flag(parser)
+    flags.transpose_flag(parser, "the boxes are in the picture's frame")
     speed = parser.add_argument_group("cores")
     speed.add_argument("--workers", type=flags.positive_int, metavar="N",
                        help="read and run N pictures (or video frames) at once, one session (default: one per core); "

@@ -151,6 +151,19 @@ def floats(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of finite numbers") from None
 
 
+def labels_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", metavar="FILE",
+                        help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
+                             "drawings and the panels instead of class numbers")
+
+
+def transpose_flag(parser: argparse.ArgumentParser, then: str) -> None:
+    """--transpose for the commands that run a model on pictures; `then`: what becomes of the result."""
+    parser.add_argument("--transpose", action="store_true",
+                        help="the model reads pictures as W x H (ported from Caffe or Matlab, as MTCNN's nets): it "
+                             f"runs on each picture transposed; {then}")
+
+
 def layout_flag(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--output-layout", choices=OUTPUT_LAYOUTS, default="auto",
                         help=f"{what}: channels_first is [N, K, *spatial], channels_last [N, *spatial, K]; auto "

@@ -34,8 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="a model converted by fc2conv-onnx (.onnx)")
     parser.add_argument("original", metavar="ORIGINAL", help="the classifier MODEL was converted from (.onnx)")
     parser.add_argument("image", metavar="IMAGE", help="a picture like the ones detect will see")
-    parser.add_argument("--transpose", action="store_true",
-                        help="the model reads pictures as W x H (as for detect)")
+    flags.transpose_flag(parser, "as detect does")
     flags.detection_flags(parser, "")
     flags.picture_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")

@@ -54,12 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=flags.floats, metavar="S1,S2,...",
                         help="run the model on the image at each scale (e.g. 1,0.5,0.25: an image pyramid, for "
                              "objects of several sizes) and draw one map: per pixel, the highest value among them")
-    parser.add_argument("--labels", metavar="FILE",
-                        help="the classes' names, one a line, class 0 first: shown in the records ('label'), the "
-                             "drawings and the panels instead of class numbers")
-    parser.add_argument("--transpose", action="store_true",
-                        help="the model reads pictures as W x H (ported from Caffe or Matlab): it runs on the picture "
-                             "transposed; the map is drawn in the picture's frame")
+    flags.labels_flag(parser)
+    flags.transpose_flag(parser, "the map is drawn in the picture's frame")
     parser.add_argument("--json", action="store_true", help="print what was drawn as JSON on stdout")
     flags.talk_flags(parser)
 
