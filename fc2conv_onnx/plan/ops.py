@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from ..model.layout import is_transpose, to_channels_first, to_channels_last
 from ..model.registry import attach, is_op, ops_with
-from ..read.constants import axes_of, constant_values, per_feature_vector, per_location_constant
+from ..read.constants import axes_of, constant_ints, constant_values, per_feature_vector, per_location_constant
 from ..read.trunk_kinds import varies_over_space
 from .flattenings import reshape_flattens
 from .linear import match_linear
@@ -324,10 +324,9 @@ def _keeps_flat(node: gs.Node, ctx: HeadContext) -> bool:
         return False
     if is_op(node, "Flatten"):
         return int(node.attrs.get("axis", 1)) in (1, -1)
-    target = constant_values(node.inputs[1]) if is_op(node, "Reshape") and len(node.inputs) > 1 else None
-    if target is None:
+    dims = constant_ints(node.inputs[1]) if is_op(node, "Reshape") and len(node.inputs) > 1 else None
+    if dims is None:
         return False
-    dims = [int(v) for v in target.reshape(-1)]
     zero_copies = not node.attrs.get("allowzero", 0)
     return len(dims) == 2 and (dims[0] == -1 or (dims[0] == 0 and zero_copies)) and \
         dims[1] in (ctx.features, -1 if dims[0] != -1 else ctx.features)

@@ -2,7 +2,7 @@
 and the broadcasting rules a per-feature constant follows when a head's [N, K] becomes [N, K, *spatial]."""
 from __future__ import annotations
 
-from typing import FrozenSet, Optional
+from typing import FrozenSet, List, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -11,6 +11,12 @@ import onnx_graphsurgeon as gs
 def constant_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
     """The values of a constant tensor (initializer or folded Constant node), else None."""
     return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+
+def constant_ints(tensor: gs.Tensor) -> Optional[List[int]]:
+    """A constant's values as a flat list of ints (a Reshape's target, a Pad's widths), else None."""
+    values = constant_values(tensor)
+    return None if values is None else [int(v) for v in values.reshape(-1)]
 
 
 def producer(tensor: gs.Tensor) -> Optional[gs.Node]:

@@ -19,6 +19,7 @@ from ..errors import first_line
 from ..model.graph_names import free_name
 from ..model.layout import to_channels_first
 from ..model.registry import fact, in_default_domain, is_op
+from .constants import constant_ints
 from .per_location_linears import per_location_linears
 from .pool_views import channels_first_views_before_heads
 from .reference import evaluate as evaluate_nodes
@@ -207,10 +208,6 @@ def _same_shape(read: gs.Tensor, data: gs.Tensor) -> bool:
         data = data.inputs[0].inputs[0]
 
 
-def _ints(tensor: gs.Tensor) -> Optional[List[int]]:
-    return [int(v) for v in np.asarray(tensor.values).reshape(-1)] if isinstance(tensor, gs.Constant) else None
-
-
 def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
     """If the one-element `piece` is dim 0 of `data`, read off Shape(data) (or the Shape of what `data` is cast
     from) by Slice [0:1] or Gather 0, maybe
@@ -230,10 +227,10 @@ def _own_batch(piece: gs.Tensor, data: gs.Tensor) -> Optional[List[str]]:
     if node is None or int(node.attrs.get("axis", 0)) != 0:
         return None
     if is_op(node, "Gather"):
-        if _ints(node.inputs[1]) != [0]:
+        if constant_ints(node.inputs[1]) != [0]:
             return None
     elif is_op(node, "Slice"):
-        bounds = [_ints(t) for t in node.inputs[1:]] if len(node.inputs) > 1 else \
+        bounds = [constant_ints(t) for t in node.inputs[1:]] if len(node.inputs) > 1 else \
             [node.attrs.get("starts"), node.attrs.get("ends"), node.attrs.get("axes", [0])]
         if len(bounds) < 2 or bounds[0] != [0] or bounds[1] != [1] or any(b not in ([0], [1]) for b in bounds[2:]):
             return None
@@ -265,7 +262,7 @@ def batch_read_off_own_shape(graph: gs.Graph) -> List[str]:
         if not concat or not is_op(concat[0], "Concat") or len(concat[0].inputs) < 2:
             continue
         first, *rest = (_through_casts(t) for t in concat[0].inputs)
-        tail = [_ints(t) for t in rest]
+        tail = [constant_ints(t) for t in rest]
         read = _own_batch(first, node.inputs[0])
         if read is None or any(values is None for values in tail):
             continue

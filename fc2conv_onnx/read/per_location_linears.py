@@ -18,16 +18,11 @@ import onnx_graphsurgeon as gs
 
 from ..model.graph_names import free_name
 from ..model.registry import is_op
-from .constants import constant_values
+from .constants import constant_ints, constant_values
 
 
 def _only_reader(tensor: gs.Tensor) -> Optional[gs.Node]:
     return tensor.outputs[0] if len(tensor.outputs) == 1 else None
-
-
-def _ints(tensor: gs.Tensor) -> Optional[List[int]]:
-    values = constant_values(tensor)
-    return None if values is None else [int(v) for v in values.reshape(-1)]
 
 
 def per_location_linears(graph: gs.Graph) -> List[str]:
@@ -43,7 +38,7 @@ def per_location_linears(graph: gs.Graph) -> List[str]:
         if back is None or not is_op(back, "Reshape") or not is_op(flatten, "Reshape") or \
                 len(gemm.inputs[0].outputs) != 1:  # the flattened map is read by this Gemm alone
             continue
-        x, target = flatten.inputs[0], _ints(flatten.inputs[1])
+        x, target = flatten.inputs[0], constant_ints(flatten.inputs[1])
         shape = x.shape
         if shape is None or len(shape) < 3 or not all(isinstance(d, int) for d in shape[1:]):
             continue  # the batch may be symbolic, the rest is the training size
