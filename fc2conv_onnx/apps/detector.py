@@ -40,10 +40,6 @@ from .refine import Refiner
 SCALE_STEP = 1.25
 #: Called after each run of the model (one per picture and scale).
 AfterRun = Callable[[], None]
-#: The columns of a batch of detections, one row per detection, named as the CSV records' columns
-#: (`records.CSV_COLUMNS`): "image" (the picture's key), then these, then "label" (the class's name) when there are
-#: labels. The key is also under the batch's own name for it ("id" or "path"), as it always was.
-COLUMNS = ("x1", "y1", "x2", "y2", "score", "class", "scale", "row", "column")
 
 
 @dataclass
