@@ -315,3 +315,17 @@ def test_a_failed_commit_keeps_the_previous_pair_and_says_nothing_was_written(tw
     monkeypatch.undo()
     assert sorted(p.name for p in out.parent.iterdir()) == before
     assert which(out, expected) == "old"
+
+
+def test_a_short_write_to_a_file_is_a_full_disk_not_a_success(tmp_path):
+    """Every byte written to an output file is counted: a write that takes fewer bytes than given is refused."""
+    from fc2conv_onnx import ResourceError
+    from fc2conv_onnx.model import writes
+
+    class Short:
+        def write(self, data):
+            return len(data) - 1
+
+    with pytest.raises(ResourceError, match="no space left to write"):
+        with writes._disk_errors(tmp_path / "out.jsonl"):
+            writes._write_whole(Short(), b"a frame's records\n")

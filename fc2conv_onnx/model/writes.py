@@ -28,7 +28,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..errors import ClosedOutputError, InputError, ResourceError, StreamBrokenError, printable
 from .guard import check_output_path
@@ -231,7 +231,7 @@ class Group:
             remove_orphans(path, self._listings[folder])
             name = self._files.temporary(folder, path.name, _FileLike.of(path))
             with open(name, "wb") as out:
-                out.write(data)
+                _write_whole(out, data)
                 _sync(out)
         self._pending.append((name, path))
         return path
@@ -298,7 +298,7 @@ def streamed(output: PathLike) -> Iterator[Callable[[bytes], None]]:
 
             def write(piece: bytes) -> None:
                 with held(), _disk_errors(path):
-                    out.write(piece)
+                    _write_whole(out, piece)
                     out.flush()
 
             yield write
@@ -530,6 +530,14 @@ def _transaction() -> Iterator[_Files]:
 def _sync(stream) -> None:
     stream.flush()
     os.fsync(stream.fileno())
+
+
+def _write_whole(out: BinaryIO, data: bytes) -> None:
+    """`data` written to the file `out`, every byte counted: a buffered file writes all or raises, and a short
+    count is taken for the full disk it would mean (inside `_disk_errors`)."""
+    done = out.write(data)
+    if done != len(data):
+        raise OSError(errno.ENOSPC, f"{done} of {len(data)} bytes written")
 
 
 @contextmanager
